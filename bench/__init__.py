@@ -1,0 +1,1 @@
+"""peft-repro harness: registries, the cell runner, training, evaluation and reports."""

@@ -1,0 +1,139 @@
+"""Command line: `python -m bench <command>`; see `python -m bench --help`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def parse_hp(pairs: list[str]) -> dict:
+    hp = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--hp {pair!r} must look like key=value (e.g. --hp lr=1e-3)")
+        hp[key.strip()] = value.strip()
+    return hp
+
+
+def parse_train_size(text: str) -> int | str:
+    if text == "full":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise BenchError(f"--train-size {text!r} must be a positive integer or 'full'") from None
+
+
+def cmd_run_cell(args) -> None:
+    from bench.cell import CellConfig, run_cell
+
+    config = CellConfig(task=args.task, model=args.model, method=args.method,
+                        train_size=parse_train_size(args.train_size), seed=args.seed, hp=parse_hp(args.hp),
+                        eval_limit=args.eval_limit, grid=args.grid, data_root=args.data_root,
+                        shifts=tuple(s for s in args.shifts.split(",") if s) if args.shifts is not None else None)
+    record = run_cell(config, Path(args.out), threads=args.threads)
+    scores = {name: {k: round(v, 2) for k, v in m.items() if isinstance(v, float)}
+              for name, m in record["metrics"].items()}
+    print(f"{record['status']}: {args.out}/record.json {scores}")
+
+
+def cmd_prepare_model(args) -> None:
+    from bench.models import prepare_model
+
+    print(prepare_model(args.model))
+
+
+def cmd_methods(args) -> None:
+    from bench.method import get_method, method_names, method_summary, total_parameters, trainable_parameters
+
+    rows = []
+    if args.model:
+        from bench.method import CellContext
+        from bench.models import get_model_spec, load_model
+        from bench.tasks import get_task
+
+        spec = get_model_spec(args.model)
+        task = get_task(args.task)
+    for name in method_names():
+        line = f"{name:16s} {method_summary(name)}"
+        if args.model:
+            method = get_method(name)
+            if spec.kind not in method.model_kinds:
+                line += f"  [{spec.kind} not supported]"
+            else:
+                from bench.method import resolve_hparams
+
+                model, tokenizer, _ = load_model(args.model, num_labels=len(task.verbalizer) or None, verify=False)
+                ctx = CellContext(task=task, model_kind=spec.kind, tokenizer=tokenizer)
+                total = total_parameters(model)
+                adapted = method.apply(model, resolve_hparams(method, {}), ctx)
+                trainable = trainable_parameters(adapted)
+                line += f"  trainable {trainable:,} ({100 * trainable / total:.4f}% of {total:,})"
+        rows.append(line)
+    print("\n".join(rows))
+
+
+def cmd_report(args) -> None:
+    from bench.report import write_report
+
+    for path in write_report(args.grid):
+        print(path)
+
+
+def cmd_cells(args) -> None:
+    from bench.grid import grid_cells
+
+    for cell in grid_cells(args.grid):
+        print(f"{cell.dir}\t{cell.cli_args()}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run-cell", help="train and evaluate one cell, write DIR/record.json")
+    run.add_argument("--task", required=True)
+    run.add_argument("--model", required=True)
+    run.add_argument("--method", required=True)
+    run.add_argument("--train-size", required=True, help="integer or 'full'")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
+    run.add_argument("--eval-limit", type=int, default=None, help="examples per eval set (default: all)")
+    run.add_argument("--shifts", default=None, help="comma list of shifted eval sets (default: all of the task's)")
+    run.add_argument("--grid", default=None, help="grid name, recorded only")
+    run.add_argument("--data-root", default=None, help="folder with SHA256SUMS (default: $PEFT_REPRO_DATA or ../shared/data)")
+    run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    run.add_argument("--out", required=True, help="cell directory")
+    run.set_defaults(func=cmd_run_cell)
+
+    prep = sub.add_parser("prepare-model", help="verify and convert a registered model once (cached)")
+    prep.add_argument("model")
+    prep.set_defaults(func=cmd_prepare_model)
+
+    methods = sub.add_parser("methods", help="list methods; with --model, their trainable parameters")
+    methods.add_argument("--model", default=None)
+    methods.add_argument("--task", default="sst2", help="task used to build the model head/verbalizer")
+    methods.set_defaults(func=cmd_methods)
+
+    report = sub.add_parser("report", help="aggregate a grid's records into results/<grid>/summary.csv and reports/<grid>/")
+    report.add_argument("grid")
+    report.set_defaults(func=cmd_report)
+
+    cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")
+    cells.add_argument("grid")
+    cells.set_defaults(func=cmd_cells)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The cell contract: (task, model, method, train size, seed, hyperparameters) -> DIR/record.json.
+
+Everything a cell needs is checked before the model loads, so a bad input fails in a second with one
+line. The record is written once, at the end, through a temporary file and a rename: a killed cell
+never leaves a partial record, and a finished record is never touched by a failing rerun.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.method import CellContext, get_method, resolve_hparams, total_parameters, trainable_parameters
+
+RECORD_SCHEMA = 1
+HARNESS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    task: str
+    model: str
+    method: str
+    train_size: int | str
+    seed: int = 0
+    hp: dict = field(default_factory=dict)  # overrides of the method's defaults
+    eval_limit: int | None = None  # examples per eval set (a fixed seeded subset); None = all
+    shifts: tuple[str, ...] | None = None  # shifted eval sets to run; None = all of the task's
+    grid: str | None = None
+    data_root: str | None = None
+
+
+def harness_hash() -> str:
+    """sha256 over the harness code (bench/*.py): the report flags records made by other code."""
+    digest = hashlib.sha256()
+    for path in sorted(HARNESS_DIR.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HARNESS_DIR, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str) -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "git_commit": git_commit(),
+            "harness_sha256": harness_hash(), "device": device, "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "host": platform.node()}
+
+
+@dataclass
+class Plan:
+    """A validated cell: everything resolved, nothing heavy loaded yet."""
+
+    config: CellConfig
+    task: object
+    model_spec: object
+    method: object
+    hp: dict
+    eval_sets: list[str]
+
+
+def plan_cell(config: CellConfig) -> Plan:
+    """Validate a cell against the registries; raises BenchError with one line naming the fix."""
+    from bench.models import get_model_spec
+    from bench.tasks import data_root, get_task, split_size
+
+    task = get_task(config.task)
+    spec = get_model_spec(config.model)
+    method = get_method(config.method)
+    hp = resolve_hparams(method, config.hp)
+    if spec.kind not in method.model_kinds:
+        raise BenchError(f"method {method.name} does not support {spec.kind} models like {spec.name}: "
+                         f"it supports {', '.join(method.model_kinds)}")
+    if spec.kind == "encoder" and task.kind != "classification":
+        raise BenchError(f"encoder {spec.name} cannot do generation task {task.name}: use a causal LM")
+    root = data_root(config.data_root)
+    if task.train_split is None and hp["steps"] > 0:
+        raise BenchError(f"task {task.name} has no training split (evaluation only): use steps=0 or another task")
+    if task.train_split is not None:
+        available = split_size(task.train_split, root)
+        size = config.train_size
+        if size != "full" and not (isinstance(size, int) and 0 < size <= available):
+            raise BenchError(f"train size {size!r} invalid for {task.name}: use 'full' or 1..{available}")
+    shifts = list(task.shifts) if config.shifts is None else list(config.shifts)
+    unknown = [s for s in shifts if s not in task.shifts]
+    if unknown:
+        raise BenchError(f"shift(s) {unknown} not defined for task {task.name}: choose from "
+                         f"{', '.join(task.shifts) or 'none'}")
+    return Plan(config, task, spec, method, hp, [task.name] + shifts)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_bytes(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def evaluate_set(plan: Plan, model, tokenizer, examples, timer) -> dict:
+    from bench import evaluation
+
+    task, hp = plan.task, plan.hp
+    if task.kind == "classification":
+        if plan.model_spec.kind == "encoder":
+            scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
+                                               hp["max_len"], timer)
+        else:
+            scores = evaluation.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"],
+                                            hp["max_len"], plan.method.extra_positions(hp), timer)
+        predictions = scores.argmax(dim=-1).tolist()
+        return evaluation.classification_metrics(predictions, [ex.label for ex in examples], task.metrics)
+    hypotheses = evaluation.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
+                                     hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer)
+    metrics = evaluation.generation_metrics(hypotheses, [list(ex.references) for ex in examples], task.metrics)
+    metrics["samples"] = [{"input": task.prompt(ex), "output": h} for ex, h in zip(examples[:3], hypotheses)]
+    return metrics
+
+
+def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> dict:
+    """Run one cell and write out_dir/record.json; returns the record."""
+    plan = plan_cell(config)
+    import torch
+
+    from bench.batches import training_batches
+    from bench.evaluation import Timer
+    from bench.models import load_model, model_fingerprint
+    from bench.tasks import data_root, eval_examples, file_sha256s, train_examples
+    from bench.train import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    task, hp, method = plan.task, plan.hp, plan.method
+    root = data_root(config.data_root)
+    seed_everything(config.seed)
+    trains = hp["steps"] > 0
+    train_set = train_examples(task, config.train_size, config.seed, root) if trains else []
+    eval_sets = {name: eval_examples(task, name, config.eval_limit, root) for name in plan.eval_sets}
+    model, tokenizer, manifest = load_model(config.model, num_labels=len(task.verbalizer) or None)
+    ctx = CellContext(task=task, model_kind=plan.model_spec.kind, tokenizer=tokenizer,
+                      train_examples=train_set, seed=config.seed)
+    seed_everything(config.seed)
+    model = method.apply(model, hp, ctx).to(device)
+
+    result = train(model, method, hp, training_batches(tokenizer, task, ctx.model_kind, train_set, hp["batch_size"],
+                                                       hp["max_len"], config.seed),
+                   progress=f"{config.method} {config.task} n={config.train_size}") if trains else None
+    record = {
+        "schema": RECORD_SCHEMA,
+        "config": {**asdict(config), "shifts": plan.eval_sets[1:], "hp": hp, "hp_overrides": dict(config.hp)},
+        "status": "diverged" if result and result.diverged_at_step is not None else "ok",
+        "diverged_at_step": result.diverged_at_step if result else None,
+        "metrics": {},
+        "train": {"steps": result.steps_done if result else 0, "losses": result.losses if result else []},
+    }
+    delta_dir = out_dir / "delta"
+    delta_bytes = 0
+    eval_timer = Timer()
+    eval_start = time.perf_counter()
+    if record["status"] == "ok":
+        if delta_dir.exists():
+            shutil.rmtree(delta_dir)
+        method.save_delta(model, delta_dir)
+        delta_bytes = sum(f.stat().st_size for f in delta_dir.rglob("*") if f.is_file())
+        for name, examples in eval_sets.items():
+            record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer)
+            record["metrics"][name]["n"] = len(examples)
+    record["cost"] = {
+        "trainable_params": trainable_parameters(model) if trains else 0,
+        "delta_params": method.delta_parameters(model) if trains else 0,
+        "total_params": total_parameters(model),
+        "delta_bytes": delta_bytes,
+        "peak_mem_bytes": peak_memory_bytes(device),
+        "peak_mem_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
+        "train_s": round(result.train_s, 3) if result else 0.0,
+        "train_tokens_per_s": round(result.tokens_per_s, 2) if result else 0.0,
+        "eval_s": round(time.perf_counter() - eval_start, 3),
+        "eval_tokens_per_s": round(eval_timer.tokens / eval_timer.seconds, 2) if eval_timer.seconds else 0.0,
+    }
+    record["env"] = environment(device)
+    record["inputs"] = {"data": file_sha256s(task, plan.eval_sets, root),
+                        "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
+                        "method_sha256": file_sha256(Path(sys.modules[type(method).__module__].__file__))}
+    write_json_atomic(out_dir / "record.json", record)
+    return record

@@ -1,0 +1,146 @@
+"""Evaluation: rank scoring of label words, batched greedy/beam generation, and the metrics.
+
+Classification with a causal LM asks the LM itself: each label word's log-probability after the
+prompt, highest wins (Lester / PET style, no task head). All labels of all examples in a batch go
+through one forward pass; when every label word is one token, the rows for one example are the same
+sequence and collapse into one. Logits are computed only at the positions that are scored.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.batches import continuation_ids, encoder_inputs, pad, prompt_ids
+
+
+ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
+
+
+@dataclass
+class Timer:
+    """Accumulates model wall time and tokens across calls."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def _chunks(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@torch.no_grad()
+def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
+                extra_positions: int = 0, timer: Timer | None = None) -> torch.Tensor:
+    """Sum of label-token log-probs, shape (examples, labels)."""
+    label_ids = [continuation_ids(tokenizer, word) for word in task.verbalizer]
+    room = max_len - max(len(ids) for ids in label_ids)
+    rows: dict[tuple, int] = {}  # distinct input sequence -> row
+    requests = []  # (example, label, row, first scored position, target ids)
+    for i, ex in enumerate(examples):
+        prompt = prompt_ids(tokenizer, task.prompt(ex))[-room:]
+        for j, ids in enumerate(label_ids):
+            sequence = tuple(prompt + ids[:-1])
+            row = rows.setdefault(sequence, len(rows))
+            requests.append((i, j, row, len(prompt) - 1, ids))
+    sequences = list(rows)
+    scores = torch.zeros(len(examples), len(label_ids))
+    by_row: dict[int, list] = {}
+    for request in requests:
+        by_row.setdefault(request[2], []).append(request)
+    for batch_rows in tqdm(list(_chunks(range(len(sequences)), batch_size)), desc="score", leave=False,
+                           mininterval=2):
+        input_ids, attention_mask = pad([list(sequences[r]) for r in batch_rows], tokenizer.pad_token_id)
+        wanted = sorted({p + k for r in batch_rows for (_, _, _, p, ids) in by_row[r] for k in range(len(ids))})
+        start = time.perf_counter()
+        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                       logits_to_keep=torch.tensor(wanted, device=model.device) + extra_positions).logits.cpu()
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        if timer:
+            timer.seconds += time.perf_counter() - start
+            timer.tokens += int(attention_mask.sum())
+        column = {position: c for c, position in enumerate(wanted)}
+        for b, r in enumerate(batch_rows):
+            for i, j, _, first, ids in by_row[r]:
+                scores[i, j] = sum(logprobs[b, column[first + k], t].item() for k, t in enumerate(ids))
+    return scores
+
+
+@torch.no_grad()
+def encoder_logits(model, tokenizer, task, examples, batch_size: int, max_len: int,
+                   timer: Timer | None = None) -> torch.Tensor:
+    out = []
+    for chunk in tqdm(list(_chunks(examples, batch_size)), desc="classify", leave=False, mininterval=2):
+        inputs = {k: v.to(model.device) for k, v in encoder_inputs(tokenizer, task, chunk, max_len).items()}
+        start = time.perf_counter()
+        out.append(model(**inputs).logits.float().cpu())
+        if timer:
+            timer.seconds += time.perf_counter() - start
+            timer.tokens += int(inputs["attention_mask"].sum())
+    return torch.cat(out)
+
+
+def clean_generation(text: str) -> str:
+    """First line of the continuation; leading whitespace is dropped before cutting."""
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
+             num_beams: int = 1, timer: Timer | None = None) -> list[str]:
+    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1)."""
+    outputs = []
+    for chunk in tqdm(list(_chunks(prompts, batch_size)), desc="generate", leave=False, mininterval=2):
+        input_ids, attention_mask = pad([prompt_ids(tokenizer, p)[-max_len:] for p in chunk],
+                                        tokenizer.pad_token_id, side="left")
+        start = time.perf_counter()
+        input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                   num_beams=num_beams, max_new_tokens=max_new_tokens, use_cache=True,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new_tokens = generated[:, input_ids.shape[1]:]
+        if timer:
+            timer.seconds += time.perf_counter() - start
+            timer.tokens += int(attention_mask.sum()) + int((new_tokens != tokenizer.pad_token_id).sum())
+        outputs += [clean_generation(t) for t in tokenizer.batch_decode(new_tokens.cpu(), skip_special_tokens=True)]
+    return outputs
+
+
+def classification_metrics(predictions: list[int], labels: list[int], names) -> dict[str, float]:
+    metrics = {"accuracy": 100.0 * sum(p == y for p, y in zip(predictions, labels)) / len(labels)}
+    if "f1" in names:
+        classes = sorted(set(labels) | set(predictions))
+        f1s = []
+        for c in classes if len(classes) > 2 else [1]:
+            tp = sum(p == c and y == c for p, y in zip(predictions, labels))
+            fp = sum(p == c and y != c for p, y in zip(predictions, labels))
+            fn = sum(p != c and y == c for p, y in zip(predictions, labels))
+            f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        metrics["f1"] = 100.0 * sum(f1s) / len(f1s)  # binary: F1 of class 1; else macro-F1
+    return metrics
+
+
+def generation_metrics(hypotheses: list[str], references: list[list[str]], names) -> dict[str, float]:
+    """Corpus BLEU over all references (sacrebleu); ROUGE F-measures, best reference per example."""
+    metrics = {}
+    if "bleu" in names:
+        import sacrebleu
+
+        streams = max(len(r) for r in references)
+        ref_streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(streams)]
+        metrics["bleu"] = sacrebleu.corpus_bleu(hypotheses, ref_streams).score
+    rouge = {name: ROUGE_TYPES[name] for name in names if name in ROUGE_TYPES}
+    if rouge:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(list(rouge.values()), use_stemmer=True)
+        totals = dict.fromkeys(rouge, 0.0)
+        for hyp, refs in zip(hypotheses, references):
+            scores = [scorer.score(ref, hyp) for ref in refs]
+            for name, rouge_type in rouge.items():
+                totals[name] += max(s[rouge_type].fmeasure for s in scores)
+        metrics.update({name: 100.0 * total / len(hypotheses) for name, total in totals.items()})
+    return metrics

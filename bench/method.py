@@ -1,0 +1,161 @@
+"""The method interface and its registry.
+
+A method is one file `methods/<name>.py` that defines `METHOD = <a Method subclass>()`. The training
+loop and evaluation only ever call the hooks below, so adding a method never touches the harness.
+The registry imports a method module only when it is asked for, so planning a grid stays cheap.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
+
+# Training hyperparameters every method accepts; a method's `defaults` may override any of them
+# (its paper's learning rate, say) and add its own.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4,
+    "steps": 20,
+    "batch_size": 8,
+    "optimizer": "adamw",  # adamw | adafactor
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "schedule": "constant",  # constant | linear (decay to 0 at the last step)
+    "grad_clip": 1.0,
+    "max_len": 128,  # tokens of prompt + target; prompts are cut from the left
+    "eval_batch_size": 16,
+    "num_beams": 1,
+}
+
+
+@dataclass
+class CellContext:
+    """What a method may look at when it adapts a model (besides the model itself)."""
+
+    task: Any  # bench.tasks.Task
+    model_kind: str  # "causal_lm" | "encoder"
+    tokenizer: Any
+    train_examples: list = field(default_factory=list)
+    seed: int = 0
+
+
+class Method:
+    """Base class: subclasses set `description`/`defaults` and implement `apply`."""
+
+    name = ""
+    description = ""
+    defaults: dict[str, Any] = {}
+    tunes_base = False  # True where base weights train (then the frozen-base check does not apply)
+    model_kinds = ("causal_lm", "encoder")
+
+    def apply(self, model, hp: dict, ctx: CellContext):
+        """Return the model to train, with exactly the method's parameters requiring grad."""
+        raise NotImplementedError
+
+    def delta_parameters(self, model) -> int:
+        """Parameters the saved delta holds (may differ from those trained, e.g. prefix MLP)."""
+        return trainable_parameters(model)
+
+    def extra_positions(self, hp: dict) -> int:
+        """Virtual tokens the method prepends to every sequence (shifts logit positions)."""
+        return 0
+
+    def save_delta(self, model, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(path / "delta.safetensors"))
+
+    def load_delta(self, base, hp: dict, ctx: CellContext, path: Path):
+        """Rebuild the adapted model from a fresh base and a saved delta."""
+        from safetensors.torch import load_file
+
+        model = self.apply(base, hp, ctx)
+        delta = load_file(str(path / "delta.safetensors"))
+        missing, unexpected = model.load_state_dict(delta, strict=False)
+        absent = set(delta) - {n for n, _ in model.named_parameters()}
+        if unexpected or absent:
+            raise BenchError(f"delta at {path} does not fit method {self.name}: unexpected {sorted(absent)[:3]}")
+        return model
+
+    def make_optimizer(self, params, hp: dict):
+        import torch
+
+        if hp["optimizer"] == "adafactor":
+            from transformers.optimization import Adafactor
+
+            return Adafactor(params, lr=hp["lr"], scale_parameter=False, relative_step=False,
+                             warmup_init=False, weight_decay=hp["weight_decay"])
+        if hp["optimizer"] == "adamw":
+            return torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        raise BenchError(f"optimizer '{hp['optimizer']}' unknown: use adamw or adafactor")
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def total_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def method_names() -> list[str]:
+    return sorted(p.stem for p in METHODS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def method_summary(name: str) -> str:
+    """The module docstring's first line, read without importing (for `bench methods`)."""
+    doc = ast.get_docstring(ast.parse((METHODS_DIR / f"{name}.py").read_text())) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def get_method(name: str) -> Method:
+    if name not in method_names():
+        raise BenchError(f"unknown method '{name}': choose one of {', '.join(method_names())} (files in methods/)")
+    module = importlib.import_module(f"methods.{name}")
+    method = getattr(module, "METHOD", None)
+    if not isinstance(method, Method):
+        raise BenchError(f"methods/{name}.py must define METHOD = <a bench.method.Method subclass>()")
+    method.name = name
+    return method
+
+
+def resolve_hparams(method: Method, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Training defaults < the method's (paper) defaults < the grid/CLI overrides, type-checked."""
+    hp = {**TRAIN_DEFAULTS, **method.defaults}
+    for key, value in overrides.items():
+        if key not in hp:
+            raise BenchError(f"hyperparameter '{key}' is not known to method {method.name}: "
+                             f"valid are {', '.join(sorted(hp))}")
+        hp[key] = _coerce(key, value, hp[key])
+    return hp
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if default is None:
+        return value
+    text = str(value).strip().lower()
+    try:
+        if isinstance(default, bool):
+            if text in ("true", "false", "1", "0", "yes", "no"):
+                return text in ("true", "1", "yes")
+            raise ValueError
+        if isinstance(default, int):
+            number = float(value)
+            if number != int(number) or isinstance(value, bool):
+                raise ValueError
+            return int(number)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise BenchError(f"hyperparameter {key}={value!r} must be of type {type(default).__name__} "
+                         f"(default {default!r})") from None

@@ -1,0 +1,338 @@
+"""Task registry: every dataset split and task is declared in config/tasks.yaml; this module reads it.
+
+Kept free of torch/transformers: it is imported while planning large Snakemake grids.
+Loaders turn data files into flat records (dicts); the generic code maps records to Examples
+(field mapping, labels, references, grouping) as declared per dataset in the YAML.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bench.errors import BenchError
+
+PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+TASKS_YAML: Path = PROJECT_ROOT / "config" / "tasks.yaml"
+EVAL_LIMIT_SEED = 1234
+_ROOT_FIX = "set PEFT_REPRO_DATA or pass --data-root to the folder holding shared/data"
+
+
+# --------------------------------------------------------------------------- data root
+def data_root(explicit: str | Path | None = None) -> Path:
+    """explicit argument > env PEFT_REPRO_DATA > ../shared/data beside the checkout (or beside cwd)."""
+    if explicit is not None and str(explicit) != "":
+        candidates = [Path(explicit)]
+    elif os.environ.get("PEFT_REPRO_DATA"):
+        candidates = [Path(os.environ["PEFT_REPRO_DATA"])]
+    else:
+        candidates = [PROJECT_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for cand in candidates:
+        if (cand / "SHA256SUMS").is_file():
+            return cand.resolve()
+    raise BenchError(f"data root {candidates[0]} not found (no SHA256SUMS): {_ROOT_FIX}")
+
+
+@functools.lru_cache(maxsize=None)
+def _checksums(root: Path) -> dict[str, str]:
+    sums = {}
+    for line in (root / "SHA256SUMS").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            digest, rel = line.split(None, 1)
+            rel = rel.strip().lstrip("*")
+            sums[rel[2:] if rel.startswith("./") else rel] = digest.lower()
+    return sums
+
+
+_VERIFIED: set[tuple[Path, str]] = set()
+
+
+def _verified_path(root: Path, rel: str) -> Path:
+    """Return root/rel after checking it against SHA256SUMS (once per process)."""
+    path = root / rel
+    if (root, rel) in _VERIFIED:
+        return path
+    if not path.is_file():
+        raise BenchError(f"data file {rel} not found under data root {root}: {_ROOT_FIX}")
+    expected = _checksums(root).get(rel)
+    if expected is None:
+        raise BenchError(f"data file {rel} is not listed in {root / 'SHA256SUMS'}: "
+                         "restore SHA256SUMS from the original shared/data copy")
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    got = h.hexdigest()
+    if got != expected:
+        raise BenchError(f"data file {rel} fails its sha256 check (expected {expected[:12]}…, got {got[:12]}…): "
+                         "restore it from the original shared/data copy")
+    _VERIFIED.add((root, rel))
+    return path
+
+
+# --------------------------------------------------------------------------- loaders: path, options -> records
+def _text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _load_csv(path: Path, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL) -> list[dict]:
+    with _text(path) as fh:
+        return list(csv.DictReader(fh, delimiter=delimiter, quoting=quoting))
+
+
+def _load_jsonl(path: Path) -> list[dict]:
+    with _text(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _linearize(triples: list[tuple[str, str, str]]) -> str:
+    return " ; ".join(" | ".join(part.replace("_", " ").strip() for part in t) for t in triples)
+
+
+def _load_json(path: Path) -> list[dict]:
+    with _text(path) as fh:
+        return json.load(fh)
+
+
+def _load_webnlg(path: Path) -> list[dict]:
+    return [{"triples": _linearize([t.split(" | ") for t in r["triples"]]), "refs": r["lex"]}
+            for r in _load_jsonl(path)]
+
+
+def _load_dart(path: Path) -> list[dict]:
+    return [{"triples": _linearize(r["tripleset"]), "refs": [a["text"] for a in r["annotations"]]}
+            for r in _load_json(path)]
+
+
+def _load_multirc(path: Path) -> list[dict]:
+    return [{"passage": p["passage"]["text"], "question": q["question"], "answer": a["text"], "label": a["label"]}
+            for p in _load_jsonl(path) for q in p["passage"]["questions"] for a in q["answers"]]
+
+
+LOADERS = {
+    "csv": _load_csv,
+    "tsv": lambda p: _load_csv(p, "\t"),                        # quoted fields may hold newlines
+    "tsv_raw": lambda p: _load_csv(p, "\t", csv.QUOTE_NONE),     # GLUE style: quotes are text
+    "jsonl": _load_jsonl,
+    "json": _load_json,
+    "webnlg": _load_webnlg,
+    "dart": _load_dart,
+    "multirc": _load_multirc,
+}
+
+
+# --------------------------------------------------------------------------- Example / Task
+@dataclass(frozen=True)
+class Example:
+    fields: dict[str, str] = field(hash=False)
+    label: int | None = None
+    references: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str
+    template: str
+    verbalizer: tuple[str, ...]
+    text_fields: tuple[str, ...]
+    metrics: tuple[str, ...]
+    train_split: str | None
+    eval_split: str
+    shifts: dict[str, str] = field(hash=False)
+    max_new_tokens: int = 0
+
+    def prompt(self, ex: Example) -> str:
+        try:
+            return self.template.format(**ex.fields)
+        except KeyError as err:
+            raise BenchError(f"task {self.name} template needs field {err} but the example has "
+                             f"{sorted(ex.fields)}: fix the template or fields in config/tasks.yaml") from None
+
+    def target(self, ex: Example) -> str:
+        if self.kind == "classification":
+            return self.verbalizer[ex.label]
+        if not ex.references:
+            raise BenchError(f"task {self.name}: example has no reference text: "
+                             "give its dataset a `references` key in config/tasks.yaml")
+        return " " + ex.references[0]
+
+    @property
+    def eval_sets(self) -> list[str]:
+        """In-domain eval set (the task name) followed by the shift names."""
+        return [self.name, *self.shifts]
+
+
+@functools.lru_cache(maxsize=None)
+def _config() -> dict:
+    try:
+        cfg = yaml.safe_load(TASKS_YAML.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise BenchError(f"cannot read {TASKS_YAML}: {err}: restore config/tasks.yaml") from None
+    for name, t in cfg["tasks"].items():
+        for ds in [t.get("train"), t["eval"], *(t.get("shifts") or {}).values()]:
+            if ds is not None and ds not in cfg["datasets"]:
+                raise BenchError(f"task {name} uses undeclared dataset '{ds}': "
+                                 "declare it under datasets in config/tasks.yaml")
+    return cfg
+
+
+def task_names() -> list[str]:
+    return list(_config()["tasks"])
+
+
+def dataset_ids() -> list[str]:
+    return list(_config()["datasets"])
+
+
+@functools.lru_cache(maxsize=None)
+def get_task(name: str) -> Task:
+    tasks = _config()["tasks"]
+    if name not in tasks:
+        raise BenchError(f"unknown task '{name}': choose one of {', '.join(tasks)} (config/tasks.yaml)")
+    t = tasks[name]
+    return Task(name=name, kind=t["kind"], template=t["template"], verbalizer=tuple(t.get("verbalizer") or ()),
+                text_fields=tuple(t["text_fields"]), metrics=tuple(t["metrics"]), train_split=t.get("train"),
+                eval_split=t["eval"], shifts=dict(t.get("shifts") or {}),
+                max_new_tokens=int(t.get("max_new_tokens") or 0))
+
+
+# --------------------------------------------------------------------------- splits
+def _dataset_spec(dataset_id: str) -> dict:
+    datasets = _config()["datasets"]
+    if dataset_id not in datasets:
+        raise BenchError(f"unknown dataset '{dataset_id}': choose one of {', '.join(datasets)} (config/tasks.yaml)")
+    return datasets[dataset_id]
+
+
+def _clean(text: str, spec: dict) -> str:
+    for old, new in spec.get("clean") or ():
+        text = text.replace(old, new)
+    return " ".join(text.split()) if spec.get("squash") else text
+
+
+def _to_example(rec: dict, spec: dict) -> Example:
+    fields = {k: _clean(src.format(**rec) if "{" in src else str(rec[src]), spec)
+              for k, src in spec["fields"].items()}
+    label = None
+    if "label" in spec:
+        raw = rec[spec["label"]]
+        label = spec["labels"].index(raw) if "labels" in spec else int(raw)
+    refs: tuple[str, ...] = ()
+    if "references" in spec:
+        raw = rec[spec["references"]]
+        refs = tuple(r.strip() for r in ([raw] if isinstance(raw, str) else raw) if r and r.strip())
+    return Example(fields=fields, label=label, references=refs)
+
+
+def _holdout(records: list, seed: int, size: int, part: str) -> list:
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    keep = set(order[-size:]) if part == "dev" else set(order[:-size])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+@functools.lru_cache(maxsize=64)
+def _load_split_cached(dataset_id: str, root: Path) -> tuple[Example, ...]:
+    spec = _dataset_spec(dataset_id)
+    loader = LOADERS.get(spec["loader"])
+    if loader is None:
+        raise BenchError(f"dataset {dataset_id} names unknown loader '{spec['loader']}': "
+                         f"use one of {', '.join(LOADERS)} in config/tasks.yaml")
+    records = [rec for rel in spec["files"] for rec in loader(_verified_path(root, rel))]
+    if "holdout" in spec:
+        h = spec["holdout"]
+        records = _holdout(records, int(h["seed"]), int(h["size"]), h["part"])
+    try:
+        examples = [_to_example(rec, spec) for rec in records]
+    except (KeyError, ValueError, IndexError) as err:
+        raise BenchError(f"dataset {dataset_id}: record does not match its declaration ({err!r}): "
+                         "fix fields/label/references in config/tasks.yaml") from None
+    if spec.get("explode"):
+        examples = [Example(ex.fields, ex.label, (ref,)) for ex in examples for ref in ex.references]
+    if spec.get("group"):
+        groups: dict[tuple, list] = {}
+        for ex in examples:
+            key = tuple(sorted(ex.fields.items()))
+            groups.setdefault(key, [ex.fields, ex.label, []])[2].extend(ex.references)
+        examples = [Example(f, lab, tuple(refs)) for f, lab, refs in groups.values()]
+    return tuple(examples)
+
+
+def load_split(dataset_id: str, root: Path | None = None) -> list[Example]:
+    """All examples of a dataset split, in file order (grouped splits: first-appearance order)."""
+    return list(_load_split_cached(dataset_id, data_root(root)))
+
+
+def split_size(dataset_id: str, root=None) -> int:
+    return len(_load_split_cached(dataset_id, data_root(root)))
+
+
+# --------------------------------------------------------------------------- sampling
+def sample(examples: list[Example], size: int | str, seed: int) -> list[Example]:
+    """size "full": all examples in file order; int n: first n of a seeded permutation (nested across n)."""
+    if isinstance(size, str) and size.strip().lower() == "full":
+        return list(examples)
+    try:
+        n = int(size)
+        if isinstance(size, float) and size != n:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise BenchError(f"sample size {size!r} is not valid: use 'full' or an integer "
+                         f"from 1 to {len(examples)}") from None
+    if not 1 <= n <= len(examples):
+        raise BenchError(f"sample size {n} is out of range for a split of {len(examples)} examples: "
+                         f"use 'full' or an integer from 1 to {len(examples)}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in order[:n]]
+
+
+def train_examples(task: Task, size, seed, root=None) -> list[Example]:
+    if task.train_split is None:
+        raise BenchError(f"task {task.name} is evaluation-only (no training split in shared/data): "
+                         "drop it from training grids or choose another task")
+    return sample(load_split(task.train_split, root), size, seed)
+
+
+def eval_dataset(task: Task, eval_set: str) -> str:
+    """Dataset id of an eval set: the task name (in-domain) or one of its shift names."""
+    if eval_set == task.name:
+        return task.eval_split
+    if eval_set in task.shifts:
+        return task.shifts[eval_set]
+    raise BenchError(f"unknown eval set '{eval_set}' for task {task.name}: "
+                     f"choose one of {', '.join(task.eval_sets)}")
+
+
+def eval_examples(task: Task, eval_set: str, limit: int | None, root=None) -> list[Example]:
+    """Eval examples; `limit` takes a fixed seeded subset (seed 1234) so every cell sees the same ones."""
+    examples = load_split(eval_dataset(task, eval_set), root)
+    if limit is None:
+        return examples
+    if int(limit) <= 0:
+        raise BenchError(f"eval limit {limit} must be positive: pass a positive limit, or none for all examples")
+    return examples if int(limit) >= len(examples) else sample(examples, int(limit), EVAL_LIMIT_SEED)
+
+
+def file_sha256s(task: Task, eval_sets: list[str], root=None) -> dict[str, str]:
+    """Relative path -> verified sha256 of every file a cell of `task` reads (training + given eval sets)."""
+    root_path = data_root(root)
+    ids = ([task.train_split] if task.train_split else []) + [eval_dataset(task, s) for s in eval_sets]
+    out = {}
+    for ds in ids:
+        for rel in _dataset_spec(ds)["files"]:
+            _verified_path(root_path, rel)
+            out[rel] = _checksums(root_path)[rel]
+    return dict(sorted(out.items()))

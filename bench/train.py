@@ -1,0 +1,70 @@
+"""The training loop: plain PyTorch, the same for every method.
+
+A method decides which parameters require grad (and may pick its optimizer); this loop only steps.
+A loss that is NaN or infinite stops training at once and is reported as a divergence.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainResult:
+    steps_done: int = 0
+    losses: list[float] = field(default_factory=list)
+    diverged_at_step: int | None = None
+    train_s: float = 0.0
+    tokens: int = 0  # non-padding input tokens seen
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.train_s if self.train_s > 0 else 0.0
+
+
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        return 1.0
+
+    return factor
+
+
+def train(model, method, hp: dict, batches, progress: str = "train") -> TrainResult:
+    result = TrainResult()
+    if hp["steps"] <= 0:
+        return result
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = method.make_optimizer(params, hp)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(hp["schedule"], hp["warmup_steps"], hp["steps"]))
+    device = next(model.parameters()).device
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(hp["steps"]), desc=progress, leave=False, mininterval=2)
+    for step in bar:
+        batch = {key: value.to(device) for key, value in next(batches).items()}
+        loss = model(**batch).loss
+        if not math.isfinite(loss.item()):
+            result.diverged_at_step = step
+            break
+        loss.backward()
+        if hp["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(params, hp["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.losses.append(round(loss.item(), 5))
+        result.tokens += int(batch["attention_mask"].sum())
+        result.steps_done = step + 1
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    result.train_s = time.perf_counter() - start
+    model.eval()
+    return result

@@ -1,0 +1,111 @@
+"""The cell contract end to end on a tiny model: record schema, atomic write, determinism, bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from bench.cell import CellConfig, run_cell, write_json_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cell(**changes):
+    settings = dict(task="sst2", model="tiny-llama", method="lora", train_size=16, seed=0,
+                    hp={"steps": 2, "batch_size": 4, "max_len": 48, "lr": 1e-2}, eval_limit=8, shifts=("imdb",))
+    settings.update(changes)
+    return CellConfig(**settings)
+
+
+def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
+    first = run_cell(_cell(), tmp_path / "a", threads=1)
+    again = run_cell(_cell(), tmp_path / "b", threads=1)
+    record = json.loads((tmp_path / "a" / "record.json").read_text())
+    assert record == first
+    assert record["status"] == "ok" and record["config"]["hp"]["r"] == 4
+    assert set(record["metrics"]) == {"sst2", "imdb"}
+    assert record["metrics"]["sst2"]["n"] == 8 and 0 <= record["metrics"]["sst2"]["accuracy"] <= 100
+    cost = record["cost"]
+    for key in ("trainable_params", "total_params", "delta_bytes", "peak_mem_bytes", "train_tokens_per_s",
+                "eval_tokens_per_s", "train_s", "eval_s"):
+        assert cost[key] > 0, key
+    assert cost["trainable_params"] < cost["total_params"]
+    for key in ("python", "torch", "transformers", "peft", "git_commit", "harness_sha256", "device"):
+        assert key in record["env"]
+    assert set(record["inputs"]["data"]) >= {"sst2/train.tsv", "sst2/dev.tsv"}
+    assert len(record["inputs"]["model"]["sha256"]) == 64
+    assert len(record["train"]["losses"]) == 2
+    assert again["metrics"] == first["metrics"] and again["train"] == first["train"]
+    assert not list((tmp_path / "a").glob(".*tmp"))
+
+
+def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path):
+    record = run_cell(_cell(task="e2e", shifts=None, hp={"steps": 1, "batch_size": 2, "max_len": 64}, eval_limit=4),
+                      tmp_path, threads=1)
+    assert {"bleu", "rouge_l", "n", "samples"} <= set(record["metrics"]["e2e"])
+    assert record["metrics"]["e2e"]["n"] == 4
+
+
+def test_diverged_training_is_recorded_with_its_step(models_cache, tmp_path):
+    record = run_cell(_cell(method="full_ft", hp={"steps": 3, "lr": 1e30, "grad_clip": 0.0, "batch_size": 4}),
+                      tmp_path, threads=1)
+    assert record["status"] == "diverged" and record["diverged_at_step"] is not None
+    assert record["metrics"] == {}
+
+
+def test_atomic_write_leaves_old_record_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "record.json"
+    write_json_atomic(path, {"status": "ok", "n": 1})
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_json_atomic(path, {"status": "ok", "n": 2})
+    assert json.loads(path.read_text()) == {"status": "ok", "n": 1}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "sst3"], "unknown task 'sst3'"),
+    (["--model", "gpt5"], "unknown model 'gpt5'"),
+    (["--method", "dora"], "unknown method 'dora'"),
+    (["--train-size", "0"], "train size 0 invalid for sst2"),
+    (["--train-size", "10000000"], "train size 10000000 invalid for sst2"),
+    (["--train-size", "many"], "--train-size 'many'"),
+    (["--hp", "lr"], "--hp 'lr' must look like key=value"),
+    (["--shifts", "yelp"], "not defined for task sst2"),
+    (["--data-root", "/nonexistent"], "data root"),
+])
+def test_bad_input_is_one_line_before_training_and_keeps_records(models_cache, tmp_path, capsys, args, message):
+    out = tmp_path / "cell"
+    write_json_atomic(out / "record.json", {"status": "ok", "finished": True})
+    base = {"--task": "sst2", "--model": "tiny-llama", "--method": "lora", "--train-size": "16", "--out": str(out)}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["run-cell", *[x for pair in base.items() for x in pair]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert json.loads((out / "record.json").read_text()) == {"status": "ok", "finished": True}
+
+
+def test_tiny_grid_through_snakemake(models_cache, tmp_path):
+    env = {**os.environ, "PEFT_REPRO_MODELS": str(models_cache)}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(tmp_path), "--cores", "2", "--config", "grid=tiny", "--quiet", "all"]
+    planned = subprocess.run(command + ["-n"], env=env, capture_output=True, text=True)
+    assert planned.returncode == 0, planned.stderr
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = sorted(tmp_path.glob("results/tiny/**/record.json"))
+    assert [r.parent.parent.parent.name for r in records] == ["full_ft", "lora"]
+    assert all(json.loads(r.read_text())["status"] == "ok" for r in records)
+    report = (tmp_path / "reports/tiny/README.md").read_text()
+    assert "| tiny-llama | full_ft | 16 |" in report and "| tiny-llama | lora | 16 |" in report
+    rerun = subprocess.run(command + ["-n"], env=env, capture_output=True, text=True)
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr

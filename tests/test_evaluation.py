@@ -1,0 +1,105 @@
+"""Batching, rank scoring, decoding and metrics on a tiny random model, against brute force or by hand."""
+import dataclasses
+
+import pytest
+import torch
+
+from bench.batches import causal_lm_batch, continuation_ids, prompt_ids
+from bench.evaluation import (classification_metrics, clean_generation, generate, generation_metrics,
+                              rank_scores)
+from bench.tasks import Example
+
+
+def test_labels_mask_prompt_and_padding_but_keep_eos(tiny_llama, e2e):
+    _, tokenizer, _ = tiny_llama
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the SmolLM2 trap this guards against
+    examples = [Example(fields={"mr": "name[A]"}, references=("A is.",)),
+                Example(fields={"mr": "name[Bb], food[Thai]"}, references=("Bb serves Thai food.",))]
+    batch = causal_lm_batch(tokenizer, e2e, examples, max_len=128)
+    for row, ex in enumerate(examples):
+        prompt = prompt_ids(tokenizer, e2e.prompt(ex))
+        target = continuation_ids(tokenizer, e2e.target(ex)) + [tokenizer.eos_token_id]
+        labels = batch["labels"][row]
+        kept = labels[labels != -100].tolist()
+        assert kept == target  # the end token survives although it equals the pad id
+        assert (labels[: len(prompt)] == -100).all()
+        assert batch["attention_mask"][row].sum() == len(prompt) + len(target)
+
+
+def test_prompt_cut_from_the_left_to_fit(tiny_llama, e2e):
+    _, tokenizer, _ = tiny_llama
+    ex = Example(fields={"mr": "x" * 200}, references=("ok",))
+    batch = causal_lm_batch(tokenizer, e2e, [ex], max_len=32)
+    assert batch["input_ids"].shape[1] == 32
+    assert batch["labels"][0, -3:].tolist()[-1] == tokenizer.eos_token_id
+
+
+def _brute_force_scores(model, tokenizer, task, examples):
+    out = torch.zeros(len(examples), len(task.verbalizer))
+    with torch.no_grad():
+        for i, ex in enumerate(examples):
+            prompt = prompt_ids(tokenizer, task.prompt(ex))
+            for j, word in enumerate(task.verbalizer):
+                label = continuation_ids(tokenizer, word)
+                logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + label])).logits[0], -1)
+                out[i, j] = sum(logprobs[len(prompt) - 1 + k, t] for k, t in enumerate(label))
+    return out
+
+
+@pytest.mark.parametrize("verbalizer", [(" negative", " positive"), ("0", "1")])
+def test_rank_scores_match_one_sequence_at_a_time(tiny_llama, sst2, verbalizer):
+    model, tokenizer, _ = tiny_llama
+    task = dataclasses.replace(sst2, verbalizer=verbalizer)
+    examples = [Example(fields={"sentence": s}, label=k % 2) for k, s in
+                enumerate(["great fun", "a dull , tired mess that never ends", "ok", "not bad at all"])]
+    batched = rank_scores(model, tokenizer, task, examples, batch_size=3, max_len=128)
+    assert torch.allclose(batched, _brute_force_scores(model, tokenizer, task, examples), atol=1e-4)
+
+
+def test_single_token_labels_share_one_row(tiny_llama, sst2):
+    model, tokenizer, _ = tiny_llama
+    task = dataclasses.replace(sst2, verbalizer=("0", "1"))
+    assert all(len(continuation_ids(tokenizer, w)) == 1 for w in task.verbalizer)
+    calls = []
+    hook = model.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    examples = [Example(fields={"sentence": f"text {k}"}, label=0) for k in range(5)]
+    rank_scores(model, tokenizer, task, examples, batch_size=16, max_len=64)
+    hook.remove()
+    assert calls == [5]  # one pass, one row per example for both labels
+
+
+def test_batched_greedy_decoding_equals_one_at_a_time(tiny_llama):
+    model, tokenizer, _ = tiny_llama
+    prompts = ["name[The Eagle]\nDescription:", "a much longer prompt with many more bytes in it\nDescription:",
+               "x\nDescription:"]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=3, max_len=128)
+    single = [generate(model, tokenizer, [p], max_new_tokens=8, batch_size=1, max_len=128)[0] for p in prompts]
+    assert batched == single
+
+
+def test_clean_generation_strips_leading_newline_then_cuts():
+    assert clean_generation("\n The Eagle is a pub.\nName: x") == "The Eagle is a pub."
+    assert clean_generation("") == ""
+
+
+def test_classification_metrics_by_hand():
+    metrics = classification_metrics([1, 0, 1, 1], [1, 0, 0, 1], ["accuracy", "f1"])
+    assert metrics["accuracy"] == 75.0
+    assert metrics["f1"] == pytest.approx(80.0)  # tp 2, fp 1, fn 0 -> 2*2/(4+1)
+    three = classification_metrics([0, 1, 2, 2], [0, 1, 1, 2], ["accuracy", "f1"])
+    # per-class F1: 1, 2/3, 2/3 -> macro 7/9
+    assert three["f1"] == pytest.approx(100 * 7 / 9)
+
+
+def test_generation_metrics_by_hand():
+    refs = [["x y z w", "a c d e"]]
+    rouge = generation_metrics(["a b c d"], refs, ["rouge_l"])["rouge_l"]
+    assert rouge == pytest.approx(75.0)  # LCS "a c d": P = R = 3/4 against the best reference
+    assert generation_metrics(["the cat sat on the mat today"], [["a dog", "the cat sat on the mat today"]],
+                              ["bleu"])["bleu"] == pytest.approx(100.0)
+    assert generation_metrics(["zzz qqq"], [["the cat sat on the mat"]], ["bleu"])["bleu"] == pytest.approx(0.0)
+    # different reference counts per example are allowed
+    both = generation_metrics(["the cat sat on the mat today", "a big red dog ran home fast"],
+                              [["the cat sat on the mat today"], ["x", "a big red dog ran home fast"]], ["bleu"])
+    assert both["bleu"] == pytest.approx(100.0)
