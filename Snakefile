@@ -4,11 +4,16 @@
 import sys
 from pathlib import Path
 
-from bench.grid import grid_cells
+from bench.errors import BenchError
+from bench.grid import check_cells, grid_cells
 from bench.models import cache_dir
 
 GRID = config.get("grid", "smoke")
-CELLS = {cell.dir: cell for cell in grid_cells(GRID)}
+try:  # a malformed grid stops here, before any job is planned, with one line naming the fix
+    CELLS = {cell.dir: cell for cell in grid_cells(GRID)}
+    check_cells(list(CELLS.values()), config.get("data_root"))
+except BenchError as error:
+    sys.exit(f"error: {error}")
 GRID_NAME = next(iter(CELLS.values())).grid
 PY = sys.executable
 MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO_MODELS overrides)

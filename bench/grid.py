@@ -16,8 +16,7 @@ import yaml
 from bench.errors import BenchError
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "config" / "grids"
-GRID_KEYS = {"description", "models", "methods", "tasks", "train_sizes", "seeds", "hp"}
-TASK_KEYS = {"shifts", "eval_limit", "hp"}
+SCHEMA = GRIDS_DIR.parent / "grid.schema.yaml"
 
 
 @dataclass(frozen=True)
@@ -65,42 +64,54 @@ def load_grid_file(name_or_path: str) -> tuple[str, dict]:
     except yaml.YAMLError as error:
         raise BenchError(f"grid file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise BenchError(f"grid file {path} must be a mapping with keys {', '.join(sorted(GRID_KEYS))}")
+        raise BenchError(f"grid file {path} must be a YAML mapping (see config/grid.schema.yaml)")
     return path.stem, data
 
 
-def _mapping(value, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BenchError(f"{where} must be a mapping (key: value), got {type(value).__name__}")
-    return value
+def validate_schema(name: str, data) -> None:
+    """Structure and types, against config/grid.schema.yaml: the first problem, as one line."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "top level"
+        allowed = ""
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = f" (allowed: {', '.join(error.schema.get('properties', {}))})"
+        raise BenchError(f"grid {name}: {where}: {error.message}{allowed} (see config/grid.schema.yaml)")
 
 
 def grid_cells(name_or_path: str) -> list[Cell]:
-    """Expand a grid into cells: tasks x models x methods x train sizes x seeds."""
+    """Expand a schema-valid grid into cells: tasks x models x methods x train sizes x seeds."""
     name, data = load_grid_file(name_or_path)
-    unknown = set(data) - GRID_KEYS
-    if unknown:
-        raise BenchError(f"grid {name}: unknown key(s) {sorted(unknown)}: valid are {', '.join(sorted(GRID_KEYS))}")
-    for key in ("models", "methods", "tasks", "train_sizes"):
-        if not data.get(key):
-            raise BenchError(f"grid {name}: '{key}' is missing or empty")
-    grid_hp = _mapping(data.get("hp"), f"grid {name}: hp")
-    tasks = _mapping(data["tasks"], f"grid {name}: tasks")
-    methods = _mapping(data["methods"], f"grid {name}: methods")
+    validate_schema(name, data)
+    grid_hp = data.get("hp") or {}
     cells = []
-    for task, settings in tasks.items():
-        settings = _mapping(settings, f"grid {name}: tasks.{task}")
-        extra = set(settings) - TASK_KEYS
-        if extra:
-            raise BenchError(f"grid {name}: tasks.{task} has unknown key(s) {sorted(extra)}: "
-                             f"valid are {', '.join(sorted(TASK_KEYS))}")
+    for task, settings in data["tasks"].items():
+        settings = settings or {}
         shifts = settings.get("shifts")
-        task_hp = _mapping(settings.get("hp"), f"grid {name}: tasks.{task}.hp")
-        for model, method, size, seed in itertools.product(data["models"], methods, data["train_sizes"],
+        for model, method, size, seed in itertools.product(data["models"], data["methods"], data["train_sizes"],
                                                            data.get("seeds", [0])):
-            hp = {**grid_hp, **task_hp, **_mapping(methods[method], f"grid {name}: methods.{method}")}
+            hp = {**grid_hp, **(settings.get("hp") or {}), **(data["methods"][method] or {})}
             cells.append(Cell(name, task, model, method, size, seed, hp, settings.get("eval_limit"),
                               tuple(shifts) if shifts is not None else None))
     return cells
+
+
+def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
+    """Check every distinct cell setting against the registries (names, sizes, shifts, hp types)."""
+    from bench.cell import CellConfig, plan_cell
+
+    seen = set()
+    for cell in cells:
+        key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            plan_cell(CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp,
+                                 cell.eval_limit, cell.shifts, cell.grid, data_root))
+        except BenchError as error:
+            raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.method}/n{cell.train_size}: "
+                             f"{error}") from None

@@ -109,3 +109,12 @@ def test_tiny_grid_through_snakemake(models_cache, tmp_path):
     assert "| tiny-llama | full_ft | 16 |" in report and "| tiny-llama | lora | 16 |" in report
     rerun = subprocess.run(command + ["-n"], env=env, capture_output=True, text=True)
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "full_ft"])
+def test_encoder_cell_trains_its_head(models_cache, tmp_path, method):
+    record = run_cell(_cell(model="tiny-bert", method=method, task="mrpc", shifts=("qqp",)), tmp_path, threads=1)
+    assert record["status"] == "ok" and set(record["metrics"]) == {"mrpc", "qqp"}
+    assert {"accuracy", "f1"} <= set(record["metrics"]["mrpc"])
+    if method == "lora":  # 2 layers x (query, value) x r(d_in + d_out), plus the head Linear(32, 2)
+        assert record["cost"]["trainable_params"] == 2 * 2 * 4 * (32 + 32) + (32 * 2 + 2)
