@@ -2,10 +2,9 @@
 #   snakemake --cores all                       # the default grid
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
 import sys
-from pathlib import Path
 
 from bench.errors import BenchError
-from bench.grid import check_cells, grid_cells
+from bench.grid import cell_resources, check_cells, grid_cells
 from bench.models import cache_dir
 
 GRID = config.get("grid", "smoke")
@@ -18,6 +17,15 @@ GRID_NAME = next(iter(CELLS.values())).grid
 PY = sys.executable
 MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO_MODELS overrides)
 DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else ""
+
+
+def cell_of(w):
+    return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.method}/n{w.size}/s{w.seed}"]
+
+
+def resource(key):
+    return lambda wildcards: cell_resources(cell_of(wildcards))[key]
+
 
 wildcard_constraints:
     size=r"\d+|full",
@@ -46,8 +54,13 @@ rule cell:
     log:
         "results/{grid}/logs/{task}/{model}/{method}/n{size}_s{seed}.log",
     params:
-        args=lambda w, output: CELLS[str(Path(output[0]).parent)].cli_args(),
+        args=lambda w: cell_of(w).cli_args(),
     threads: 1
+    resources:
+        mem_mb=resource("mem_mb"),
+        runtime=resource("runtime"),
+        cpus_per_task=resource("cpus_per_task"),
+        gpu=resource("gpu"),
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m bench run-cell {params.args} {DATA_ROOT} --threads {threads}"
         " --out $(dirname {output}) 2>&1 | tee {log}"

@@ -6,6 +6,7 @@ file supplies the defaults underneath (see bench.method.resolve_hparams).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import shlex
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from bench.errors import BenchError
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "config" / "grids"
 SCHEMA = GRIDS_DIR.parent / "grid.schema.yaml"
+RESOURCES = GRIDS_DIR.parent / "resources.yaml"
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,24 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
         except BenchError as error:
             raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.method}/n{cell.train_size}: "
                              f"{error}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _resource_rules() -> dict:
+    return yaml.safe_load(RESOURCES.read_text())
+
+
+def cell_resources(cell: Cell) -> dict:
+    """Cluster resources of a cell from config/resources.yaml, its model's size and its method."""
+    from bench.method import get_method
+    from bench.models import get_model_spec
+
+    rules = _resource_rules()
+    params = get_model_spec(cell.model).params or 0
+    tunes_base = get_method(cell.method).tunes_base
+    per_param = rules["mem"]["bytes_per_param"]["tunes_base" if tunes_base else "frozen_base"]
+    runtime = rules["runtime_min"]["base"] + rules["runtime_min"]["per_billion_params"] * params / 1e9
+    if tunes_base:
+        runtime *= rules["runtime_min"]["tunes_base_factor"]
+    return {"mem_mb": int(rules["mem"]["overhead_mb"] + per_param * params / 2**20), "runtime": int(runtime),
+            "cpus_per_task": rules["cpus_per_task"], "gpu": int(params >= float(rules["gpu"]["min_params"]))}

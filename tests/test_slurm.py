@@ -1,0 +1,113 @@
+"""The grid through a real single-node SLURM (Debian's slurmctld/slurmd/munge) and the Snakemake SLURM executor.
+
+Needs root and apt (CI has both); installs the daemons when missing, starts them on localhost, runs the
+tiny grid with `--executor slurm`, checks the records, and stops the daemons by PID.
+See ../shared/CLUSTER.md for the two traps handled here: the config must be /etc/slurm/slurm.conf, and
+without accounting the plugin must poll squeue (`--slurm-status-command squeue --slurm-no-account`).
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.tasks import data_root
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+
+pytestmark = pytest.mark.slurm
+
+
+def _install() -> None:
+    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sinfo", "munged")):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("SLURM is not installed and this user cannot apt-get it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], check=True, env=env,
+                   capture_output=True, timeout=600)
+
+
+def _config(state: Path) -> str:
+    host = socket.gethostname()
+    return "\n".join([
+        "ClusterName=peftrepro", f"SlurmctldHost={host}", "AuthType=auth/munge", "SlurmUser=root",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory",
+        "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
+        f"StateSaveLocation={state}/ctld", f"SlurmdSpoolDir={state}/d", f"SlurmctldPidFile={state}/ctld.pid",
+        f"SlurmdPidFile={state}/d.pid", f"SlurmctldLogFile={state}/ctld.log", f"SlurmdLogFile={state}/d.log",
+        "ReturnToService=2",
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=16000 State=UNKNOWN",
+        f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""])
+
+
+@pytest.fixture()
+def slurm(tmp_path):
+    _install()
+    state = tmp_path / "slurm"
+    for sub in ("ctld", "d"):
+        (state / sub).mkdir(parents=True)
+    conf = Path("/etc/slurm/slurm.conf")  # the plugin's job step drops SLURM_CONF: only this path works
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    backup = conf.read_text() if conf.exists() else None
+    conf.write_text(_config(state))
+    Path("/run/munge").mkdir(exist_ok=True)
+    shutil.chown("/run/munge", "munge", "munge")
+    pids = []
+    try:
+        munged = subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "-F"], start_new_session=True)
+        pids.append(munged.pid)
+        time.sleep(1)
+        for daemon in ("slurmctld", "slurmd"):
+            pids.append(subprocess.Popen([daemon, "-D"], start_new_session=True, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL).pid)
+            time.sleep(2)
+        for _ in range(60):
+            states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+            if "idle" in states:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"SLURM node never became idle: sinfo says {states}; logs in {state}")
+        yield state
+    finally:
+        for pid in reversed(pids):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if backup is None:
+            conf.unlink(missing_ok=True)
+        else:
+            conf.write_text(backup)
+
+
+def test_tiny_grid_through_slurm(slurm, models_cache, tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason='pip install -e ".[cluster]"')
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PEFT_REPRO_MODELS": str(models_cache), "PEFT_REPRO_DATA": str(data_root())}
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+         "--workflow-profile", str(REPO / "profiles/slurm"), "--jobs", "2", "--config", "grid=tiny",
+         "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
+         "--default-resources", "slurm_partition=main"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    records = sorted(work.glob("results/tiny/**/record.json"))
+    assert len(records) == 2
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok" and set(record["metrics"]) == {"sst2", "imdb"}
+    assert (work / "reports/tiny/README.md").exists()
+    allocated = (slurm / "ctld.log").read_text().count("sched: Allocate JobId")
+    assert allocated >= 4  # prepare_model, two cells and the report each ran as a SLURM job
