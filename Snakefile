@@ -5,6 +5,7 @@ import sys
 
 from bench.errors import BenchError
 from bench.grid import cell_resources, check_cells, grid_cells
+from bench.method import method_files
 from bench.models import cache_dir
 
 GRID = config.get("grid", "smoke")
@@ -20,7 +21,7 @@ DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else "
 
 
 def cell_of(w):
-    return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.method}/n{w.size}/s{w.seed}"]
+    return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.variant}/n{w.size}/s{w.seed}"]
 
 
 def resource(key):
@@ -47,12 +48,13 @@ rule prepare_model:
 
 rule cell:
     input:
-        method=f"{workflow.basedir}/methods/{{method}}.py",
+        method=lambda w: method_files(cell_of(w).method),
         model=f"{MODELS}/{{model}}/manifest.json",
+        needs=lambda w: [f"{d}/record.json" for d in cell_of(w).needs],  # cells it reads (distill's teacher)
     output:
-        "results/{grid}/{task}/{model}/{method}/n{size}/s{seed}/record.json",
+        "results/{grid}/{task}/{model}/{variant}/n{size}/s{seed}/record.json",
     log:
-        "results/{grid}/logs/{task}/{model}/{method}/n{size}_s{seed}.log",
+        "results/{grid}/logs/{task}/{model}/{variant}/n{size}_s{seed}.log",
     params:
         args=lambda w: cell_of(w).cli_args(),
     threads: 1
@@ -66,12 +68,20 @@ rule cell:
         " --out $(dirname {output}) 2>&1 | tee {log}"
 
 
-rule report:
+rule report:  # records only, never trains; `snakemake --report reports/<grid>/report.html` packs the outputs
     input:
         records=[f"{d}/record.json" for d in CELLS],
-        code=f"{workflow.basedir}/bench/report.py",
+        harness=expand(f"{workflow.basedir}/bench/{{name}}.py",  # every bench/*.py: they decide what is stale
+                       name=glob_wildcards(f"{workflow.basedir}/bench/{{name,[^/]+}}.py").name),
+        claims=f"{workflow.basedir}/config/claims.yaml",
     output:
-        "reports/{grid}/README.md",
-        "results/{grid}/summary.csv",
+        readme=report(f"reports/{GRID_NAME}/README.md", category="Tables", labels={"file": "README.md (all tables)"}),
+        tex=report(f"reports/{GRID_NAME}/tables.tex", category="Tables", labels={"file": "tables.tex (LaTeX)"}),
+        claims=report(f"reports/{GRID_NAME}/claims.md", category="Claims", labels={"file": "claims.md (verdicts)"}),
+        summary=report(f"results/{GRID_NAME}/summary.csv", category="Tables",
+                       labels={"file": "summary.csv (mean, std, seeds)"}),
+        cells=report(f"results/{GRID_NAME}/cells.csv", category="Tables", labels={"file": "cells.csv (status)"}),
+        plots=report(directory(f"reports/{GRID_NAME}/plots"), patterns=["{kind}-{task}.png"], category="Plots",
+                     subcategory="{task}", labels={"task": "{task}", "plot": "{kind}"}),
     shell:
-        "{PY} -m bench report {wildcards.grid}"
+        "{PY} -m bench report {GRID:q}"

@@ -47,33 +47,31 @@ def cmd_prepare_model(args) -> None:
 
 
 def cmd_methods(args) -> None:
-    from bench.method import get_method, method_names, method_summary, total_parameters, trainable_parameters
+    from bench.method import (CellContext, get_method, method_names, method_summary, resolve_hparams,
+                              total_parameters, trainable_parameters)
 
-    rows = []
     if args.model:
-        from bench.method import CellContext
         from bench.models import get_model_spec, load_model
         from bench.tasks import get_task
 
-        spec = get_model_spec(args.model)
-        task = get_task(args.task)
+        spec, task = get_model_spec(args.model), get_task(args.task)
     for name in method_names():
         line = f"{name:16s} {method_summary(name)}"
         if args.model:
             method = get_method(name)
-            if spec.kind not in method.model_kinds:
-                line += f"  [{spec.kind} not supported]"
-            else:
-                from bench.method import resolve_hparams
-
+            try:
+                hp = resolve_hparams(method, {})
+                if spec.kind not in method.model_kinds:
+                    raise BenchError(f"{spec.kind} models not supported")
+                method.check_hparams(hp, task, spec.kind)
                 model, tokenizer, _ = load_model(args.model, num_labels=len(task.verbalizer) or None, verify=False)
-                ctx = CellContext(task=task, model_kind=spec.kind, tokenizer=tokenizer)
                 total = total_parameters(model)
-                adapted = method.apply(model, resolve_hparams(method, {}), ctx)
-                trainable = trainable_parameters(adapted)
-                line += f"  trainable {trainable:,} ({100 * trainable / total:.4f}% of {total:,})"
-        rows.append(line)
-    print("\n".join(rows))
+                ctx = CellContext(task=task, model_kind=spec.kind, tokenizer=tokenizer)
+                trainable = trainable_parameters(method.apply(model, hp, ctx))
+                line += f"\n{'':16s} trainable {trainable:,} = {100 * trainable / total:.4f}% of {total:,}"
+            except BenchError as error:
+                line += f"\n{'':16s} not applicable: {error}"
+        print(line, flush=True)
 
 
 def cmd_report(args) -> None:

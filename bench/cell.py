@@ -14,13 +14,12 @@ import random
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.method import CellContext, get_method, resolve_hparams, total_parameters, trainable_parameters
+from bench.method import CellContext, get_method, method_files, resolve_hparams, total_parameters, trainable_parameters
 
 RECORD_SCHEMA = 1
 HARNESS_DIR = Path(__file__).resolve().parent
@@ -40,20 +39,19 @@ class CellConfig:
     data_root: str | None = None
 
 
-def harness_hash() -> str:
-    """sha256 over the harness code (bench/*.py): the report flags records made by other code."""
+NOT_HARNESS = {"report.py", "plots.py", "grid.py"}  # they read records or plan cells; they make no record
+
+
+def files_sha256(paths) -> str:
     digest = hashlib.sha256()
-    for path in sorted(HARNESS_DIR.glob("*.py")):
+    for path in sorted(paths):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def harness_hash() -> str:
+    """sha256 over the harness code that makes records: the report flags records made by other code."""
+    return files_sha256(p for p in HARNESS_DIR.glob("*.py") if p.name not in NOT_HARNESS)
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -113,6 +111,7 @@ def plan_cell(config: CellConfig) -> Plan:
                          f"it supports {', '.join(method.model_kinds)}")
     if spec.kind == "encoder" and task.kind != "classification":
         raise BenchError(f"encoder {spec.name} cannot do generation task {task.name}: use a causal LM")
+    method.check_hparams(hp, task, spec.kind)
     root = data_root(config.data_root)
     if task.train_split is None and hp["steps"] > 0:
         raise BenchError(f"task {task.name} has no training split (evaluation only): use steps=0 or another task")
@@ -146,10 +145,30 @@ def peak_memory_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def evaluate_set(plan: Plan, model, tokenizer, examples, timer) -> dict:
+class FormattedTask:
+    """A task whose `prompt(ex)` is the method's `format_prompt` of the task's prompt; every other
+    attribute is the task's. Training batches and evaluation both read prompts through it."""
+
+    def __init__(self, task, method, hp: dict, ctx: CellContext):
+        self._task, self._method, self._hp, self._ctx = task, method, hp, ctx
+
+    def __getattr__(self, name):  # only called for names not set in __init__
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._task, name)
+
+    def prompt(self, ex) -> str:
+        return self._method.format_prompt(self._task.prompt(ex), self._hp, self._ctx)
+
+
+def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None) -> dict:
+    """Metrics of one eval set; `task` (default plan.task) is the task as the method formats it."""
     from bench import evaluation
 
-    task, hp = plan.task, plan.hp
+    task, hp = task or plan.task, plan.hp
+    custom = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
+    if custom is not None:
+        return custom
     if task.kind == "classification":
         if plan.model_spec.kind == "encoder":
             scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
@@ -160,7 +179,8 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer) -> dict:
         predictions = scores.argmax(dim=-1).tolist()
         return evaluation.classification_metrics(predictions, [ex.label for ex in examples], task.metrics)
     hypotheses = evaluation.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
-                                     hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer)
+                                     hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer,
+                                     plan.method.extra_positions(hp))
     metrics = evaluation.generation_metrics(hypotheses, [list(ex.references) for ex in examples], task.metrics)
     metrics["samples"] = [{"input": task.prompt(ex), "output": h} for ex, h in zip(examples[:3], hypotheses)]
     return metrics
@@ -184,16 +204,23 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     root = data_root(config.data_root)
     seed_everything(config.seed)
     trains = hp["steps"] > 0
-    train_set = train_examples(task, config.train_size, config.seed, root) if trains else []
+    # loaded also when nothing trains: a method may read them (in-context demonstrations)
+    train_set = train_examples(task, config.train_size, config.seed, root) if task.train_split else []
     eval_sets = {name: eval_examples(task, name, config.eval_limit, root) for name in plan.eval_sets}
+    ctx = CellContext(task=task, model_kind=plan.model_spec.kind, tokenizer=None, train_examples=train_set,
+                      seed=config.seed)
+    if trains:  # e.g. a teacher's labels (distill), before this cell's model loads; not part of the cell's cost
+        train_set = ctx.train_examples = method.prepare_train_examples(train_set, hp, ctx)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
     model, tokenizer, manifest = load_model(config.model, num_labels=len(task.verbalizer) or None)
-    ctx = CellContext(task=task, model_kind=plan.model_spec.kind, tokenizer=tokenizer,
-                      train_examples=train_set, seed=config.seed)
+    ctx.tokenizer = tokenizer
     seed_everything(config.seed)
     model = method.apply(model, hp, ctx).to(device)
+    prompted = FormattedTask(task, method, hp, ctx)
 
-    result = train(model, method, hp, training_batches(tokenizer, task, ctx.model_kind, train_set, hp["batch_size"],
-                                                       hp["max_len"], config.seed),
+    result = train(model, method, hp, training_batches(tokenizer, prompted, ctx.model_kind, train_set,
+                                                       hp["batch_size"], hp["max_len"], config.seed),
                    progress=f"{config.method} {config.task} n={config.train_size}") if trains else None
     record = {
         "schema": RECORD_SCHEMA,
@@ -213,7 +240,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         method.save_delta(model, delta_dir)
         delta_bytes = sum(f.stat().st_size for f in delta_dir.rglob("*") if f.is_file())
         for name, examples in eval_sets.items():
-            record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer)
+            record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer, prompted)
             record["metrics"][name]["n"] = len(examples)
     record["cost"] = {
         "trainable_params": trainable_parameters(model) if trains else 0,
@@ -230,6 +257,6 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     record["env"] = environment(device)
     record["inputs"] = {"data": file_sha256s(task, plan.eval_sets, root),
                         "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
-                        "method_sha256": file_sha256(Path(sys.modules[type(method).__module__].__file__))}
+                        "method_sha256": files_sha256(method_files(config.method))}
     write_json_atomic(out_dir / "record.json", record)
     return record

@@ -34,8 +34,13 @@ def _chunks(items, size):
 
 @torch.no_grad()
 def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
-                extra_positions: int = 0, timer: Timer | None = None) -> torch.Tensor:
-    """Sum of label-token log-probs, shape (examples, labels)."""
+                extra_positions: int = 0, timer: Timer | None = None, copies: int = 1) -> torch.Tensor:
+    """Sum of label-token log-probs, shape (examples, labels).
+
+    `copies` > 1: the model answers every input row with `copies` rows, copy-major (row c * rows + b is
+    copy c of input row b; e.g. one row per prompt of a prompt ensemble); the scores then have shape
+    (copies, examples, labels).
+    """
     label_ids = [continuation_ids(tokenizer, word) for word in task.verbalizer]
     room = max_len - max(len(ids) for ids in label_ids)
     rows: dict[tuple, int] = {}  # distinct input sequence -> row
@@ -47,7 +52,7 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
             row = rows.setdefault(sequence, len(rows))
             requests.append((i, j, row, len(prompt) - 1, ids))
     sequences = list(rows)
-    scores = torch.zeros(len(examples), len(label_ids))
+    scores = torch.zeros(copies, len(examples), len(label_ids))
     by_row: dict[int, list] = {}
     for request in requests:
         by_row.setdefault(request[2], []).append(request)
@@ -61,12 +66,14 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         if timer:
             timer.seconds += time.perf_counter() - start
-            timer.tokens += int(attention_mask.sum())
+            timer.tokens += copies * int(attention_mask.sum())
         column = {position: c for c, position in enumerate(wanted)}
-        for b, r in enumerate(batch_rows):
-            for i, j, _, first, ids in by_row[r]:
-                scores[i, j] = sum(logprobs[b, column[first + k], t].item() for k, t in enumerate(ids))
-    return scores
+        for c in range(copies):
+            for b, r in enumerate(batch_rows):
+                for i, j, _, first, ids in by_row[r]:
+                    row = c * len(batch_rows) + b
+                    scores[c, i, j] = sum(logprobs[row, column[first + k], t].item() for k, t in enumerate(ids))
+    return scores[0] if copies == 1 else scores
 
 
 @torch.no_grad()
@@ -88,14 +95,31 @@ def clean_generation(text: str) -> str:
     return text.lstrip().split("\n", 1)[0].strip()
 
 
+def _generation_batches(lengths: list[int], batch_size: int, equal_length: bool) -> list[list[int]]:
+    """Indices of the prompts per batch: in order, or (equal_length) only prompts of one token length
+    together, longest first."""
+    if not equal_length:
+        return list(_chunks(list(range(len(lengths))), batch_size))
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [chunk for n in sorted(groups, reverse=True) for chunk in _chunks(groups[n], batch_size)]
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
-             num_beams: int = 1, timer: Timer | None = None) -> list[str]:
-    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1)."""
-    outputs = []
-    for chunk in tqdm(list(_chunks(prompts, batch_size)), desc="generate", leave=False, mininterval=2):
-        input_ids, attention_mask = pad([prompt_ids(tokenizer, p)[-max_len:] for p in chunk],
-                                        tokenizer.pad_token_id, side="left")
+             num_beams: int = 1, timer: Timer | None = None, extra_positions: int = 0) -> list[str]:
+    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1).
+
+    With virtual tokens (`extra_positions` > 0, e.g. peft prompt tuning) left padding would sit between
+    the virtual tokens and the text and shift the text's positions, so a batch then holds only prompts
+    of equal token length (no padding): results do not depend on the batch, at some cost in speed.
+    """
+    encoded = [prompt_ids(tokenizer, p)[-max_len:] for p in prompts]
+    outputs: list[str] = [""] * len(prompts)
+    batches = _generation_batches([len(ids) for ids in encoded], batch_size, extra_positions > 0)
+    for chunk in tqdm(batches, desc="generate", leave=False, mininterval=2):
+        input_ids, attention_mask = pad([encoded[i] for i in chunk], tokenizer.pad_token_id, side="left")
         start = time.perf_counter()
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
         generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
@@ -105,7 +129,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         if timer:
             timer.seconds += time.perf_counter() - start
             timer.tokens += int(attention_mask.sum()) + int((new_tokens != tokenizer.pad_token_id).sum())
-        outputs += [clean_generation(t) for t in tokenizer.batch_decode(new_tokens.cpu(), skip_special_tokens=True)]
+        texts = tokenizer.batch_decode(new_tokens.cpu(), skip_special_tokens=True)
+        for i, text in zip(chunk, texts):
+            outputs[i] = clean_generation(text)
     return outputs
 
 

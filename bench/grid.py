@@ -26,16 +26,22 @@ class Cell:
     grid: str
     task: str
     model: str
-    method: str
+    method: str  # the file methods/<method>.py
     train_size: int | str
     seed: int
     hp: dict
     eval_limit: int | None
     shifts: tuple[str, ...] | None
+    variant: str = ""  # the label in the grid (and the cell's folder); defaults to the method
+    needs: tuple[str, ...] = ()  # dirs of cells of the grid this one reads (e.g. distill's teacher): run first
+
+    @property
+    def label(self) -> str:
+        return self.variant or self.method
 
     @property
     def dir(self) -> str:
-        return f"results/{self.grid}/{self.task}/{self.model}/{self.method}/n{self.train_size}/s{self.seed}"
+        return f"results/{self.grid}/{self.task}/{self.model}/{self.label}/n{self.train_size}/s{self.seed}"
 
     def cli_args(self) -> str:
         """The `python -m bench run-cell` arguments (all but --out) that reproduce this cell."""
@@ -70,41 +76,100 @@ def load_grid_file(name_or_path: str) -> tuple[str, dict]:
     return path.stem, data
 
 
-def validate_schema(name: str, data) -> None:
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def validate_schema(name: str, data, definition: str | None = None, where: str = "") -> None:
     """Structure and types, against config/grid.schema.yaml: the first problem, as one line."""
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = _schema() if definition is None else {**_schema(), "$ref": f"#/$defs/{definition}"}
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
     if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "top level"
+        where = ".".join([where] * bool(where) + [str(p) for p in error.absolute_path]) or "top level"
         allowed = ""
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = f" (allowed: {', '.join(error.schema.get('properties', {}))})"
         raise BenchError(f"grid {name}: {where}: {error.message}{allowed} (see config/grid.schema.yaml)")
 
 
-def grid_cells(name_or_path: str) -> list[Cell]:
-    """Expand a schema-valid grid into cells: tasks x models x methods x train sizes x seeds."""
-    name, data = load_grid_file(name_or_path)
+def blocks(name: str, data: dict) -> list[dict]:
+    """The grid's blocks, each completed from the top-level keys and schema-checked."""
     validate_schema(name, data)
-    grid_hp = data.get("hp") or {}
-    cells = []
-    for task, settings in data["tasks"].items():
-        settings = settings or {}
-        shifts = settings.get("shifts")
-        for model, method, size, seed in itertools.product(data["models"], data["methods"], data["train_sizes"],
-                                                           data.get("seeds", [0])):
-            hp = {**grid_hp, **(settings.get("hp") or {}), **(data["methods"][method] or {})}
-            cells.append(Cell(name, task, model, method, size, seed, hp, settings.get("eval_limit"),
-                              tuple(shifts) if shifts is not None else None))
-    return cells
+    shared = {k: v for k, v in data.items() if k not in ("blocks", "description")}
+    listed = data.get("blocks") or [{}]
+    merged = [{**shared, **block} for block in listed]
+    for i, block in enumerate(merged):
+        validate_schema(name, block, "block", f"blocks.{i}" if "blocks" in data else "")
+    return merged
+
+
+def method_variants(label: str, entry: dict | None) -> list[tuple[str, str, dict]]:
+    """(variant label, method file, hp) for a grid's method entry; list values sweep."""
+    entry = dict(entry or {})
+    method = entry.pop("method", label)
+    swept = sorted(k for k, v in entry.items() if isinstance(v, list))
+    variants = []
+    for values in itertools.product(*(entry[k] for k in swept)):
+        hp = {**entry, **dict(zip(swept, values))}
+        suffix = "".join(f"-{k}={v}" for k, v in zip(swept, values))
+        variants.append((label + suffix, method, hp))
+    return variants
+
+
+# hp that name another cell of the grid: a method entry's `<ref>_method` (that cell's method label) and optional
+# `<ref>_model` (default: this cell's model) become hp `<ref>` = that cell's dir, for the same task, train size
+# and seed (e.g. distill's teacher); the cell then `needs` it.
+CELL_REFS = ("teacher",)
+
+
+def _cell_refs(name: str, task: str, model: str, size, seed: int, hp: dict) -> tuple[dict, tuple[str, ...]]:
+    hp, needs = dict(hp), []
+    for ref in CELL_REFS:
+        if f"{ref}_model" in hp or f"{ref}_method" in hp:
+            other = hp.pop(f"{ref}_model", model)
+            if f"{ref}_method" not in hp:
+                raise BenchError(f"grid {name}: a method entry has {ref}_model but no {ref}_method: add "
+                                 f"{ref}_method (the {ref} cell's method label in this grid)")
+            hp[ref] = Cell(name, task, str(other), str(hp.pop(f"{ref}_method")), size, seed, {}, None, None).dir
+            needs.append(hp[ref])
+    return hp, tuple(needs)
+
+
+def grid_cells(name_or_path: str) -> list[Cell]:
+    """Expand a schema-valid grid: per block, tasks x models x methods (x sweeps) x train sizes x seeds."""
+    name, data = load_grid_file(name_or_path)
+    cells = {}
+    for block in blocks(name, data):
+        for task, settings in block["tasks"].items():
+            settings = settings or {}
+            shifts = settings.get("shifts")
+            variants = [v for label, entry in block["methods"].items() for v in method_variants(label, entry)]
+            for model, (label, method, method_hp), size, seed in itertools.product(
+                    block["models"], variants, block["train_sizes"], block.get("seeds", [0])):
+                hp, needs = _cell_refs(name, task, model, size, seed,
+                                       {**(block.get("hp") or {}), **(settings.get("hp") or {}), **method_hp})
+                cell = Cell(name, task, model, method, size, seed, hp, settings.get("eval_limit"),
+                            tuple(shifts) if shifts is not None else None, "" if label == method else label, needs)
+                cells.setdefault(cell.dir, cell)
+    return list(cells.values())
 
 
 def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
     """Check every distinct cell setting against the registries (names, sizes, shifts, hp types)."""
     from bench.cell import CellConfig, plan_cell
 
+    dirs = {cell.dir for cell in cells}
+    for cell in cells:
+        for need in cell.needs:
+            ref = next((k for k, v in cell.hp.items() if v == need), "needed")
+            if need == cell.dir or need not in dirs:
+                problem = "is the cell itself" if need == cell.dir else "is not in the grid"
+                raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "
+                                 f"{ref} cell {need} {problem}: add its model and method label to the grid (same "
+                                 f"task, train sizes and seeds) or fix {ref}_model/{ref}_method")
     seen = set()
     for cell in cells:
         key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts)
@@ -115,7 +180,7 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
             plan_cell(CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp,
                                  cell.eval_limit, cell.shifts, cell.grid, data_root))
         except BenchError as error:
-            raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.method}/n{cell.train_size}: "
+            raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "
                              f"{error}") from None
 
 

@@ -65,6 +65,30 @@ class Method:
         """Virtual tokens the method prepends to every sequence (shifts logit positions)."""
         return 0
 
+    def check_hparams(self, hp: dict, task, model_kind: str) -> None:
+        """Raise BenchError, one line naming the valid choices, for hyperparameters (or a task) the method
+        cannot run. Called when a cell is planned, before any model loads. Default: accept everything."""
+
+    def format_prompt(self, prompt: str, hp: dict, ctx: CellContext) -> str:
+        """The text a causal LM sees in place of one example's task prompt, in training and evaluation
+        (e.g. in-context demonstrations before it). Applied wherever `task.prompt(ex)` becomes token ids;
+        encoders read the text fields, not the prompt, so it does not reach them. Default: unchanged."""
+        return prompt
+
+    def prepare_train_examples(self, examples: list, hp: dict, ctx: CellContext) -> list:
+        """The examples the model trains on, made once from the cell's training examples (e.g. relabelled by
+        a teacher model, methods/distill.py); they also become `ctx.train_examples`. Called only when the cell
+        trains (steps > 0), before the cell's model loads (so `ctx.tokenizer` is still None: a bad input fails
+        before any model loads, and what the hook loads is freed before the cell's model comes), and so
+        before `apply` and the training batches; its time is not in the cell's train_s. Default: unchanged."""
+        return examples
+
+    def evaluate(self, model, tokenizer, task, examples: list, hp: dict, timer=None) -> dict | None:
+        """Metrics of one eval set computed by the method itself (e.g. an ensemble's vote), or None to use
+        the harness's rank scoring / encoder logits / generation. `task.prompt` already applies
+        `format_prompt`; `timer` (bench.evaluation.Timer) collects model time and tokens."""
+        return None
+
     def save_delta(self, model, path: Path) -> None:
         from safetensors.torch import save_file
 
@@ -113,6 +137,22 @@ def method_summary(name: str) -> str:
     """The module docstring's first line, read without importing (for `bench methods`)."""
     doc = ast.get_docstring(ast.parse((METHODS_DIR / f"{name}.py").read_text())) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def method_files(name: str) -> list[Path]:
+    """The method's file and every methods/ module it imports, found by reading the imports (no import):
+    what decides a method's cells, so Snakemake reruns them when any of these files changes."""
+    files, pending = [], [METHODS_DIR / f"{name}.py"]
+    while pending:
+        path = pending.pop()
+        if path in files or not path.exists():
+            continue
+        files.append(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            pending += [METHODS_DIR / f"{m.split('.', 1)[1]}.py" for m in modules if m.startswith("methods.")]
+    return sorted(files)
 
 
 def get_method(name: str) -> Method:

@@ -298,24 +298,38 @@ def _convert_tiny(spec: ModelSpec, out: Path, work: Path) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def _convert_hub(spec: ModelSpec, out: Path, work: Path) -> str:
+    """Cluster users: download once from the model hub (needs the network) and save a plain folder."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[spec.kind]
+    try:
+        auto.from_pretrained(spec.hub_id, dtype=torch.float32).save_pretrained(out)
+        AutoTokenizer.from_pretrained(spec.hub_id).save_pretrained(out)
+    except OSError as error:
+        raise BenchError(f"model {spec.name} comes from the hub ({spec.hub_id}) and could not be fetched "
+                         f"({str(error).splitlines()[0][:120]}): run where the hub is reachable, or use a "
+                         f"model with a local source (python -m bench prepare-model smollm2-135m)") from None
+    return ""
+
+
 SOURCES = {"tiny": _convert_tiny, "gguf": _convert_gguf, "gguf_parts": _convert_gguf,
            "gguf_assemble": _convert_gguf, "hf_dir": _convert_hf, "hf_zip_parts": _convert_hf,
-           "onnx_bert": _convert_onnx_bert, "hub": None}
+           "onnx_bert": _convert_onnx_bert, "hub": _convert_hub}
 
 
 # --------------------------------------------------------------------------- prepare / load
 def prepare_model(name: str, cache: str | Path | None = None) -> Path:
     """Convert a model once into cache/<name>/ (config, safetensors, tokenizer, manifest.json); idempotent."""
     spec = get_model_spec(name)
-    if spec.source == "hub":
-        raise BenchError(f"model {name} comes from the hub ({spec.hub_id}): load_model fetches it with "
-                         f"from_pretrained; nothing to prepare offline (use a model with a local source)")
     root = cache_dir(cache)
     out = root / name
     if (out / "manifest.json").is_file():
         return out
     _check_packages(spec)
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    if spec.source != "hub":
+        os.environ["HF_HUB_OFFLINE"] = "1"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)               # one conversion per model at a time; freed on close
@@ -352,20 +366,16 @@ def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | 
                verify: bool = True):
     """(model in eval mode, tokenizer with pad set and right padding, manifest) from the prepared folder."""
     spec = get_model_spec(name)
-    if spec.source == "hub":
-        source = spec.hub_id
-        manifest = {"name": name, "source": "hub", "hub_id": spec.hub_id, "source_sha256": None, "files": {}}
-    else:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        source = cache_dir(cache) / name
-        if not (source / "manifest.json").is_file():
-            prepare_model(name, cache)
-        manifest = json.loads((source / "manifest.json").read_text())
-        for fname, want in manifest["files"].items() if verify else ():
-            got = _sha256_file(source / fname) if (source / fname).is_file() else "missing"
-            if got != want:
-                raise BenchError(f"prepared model file {source / fname} does not match its manifest (expected "
-                                 f"sha256 {want[:16]}..., got {got[:16]}...): delete {source} and rerun prepare-model")
+    source = cache_dir(cache) / name
+    if not (source / "manifest.json").is_file():
+        prepare_model(name, cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    manifest = json.loads((source / "manifest.json").read_text())
+    for fname, want in manifest["files"].items() if verify else ():
+        got = _sha256_file(source / fname) if (source / fname).is_file() else "missing"
+        if got != want:
+            raise BenchError(f"prepared model file {source / fname} does not match its manifest (expected "
+                             f"sha256 {want[:16]}..., got {got[:16]}...): delete {source} and rerun prepare-model")
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
     from transformers import AutoTokenizer
@@ -391,6 +401,6 @@ def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | 
 
 
 def model_fingerprint(manifest: dict) -> str:
-    """sha256 over the manifest's file hashes (the hub id for hub models, which have no local files)."""
+    """sha256 over the manifest's file hashes."""
     lines = [f"{fname}:{sha}\n" for fname, sha in sorted(manifest["files"].items())]
-    return hashlib.sha256("".join(lines or [f"hub:{manifest.get('hub_id')}\n"]).encode()).hexdigest()
+    return hashlib.sha256("".join(lines).encode()).hexdigest()

@@ -1,7 +1,6 @@
 """The cell contract end to end on a tiny model: record schema, atomic write, determinism, bad input."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +105,9 @@ def test_tiny_grid_through_snakemake(models_cache, tmp_path):
     assert [r.parent.parent.parent.name for r in records] == ["full_ft", "lora"]
     assert all(json.loads(r.read_text())["status"] == "ok" for r in records)
     report = (tmp_path / "reports/tiny/README.md").read_text()
-    assert "| tiny-llama | full_ft | 16 |" in report and "| tiny-llama | lora | 16 |" in report
+    assert "2 cells: 2 ok" in report
+    assert "| sst2 | tiny-llama | full_ft | 26.8K | 100.000 |" in report  # the cost table's rows
+    assert "| sst2 | tiny-llama | lora | 896 |" in report
     rerun = subprocess.run(command + ["-n"], env=env, capture_output=True, text=True)
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 

@@ -102,3 +102,23 @@ def test_snakemake_reports_a_bad_grid_without_traceback(tmp_path):
     output = (done.stdout + done.stderr).strip()
     assert "unknown method 'dora'" in output and "Traceback" not in output
     assert len(output.splitlines()) == 1
+
+
+def test_blocks_and_sweeps(tmp_path):
+    data = {"train_sizes": [16], "tasks": {"sst2": None}, "models": ["tiny-llama"],
+            "blocks": [{"methods": {"lora": None}},
+                       {"methods": {"pt": {"method": "full_ft", "lr": [1e-3, 1e-2], "steps": 2}},
+                        "seeds": [0, 1], "train_sizes": [8]}]}
+    cells = grid_cells(_write(tmp_path, data))
+    assert sorted(c.dir.split("/", 3)[3] for c in cells) == [
+        "tiny-llama/lora/n16/s0", "tiny-llama/pt-lr=0.001/n8/s0", "tiny-llama/pt-lr=0.001/n8/s1",
+        "tiny-llama/pt-lr=0.01/n8/s0", "tiny-llama/pt-lr=0.01/n8/s1"]
+    swept = next(c for c in cells if c.label == "pt-lr=0.01")
+    assert swept.method == "full_ft" and swept.hp == {"lr": 0.01, "steps": 2}
+    check_cells(cells)
+
+
+def test_block_errors_name_the_block(tmp_path):
+    data = {"tasks": {"sst2": None}, "models": ["tiny-llama"], "blocks": [{"methods": {"lora": None}}]}
+    with pytest.raises(BenchError, match=r"blocks.0: 'train_sizes' is a required property"):
+        grid_cells(_write(tmp_path, data))

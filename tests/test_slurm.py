@@ -110,4 +110,4 @@ def test_tiny_grid_through_slurm(slurm, models_cache, tmp_path):
         assert record["status"] == "ok" and set(record["metrics"]) == {"sst2", "imdb"}
     assert (work / "reports/tiny/README.md").exists()
     allocated = (slurm / "ctld.log").read_text().count("sched: Allocate JobId")
-    assert allocated >= 4  # prepare_model, two cells and the report each ran as a SLURM job
+    assert allocated >= 3  # the two cells and the report each ran as a SLURM job (+ prepare_model if needed)

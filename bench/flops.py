@@ -1,0 +1,143 @@
+"""Training FLOPs per step and this machine's dense matmul peak (for MFU).
+
+FLOPs follow the usual transformer approximation (Kaplan et al. 2020; Chinchilla appendix F): one
+multiply-add per parameter per token position in the forward pass (2N FLOPs), twice that in the
+backward pass: 2N for the gradient with respect to the activations and 2N for the gradient with
+respect to the weights. So
+
+- full fine-tuning (the base trains): 6·N per position;
+- a frozen backbone (LoRA, prompt/prefix tuning, adapters, ...): the backward pass still runs through
+  every layer to reach the trained parameters (2N for activation gradients) but computes no weight
+  gradients of the frozen matrices: 4·N per position, plus 2·T for the weight gradients of the T
+  trainable parameters that sit in the token path (LoRA, adapters; for prompt tuning the trainable
+  rows are a lookup and 2·T is a slight overcount, for a tiny T).
+
+Positions are the real (non-padding) tokens plus virtual tokens that run through the whole network
+(prompt tuning, P-tuning: `extra_positions` per sequence). Prefix tuning's prefix appears only as
+attention keys/values: it adds attention-score FLOPs, which this approximation leaves out like the
+attention term of every sequence (at 64-128 tokens and d_model 576 it is a few percent of 2N).
+
+N is the number of parameters used as matmul weights per position. With tied input/output embeddings
+(SmolLM2) the total parameter count is that number: the shared matrix is looked up once (no FLOPs)
+and multiplied once (the LM head). Untied models overcount by the input embedding; pass `n_params`
+without it when that matters. Padding positions are computed but not counted: this is model FLOPs
+utilisation of useful work, as in the PaLM paper's MFU.
+
+`matmul_peak_flops` measures the peak this machine reaches on a large dense matmul (fp32 on CPU,
+bf16 on CUDA) with the given number of threads, best of several repeats, cached on disk per
+(device, dtype, threads, CPU/GPU model, torch version) because a shared machine's background load
+should not make every cell measure a different peak.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from functools import lru_cache
+from pathlib import Path
+
+PEAK_CACHE_ENV = "PEFT_REPRO_PEAK_CACHE"  # file holding measured peaks (default results/models/matmul_peak.json)
+
+
+def flops_per_step(n_params_total: int, tunes_base: bool, tokens: int, extra_positions: int = 0,
+                   sequences: int = 0, trainable_params: int = 0) -> float:
+    """≈ training FLOPs of one optimizer step.
+
+    n_params_total: parameters of the (adapted) model, used as matmul weights per position.
+    tunes_base: True when the base weights train (full FT: 6N per position); False for a frozen
+        backbone (4N per position + 2·trainable_params).
+    tokens: real (non-padding) token positions in the step's batch.
+    extra_positions: virtual tokens prepended to every sequence that run through the network (prompt
+        tuning's `num_virtual_tokens`; 0 for prefix tuning, whose prefix is only keys/values).
+    sequences: sequences in the batch (the batch size), to count the virtual tokens.
+    """
+    if n_params_total < 0 or tokens < 0 or extra_positions < 0 or sequences < 0:
+        raise ValueError("flops_per_step: counts must be non-negative")
+    positions = tokens + extra_positions * sequences
+    if tunes_base:
+        return 6.0 * n_params_total * positions
+    return (4.0 * n_params_total + 2.0 * trainable_params) * positions
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_file() -> Path:
+    if os.environ.get(PEAK_CACHE_ENV):
+        return Path(os.environ[PEAK_CACHE_ENV])
+    from bench.models import cache_dir
+
+    return cache_dir() / "matmul_peak.json"  # machine-local and git-ignored, like the converted models
+
+
+def measure_matmul_peak(threads: int = 1, device: str = "cpu", size: int | None = None, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of an n×n @ n×n matmul (2n³ FLOPs) over `repeats` timed runs."""
+    import torch
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    size = size or (8192 if device.startswith("cuda") else 2048)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        out = torch.empty(size, size, device=device, dtype=dtype)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        torch.matmul(a, b, out=out)  # warm-up (thread pool, kernels)
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.matmul(a, b, out=out)
+            sync()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * size ** 3 / best
+
+
+@lru_cache(maxsize=None)
+def matmul_peak_flops(threads: int = 1, device: str = "cpu") -> float:
+    """This machine's dense matmul peak in FLOP/s (fp32 on CPU, bf16 on CUDA), measured once and cached
+    in results/models/matmul_peak.json (the model cache, $PEFT_REPRO_MODELS; or $PEFT_REPRO_PEAK_CACHE)."""
+    import torch
+
+    key = f"{device}|{_device_name(device)}|threads={threads}|torch={torch.__version__}"
+    path = _cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+        return float(cached[key])
+    peak = measure_matmul_peak(threads, device)
+    try:  # re-read, merge, write atomically: two cells may measure at the same time
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        cached[key] = peak
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(cached, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a read-only checkout still gets the measured value
+    return peak
+
+
+def mfu(flops_per_s: float, threads: int = 1, device: str = "cpu") -> float:
+    """Achieved FLOP/s as a fraction of the measured matmul peak."""
+    return flops_per_s / matmul_peak_flops(threads, device)

@@ -1,0 +1,149 @@
+"""Figures from the summary table (bench/report.py), PNG via matplotlib's Agg backend.
+
+One figure per task and kind, written only when the summary has the data for it: score vs model size and
+score vs training examples (line plots, log x, at least 2 x values), in-domain vs shifted eval sets (grouped
+bars), and score vs cost (peak memory, trainable parameters) with the Pareto front. Files are named
+`<kind>-<task>.png` (the Snakefile's report() patterns rely on it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from bench.report import _num, human  # noqa: E402
+
+UNITS = {"accuracy": "accuracy (%)", "f1": "F1 (×100)", "bleu": "BLEU (0–100)", "rouge_l": "ROUGE-L F (×100)",
+         "rouge_1": "ROUGE-1 F (×100)"}
+
+
+def _colors(T) -> dict:
+    variants = list(dict.fromkeys(T["variant"]))
+    cmap, n = (plt.get_cmap("tab10"), 10) if len(variants) <= 10 else (plt.get_cmap("tab20"), 20)
+    return {v: cmap(i % n) for i, v in enumerate(variants)}
+
+
+def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    for a in np.atleast_1d(ax):
+        a.grid(True, alpha=0.3)
+        a.set_axisbelow(True)
+        a.set_ylabel(ylabel)
+    if np.atleast_1d(ax)[0].get_legend() is None:
+        np.atleast_1d(ax)[0].legend(fontsize=8)
+    if xlabel:
+        for a in np.atleast_1d(ax):
+            a.set_xlabel(xlabel)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.88, wspace=0.08)  # fixed: tight_layout is slow
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _lines(ax, D, x, colors, tick=human):
+    """One line per method variant (error bars: std over seeds); log x with ticks at the data."""
+    for variant, g in D.groupby("variant", sort=False):
+        g = g.sort_values(x)
+        ax.errorbar(g[x], g["mean"], yerr=g["std"], marker="o", capsize=3, label=variant, color=colors[variant])
+    ax.set_xscale("log")
+    xs = sorted(set(D[x]))
+    ax.set_xticks(xs, [tick(v) for v in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_size(T, task, out: Path):
+    size = max(T["train_size"], key=_num)
+    D = T[T["in_domain"] & (T["train_size"] == size)]
+    if D["model_params"].nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    _lines(ax, D, "model_params", _colors(T))
+    return _save(fig, ax, out / f"size-{task}.png", f"{task}: score vs model size (train size {size})",
+                 "model size (parameters, log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+
+
+def plot_data(T, task, out: Path):
+    model = T.loc[T["model_params"].idxmax(), "model"]
+    D = T[T["in_domain"] & (T["model"] == model) & T["train_size"].str.isdigit()]
+    if D["train_size"].nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    _lines(ax, D.assign(n=D["train_size"].astype(int)), "n", _colors(T), tick=lambda v: f"{v:g}")
+    return _save(fig, ax, out / f"trainsize-{task}.png", f"{task}: score vs training examples ({model})",
+                 "training examples (log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+
+
+def plot_shift(T, task, out: Path):
+    model, size = T.loc[T["model_params"].idxmax(), "model"], max(T["train_size"], key=_num)
+    D = T[(T["model"] == model) & (T["train_size"] == size)]
+    if D["in_domain"].all():
+        return None
+    sets, colors = list(dict.fromkeys(D["eval_set"])), _colors(T)
+    variants = list(dict.fromkeys(D["variant"]))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(sets)), 4.2))
+    for i, variant in enumerate(variants):
+        by = D[D["variant"] == variant].set_index("eval_set")
+        xs = [j for j, s in enumerate(sets) if s in by.index]
+        ax.bar([x + (i - (len(variants) - 1) / 2) * width for x in xs], [by.loc[sets[x], "mean"] for x in xs], width,
+               yerr=[by.loc[sets[x], "std"] for x in xs], capsize=3, label=variant,
+               color=colors[variant])
+    ax.set_xticks(range(len(sets)), [s + (" (in-domain)" if s == task else "") for s in sets])
+    ax.set_ylim(0, (D["mean"] + D["std"].fillna(0)).max() * (1.15 + 0.07 * ((len(variants) + 2) // 3)))  # legend room
+    ax.legend(fontsize=8, loc="upper center", ncol=min(3, len(variants)))
+    return _save(fig, ax, out / f"shift-{task}.png", f"{task}: in-domain vs shifted eval sets ({model}, n={size})",
+                 "eval set", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+
+
+def _front(x, y):
+    """Points no other point beats on both axes (less cost, more score), in cost order."""
+    order, best, keep = np.lexsort((-y, x)), -np.inf, []  # by cost, then best score first among equal costs
+    for i in order:
+        if y[i] > best:
+            keep.append(i)
+            best = y[i]
+    return x[keep], y[keep]
+
+
+def plot_pareto(T, task, out: Path):
+    size = max(T["train_size"], key=_num)
+    D = T[T["in_domain"] & (T["train_size"] == size)]
+    if len(D) < 2:
+        return None
+    colors = _colors(T)
+    models = list(D.sort_values("model_params")["model"].unique())
+    markers = dict(zip(models, "osD^vP*X" * 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for ax, col, scale, label in ((axes[0], "peak_mem_bytes", 2**30, "peak memory (GB)"),
+                                  (axes[1], "trainable_params", 1, "trainable parameters (log scale)")):
+        P = D[D[col] > 0]
+        for r in P.to_dict("records"):
+            ax.scatter(r[col] / scale, r["mean"], color=colors[r["variant"]], marker=markers[r["model"]], s=45,
+                       zorder=3)
+        if len(P) >= 2:
+            fx, fy = _front(P[col].to_numpy() / scale, P["mean"].to_numpy())
+            ax.step(fx, fy, where="post", color="k", linestyle="--", linewidth=1)
+        ax.set_xlabel(label)
+    axes[1].set_xscale("log")
+    handles = [Line2D([], [], color=colors[v], marker="o", linestyle="", label=v) for v in dict.fromkeys(D["variant"])]
+    handles += [Line2D([], [], color="gray", marker=markers[m], linestyle="", label=m) for m in models]
+    handles.append(Line2D([], [], color="k", linestyle="--", linewidth=1, label="Pareto front"))
+    axes[0].legend(handles=handles, fontsize=8)
+    return _save(fig, axes, out / f"pareto-{task}.png", f"{task}: score vs cost (n={size}; colour = method, "
+                 "marker = model; upper left is better)", "", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+
+
+def make_plots(S, out: Path) -> list[Path]:
+    paths = []
+    for task, T in S[S["primary"]].groupby("task", sort=False):
+        for plot in (plot_size, plot_data, plot_shift, plot_pareto):
+            path = plot(T, task, out)
+            if path is not None:
+                paths.append(path)
+    return paths

@@ -1,0 +1,106 @@
+"""Bottleneck adapters (Houlsby et al. 2019) after the attention and feed-forward sublayers of every block; own code.
+
+Library: our own small module (torch only). The `adapters` library implements Houlsby adapters but
+requires transformers 4.x, and peft has no bottleneck adapter; the method is ~40 lines.
+
+Each adapter maps h -> h + W_up act(W_down h + b_down) + b_up with m = d / reduction_factor hidden
+units (Houlsby: the adapter's own skip connection). Placement follows the paper: on the output of
+each sublayer's final projection, before the block's residual add: the attention output projection
+(`self_attn.o_proj`; BERT `attention.output.dense`) and the feed-forward output projection
+(`mlp.down_proj`; BERT `output.dense`). For Llama-style blocks these outputs are exactly what is added
+to the residual stream; in BERT the adapter sits after the dense projection, before dropout and the
+add & LayerNorm (the paper's Figure 2: after the projection, before the skip connection is added).
+The adapter is attached as a child `adapter` of the wrapped projection and applied by a forward
+hook, so base parameter names do not change.
+
+Init: W_down gets torch's default Linear init; W_up and both biases are zero, so the adapted model
+is exactly the base model at step 0. (Houlsby et al.'s released code, google-research/adapter-bert,
+draws both matrices from a truncated normal with std 1e-3: near the identity; we make it exactly the
+identity, as LoRA does with B = 0.) Activation: GELU, as in that code; hp `activation` in
+{gelu, relu, swish, tanh}.
+
+Trained: the adapters only, 2 x (2*d*m + d + m) parameters per block (the closed form of the issue;
+Houlsby et al. also train the layer norms, which this follows the issue in leaving frozen), plus the
+classification head for encoders. Defaults: reduction_factor 16 (m = d/16), lr 3e-4 (the middle of
+Houlsby et al.'s grid {3e-5, 3e-4, 3e-3}). The delta is a safetensors file of the adapter (and head)
+weights (the base `Method.save_delta`).
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.errors import BenchError
+from bench.method import Method
+from methods._common import freeze, model_label, train_head, transformer_blocks
+
+# (attention output projection, feed-forward output projection) inside a block, per naming scheme
+SUBLAYER_OUTPUTS = (("self_attn.o_proj", "mlp.down_proj"),       # Llama, Qwen2, Gemma, Mistral
+                    ("attention.output.dense", "output.dense"),   # BERT, RoBERTa, MiniLM
+                    ("attention.attn.o", "output.dense"))         # MPNet
+ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU, "swish": torch.nn.SiLU, "tanh": torch.nn.Tanh}
+
+
+class BottleneckAdapter(torch.nn.Module):
+    def __init__(self, d: int, m: int, activation: str):
+        super().__init__()
+        self.down = torch.nn.Linear(d, m)
+        self.act = ACTIVATIONS[activation]()
+        self.up = torch.nn.Linear(m, d)
+        torch.nn.init.zeros_(self.down.bias)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden):
+        return hidden + self.up(self.act(self.down(hidden)))
+
+
+def _apply_adapter(module, args, output):
+    """Forward hook on a wrapped projection (module-level, so deep copies stay correct)."""
+    return module.adapter(output)
+
+
+class Adapter(Method):
+    description = __doc__
+    defaults = {"lr": 3e-4, "reduction_factor": 16, "activation": "gelu"}
+
+    def check_hparams(self, hp: dict, task=None, model_kind=None) -> None:
+        if hp["reduction_factor"] <= 0:
+            raise BenchError(f"adapter reduction_factor={hp['reduction_factor']} must be a positive divisor of the "
+                             "hidden size (m = d / reduction_factor; e.g. 16)")
+        if hp["activation"] not in ACTIVATIONS:
+            raise BenchError(f"adapter activation={hp['activation']!r} unknown: choose one of {', '.join(ACTIVATIONS)}")
+
+    def bottleneck(self, hp: dict, d: int, label: str) -> int:
+        factor = hp["reduction_factor"]
+        if d % factor:
+            valid = [f for f in range(1, d + 1) if d % f == 0]
+            shown = ", ".join(map(str, valid[:12])) + (", ..." if len(valid) > 12 else "")
+            raise BenchError(f"adapter reduction_factor={factor} does not divide the hidden size {d} of {label}: "
+                             f"valid: {shown}")
+        return d // factor
+
+    def apply(self, model, hp, ctx):
+        self.check_hparams(hp, ctx.task, ctx.model_kind)
+        d, label = model.config.hidden_size, model_label(model)
+        m = self.bottleneck(hp, d, label)
+        _, blocks = transformer_blocks(model)
+        projections = []
+        for block in blocks:
+            names = dict(block.named_modules())
+            pair = next((pair for pair in SUBLAYER_OUTPUTS if all(n in names for n in pair)), None)
+            if pair is None:
+                raise BenchError(f"adapter does not know the sublayer outputs of {label} ({type(block).__name__}): "
+                                 f"supported are {', '.join('/'.join(p) for p in SUBLAYER_OUTPUTS)}")
+            projections += [names[n] for n in pair]
+        if any(hasattr(projection, "adapter") for projection in projections):
+            raise BenchError(f"adapter: {label} already has adapters: apply the method to a fresh base model")
+        freeze(model)
+        for projection in projections:
+            weight = projection.weight
+            projection.add_module("adapter", BottleneckAdapter(d, m, hp["activation"]).to(weight.device, weight.dtype))
+            projection.register_forward_hook(_apply_adapter)
+        train_head(model, ctx)
+        return model
+
+
+METHOD = Adapter()

@@ -1,0 +1,347 @@
+"""The report from synthetic records (no training): aggregation, missing/diverged/stale cells, tables only
+with their data, claim verdicts (holds / fails / not run), plots. Records copy the structure written by
+bench.cell.run_cell; each test works in its own tmp dir (results/ and reports/ land there)."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import bench.report as report
+from bench.__main__ import main
+from bench.cell import harness_hash
+from bench.grid import grid_cells
+
+SIZES = {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}
+TRAINABLE = {"full_ft": lambda total: total, "lora": lambda total: total * 0.0034, "prompt_tuning": lambda _: 11_520,
+             "prompt_ensemble": lambda _: 57_600, "prefix_tuning": lambda _: 1_000_000}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_grid(tmp_path, name="g", **data) -> str:
+    data = {"models": ["smollm2-135m"], "methods": {"full_ft": {"lr": 2e-5}, "lora": {"lr": 1e-3}},
+            "tasks": {"sst2": {"shifts": ["imdb"], "eval_limit": 100}}, "train_sizes": [50], "seeds": [0], **data}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flops=None, peak=1.9e9):
+    """A record.json as run_cell writes it; scores: {eval_set: {metric: value}}."""
+    total = SIZES.get(cell.model, 134_515_008)
+    trainable = int(TRAINABLE.get(cell.method, lambda t: 10_000)(total))
+    hp = {"lr": 1e-3, "steps": 20, "batch_size": 8, "max_len": 64, "eval_batch_size": 16, "num_beams": 1,
+          **cell.hp, **(hp or {})}
+    record = {
+        "schema": 1,
+        "config": {"task": cell.task, "model": cell.model, "method": cell.method, "train_size": cell.train_size,
+                   "seed": cell.seed, "hp": hp, "eval_limit": cell.eval_limit, "shifts": list(cell.shifts or []),
+                   "grid": cell.grid, "data_root": None, "hp_overrides": {k: str(v) for k, v in cell.hp.items()}},
+        "status": status, "diverged_at_step": 7 if status == "diverged" else None,
+        "metrics": {} if status != "ok" else {e: {**m, "n": 100} for e, m in scores.items()},
+        "train": {"steps": 20, "losses": [2.1, 1.4, 0.9]},
+        "cost": {"trainable_params": trainable,  # prefix tuning trains an MLP, saves only its output (the delta)
+                 "delta_params": trainable // (4 if cell.method == "prefix_tuning" else 1),
+                 "total_params": total + (0 if cell.method == "full_ft" else trainable),
+                 "delta_bytes": 4 * trainable + 1000, "peak_mem_bytes": int(peak), "peak_mem_kind": "process_max_rss",
+                 "train_s": 50.0, "train_tokens_per_s": 52.0, "eval_s": 60.0, "eval_tokens_per_s": 230.0,
+                 **({"flops_per_step": flops} if flops else {})},
+        "env": {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "peft": "0.21.2",
+                "git_commit": "df8cd27", "harness_sha256": harness or harness_hash(), "device": "cpu",
+                "cpu": "x86_64", "threads": 1, "host": "vm"},
+        "inputs": {"data": {"sst2/dev.tsv": "0" * 64}, "model": {"name": cell.model, "sha256": "1" * 64},
+                   "method_sha256": "2" * 64},
+    }
+    path = Path(cell.dir) / "record.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+
+
+def cells_of(grid, **match):
+    return [c for c in grid_cells(grid) if all(str(getattr(c, k)) == str(v) for k, v in match.items())]
+
+
+def read(tmp_path, grid="g"):
+    rep = tmp_path / "reports" / grid
+    return ((rep / "README.md").read_text(), pd.read_csv(tmp_path / "results" / grid / "summary.csv"),
+            (rep / "claims.md").read_text())
+
+
+@pytest.fixture()
+def no_plots(monkeypatch):
+    """Tests that do not look at plots skip drawing them (about a second each on a loaded machine)."""
+    import bench.plots
+
+    monkeypatch.setattr(bench.plots, "make_plots", lambda summary, out: [])
+
+
+def verdicts(claims_md: str) -> dict:
+    rows = [line.split("|") for line in claims_md.splitlines() if line.startswith("| [")]
+    return {r[1].strip().split("]")[0][1:]: r[3].strip().strip("*") for r in rows}
+
+
+def test_mean_std_seeds_and_cells_without_result(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, seeds=[0, 1, 2], methods={"full_ft": None, "lora": None, "ia3": None})
+    for cell, acc, shifted in zip(cells_of(grid, method="lora"), [80, 82, 84], [70, 71, 75]):
+        write_record(cell, {"sst2": {"accuracy": acc}, "imdb": {"accuracy": shifted}})
+    ft = cells_of(grid, method="full_ft")
+    write_record(ft[0], {"sst2": {"accuracy": 85.0}, "imdb": {"accuracy": 66.0}})
+    write_record(ft[1], {}, status="diverged")
+    log = tmp_path / "results/g/logs/sst2/smollm2-135m/full_ft/n50_s2.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("loading\nerror: out of memory: use a smaller batch\n")
+    assert main(["report", grid]) == 0
+    readme, summary, claims = read(tmp_path)
+    lora = summary[(summary.method == "lora") & (summary.eval_set == "sst2")].iloc[0]
+    assert (lora["mean"], lora["std"], lora["seeds"]) == (82.0, 2.0, 3)
+    imdb = summary[(summary.method == "lora") & (summary.eval_set == "imdb")].iloc[0]
+    assert imdb["mean"] == 72.0 and imdb["std"] == pytest.approx(2.6458, abs=1e-4)
+    assert summary[(summary.method == "full_ft") & (summary.eval_set == "sst2")]["seeds"].tolist() == [1]
+    assert "82.0 ± 2.0 (n=3)" in readme and "85.0 (n=1)" in readme
+    cells = pd.read_csv(tmp_path / "results/g/cells.csv")
+    assert cells.status.value_counts().to_dict() == {"ok": 4, "not run": 3, "diverged": 1, "failed": 1}
+    assert "results/g/sst2/smollm2-135m/full_ft/n50/s1`: diverged" in readme
+    assert "full_ft/n50/s2`: failed" in readme and "error: out of memory: use a smaller batch" in readme
+    assert readme.count("`: not run") == 3 and "ia3/n50/s0" in readme
+    assert "## Stale cells" not in readme and ") †" not in readme
+    # one model, one train size, no generation task: only the tables and plots the data supports
+    assert "Domain shift: sst2" in readme
+    assert "| smollm2-135m | 50 | imdb | 66.0 (n=1) | 72.0 ± 2.6 (n=3) | +6.0 |" in readme
+    for absent in ("Table-to-text", "Low-data", "Ablation", "Prompt ensembling"):
+        assert absent not in readme
+    plots = sorted(p.name for p in (tmp_path / "reports/g/plots").iterdir())
+    assert plots == ["pareto-sst2.png", "shift-sst2.png"]
+    assert verdicts(claims)["lora_e2e_matches_full_ft"] == "not run"
+
+
+def test_stale_cells_marked_with_the_rerun_command(tmp_path, monkeypatch, no_plots):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path)
+    old, new = cells_of(grid, method="lora")[0], cells_of(grid, method="full_ft")[0]
+    write_record(old, {"sst2": {"accuracy": 80.0}, "imdb": {"accuracy": 70.0}}, harness="0" * 64)
+    write_record(new, {"sst2": {"accuracy": 81.0}, "imdb": {"accuracy": 60.0}})
+    report.write_report(grid)
+    readme, summary, _ = read(tmp_path)
+    assert summary.groupby("method")["stale"].all().to_dict() == {"full_ft": False, "lora": True}
+    assert "80.0 (n=1) †" in readme and "81.0 (n=1) |" in readme
+    stale = readme.split("## Stale cells")[1]
+    assert f"rm {old.dir}/record.json" in stale and new.dir not in stale
+    assert f"snakemake --cores all --config grid={grid}" in stale
+
+
+def _sweep_grid(tmp_path, lora_bleu=(55.0, 60.0), ft_bleu=(50.0, 52.0), prompt_gap=(20.0, 5.0), pt_ood=+4.0):
+    """Two models x {full_ft, lora, prompt_tuning} x {sst2 (+imdb, amazon_books), e2e} x n {50, 200}."""
+    grid = write_grid(tmp_path, models=["smollm2-135m", "smollm2-360m"],
+                      methods={"full_ft": None, "lora": None, "prompt_tuning": None},
+                      tasks={"sst2": {"shifts": ["imdb", "amazon_books"]}, "e2e": None}, train_sizes=[50, 200])
+    for cell in grid_cells(grid):
+        big, many = cell.model == "smollm2-360m", cell.train_size == 200
+        if cell.task == "e2e":
+            bleu = {"full_ft": ft_bleu[big], "lora": lora_bleu[big], "prompt_tuning": 40.0}[cell.method] + 2 * many
+            scores = {"bleu": bleu, "rouge_l": bleu + 10}
+            if cell.method == "full_ft":
+                scores["nist"] = 6.5
+            write_record(cell, {"e2e": scores}, flops=3.2e12)
+        else:
+            ft = 80.0 + 5 * big + 2 * many
+            acc = {"full_ft": ft, "lora": ft - 1, "prompt_tuning": ft - prompt_gap[big]}[cell.method]
+            ood = {"full_ft": 0.0, "lora": 1.0, "prompt_tuning": pt_ood}[cell.method]
+            write_record(cell, {"sst2": {"accuracy": acc}, "imdb": {"accuracy": 60.0 + ood},
+                                "amazon_books": {"accuracy": 62.0 + ood}},
+                         peak=3.2e9 if cell.method == "full_ft" else 2.0e9)
+    return grid
+
+
+def test_tables_plots_and_claims_on_a_two_model_grid(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = _sweep_grid(tmp_path)
+    paths = report.write_report(grid)
+    readme, summary, claims = read(tmp_path)
+    assert len(summary) == 2 * 3 * 2 * (3 + 2) + 2 * 2  # models x methods x sizes x (3 sst2 sets + bleu, rouge_l)
+    #                                                      + nist (full_ft only)
+    e2e = readme.split("### Table-to-text: e2e")[1].split("###")[0]
+    assert "| model | method | train size | trainable params | trainable % | BLEU | NIST | ROUGE-L |" in e2e
+    assert "| smollm2-135m | full_ft | 50 | 135M | 100.000 | 50.0 (n=1) | 6.50 (n=1) | 60.0 (n=1) |" in e2e
+    assert "| smollm2-360m | lora | 200 | 1.23M | 0.340 | 62.0 (n=1) | – | 72.0 (n=1) |" in e2e
+    size = readme.split("### Classification accuracy by model size")[1].split("###")[0]
+    assert "| sst2 | prompt_tuning | 200 | 62.0 (n=1) | 82.0 (n=1) |" in size
+    assert "smollm2-135m (135M) | smollm2-360m (362M)" in size
+    shift = readme.split("### Domain shift: sst2")[1].split("###")[0]
+    assert "| Δ lora | Δ prompt_tuning |" in shift
+    assert "| smollm2-360m | 200 | amazon_books | 62.0 (n=1) | 63.0 (n=1) | 66.0 (n=1) | +1.0 | +4.0 |" in shift
+    low = readme.split("### Low-data: sst2")[1].split("###")[0]
+    assert "| model | method | n=50 | n=200 |" in low and "| smollm2-135m | lora | 79.0 (n=1) | 81.0 (n=1) |" in low
+    cost = readme.split("### Cost")[1]
+    assert "FLOPs/step" in cost and "| e2e | smollm2-135m | full_ft | 135M | 100.000 | 135M |" in cost
+    assert "Ablation" not in readme and "Prompt ensembling" not in readme
+    tex = (tmp_path / "reports/g/tables.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == readme.count("\n### ") and r"prompt\_tuning" in tex and "$\\pm$" not in tex
+    plots = {p.name for p in paths if p.suffix == ".png"}
+    assert plots == {f"{kind}-{task}.png" for kind in ("size", "trainsize", "pareto") for task in ("sst2", "e2e")} \
+        | {"shift-sst2.png"}
+    for name in plots:
+        assert (tmp_path / "reports/g/plots" / name).read_bytes()[:8] == PNG
+    v = verdicts(claims)
+    assert v["lora_e2e_matches_full_ft"] == "reproduced"
+    assert v["prompt_tuning_gap_shrinks_with_scale"] == "reproduced"
+    assert v["prompt_tuning_robust_to_domain_shift"] == "reproduced"
+    for absent in ("prefix_unseen_webnlg", "prefix_low_data", "class_label_init_best_at_small_size",
+                   "prompt_length_plateaus_after_20", "prompt_ensemble_beats_average"):
+        assert v[absent] == "not run", absent
+    assert "the grid has no cells with task=webnlg" in claims
+    assert "200: gap by size smollm2-135m (135M) +20.0, smollm2-360m (362M) +5.0 ✓" in claims
+
+
+def _claims(grid):
+    cells, frame, hp_cols = report.load(grid)
+    summary = report.summarize(frame, hp_cols)
+    claims = yaml.safe_load(report.CLAIMS.read_text())["claims"]
+    return {r["id"]: r for r in report.evaluate_claims(summary, cells, hp_cols, claims)}
+
+
+def test_claims_that_fail_are_not_reproduced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = _sweep_grid(tmp_path, lora_bleu=(55.0, 49.0), prompt_gap=(5.0, 20.0), pt_ood=-3.0)
+    result = _claims(grid)
+    assert result["lora_e2e_matches_full_ft"]["verdict"] == "not reproduced"
+    lines = result["lora_e2e_matches_full_ft"]["ours"]
+    assert any("lora 51.0 (n=1) vs full_ft 54.0 (n=1) (Δ -3.0) ✗" in line for line in lines)
+    assert result["prompt_tuning_gap_shrinks_with_scale"]["verdict"] == "not reproduced"
+    assert result["prompt_tuning_robust_to_domain_shift"]["verdict"] == "not reproduced"
+
+
+def test_compare_needs_the_parameter_budget_and_names_missing_cells(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, tasks={"e2e": None}, train_sizes=[50, 200])
+    check = {"kind": "compare", "where": {"task": "e2e", "metric": "bleu"}, "left": {"method": "lora"}, "op": ">=",
+             "right": {"method": "full_ft"}, "trainable_pct_below": 0.1}
+    for cell in grid_cells(grid):
+        if cell.train_size == 50:
+            write_record(cell, {"e2e": {"bleu": 60.0 if cell.method == "lora" else 50.0}})
+    cells, frame, hp_cols = report.load(grid)
+    ok, ours, missing = report.CHECKS["compare"](report.summarize(frame, hp_cols), cells, hp_cols, check)
+    assert ok is False and "left trainable % (max): 0.340 (claim: < 0.1)" in ours  # LoRA at 0.34% > 0.1%
+    ok, _, _ = report.CHECKS["compare"](report.summarize(frame, hp_cols), cells, hp_cols,
+                                        {**check, "trainable_pct_below": 1})
+    assert ok is True
+    ok, ours, missing = report.CHECKS["compare"](report.summarize(frame, hp_cols), cells, hp_cols,
+                                                 {**check, "where": {"task": "e2e", "train_size": 200}})
+    assert ok is None and ours == []
+    assert "results/g/e2e/smollm2-135m/lora/n200/s0 (not run)" in missing[0]
+
+
+def test_prompt_ablations_and_ensembles(tmp_path, monkeypatch, no_plots):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, models=["smollm2-135m", "smollm2-360m"], tasks={"sst2": None}, methods={
+        "prompt_tuning": {"num_virtual_tokens": [1, 5, 20, 100], "init": "class_label"},  # a sweep: 4 variants
+        "pt_init": {"method": "prompt_tuning", "num_virtual_tokens": 20, "init": ["vocab", "random"]},
+        "prompt_ensemble": {"k": 5}})
+    by_len = {1: 50.0, 5: 60.0, 20: 70.0, 100: 70.5}
+    by_init = {"class_label": 70.0, "vocab": 65.0, "random": 60.0}
+
+    def write_all(ensemble):
+        for cell in grid_cells(grid):
+            if cell.method == "prompt_ensemble":
+                write_record(cell, {"sst2": {"accuracy": ensemble, "accuracy_avg_single": 70.0,
+                                             "accuracy_best_single": 72.0}})
+            elif cell.model == "smollm2-135m":
+                acc = by_len[cell.hp["num_virtual_tokens"]] + by_init[cell.hp["init"]] - 70.0
+                write_record(cell, {"sst2": {"accuracy": acc}})
+            else:
+                write_record(cell, {"sst2": {"accuracy": 85.0}})
+
+    write_all(ensemble=73.0)
+    report.write_report(grid)
+    readme, summary, claims = read(tmp_path)
+    assert {"num_virtual_tokens", "init"} <= set(summary.columns) and "k" not in summary.columns
+    assert "pt_init-init=vocab" in set(summary.variant) and json.loads(summary.hp[0])["init"] == "class_label"
+    ablation = readme.split("### Ablation: sst2")[1].split("###")[0]
+    assert "| method | num_virtual_tokens | init | train size | smollm2-135m (135M) | smollm2-360m (362M) |" in ablation
+    assert "| pt_init-init=random | 20 | random | 50 | 60.0 (n=1) | 85.0 (n=1) |" in ablation
+    assert "| prompt_tuning-num_virtual_tokens=100 | 100 | class_label | 50 | 70.5 (n=1) | 85.0 (n=1) |" in ablation
+    ens = readme.split("### Prompt ensembling")[1].split("###")[0]
+    assert "| average prompt | best prompt | ensemble |" in ens and "| 70.0 (n=1) | 72.0 (n=1) | 73.0 (n=1) |" in ens
+    v = verdicts(claims)
+    assert v["class_label_init_best_at_small_size"] == "reproduced"
+    assert "init=class_label 70.0 ≥ init=vocab 65.0 ≥ init=random 60.0 ✓" in claims
+    assert v["prompt_length_plateaus_after_20"] == "reproduced"
+    assert "best gain beyond 20: +0.5" in claims
+    assert v["prompt_ensemble_beats_average"] == "reproduced"
+    assert v["prompt_tuning_gap_shrinks_with_scale"] == "not run"
+
+    by_len[100], by_init["random"] = 75.0, 68.0  # gains continue after 20 tokens; random beats vocab
+    write_all(ensemble=69.0)  # and the ensemble falls below the average prompt
+    result = _claims(grid)
+    for claim in ("class_label_init_best_at_small_size", "prompt_length_plateaus_after_20",
+                  "prompt_ensemble_beats_average"):
+        assert result[claim]["verdict"] == "not reproduced", claim
+
+
+def test_ordering_with_a_missing_value_is_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, methods={"prompt_tuning": {"num_virtual_tokens": 20,
+                                                           "init": ["class_label", "random"]}})
+    for cell in grid_cells(grid):
+        write_record(cell, {"sst2": {"accuracy": 70.0}, "imdb": {"accuracy": 60.0}})
+    result = _claims(grid)["class_label_init_best_at_small_size"]
+    assert result["verdict"] == "not run"
+    assert "needs init ∈ ['class_label', 'vocab', 'random'], has ['class_label', 'random']" in result["missing"][0]
+    cells, frame, hp_cols = report.load(grid)
+    summary = report.summarize(frame, hp_cols)
+    assert hp_cols == ["init"]  # num_virtual_tokens is the same everywhere: no column, yet selectable
+    assert len(report.select(summary, {"num_virtual_tokens": 20})) == 2
+    assert report.select(summary, {"num_virtual_tokens": 100}).empty
+    plateau = _claims(grid)["prompt_length_plateaus_after_20"]  # by a hyperparameter with one value here
+    assert plateau["verdict"] == "not run" and "needs num_virtual_tokens=20 and a larger value, has [20.0]" \
+        in plateau["missing"][0]
+
+
+def test_empty_grid_reports_every_cell_as_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path)
+    report.write_report(grid)
+    readme = (tmp_path / "reports/g/README.md").read_text()
+    assert "2 cells: 2 not run" in readme and "(no results yet)" in readme
+    assert set(verdicts((tmp_path / "reports/g/claims.md").read_text()).values()) == {"not run"}
+    assert list((tmp_path / "reports/g/plots").iterdir()) == []
+
+
+def test_snakemake_report_rule_and_html_report_offline(tmp_path):
+    """The report rule on synthetic records (never trains: only `report` is allowed to run), then
+    `snakemake --report` packs tables and plots into one self-contained HTML file."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from bench.tasks import data_root
+
+    repo, project = Path(__file__).resolve().parent.parent, tmp_path / "project"
+    for part in ("bench", "methods", "config", "Snakefile"):
+        (shutil.copytree if (repo / part).is_dir() else shutil.copy2)(repo / part, project / part)
+    (tmp_path / "models/tiny-llama").mkdir(parents=True)
+    (tmp_path / "models/tiny-llama/manifest.json").write_text("{}")  # older than the records: cells are done
+    grid = write_grid(project / "config/grids", "mini", models=["tiny-llama"], train_sizes=[8, 16])
+    env = {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_MODELS": str(tmp_path / "models"),
+           "PEFT_REPRO_DATA": str(data_root())}
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        for i, cell in enumerate(grid_cells(grid)):
+            write_record(cell, {"sst2": {"accuracy": 60.0 + i}, "imdb": {"accuracy": 50.0 + i}})
+    finally:
+        os.chdir(cwd)
+    smk = [sys.executable, "-m", "snakemake", "--cores", "1", "--config", "grid=mini"]
+    run = subprocess.run(smk + ["--allowed-rules", "report", "all"], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert {p.name for p in (project / "reports/mini/plots").glob("*.png")} == \
+        {"trainsize-sst2.png", "shift-sst2.png", "pareto-sst2.png"}
+    html = subprocess.run(smk + ["--report", "reports/mini/report.html"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert html.returncode == 0, html.stderr[-2000:]
+    page = (project / "reports/mini/report.html").read_text()
+    for label in ("Tables", "Plots", "Claims", "README.md (all tables)", "trainsize"):
+        assert label in page, label
