@@ -88,6 +88,14 @@ def cmd_cells(args) -> None:
         print(f"{cell.dir}\t{cell.cli_args()}")
 
 
+def cmd_benchmarks(args) -> None:
+    from bench.benchmarks import run_benchmarks
+
+    status = run_benchmarks(quick=args.quick, threads=args.threads, out=Path(args.out) if args.out else None)
+    if status:
+        sys.exit(status)  # pytest's status: a correctness check failed (speed never fails)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +131,16 @@ def main(argv=None) -> int:
     cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")
     cells.add_argument("grid")
     cells.set_defaults(func=cmd_cells)
+
+    benchmarks = sub.add_parser("benchmarks", help="benchmark our own machinery against baselines (pytest-benchmark); "
+                                                   "writes reports/benchmarks.md + .json")
+    mode = benchmarks.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="tiny models, fewer rounds (CI; under 2 minutes); writes "
+                                                           ".benchmarks/quick.md + .json")
+    mode.add_argument("--full", action="store_false", dest="quick", help="SmolLM2-135M (the default)")
+    benchmarks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    benchmarks.add_argument("--out", default=None, help="JSON path (the report goes beside it, .md)")
+    benchmarks.set_defaults(func=cmd_benchmarks)
 
     args = parser.parse_args(argv)
     try:

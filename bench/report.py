@@ -68,7 +68,7 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         if status != "ok":
             continue
         hp = {key: str(value) for key, value in record["config"].get("hp", {}).items()
-              if key not in ()}  # another cell's dir (distill's teacher): it names the seed, so not an hp
+              if key not in CELL_REFS}  # another cell's dir (distill's teacher): it names the seed, so not an hp
         cost = {key: record["cost"].get(key) for key in COST}
         for eval_set, metrics in record["metrics"].items():
             for metric, value in metrics.items():
@@ -492,8 +492,8 @@ def write_report(grid: str) -> list[Path]:
     parts += ["## Not reported", "", "Soft-prompt interpretability (Lester et al. §7, nearest vocabulary neighbours "
               "of learned prompt tokens) needs the saved deltas (`<cell>/delta/`) and the model, not the records.", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md"]
+    paths[2].write_text("\n".join(parts))
     paths[3].write_text("% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
                         + "\n".join(tex_table(t) for t in tables))
     paths[4].write_text(claims_md(name, claims))
-    paths[2].write_text("\n".join(parts))  # last: a report killed midway has no fresh README
     return paths + plots
