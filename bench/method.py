@@ -121,6 +121,26 @@ class Method:
         raise BenchError(f"optimizer '{hp['optimizer']}' unknown: use adamw or adafactor")
 
 
+class PeftMethod(Method):
+    """A method whose adapted model is a `peft.PeftModel`: the delta is what peft's `save_pretrained`
+    writes (less its generated model card) and loads with `peft.PeftModel.from_pretrained`."""
+
+    def save_delta(self, model, path: Path) -> None:
+        import torch
+
+        # peft evaluates prompt encoders and prefix MLPs at save time: without grad, as evaluation runs
+        # them (an LSTM's inference kernel differs from its training one by ~1e-5), so the saved delta
+        # is exactly the one the cell's metrics were computed with
+        with torch.no_grad():
+            model.save_pretrained(str(path))
+        (path / "README.md").unlink(missing_ok=True)
+
+    def load_delta(self, base, hp: dict, ctx: CellContext, path: Path):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(path))
+
+
 def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -18,7 +18,7 @@ lr 3e-3 (the paper's T-Few recipe uses 3e-3 with Adafactor; `--hp optimizer=adaf
 from __future__ import annotations
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import PeftMethod
 from methods._common import model_label, peft_task_type, transformer_blocks
 
 KEY_VALUE = ("self_attn.k_proj", "self_attn.v_proj", "attention.self.key", "attention.self.value",
@@ -44,7 +44,7 @@ def paper_targets(model) -> tuple[list[str], list[str]]:
     return targets, feed_forward
 
 
-class IA3(Method):
+class IA3(PeftMethod):
     description = __doc__
     defaults = {"lr": 3e-3, "target_modules": "auto"}
 
@@ -59,14 +59,6 @@ class IA3(Method):
         targets, feed_forward = paper_targets(model) if hp["target_modules"] == "auto" else (None, None)
         config = IA3Config(task_type=peft_task_type(ctx), target_modules=targets, feedforward_modules=feed_forward)
         return get_peft_model(model, config)
-
-    def save_delta(self, model, path):
-        model.save_pretrained(str(path))
-
-    def load_delta(self, base, hp, ctx, path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(path))
 
 
 METHOD = IA3()

@@ -5,10 +5,10 @@ Defaults follow the paper's GPT-2 setting: rank 4 on the query and value project
 query,value for BERT); a comma list names modules explicitly. Encoders also train their head.
 """
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import PeftMethod
 
 
-class LoRA(Method):
+class LoRA(PeftMethod):
     description = __doc__
     defaults = {"lr": 2e-4, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "auto"}
 
@@ -29,14 +29,6 @@ class LoRA(Method):
                             target_modules=targets,
                             task_type="CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS")
         return get_peft_model(model, config)
-
-    def save_delta(self, model, path):
-        model.save_pretrained(str(path))
-
-    def load_delta(self, base, hp, ctx, path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(path))
 
 
 METHOD = LoRA()

@@ -18,12 +18,12 @@ peft initialises it (N(0, 1), drawn after the cell's seed is set).
 from __future__ import annotations
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import PeftMethod
 
 ENCODERS = ("LSTM", "MLP")
 
 
-class PTuning(Method):
+class PTuning(PeftMethod):
     description = __doc__
     defaults = {"lr": 1e-3, "weight_decay": 0.01, "num_virtual_tokens": 20, "encoder": "LSTM",
                 "encoder_hidden_size": 128}
@@ -57,21 +57,6 @@ class PTuning(Method):
 
     def extra_positions(self, hp):
         return hp["num_virtual_tokens"]
-
-    def save_delta(self, model, path):
-        import torch
-
-        # peft runs the encoder to get what it saves; without grad, as evaluation runs it (the LSTM's
-        # inference kernel differs from the training one by ~1e-5), so the saved prompt is exactly the
-        # one the cell's metrics were computed with
-        with torch.no_grad():
-            model.save_pretrained(str(path))
-        (path / "README.md").unlink(missing_ok=True)  # peft's generated model card, not part of the delta
-
-    def load_delta(self, base, hp, ctx, path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(path))
 
 
 METHOD = PTuning()

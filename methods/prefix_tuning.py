@@ -38,13 +38,13 @@ from __future__ import annotations
 from string import Formatter
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import PeftMethod
 from methods._common import model_label, peft_task_type
 
 INITS = ("real_tokens", "random")
 
 
-class PrefixTuning(Method):
+class PrefixTuning(PeftMethod):
     description = __doc__
     defaults = {"lr": 5e-5, "prefix_length": 10, "mlp_hidden": 512, "init": "real_tokens", "init_text": ""}
 
@@ -79,14 +79,6 @@ class PrefixTuning(Method):
         prefix = config.num_virtual_tokens * config.num_layers * 2 * config.token_dim
         head = sum(p.numel() for n, p in model.named_parameters() if ".modules_to_save.default." in n)
         return prefix + head
-
-    def save_delta(self, model, path):
-        model.save_pretrained(str(path))  # stores the evaluated prefix (`prompt_embeddings`), not the MLP
-
-    def load_delta(self, base, hp, ctx, path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(path))
 
 
 def init_token_ids(hp: dict, ctx, length: int) -> list[int]:

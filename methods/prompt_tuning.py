@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import PeftMethod
 
 INITS = ("random", "vocab", "class_label")
 FREQUENT_TOKENS = 5000
@@ -97,7 +97,7 @@ def initial_prompt(embeddings, tokenizer, task, init: str, length: int, seed: in
     return prompt
 
 
-class PromptTuning(Method):
+class PromptTuning(PeftMethod):
     description = __doc__
     defaults = {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "grad_clip": 0.0,
                 "num_virtual_tokens": 100, "init": "class_label"}
@@ -122,15 +122,6 @@ class PromptTuning(Method):
 
     def extra_positions(self, hp):
         return hp["num_virtual_tokens"]
-
-    def save_delta(self, model, path):
-        model.save_pretrained(str(path))
-        (path / "README.md").unlink(missing_ok=True)  # peft's generated model card, not part of the delta
-
-    def load_delta(self, base, hp, ctx, path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(path))
 
 
 METHOD = PromptTuning()

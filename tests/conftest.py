@@ -34,3 +34,26 @@ def e2e():
     from bench.tasks import get_task
 
     return get_task("e2e")
+
+
+def _brute_force_scores(model, tokenizer, task, examples, shift=0):
+    """Label log-probs one (example, label) sequence at a time, full logits; `shift` = virtual tokens."""
+    import torch
+
+    from bench.batches import continuation_ids, prompt_ids
+
+    out = torch.zeros(len(examples), len(task.verbalizer))
+    with torch.no_grad():
+        for i, ex in enumerate(examples):
+            prompt = prompt_ids(tokenizer, task.prompt(ex))
+            for j, word in enumerate(task.verbalizer):
+                label = continuation_ids(tokenizer, word)
+                logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + label])).logits[0], -1)
+                out[i, j] = sum(logprobs[shift + len(prompt) - 1 + k, t] for k, t in enumerate(label))
+    return out
+
+
+@pytest.fixture(scope="session")
+def brute_force_scores():
+    """The reference that batched rank scoring must equal."""
+    return _brute_force_scores

@@ -34,26 +34,14 @@ def test_prompt_cut_from_the_left_to_fit(tiny_llama, e2e):
     assert batch["labels"][0, -3:].tolist()[-1] == tokenizer.eos_token_id
 
 
-def _brute_force_scores(model, tokenizer, task, examples):
-    out = torch.zeros(len(examples), len(task.verbalizer))
-    with torch.no_grad():
-        for i, ex in enumerate(examples):
-            prompt = prompt_ids(tokenizer, task.prompt(ex))
-            for j, word in enumerate(task.verbalizer):
-                label = continuation_ids(tokenizer, word)
-                logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + label])).logits[0], -1)
-                out[i, j] = sum(logprobs[len(prompt) - 1 + k, t] for k, t in enumerate(label))
-    return out
-
-
 @pytest.mark.parametrize("verbalizer", [(" negative", " positive"), ("0", "1")])
-def test_rank_scores_match_one_sequence_at_a_time(tiny_llama, sst2, verbalizer):
+def test_rank_scores_match_one_sequence_at_a_time(tiny_llama, sst2, verbalizer, brute_force_scores):
     model, tokenizer, _ = tiny_llama
     task = dataclasses.replace(sst2, verbalizer=verbalizer)
     examples = [Example(fields={"sentence": s}, label=k % 2) for k, s in
                 enumerate(["great fun", "a dull , tired mess that never ends", "ok", "not bad at all"])]
     batched = rank_scores(model, tokenizer, task, examples, batch_size=3, max_len=128)
-    assert torch.allclose(batched, _brute_force_scores(model, tokenizer, task, examples), atol=1e-4)
+    assert torch.allclose(batched, brute_force_scores(model, tokenizer, task, examples), atol=1e-4)
 
 
 def test_single_token_labels_share_one_row(tiny_llama, sst2):

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from bench.batches import continuation_ids, prompt_ids, training_batches
+from bench.batches import continuation_ids, training_batches
 from bench.cell import CellConfig, FormattedTask, plan_cell, run_cell
 from bench.errors import BenchError
 from bench.evaluation import generate, rank_scores
@@ -177,20 +177,8 @@ def test_frequent_tokens_skip_special_and_byte_fallback(tiny_llama):
 
 
 # ------------------------------------------------------------------ scoring and generation with virtual tokens
-def _brute_force_scores(model, tokenizer, task, examples, shift):
-    out = torch.zeros(len(examples), len(task.verbalizer))
-    with torch.no_grad():
-        for i, ex in enumerate(examples):
-            prompt = prompt_ids(tokenizer, task.prompt(ex))
-            for j, word in enumerate(task.verbalizer):
-                label = continuation_ids(tokenizer, word)
-                logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + label])).logits[0], -1)
-                out[i, j] = sum(logprobs[shift + len(prompt) - 1 + k, t] for k, t in enumerate(label))
-    return out
-
-
 @pytest.mark.parametrize("verbalizer", [(" negative", " positive"), ("0", "1")])
-def test_prompt_tuned_rank_scores_match_brute_force(tiny_llama, sst2, verbalizer):
+def test_prompt_tuned_rank_scores_match_brute_force(tiny_llama, sst2, verbalizer, brute_force_scores):
     task = dataclasses.replace(sst2, verbalizer=verbalizer)
     method, hp, _, adapted = _adapt("prompt_tuning", tiny_llama, task)
     _perturb(adapted)
@@ -198,7 +186,7 @@ def test_prompt_tuned_rank_scores_match_brute_force(tiny_llama, sst2, verbalizer
     tokenizer = tiny_llama[1]
     batched = rank_scores(adapted, tokenizer, task, _examples(), batch_size=3, max_len=128,
                           extra_positions=method.extra_positions(hp))
-    assert torch.allclose(batched, _brute_force_scores(adapted, tokenizer, task, _examples(), P), atol=1e-4)
+    assert torch.allclose(batched, brute_force_scores(adapted, tokenizer, task, _examples(), P), atol=1e-4)
 
 
 def test_prompt_tuned_generation_batched_equals_one_at_a_time(tiny_llama, sst2):
