@@ -32,7 +32,7 @@ def cmd_run_cell(args) -> None:
 
     config = CellConfig(task=args.task, model=args.model, method=args.method,
                         train_size=parse_train_size(args.train_size), seed=args.seed, hp=parse_hp(args.hp),
-                        eval_limit=args.eval_limit, grid=args.grid, data_root=args.data_root,
+                        eval_limit=args.eval_limit, grid=args.grid, data_root=args.data_root, dev_limit=args.dev_limit,
                         shifts=tuple(s for s in args.shifts.split(",") if s) if args.shifts is not None else None)
     record = run_cell(config, Path(args.out), threads=args.threads)
     scores = {name: {k: round(v, 2) for k, v in m.items() if isinstance(v, float)}
@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     run.add_argument("--eval-limit", type=int, default=None, help="examples per eval set (default: all)")
+    run.add_argument("--dev-limit", type=int, default=None,
+                     help="hold this many training examples out as eval set `dev` (default: none)")
     run.add_argument("--shifts", default=None, help="comma list of shifted eval sets (default: all of the task's)")
     run.add_argument("--grid", default=None, help="grid name, recorded only")
     run.add_argument("--data-root", default=None, help="folder with SHA256SUMS (default: $PEFT_REPRO_DATA or ../shared/data)")

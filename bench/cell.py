@@ -37,6 +37,7 @@ class CellConfig:
     shifts: tuple[str, ...] | None = None  # shifted eval sets to run; None = all of the task's
     grid: str | None = None
     data_root: str | None = None
+    dev_limit: int | None = None  # hold this many training examples out as eval set `dev` (lr selection); None = no dev
 
 
 NOT_HARNESS = {"report.py", "plots.py", "grid.py"}  # they read records or plan cells; they make no record
@@ -100,7 +101,7 @@ class Plan:
 def plan_cell(config: CellConfig) -> Plan:
     """Validate a cell against the registries; raises BenchError with one line naming the fix."""
     from bench.models import get_model_spec
-    from bench.tasks import data_root, get_task, split_size
+    from bench.tasks import data_root, dev_examples, get_task, split_size
 
     task = get_task(config.task)
     spec = get_model_spec(config.model)
@@ -115,11 +116,15 @@ def plan_cell(config: CellConfig) -> Plan:
     root = data_root(config.data_root)
     if task.train_split is None and hp["steps"] > 0:
         raise BenchError(f"task {task.name} has no training split (evaluation only): use steps=0 or another task")
+    held = ""
+    if config.dev_limit is not None:
+        dev_examples(task, config.dev_limit, root)  # raises if the task has no training split, or it is too small
+        held = f" (its training split less dev_limit={config.dev_limit})"
     if task.train_split is not None:
-        available = split_size(task.train_split, root)
+        available = split_size(task.train_split, root) - (config.dev_limit or 0)
         size = config.train_size
         if size != "full" and not (isinstance(size, int) and 0 < size <= available):
-            raise BenchError(f"train size {size!r} invalid for {task.name}: use 'full' or 1..{available}")
+            raise BenchError(f"train size {size!r} invalid for {task.name}{held}: use 'full' or 1..{available}")
     shifts = list(task.shifts) if config.shifts is None else list(config.shifts)
     unknown = [s for s in shifts if s not in task.shifts]
     if unknown:
@@ -194,7 +199,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     from bench.batches import training_batches
     from bench.evaluation import Timer
     from bench.models import load_model, model_fingerprint
-    from bench.tasks import data_root, eval_examples, file_sha256s, train_examples
+    from bench.tasks import data_root, dev_examples, eval_examples, file_sha256s, train_examples
     from bench.train import train
 
     if threads:
@@ -205,8 +210,10 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     seed_everything(config.seed)
     trains = hp["steps"] > 0
     # loaded also when nothing trains: a method may read them (in-context demonstrations)
-    train_set = train_examples(task, config.train_size, config.seed, root) if task.train_split else []
+    train_set = train_examples(task, config.train_size, config.seed, root, config.dev_limit) if task.train_split else []
     eval_sets = {name: eval_examples(task, name, config.eval_limit, root) for name in plan.eval_sets}
+    if config.dev_limit is not None:  # the selection split first, then in-domain and shifts
+        eval_sets = {"dev": dev_examples(task, config.dev_limit, root), **eval_sets}
     ctx = CellContext(task=task, model_kind=plan.model_spec.kind, tokenizer=None, train_examples=train_set,
                       seed=config.seed)
     if trains:  # e.g. a teacher's labels (distill), before this cell's model loads; not part of the cell's cost
@@ -224,7 +231,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
                    progress=f"{config.method} {config.task} n={config.train_size}") if trains else None
     record = {
         "schema": RECORD_SCHEMA,
-        "config": {**asdict(config), "shifts": plan.eval_sets[1:], "hp": hp, "hp_overrides": dict(config.hp)},
+        "config": {**{k: v for k, v in asdict(config).items() if k != "dev_limit" or v is not None},  # opt-in key
+                   "shifts": plan.eval_sets[1:], "hp": hp, "hp_overrides": dict(config.hp)},
         "status": "diverged" if result and result.diverged_at_step is not None else "ok",
         "diverged_at_step": result.diverged_at_step if result else None,
         "metrics": {},

@@ -34,6 +34,7 @@ class Cell:
     shifts: tuple[str, ...] | None
     variant: str = ""  # the label in the grid (and the cell's folder); defaults to the method
     needs: tuple[str, ...] = ()  # dirs of cells of the grid this one reads (e.g. distill's teacher): run first
+    dev_limit: int | None = None  # training examples held out as eval set `dev` (lr selection); None = no dev
 
     @property
     def label(self) -> str:
@@ -53,6 +54,8 @@ class Cell:
             args += ["--eval-limit", str(self.eval_limit)]
         if self.shifts is not None:
             args += ["--shifts", ",".join(self.shifts)]
+        if self.dev_limit is not None:
+            args += ["--dev-limit", str(self.dev_limit)]
         return shlex.join(args)
 
 
@@ -152,7 +155,8 @@ def grid_cells(name_or_path: str) -> list[Cell]:
                 hp, needs = _cell_refs(name, task, model, size, seed,
                                        {**(block.get("hp") or {}), **(settings.get("hp") or {}), **method_hp})
                 cell = Cell(name, task, model, method, size, seed, hp, settings.get("eval_limit"),
-                            tuple(shifts) if shifts is not None else None, "" if label == method else label, needs)
+                            tuple(shifts) if shifts is not None else None, "" if label == method else label, needs,
+                            settings.get("dev_limit"))
                 cells.setdefault(cell.dir, cell)
     return list(cells.values())
 
@@ -172,13 +176,14 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
                                  f"task, train sizes and seeds) or fix {ref}_model/{ref}_method")
     seen = set()
     for cell in cells:
-        key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts)
+        key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts,
+               cell.dev_limit)
         if key in seen:
             continue
         seen.add(key)
         try:
             plan_cell(CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp,
-                                 cell.eval_limit, cell.shifts, cell.grid, data_root))
+                                 cell.eval_limit, cell.shifts, cell.grid, data_root, cell.dev_limit))
         except BenchError as error:
             raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "
                              f"{error}") from None

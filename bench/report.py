@@ -4,7 +4,8 @@ Reads records only; never trains. summary.csv is tidy: one row per cell minus it
 variant (the grid's label: the method, or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size,
 eval set, metric -- with the mean, std and count of seeds, cost means, `stale` (made by other harness code
 than the current one), a column per hyperparameter whose value differs between cells of one method, and
-`hp` (all resolved hyperparameters, JSON). cells.csv has every cell of the grid with its status: ok,
+`hp` (all resolved hyperparameters, JSON), and -- where records have a `dev` eval set (dev_limit) -- `selected_on_dev`
+(the lr chosen on it; dev is otherwise left out of tables, plots and claims). cells.csv has every cell of the grid with its status: ok,
 diverged, failed (no record, a log), not run (neither).
 Tables are small functions over the summary; config/claims.yaml is checked by one dispatcher (CHECKS).
 """
@@ -234,6 +235,46 @@ def ensemble_tables(S):
                   "average / best: the single prompts' mean and best accuracy; ensemble: their majority vote.")]
 
 
+def dev_selection_tables(S):
+    """Where variants of one method differ only in lr and have `dev` scores (cells with dev_limit): per task x model
+    x method (x its other hp) x train size, the lr with the best mean dev primary metric over seeds, with its test
+    scores beside the best-on-test lr's. Sets S["selected_on_dev"] (only when S has dev rows) on the chosen rows."""
+    if S.empty or not (S["eval_set"] == "dev").any():
+        return []
+    S["selected_on_dev"] = False
+    hp = S["hp"].map(json.loads)
+    rest = hp.map(lambda h: json.dumps({k: v for k, v in h.items() if k != "lr"}, sort_keys=True))
+    P = S.assign(lr=hp.map(lambda h: h.get("lr")), rest=rest)[S["primary"]]
+    out = []
+    for task, T in P.groupby("task", sort=False):
+        shifts = [e for e in dict.fromkeys(T["eval_set"]) if e not in ("dev", task)]
+        rests = {m: [json.loads(r) for r in g["rest"].unique()] for m, g in T.groupby("method")}
+        rows = []
+        for (model, method, size, rest), g in T.groupby(["model", "method", "train_size", "rest"], sort=False):
+            dev, test = g[g["eval_set"] == "dev"], g[g["eval_set"] == task]
+            if dev["lr"].nunique() < 2:
+                continue
+            pick = dev.loc[dev["mean"].idxmax()]  # ties: the first in summary order (the smaller lr)
+            best = test.loc[test["mean"].idxmax()].to_dict() if len(test) else None
+            S.loc[(S["task"] == task) & (S["model"] == model) & (S["train_size"] == size)
+                  & (S["variant"] == pick["variant"]), "selected_on_dev"] = True
+            at = {r["eval_set"]: r for r in g[g["variant"] == pick["variant"]].to_dict("records")}
+            family = rests[method]  # label a method's lr sweeps by the other hp that tell them apart
+            others = sorted({k for r in family for k in r if len({json.dumps(x.get(k)) for x in family}) > 1})
+            label = " ".join([method, *(f"{k}={json.loads(rest).get(k)}" for k in others)])
+            rows.append([model, label, size, pick["lr"], fmt(pick), fmt(at.get(task)),
+                         *(fmt(at.get(e)) for e in shifts), "–" if best is None else best["lr"], fmt(best)])
+        if rows:
+            out.append(Table(f"Learning rate selected on the dev split: {task} ({T['metric'].iloc[0]})",
+                             ["model", "method", "train size", "lr (dev-selected)", "dev", f"{task} (in-domain test)",
+                              *shifts, "lr (best on test)", f"{task} (best on test)"], rows,
+                             "dev-selected: the lr with the best mean dev score over seeds (dev = dev_limit examples "
+                             "held out of the training split); its test and shifted scores are the fair result. "
+                             "best on test: the lr with the best in-domain test score, i.e. selected on the test set "
+                             "(optimistic), for contrast only."))
+    return out
+
+
 def cost_tables(S, hp_cols):
     R = S.drop_duplicates(["task", "model", "variant", "train_size"])  # cost: one per record, not per eval set
     cols = [c for c in COST + ["trainable_pct", "model_params"] if c in R]
@@ -458,17 +499,19 @@ def write_report(grid: str) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
     for old in plots_dir.glob("*.png"):
         old.unlink()
+    selection = dev_selection_tables(S)  # before writing: it adds summary.csv's selected_on_dev column
     S.to_csv(res / "summary.csv", index=False)
     cells.to_csv(res / "cells.csv", index=False)
+    S = S[S["eval_set"] != "dev"] if len(S) else S  # dev is for selection only: not a shift in tables, plots, claims
     tables = [*generation_tables(S), *size_tables(S), *shift_tables(S), *lowdata_tables(S),
-              *ablation_tables(S, hp_cols), *ensemble_tables(S), *cost_tables(S, hp_cols)] if len(S) else []
+              *ablation_tables(S, hp_cols), *selection, *ensemble_tables(S), *cost_tables(S, hp_cols)] if len(S) else []
     plots = make_plots(S, plots_dir) if len(S) else []
     claims = evaluate_claims(S, cells, hp_cols, yaml.safe_load(CLAIMS.read_text())["claims"])
     counts = cells["status"].value_counts()
     parts = [f"# Report: grid `{name}`", "", *([data["description"], ""] if data.get("description") else []),
              f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items())
              + f"; {int(cells['stale'].sum())} stale. Tables: mean ± std over seeds (n = seeds with a result); "
-             "accuracy in %, BLEU/ROUGE ×100; † = computed by older harness code. Machine-readable: "
+             "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = computed by older harness code. Machine-readable: "
              f"`results/{name}/summary.csv`, `results/{name}/cells.csv`; LaTeX: `tables.tex`.", "",
              "## Tables", "", *(md_table(t) for t in tables), *([] if tables else ["(no results yet)", ""])]
     parts += ["## Plots", "", *(f"![{p.stem}](plots/{p.name})\n" for p in plots)] if plots else []

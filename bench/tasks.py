@@ -24,6 +24,7 @@ from bench.errors import BenchError
 PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
 TASKS_YAML: Path = PROJECT_ROOT / "config" / "tasks.yaml"
 EVAL_LIMIT_SEED = 1234
+DEV_SEED = 4321  # the fixed permutation that holds a dev set out of a training split (never the cell seed)
 _ROOT_FIX = "set PEFT_REPRO_DATA or pass --data-root to the folder holding shared/data"
 
 
@@ -299,11 +300,38 @@ def sample(examples: list[Example], size: int | str, seed: int) -> list[Example]
     return [examples[i] for i in order[:n]]
 
 
-def train_examples(task: Task, size, seed, root=None) -> list[Example]:
+def _dev_split(task: Task, n, root) -> tuple[list[Example], list[Example]]:
+    """(dev, rest) of the task's training split: dev = the last n of a permutation seeded with DEV_SEED (read from
+    the end, so a smaller dev set is a prefix of a larger one); rest = every other example, in file order."""
+    if task.train_split is None:
+        raise BenchError(f"task {task.name} has no training split to hold a dev set out of: "
+                         "drop dev_limit for this task")
+    examples = load_split(task.train_split, root)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < len(examples):
+        raise BenchError(f"dev_limit {n!r} is out of range for task {task.name}: its training split "
+                         f"{task.train_split} has {len(examples)} examples; use an integer from 1 to "
+                         f"{len(examples) - 1} (the rest is left to train on)")
+    order = list(range(len(examples)))
+    random.Random(DEV_SEED).shuffle(order)
+    held = order[::-1][:n]
+    skip = set(held)
+    return [examples[i] for i in held], [ex for i, ex in enumerate(examples) if i not in skip]
+
+
+def dev_examples(task: Task, n: int, root=None) -> list[Example]:
+    """The selection split: n examples held out of the task's training split by a fixed permutation (seed
+    DEV_SEED, the same for every cell seed and train size); `train_examples(..., holdout=n)` never draws them."""
+    return _dev_split(task, n, root)[0]
+
+
+def train_examples(task: Task, size, seed, root=None, holdout: int | None = None) -> list[Example]:
+    """`sample` of the training split; with `holdout` n, of the split less `dev_examples(task, n)` (still nested
+    across sizes for a seed, but not the same examples as without a holdout)."""
     if task.train_split is None:
         raise BenchError(f"task {task.name} is evaluation-only (no training split in shared/data): "
                          "drop it from training grids or choose another task")
-    return sample(load_split(task.train_split, root), size, seed)
+    pool = load_split(task.train_split, root) if holdout is None else _dev_split(task, holdout, root)[1]
+    return sample(pool, size, seed)
 
 
 def eval_dataset(task: Task, eval_set: str) -> str:

@@ -81,8 +81,8 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     spec = get_model_spec(config["model"])
     model, tokenizer, _ = load_model(config["model"], num_labels=len(task.verbalizer) or None)
     # the teacher's own training examples: a method may read them (prompt_design's demonstrations)
-    own = train_examples(task, config["train_size"], config["seed"], config.get("data_root")) \
-        if task.train_split else []
+    own = train_examples(task, config["train_size"], config["seed"], config.get("data_root"),
+                         config.get("dev_limit")) if task.train_split else []
     ctx = CellContext(task=task, model_kind=spec.kind, tokenizer=tokenizer, train_examples=own, seed=config["seed"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = method.load_delta(model, hp, ctx, Path(teacher) / "delta").to(device).eval()

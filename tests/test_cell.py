@@ -26,6 +26,7 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
     record = json.loads((tmp_path / "a" / "record.json").read_text())
     assert record == first
     assert record["status"] == "ok" and record["config"]["hp"]["r"] == 4
+    assert "dev_limit" not in record["config"]  # opt-in: records without a dev split are as before
     assert set(record["metrics"]) == {"sst2", "imdb"}
     assert record["metrics"]["sst2"]["n"] == 8 and 0 <= record["metrics"]["sst2"]["accuracy"] <= 100
     cost = record["cost"]
@@ -40,6 +41,14 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
     assert len(record["train"]["losses"]) == 2
     assert again["metrics"] == first["metrics"] and again["train"] == first["train"]
     assert not list((tmp_path / "a").glob(".*tmp"))
+
+
+def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):
+    record = run_cell(_cell(dev_limit=8), tmp_path, threads=1)
+    assert record["status"] == "ok" and record["config"]["dev_limit"] == 8
+    assert list(record["metrics"]) == ["dev", "sst2", "imdb"]
+    assert record["metrics"]["dev"]["n"] == 8 and 0 <= record["metrics"]["dev"]["accuracy"] <= 100
+    assert record["metrics"]["sst2"]["n"] == 8 and record["cost"]["eval_s"] > 0
 
 
 def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path):
@@ -79,6 +88,11 @@ def test_atomic_write_leaves_old_record_when_interrupted(tmp_path, monkeypatch):
     (["--hp", "lr"], "--hp 'lr' must look like key=value"),
     (["--shifts", "yelp"], "not defined for task sst2"),
     (["--data-root", "/nonexistent"], "data root"),
+    (["--dev-limit", "67349"], "dev_limit 67349 is out of range for task sst2: its training split sst2/train has "
+                               "67349 examples; use an integer from 1 to 67348"),
+    (["--dev-limit", "67340"], "train size 16 invalid for sst2 (its training split less dev_limit=67340): use 'full' "
+                               "or 1..9"),
+    (["--task", "boolq", "--method", "prompt_design", "--dev-limit", "5"], "task boolq has no training split"),
 ])
 def test_bad_input_is_one_line_before_training_and_keeps_records(models_cache, tmp_path, capsys, args, message):
     out = tmp_path / "cell"

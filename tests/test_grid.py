@@ -34,6 +34,19 @@ def test_expansion_and_hp_layering(tmp_path):
     assert lora.hp == {"steps": 2, "max_len": 32, "r": 2} and lora.shifts == ("imdb",) and lora.eval_limit == 8
     assert lora.dir == "results/g/sst2/tiny-llama/lora/n16/s0"
     assert "--hp r=2" in lora.cli_args() and "--shifts imdb" in lora.cli_args()
+    assert lora.dev_limit is None and "--dev-limit" not in lora.cli_args()
+
+
+def test_dev_limit_reaches_every_cell_of_its_task(tmp_path):
+    data = _with(tasks__sst2__dev_limit=100, methods={"lora": {"lr": [1e-3, 1e-2]}})
+    data["tasks"]["cb"] = None
+    cells = grid_cells(_write(tmp_path, data))
+    assert {(c.task, c.label, c.dev_limit) for c in cells} == {
+        ("sst2", "lora-lr=0.001", 100), ("sst2", "lora-lr=0.01", 100), ("cb", "lora-lr=0.001", None),
+        ("cb", "lora-lr=0.01", None)}
+    sst2 = next(c for c in cells if c.task == "sst2")
+    assert "--dev-limit 100" in sst2.cli_args() and sst2.dir == "results/g/sst2/tiny-llama/lora-lr=0.001/n16/s0"
+    check_cells(cells)
 
 
 def _with(**changes):
@@ -64,6 +77,11 @@ MALFORMED = [
     (_with(tasks__sst2__eval_limit="many"), "tasks.sst2.eval_limit: 'many' is not of type 'integer'"),
     (_with(tasks__sst2__eval_limit=0), "tasks.sst2.eval_limit: 0 is less than the minimum of 1"),
     (_with(tasks__sst2__shift=["imdb"]), "('shift' was unexpected)"),
+    (_with(tasks__sst2__dev_limit=0), "tasks.sst2.dev_limit: 0 is less than the minimum of 1"),
+    (_with(tasks__sst2__dev_limit="many"), "tasks.sst2.dev_limit: 'many' is not of type 'integer'"),
+    (_with(tasks__sst2__dev_limit=67349), "dev_limit 67349 is out of range for task sst2"),
+    (_with(tasks={"boolq": {"dev_limit": 5}}, methods={"prompt_design": None}, hp={"steps": 0}),
+     "task boolq has no training split to hold a dev set out of"),
     (_with(tasks__sst2__shifts="imdb"), "tasks.sst2.shifts: 'imdb' is not of type 'array'"),
     (_with(hp=[1, 2]), "hp: [1, 2] is not of type 'object'"),
     (_with(hp={"lr": [1]}), "hp.lr"),

@@ -106,6 +106,7 @@ def test_mean_std_seeds_and_cells_without_result(tmp_path, monkeypatch):
     assert "full_ft/n50/s2`: failed" in readme and "error: out of memory: use a smaller batch" in readme
     assert readme.count("`: not run") == 3 and "ia3/n50/s0" in readme
     assert "## Stale cells" not in readme and ") †" not in readme
+    assert "selected_on_dev" not in summary.columns and "Learning rate selected" not in readme  # no dev split
     # one model, one train size, no generation task: only the tables and plots the data supports
     assert "Domain shift: sst2" in readme
     assert "| smollm2-135m | 50 | imdb | 66.0 (n=1) | 72.0 ± 2.6 (n=3) | +6.0 |" in readme
@@ -296,6 +297,42 @@ def test_ordering_with_a_missing_value_is_not_run(tmp_path, monkeypatch):
     plateau = _claims(grid)["prompt_length_plateaus_after_20"]  # by a hyperparameter with one value here
     assert plateau["verdict"] == "not run" and "needs num_virtual_tokens=20 and a larger value, has [20.0]" \
         in plateau["missing"][0]
+
+
+def test_lr_selected_on_the_dev_split_not_on_test(tmp_path, monkeypatch, no_plots):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, seeds=[0, 1], tasks={"sst2": {"shifts": ["imdb"], "dev_limit": 100}}, methods={
+        "full_ft": {"lr": [1e-5, 1e-4]}, "lora": {"lr": [1e-4, 1e-3, 1e-2]},
+        "lora_r8": {"method": "lora", "r": 8, "lr": [1e-3, 1e-2]}, "ia3": None})
+    # (dev by seed, test): dev-best != test-best everywhere; lora lr=1e-2 has the best single dev seed (90), not mean
+    scores = {"full_ft": {1e-5: ((80, 80), 81), 1e-4: ((70, 72), 85)},
+              "lora": {1e-4: ((60, 60), 65), 1e-3: ((74, 76), 78), 1e-2: ((90, 50), 80)},
+              "lora_r8": {1e-3: ((60, 62), 90), 1e-2: ((70, 70), 60)}, "ia3": {None: ((99, 99), 50)}}
+    for cell in grid_cells(grid):
+        family = cell.label.split("-")[0]
+        dev, test = scores[family][cell.hp.get("lr")]
+        write_record(cell, {"dev": {"accuracy": dev[cell.seed]}, "sst2": {"accuracy": test},
+                            "imdb": {"accuracy": test - 10}}, hp={"r": cell.hp.get("r", 4)})
+    report.write_report(grid)
+    readme, summary, _ = read(tmp_path)
+    table = readme.split("### Learning rate selected on the dev split: sst2 (accuracy)")[1].split("###")[0]
+    assert "| model | method | train size | lr (dev-selected) | dev | sst2 (in-domain test) | imdb | " \
+           "lr (best on test) | sst2 (best on test) |" in table
+    rows = {line.split(" | ")[1]: line.replace(" ± 0.0", "") for line in table.splitlines() if "smollm2" in line}
+    assert rows == {  # method: dev-selected lr, its dev, test and shifted scores; best-on-test lr and its test score
+        "full_ft": "| smollm2-135m | full_ft | 50 | 1e-05 | 80.0 (n=2) | 81.0 (n=2) | 71.0 (n=2) | 0.0001 | "
+                   "85.0 (n=2) |",
+        "lora r=4": "| smollm2-135m | lora r=4 | 50 | 0.001 | 75.0 ± 1.4 (n=2) | 78.0 (n=2) | 68.0 (n=2) | 0.01 | "
+                    "80.0 (n=2) |",
+        "lora r=8": "| smollm2-135m | lora r=8 | 50 | 0.01 | 70.0 (n=2) | 60.0 (n=2) | 50.0 (n=2) | 0.001 | "
+                    "90.0 (n=2) |"}
+    assert "ia3" not in table and "selected on the test set" in table  # no lr sweep, no row
+    chosen = summary[summary["selected_on_dev"]]
+    assert set(chosen["variant"]) == {"full_ft-lr=1e-05", "lora-lr=0.001", "lora_r8-lr=0.01"}
+    assert len(chosen) == 3 * 3  # every row of a chosen variant: dev, sst2, imdb
+    assert set(summary["eval_set"]) == {"dev", "sst2", "imdb"}  # dev stays in summary.csv ...
+    shift = readme.split("### Domain shift: sst2")[1].split("###")[0]
+    assert "| dev |" not in shift and "| imdb |" in shift         # ... but is no shift in the tables
 
 
 def test_empty_grid_reports_every_cell_as_not_run(tmp_path, monkeypatch):

@@ -64,7 +64,7 @@ def test_registry_declares_all_tasks_and_datasets():
             assert task.metrics[0] == "accuracy" and task.max_new_tokens == 0
         else:
             assert task.verbalizer == () and task.max_new_tokens > 0
-            assert set(task.metrics) <= {"bleu", "rouge_1", "rouge_2", "rouge_l"}
+            assert set(task.metrics) <= {"bleu", "nist", "meteor", "rouge_1", "rouge_2", "rouge_l", "cider"}
     assert T.get_task("boolq").train_split is None and T.get_task("xsum").train_split is None
     assert T.get_task("xsum").metrics == ("rouge_1", "rouge_2", "rouge_l")
     assert set(T.get_task("sst2").shifts) == {"imdb", "amazon_books", "amazon_dvd", "amazon_electronics",
@@ -279,3 +279,37 @@ def test_file_sha256s_records_every_file():
     listed = (REAL_ROOT / "SHA256SUMS").read_text()
     assert all(f"{v}  ./{k}" in listed for k, v in sums.items())
     assert set(T.file_sha256s(T.get_task("xsum"), ["xsum"])) == {"xsum_sample/xsum_articles_321.jsonl"}
+
+
+@needs_data
+def test_dev_split_held_out_of_every_training_sample():
+    cb, split = T.get_task("cb"), T.load_split("cb/train")                 # 250 training examples
+    dev = T.dev_examples(cb, 50)
+    held = {id(ex) for ex in dev}
+    assert len(dev) == len(held) == 50 and held <= {id(ex) for ex in split}
+    assert T.dev_examples(cb, 50) == dev and T.dev_examples(cb, 20) == dev[:20]  # fixed; smaller is a prefix
+    assert dev != split[-50:] and dev != split[:50]                         # a permutation, not the file's ends
+    full = T.train_examples(cb, "full", 0, holdout=50)
+    assert len(full) == 200 and held.isdisjoint(map(id, full))
+    assert held | {id(ex) for ex in full} == {id(ex) for ex in split}        # nothing else is lost
+    content = lambda xs: {(tuple(sorted(ex.fields.items())), ex.label) for ex in xs}  # noqa: E731
+    assert content(dev).isdisjoint(content(full))
+    for seed in (0, 1, 7):                                                  # the dev set does not move with the seed
+        a16, a32 = (T.train_examples(cb, n, seed, holdout=50) for n in (16, 32))
+        assert a32[:16] == a16 and held.isdisjoint(map(id, a32))
+        assert T.train_examples(cb, "full", seed, holdout=50) == full
+    assert T.train_examples(cb, 32, 0, holdout=50) != T.train_examples(cb, 32, 0)  # documented: other samples
+    assert T.train_examples(cb, 32, 0) == T.sample(split, 32, 0)            # without holdout: as before
+
+
+@needs_data
+def test_dev_split_errors():
+    cb = T.get_task("cb")
+    for n in (250, 10_000, 0):
+        with pytest.raises(BenchError, match=rf"dev_limit {n} is out of range for task cb: its training split "
+                                             r"cb/train has 250 examples; use an integer from 1 to 249"):
+            T.dev_examples(cb, n)
+    with pytest.raises(BenchError, match="sample size 201 is out of range for a split of 200 examples"):
+        T.train_examples(cb, 201, 0, holdout=50)
+    with pytest.raises(BenchError, match="task boolq has no training split to hold a dev set out of"):
+        T.dev_examples(T.get_task("boolq"), 10)
