@@ -91,7 +91,8 @@ def cmd_cells(args) -> None:
 def cmd_benchmarks(args) -> None:
     from bench.benchmarks import run_benchmarks
 
-    status = run_benchmarks(quick=args.quick, threads=args.threads, out=Path(args.out) if args.out else None)
+    status = run_benchmarks(quick=args.quick, threads=args.threads, out=Path(args.out) if args.out else None,
+                            report_only=args.report_only)
     if status:
         sys.exit(status)  # pytest's status: a correctness check failed (speed never fails)
 
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
     mode.add_argument("--full", action="store_false", dest="quick", help="SmolLM2-135M (the default)")
     benchmarks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     benchmarks.add_argument("--out", default=None, help="JSON path (the report goes beside it, .md)")
+    benchmarks.add_argument("--report-only", action="store_true", help="only re-render the .md from the existing JSON")
     benchmarks.set_defaults(func=cmd_benchmarks)
 
     args = parser.parse_args(argv)

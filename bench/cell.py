@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.flops import flops_per_step, matmul_peak_flops, token_path_parameters
 from bench.method import CellContext, get_method, method_files, resolve_hparams, total_parameters, trainable_parameters
 
 RECORD_SCHEMA = 1
@@ -40,7 +41,7 @@ class CellConfig:
     dev_limit: int | None = None  # hold this many training examples out as eval set `dev` (lr selection); None = no dev
 
 
-NOT_HARNESS = {"report.py", "plots.py", "grid.py"}  # they read records or plan cells; they make no record
+NOT_HARNESS = {"report.py", "plots.py", "grid.py", "benchmarks.py"}  # they read records or plan cells; they make no record
 
 
 def files_sha256(paths) -> str:
@@ -250,6 +251,10 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         for name, examples in eval_sets.items():
             record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer, prompted)
             record["metrics"][name]["n"] = len(examples)
+    path_params, path_trainable = token_path_parameters(model)
+    train_flops = flops_per_step(path_params, method.tunes_base, result.tokens, method.extra_positions(hp),
+                                 result.steps_done * hp["batch_size"], path_trainable) if result else 0.0
+    peak_flops = matmul_peak_flops(torch.get_num_threads(), device) if train_flops and result.train_s > 0 else 0.0
     record["cost"] = {
         "trainable_params": trainable_parameters(model) if trains else 0,
         "delta_params": method.delta_parameters(model) if trains else 0,
@@ -259,6 +264,10 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         "peak_mem_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
         "train_s": round(result.train_s, 3) if result else 0.0,
         "train_tokens_per_s": round(result.tokens_per_s, 2) if result else 0.0,
+        "flops_per_step": round(train_flops / result.steps_done) if result and result.steps_done else 0,
+        "train_flops_per_s": round(train_flops / result.train_s) if peak_flops else 0.0,
+        "mfu": round(train_flops / result.train_s / peak_flops, 4) if peak_flops else 0.0,
+        "matmul_peak_flops": round(peak_flops),
         "eval_s": round(time.perf_counter() - eval_start, 3),
         "eval_tokens_per_s": round(eval_timer.tokens / eval_timer.seconds, 2) if eval_timer.seconds else 0.0,
     }

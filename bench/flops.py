@@ -17,11 +17,11 @@ Positions are the real (non-padding) tokens plus virtual tokens that run through
 attention keys/values: it adds attention-score FLOPs, which this approximation leaves out like the
 attention term of every sequence (at 64-128 tokens and d_model 576 it is a few percent of 2N).
 
-N is the number of parameters used as matmul weights per position. With tied input/output embeddings
-(SmolLM2) the total parameter count is that number: the shared matrix is looked up once (no FLOPs)
-and multiplied once (the LM head). Untied models overcount by the input embedding; pass `n_params`
-without it when that matters. Padding positions are computed but not counted: this is model FLOPs
-utilisation of useful work, as in the PaLM paper's MFU.
+N is the number of parameters used as matmul weights per position (`token_path_parameters`): with tied
+input/output embeddings (SmolLM2, GPT-2) the shared matrix counts once (looked up, no FLOPs; multiplied
+once as the LM head); an untied input embedding is only looked up and is left out, as are peft's
+virtual-token encoders, which run once per step. Padding positions are computed but not counted: this is
+model FLOPs utilisation of useful work, as in the PaLM paper's MFU.
 
 `matmul_peak_flops` measures the peak this machine reaches on a large dense matmul (fp32 on CPU,
 bf16 on CUDA) with the given number of threads, best of several repeats, cached on disk per
@@ -44,13 +44,16 @@ def flops_per_step(n_params_total: int, tunes_base: bool, tokens: int, extra_pos
                    sequences: int = 0, trainable_params: int = 0) -> float:
     """≈ training FLOPs of one optimizer step.
 
-    n_params_total: parameters of the (adapted) model, used as matmul weights per position.
+    n_params_total: parameters used as matmul weights per position (`token_path_parameters(model)[0]`).
     tunes_base: True when the base weights train (full FT: 6N per position); False for a frozen
         backbone (4N per position + 2·trainable_params).
     tokens: real (non-padding) token positions in the step's batch.
     extra_positions: virtual tokens prepended to every sequence that run through the network (prompt
         tuning's `num_virtual_tokens`; 0 for prefix tuning, whose prefix is only keys/values).
     sequences: sequences in the batch (the batch size), to count the virtual tokens.
+    trainable_params: trainable parameters in the token path (`token_path_parameters(model)[1]`), whose
+        weight gradients a frozen-backbone step computes (LoRA, adapters; 0 for prompt/prefix tuning).
+    Linear in tokens and sequences: a whole run's tokens and sequences give the run's FLOPs.
     """
     if n_params_total < 0 or tokens < 0 or extra_positions < 0 or sequences < 0:
         raise ValueError("flops_per_step: counts must be non-negative")
@@ -58,6 +61,29 @@ def flops_per_step(n_params_total: int, tunes_base: bool, tokens: int, extra_pos
     if tunes_base:
         return 6.0 * n_params_total * positions
     return (4.0 * n_params_total + 2.0 * trainable_params) * positions
+
+
+def token_path_parameters(model) -> tuple[int, int]:
+    """(parameters, trainable parameters) used as matmul weights at every token position.
+
+    Left out: peft's `prompt_encoder` (prompt tuning's table, prefix tuning's prefix and MLP, P-tuning's
+    encoder: run once per step on the virtual tokens, not per position) and an input embedding matrix that
+    is not also the output projection (a lookup, no FLOPs; tied embeddings, as in SmolLM2 and GPT-2, stay
+    in: the same matrix is the LM head)."""
+    lookup = None
+    try:
+        embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+        if embedding is not None and (head is None or head.weight is not embedding.weight):
+            lookup = embedding.weight
+    except (AttributeError, NotImplementedError):
+        pass
+    total = trainable = 0
+    for name, parameter in model.named_parameters():
+        if "prompt_encoder" in name.split(".") or parameter is lookup:
+            continue
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return total, trainable
 
 
 def _device_name(device: str) -> str:

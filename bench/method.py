@@ -7,6 +7,7 @@ The registry imports a method module only when it is asked for, so planning a gr
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,7 @@ def method_summary(name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+@functools.lru_cache(maxsize=None)
 def method_files(name: str) -> list[Path]:
     """The method's file and every methods/ module it imports, found by reading the imports (no import):
     what decides a method's cells, so Snakemake reruns them when any of these files changes."""

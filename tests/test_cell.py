@@ -31,8 +31,10 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
     assert record["metrics"]["sst2"]["n"] == 8 and 0 <= record["metrics"]["sst2"]["accuracy"] <= 100
     cost = record["cost"]
     for key in ("trainable_params", "total_params", "delta_bytes", "peak_mem_bytes", "train_tokens_per_s",
-                "eval_tokens_per_s", "train_s", "eval_s"):
+                "eval_tokens_per_s", "train_s", "eval_s", "flops_per_step", "train_flops_per_s", "matmul_peak_flops"):
         assert cost[key] > 0, key
+    assert 0 < cost["mfu"] <= 1 and cost["mfu"] == pytest.approx(cost["train_flops_per_s"] / cost["matmul_peak_flops"],
+                                                                  rel=1e-2)
     assert cost["trainable_params"] < cost["total_params"]
     for key in ("python", "torch", "transformers", "peft", "git_commit", "harness_sha256", "device"):
         assert key in record["env"]

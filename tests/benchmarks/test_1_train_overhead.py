@@ -1,0 +1,62 @@
+"""Item 1: the cell runner's training steps vs a bare PyTorch + peft loop (goal: ≤ 1.05×)."""
+import itertools
+import statistics
+import time
+
+import torch
+
+from bench.batches import training_batches
+from bench.benchmarks import SMOKE_HP, SST2_HP, Paired, bare_peft_lora, bare_train, device, load, record
+from bench.cell import seed_everything
+from bench.flops import flops_per_step, token_path_parameters
+from bench.method import CellContext, get_method, resolve_hparams
+from bench.tasks import get_task, train_examples
+from bench.train import train
+
+
+def test_train_overhead(benchmark, settings, matmul_peak):
+    task, method = get_task("sst2"), get_method("lora")
+    hp = resolve_hparams(method, {**SST2_HP, **SMOKE_HP["lora"], "steps": settings.train_steps})
+    examples = train_examples(task, 200, 0)
+    base_ours, tokenizer = load(settings.model)
+    base_bare, _ = load(settings.model)
+    seed_everything(0)
+    ours_model = method.apply(base_ours, hp, CellContext(task=task, model_kind="causal_lm", tokenizer=tokenizer,
+                                                        train_examples=examples, seed=0)).to(device())
+    seed_everything(0)
+    bare_model = bare_peft_lora(base_bare, hp).to(device())
+    ours_state = {k: v for k, v in ours_model.state_dict().items() if "lora_" in k}
+    bare_state = {k: v for k, v in bare_model.state_dict().items() if "lora_" in k}
+    assert ours_state.keys() == bare_state.keys()  # same modules adapted
+    assert all(torch.equal(ours_state[k], bare_state[k]) for k in ours_state)  # same initial adapter
+
+    def batches():
+        return training_batches(tokenizer, task, "causal_lm", examples, hp["batch_size"], hp["max_len"], 0)
+
+    prebuilt = [{k: v.to(device()) for k, v in b.items()} for b in itertools.islice(batches(), hp["steps"])]
+    paired = Paired({"bare": lambda: bare_train(bare_model, prebuilt, hp["lr"], hp["grad_clip"])},
+                    lambda: train(ours_model, method, hp, batches(), progress="bench").losses,
+                    settings.warmup_rounds).run(benchmark, settings.train_rounds)
+
+    differences = [abs(a - b) for ours, bare in zip(paired.ours_outs, paired.base_outs["bare"])
+                   for a, b in zip(ours, bare)]
+    build = []
+    for _ in range(20):
+        iterator = batches()
+        start = time.perf_counter()
+        next(iterator)
+        build.append(time.perf_counter() - start)
+    ratio = paired.ratio("bare", ours_over_base=True)
+    tokens = sum(int(b["attention_mask"].sum()) for b in prebuilt)
+    n_params, trainable = token_path_parameters(ours_model)
+    flops = flops_per_step(n_params, False, tokens, trainable_params=trainable)  # all steps of one round
+    ours_round = statistics.median(paired.timed())
+    record(benchmark, "train_overhead", **ratio, model=settings.model, r=hp["r"], alpha=hp["alpha"],
+           batch_size=hp["batch_size"], max_len=hp["max_len"], steps=hp["steps"],
+           warmup_rounds=settings.warmup_rounds, losses_equal=max(differences) < 1e-4,
+           max_loss_diff=max(differences), batch_build_s=statistics.median(build), step_s=ours_round / hp["steps"],
+           tokens_per_step=tokens / hp["steps"], flops_per_step=flops / hp["steps"],
+           train_flops_per_s=flops / ours_round, mfu=flops / ours_round / matmul_peak["flops"],
+           trainable_params=trainable, total_params=n_params)
+    # correctness, not speed: the bare loop must do the same steps
+    assert max(differences) < 1e-4, f"harness and bare loop losses differ by {max(differences)}"
