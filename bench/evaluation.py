@@ -56,8 +56,8 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
     by_row: dict[int, list] = {}
     for request in requests:
         by_row.setdefault(request[2], []).append(request)
-    for batch_rows in tqdm(list(_chunks(range(len(sequences)), batch_size)), desc="score", leave=False,
-                           mininterval=2):
+    by_length = sorted(range(len(sequences)), key=lambda r: len(sequences[r]))  # batches of similar length: less padding
+    for batch_rows in tqdm(list(_chunks(by_length, batch_size)), desc="score", leave=False, mininterval=2):
         input_ids, attention_mask = pad([list(sequences[r]) for r in batch_rows], tokenizer.pad_token_id)
         wanted = sorted({p + k for r in batch_rows for (_, _, _, p, ids) in by_row[r] for k in range(len(ids))})
         start = time.perf_counter()
@@ -96,10 +96,10 @@ def clean_generation(text: str) -> str:
 
 
 def _generation_batches(lengths: list[int], batch_size: int, equal_length: bool) -> list[list[int]]:
-    """Indices of the prompts per batch: in order, or (equal_length) only prompts of one token length
-    together, longest first."""
+    """Indices of the prompts per batch, longest first: prompts of similar length together (less padding),
+    or (equal_length) only prompts of one token length together."""
     if not equal_length:
-        return list(_chunks(list(range(len(lengths))), batch_size))
+        return list(_chunks(sorted(range(len(lengths)), key=lambda i: -lengths[i]), batch_size))
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         groups.setdefault(n, []).append(i)
