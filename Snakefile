@@ -4,7 +4,7 @@
 import sys
 
 from bench.errors import BenchError
-from bench.grid import cell_resources, check_cells, grid_cells
+from bench.grid import cell_resources, cell_threads, check_cells, grid_cells
 from bench.method import method_files
 from bench.models import cache_dir
 
@@ -22,6 +22,12 @@ DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else "
 
 def cell_of(w):
     return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.variant}/n{w.size}/s{w.seed}"]
+
+
+def cell_inputs(w):  # one input function per job, not three: 10,000-cell grids plan fast
+    cell = cell_of(w)
+    return {"method": method_files(cell.method), "model": f"{MODELS}/{w.model}/manifest.json",
+            "needs": [f"{d}/record.json" for d in cell.needs]}  # cells it reads (distill's teacher)
 
 
 def resource(key):
@@ -48,20 +54,18 @@ rule prepare_model:
 
 rule cell:
     input:
-        method=lambda w: method_files(cell_of(w).method),
-        model=f"{MODELS}/{{model}}/manifest.json",
-        needs=lambda w: [f"{d}/record.json" for d in cell_of(w).needs],  # cells it reads (distill's teacher)
+        unpack(cell_inputs),
     output:
         "results/{grid}/{task}/{model}/{variant}/n{size}/s{seed}/record.json",
     log:
         "results/{grid}/logs/{task}/{model}/{variant}/n{size}_s{seed}.log",
     params:
         args=lambda w: cell_of(w).cli_args(),
-    threads: 1
+    priority: resource("runtime")  # the longest cells first, so that no core idles through the last one
+    threads: cell_threads()  # one per cell (FEASIBILITY: two 1-thread cells beat one 2-thread cell)
     resources:
         mem_mb=resource("mem_mb"),
         runtime=resource("runtime"),
-        cpus_per_task=resource("cpus_per_task"),
         gpu=resource("gpu"),
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m bench run-cell {params.args} {DATA_ROOT} --threads {threads}"

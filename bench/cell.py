@@ -195,6 +195,9 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None) -> di
 def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> dict:
     """Run one cell and write out_dir/record.json; returns the record."""
     plan = plan_cell(config)
+    from bench.evaluation import check_metric_tools
+
+    check_metric_tools(plan.task.metrics)  # e.g. METEOR without Java: one line now, not a traceback after training
     import torch
 
     from bench.batches import training_batches
@@ -228,7 +231,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     prompted = FormattedTask(task, method, hp, ctx)
 
     result = train(model, method, hp, training_batches(tokenizer, prompted, ctx.model_kind, train_set,
-                                                       hp["batch_size"], hp["max_len"], config.seed),
+                                                       hp["batch_size"], hp["max_len"], config.seed,
+                                                       hp["group_by_length"]),
                    progress=f"{config.method} {config.task} n={config.train_size}") if trains else None
     record = {
         "schema": RECORD_SCHEMA,
@@ -251,6 +255,9 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         for name, examples in eval_sets.items():
             record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer, prompted)
             record["metrics"][name]["n"] = len(examples)
+        if trains and (analysis := method.analyse(model, hp, ctx)):
+            record["analysis"] = analysis
+    peak_mem = peak_memory_bytes(device)  # before matmul_peak_flops: its benchmark matrices would count
     path_params, path_trainable = token_path_parameters(model)
     train_flops = flops_per_step(path_params, method.tunes_base, result.tokens, method.extra_positions(hp),
                                  result.steps_done * hp["batch_size"], path_trainable) if result else 0.0
@@ -260,7 +267,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         "delta_params": method.delta_parameters(model) if trains else 0,
         "total_params": total_parameters(model),
         "delta_bytes": delta_bytes,
-        "peak_mem_bytes": peak_memory_bytes(device),
+        "peak_mem_bytes": peak_mem,
         "peak_mem_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
         "train_s": round(result.train_s, 3) if result else 0.0,
         "train_tokens_per_s": round(result.tokens_per_s, 2) if result else 0.0,

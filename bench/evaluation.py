@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.batches import continuation_ids, encoder_inputs, pad, prompt_ids
+from bench.errors import BenchError
 
 
 ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
@@ -219,9 +220,22 @@ def _nist(hypotheses: list[str], references: list[list[str]], order: int = 5) ->
     return float(corpus_nist(refs, hyps, n=order)) if order else 0.0
 
 
+JAVA_METRICS = ("meteor", "cider")  # the METEOR 1.5 jar; coco-caption's PTBTokenizer (CIDEr, METEOR)
+JAVA_FIX = "install a JRE, e.g. apt-get install openjdk-17-jre-headless"
+
+
+def check_metric_tools(names) -> None:
+    """One line (BenchError), before any model loads, when a metric in `names` needs Java and there is none."""
+    import shutil
+
+    needing = [name for name in names if name in JAVA_METRICS]
+    if needing and not shutil.which("java"):
+        raise BenchError(f"metric(s) {', '.join(needing)} need Java (`java` on PATH), which is not installed: "
+                         + JAVA_FIX)
+
+
 def _java_missing(what: str) -> RuntimeError:
-    return RuntimeError(f"{what} needs Java (`java` on PATH): install a JRE, "
-                        "e.g. apt-get install openjdk-17-jre-headless")
+    return RuntimeError(f"{what} needs Java (`java` on PATH): {JAVA_FIX}")
 
 
 def _coco_tokenize(hypotheses, references) -> tuple[dict, dict]:

@@ -196,15 +196,25 @@ def _resource_rules() -> dict:
 
 def cell_resources(cell: Cell) -> dict:
     """Cluster resources of a cell from config/resources.yaml, its model's size and its method."""
+    return _resources(cell.model, cell.method)
+
+
+@functools.lru_cache(maxsize=None)  # Snakemake asks once per job and resource: 10,000-cell grids plan in seconds
+def _resources(model: str, method: str) -> dict:
     from bench.method import get_method
     from bench.models import get_model_spec
 
     rules = _resource_rules()
-    params = get_model_spec(cell.model).params or 0
-    tunes_base = get_method(cell.method).tunes_base
+    params = get_model_spec(model).params or 0
+    tunes_base = get_method(method).tunes_base
     per_param = rules["mem"]["bytes_per_param"]["tunes_base" if tunes_base else "frozen_base"]
     runtime = rules["runtime_min"]["base"] + rules["runtime_min"]["per_billion_params"] * params / 1e9
     if tunes_base:
         runtime *= rules["runtime_min"]["tunes_base_factor"]
     return {"mem_mb": int(rules["mem"]["overhead_mb"] + per_param * params / 2**20), "runtime": int(runtime),
-            "cpus_per_task": rules["cpus_per_task"], "gpu": int(params >= float(rules["gpu"]["min_params"]))}
+            "gpu": int(params >= float(rules["gpu"]["min_params"]))}
+
+
+def cell_threads() -> int:
+    """Torch threads per cell; SLURM's --cpus-per-task follows a job's threads."""
+    return int(_resource_rules()["cpus_per_task"])

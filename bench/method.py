@@ -29,6 +29,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "schedule": "constant",  # constant | linear (decay to 0 at the last step)
     "grad_clip": 1.0,
     "max_len": 128,  # tokens of prompt + target; prompts are cut from the left
+    "group_by_length": True,  # training batches of similar length (bench/batches.py: training_batches)
     "eval_batch_size": 16,
     "num_beams": 1,
 }
@@ -89,6 +90,12 @@ class Method:
         the harness's rank scoring / encoder logits / generation. `task.prompt` already applies
         `format_prompt`; `timer` (bench.evaluation.Timer) collects model time and tokens."""
         return None
+
+    def analyse(self, model, hp: dict, ctx: CellContext) -> dict:
+        """Facts about the trained delta that the record keeps under `analysis` (e.g. a soft prompt's nearest
+        vocabulary tokens, for the report's interpretability table). Called after training, on cells that
+        finished. Default: none."""
+        return {}
 
     def save_delta(self, model, path: Path) -> None:
         from safetensors.torch import save_file

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 from collections import namedtuple
 from pathlib import Path
 
@@ -290,18 +291,66 @@ def cost_tables(S, hp_cols):
                   "Delta params < trainable params where training uses a reparametrisation (prefix tuning's MLP).")]
 
 
+NEIGHBOUR_ROWS = 10  # prompt rows listed per cell in the nearest-token table
+
+
+def _token(text: str) -> str:
+    """A decoded vocabulary token, readable in a table cell: whitespace-only shown as its repr, no pipes."""
+    return (text.strip() or repr(text)).replace("|", "¦")
+
+
+def interpretability_tables(cells: pd.DataFrame) -> list[Table]:
+    """Lester et al. §7 from the records' `analysis.prompt_neighbours` (methods/prompt_tuning.py)."""
+    found = []
+    for c in cells[cells["status"] == "ok"].to_dict("records"):
+        record = json.loads((Path(c["dir"]) / "record.json").read_text())
+        if "prompt_neighbours" in record.get("analysis", {}):
+            found.append((c, record["analysis"]["prompt_neighbours"]))
+    if not found:
+        return []
+    keys = ["task", "model", "variant", "train_size"]
+    frame = pd.DataFrame([{**{k: c[k] for k in keys}, "seed": c["seed"], "rows": len(n["tokens"]),
+                           "label": n["rows_with_label_word"], "task_words": n["rows_with_task_word"],
+                           "top1": sum(row[0] for row in n["cosine"]) / len(n["cosine"])} for c, n in found])
+    G = frame.groupby(keys, sort=False).agg(seeds=("seed", "nunique"), rows=("rows", "first"), label=("label", "mean"),
+                                            task_words=("task_words", "mean"), top1=("top1", "mean")).reset_index()
+    summary = [[*(r[k] for k in keys), r["seeds"], r["rows"], f"{r['label']:g} ({100 * r['label'] / r['rows']:.0f}%)",
+                f"{r['task_words']:g} ({100 * r['task_words'] / r['rows']:.0f}%)", f"{r['top1']:.3f}"]
+               for r in G.to_dict("records")]
+    first = found[0][1]
+    note = (f"Each learned prompt token's {first['k']} nearest vocabulary tokens by cosine similarity to the input "
+            "embeddings; counted are prompt tokens with a label word (the verbalizer: "
+            f"{', '.join(first['label_words']) or 'none'}) or a task word (a word of the task's prompt template: "
+            f"{', '.join(first['task_words']) or 'none'}) among them, as whole tokens, case-insensitive; means over "
+            "seeds. Top-1 cosine: mean over prompt tokens of the nearest token's similarity.")
+    listing = []
+    for c, n in sorted(found, key=lambda item: item[0]["seed"]):
+        if any(row[:4] == [c[k] for k in keys] for row in listing):
+            continue  # one seed per cell: the lowest
+        listing += [[*(c[k] for k in keys), c["seed"], i, " · ".join(_token(t) for t in tokens), f"{cosine[0]:.3f}"]
+                    for i, (tokens, cosine) in enumerate(zip(n["tokens"][:NEIGHBOUR_ROWS], n["cosine"]))]
+    return [Table("Soft-prompt interpretability (Lester §7)", [*keys, "seeds", "prompt tokens",
+                                                               "with a label word", "with a task word", "top-1 cosine"],
+                  summary, note),
+            Table(f"Nearest vocabulary tokens of the first {NEIGHBOUR_ROWS} prompt tokens",
+                  [*keys, "seed", "prompt token", f"nearest {first['k']} (most similar first)", "top-1 cosine"],
+                  listing, "")]
+
+
 def md_table(t: Table) -> str:
     lines = [f"### {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in t.rows]
     return "\n".join(lines + ([f"\n{t.note}"] if t.note else []) + [""])
 
 
+TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
+       "$": r"\$", "^": r"\^{}", "~": r"\~{}", "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "–": "--",
+       "−": "-"}
+
+
 def tex_table(t: Table) -> str:
-    def esc(text):
-        for old, new in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                         ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("†", r"$^\dagger$"), ("–", "--"), ("−", "-")):
-            text = str(text).replace(old, new)
-        return text
+    def esc(text):  # one pass: a replacement is never escaped again
+        return re.sub("|".join(map(re.escape, TEX)), lambda match: TEX[match.group()], str(text))
     body = [" & ".join(esc(c) for c in row) + r" \\" for row in t.rows]
     return "\n".join([r"\begin{table}[t]", r"\centering\small", r"\begin{tabular}{" + "l" * len(t.header) + "}",
                       r"\toprule", " & ".join(esc(h) for h in t.header) + r" \\", r"\midrule", *body, r"\bottomrule",
@@ -504,7 +553,8 @@ def write_report(grid: str) -> list[Path]:
     cells.to_csv(res / "cells.csv", index=False)
     S = S[S["eval_set"] != "dev"] if len(S) else S  # dev is for selection only: not a shift in tables, plots, claims
     tables = [*generation_tables(S), *size_tables(S), *shift_tables(S), *lowdata_tables(S),
-              *ablation_tables(S, hp_cols), *selection, *ensemble_tables(S), *cost_tables(S, hp_cols)] if len(S) else []
+              *ablation_tables(S, hp_cols), *selection, *ensemble_tables(S), *cost_tables(S, hp_cols),
+              *interpretability_tables(cells)] if len(S) else []
     plots = make_plots(S, plots_dir) if len(S) else []
     claims = evaluate_claims(S, cells, hp_cols, yaml.safe_load(CLAIMS.read_text())["claims"])
     counts = cells["status"].value_counts()
@@ -532,8 +582,6 @@ def write_report(grid: str) -> list[Path]:
                   "exactly these cells by deleting their records, then run the grid:", "", "```bash",
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
-    parts += ["## Not reported", "", "Soft-prompt interpretability (Lester et al. §7, nearest vocabulary neighbours "
-              "of learned prompt tokens) needs the saved deltas (`<cell>/delta/`) and the model, not the records.", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md"]
     paths[2].write_text("\n".join(parts))
     paths[3].write_text("% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"

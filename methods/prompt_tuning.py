@@ -22,6 +22,11 @@ no gradient-norm clipping (Adafactor clips its own updates). hp `init`:
   has several (as Lester does for multi-token labels); remaining rows as `vocab`. Generation tasks have no
   label words: all rows as `vocab`.
 
+Analysis (Lester §7, kept in the record for the report's interpretability table): each trained prompt row's
+5 nearest vocabulary tokens by cosine similarity to the input embeddings, and how many rows have a label
+word (the task's verbalizer) or a task word (a word of the task's prompt template, e.g. "review",
+"sentiment") among them; tokens compare as decoded text, stripped and lowercased, whole tokens only.
+
 Draws use a generator seeded with the cell's seed. Causal LMs classify by rank scoring; peft returns
 logits `num_virtual_tokens` positions longer, hence `extra_positions`. Encoders (BERT) use peft's SEQ_CLS
 prompt tuning: the prompt goes before [CLS], so the pooler reads the first virtual token, and the
@@ -35,6 +40,7 @@ from bench.errors import BenchError
 from bench.method import PeftMethod
 
 INITS = ("random", "vocab", "class_label")
+NEIGHBOURS = 5
 FREQUENT_TOKENS = 5000
 RANDOM_RANGE = 0.5
 
@@ -97,6 +103,29 @@ def initial_prompt(embeddings, tokenizer, task, init: str, length: int, seed: in
     return prompt
 
 
+def prompt_neighbours(prompt, embeddings, tokenizer, task, k: int = NEIGHBOURS) -> dict:
+    """Each prompt row's k nearest vocabulary tokens by cosine similarity (Lester et al. 2021, §7) and how many
+    rows have a label word or a task word among them (module docstring)."""
+    import torch
+
+    def unit(matrix):
+        return torch.nn.functional.normalize(matrix.detach().float().cpu(), dim=-1)
+
+    vocabulary = unit(embeddings)[: len(tokenizer)]  # rows past the tokenizer's vocabulary are padding
+    cosine, ids = (unit(prompt) @ vocabulary.T).topk(k, dim=-1)
+    tokens = [[tokenizer.decode([i]) for i in row] for row in ids.tolist()]
+    label_words = sorted({word.strip().lower() for word in task.verbalizer})
+    template_words = re.findall(r"[a-z]+", re.sub(r"\{[^}]*\}", " ", task.template).lower())
+    task_words = sorted(set(template_words) - set(label_words))
+
+    def rows_with(words) -> int:
+        return sum(any(token.strip().lower() in words for token in row) for row in tokens)
+
+    return {"k": k, "tokens": tokens, "cosine": [[round(c, 4) for c in row] for row in cosine.tolist()],
+            "label_words": label_words, "task_words": task_words,
+            "rows_with_label_word": rows_with(set(label_words)), "rows_with_task_word": rows_with(set(task_words))}
+
+
 class PromptTuning(PeftMethod):
     description = __doc__
     defaults = {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "grad_clip": 0.0,
@@ -122,6 +151,11 @@ class PromptTuning(PeftMethod):
 
     def extra_positions(self, hp):
         return hp["num_virtual_tokens"]
+
+    def analyse(self, model, hp, ctx):
+        prompt = model.prompt_encoder["default"].embedding.weight
+        return {"prompt_neighbours": prompt_neighbours(prompt, model.get_input_embeddings().weight, ctx.tokenizer,
+                                                       ctx.task)}
 
 
 METHOD = PromptTuning()

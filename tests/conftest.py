@@ -57,3 +57,31 @@ def _brute_force_scores(model, tokenizer, task, examples, shift=0):
 def brute_force_scores():
     """The reference that batched rank scoring must equal."""
     return _brute_force_scores
+
+
+ROUND_TRIP_IDS = [[5, 6, 7, 8, 9]]
+
+
+def _delta_round_trip(method, hp, ctx, adapted, path, cache):
+    """Save `adapted`'s delta to `path`, load it onto a fresh tiny-llama: logits of (adapted, reloaded, plain
+    base) on ROUND_TRIP_IDS."""
+    import torch
+
+    from bench.models import load_model
+
+    method.save_delta(adapted, path)
+    fresh, _, _ = load_model("tiny-llama", cache=cache)
+    reloaded = method.load_delta(fresh, hp, ctx, path)
+    base, _, _ = load_model("tiny-llama", cache=cache)
+    ids = torch.tensor(ROUND_TRIP_IDS)
+    adapted.eval(), reloaded.eval()
+    with torch.no_grad():
+        return adapted(input_ids=ids).logits, reloaded(input_ids=ids).logits, base(input_ids=ids).logits
+
+
+_delta_round_trip.ids = ROUND_TRIP_IDS
+
+
+@pytest.fixture(scope="session")
+def delta_round_trip():
+    return _delta_round_trip

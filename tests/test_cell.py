@@ -109,6 +109,47 @@ def test_bad_input_is_one_line_before_training_and_keeps_records(models_cache, t
     assert json.loads((out / "record.json").read_text()) == {"status": "ok", "finished": True}
 
 
+def test_generation_metrics_without_java_are_one_line_before_training(models_cache, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else which(name, *a, **k))
+    import bench.models
+
+    monkeypatch.setattr(bench.models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    argv = ["run-cell", "--task", "e2e", "--model", "tiny-llama", "--method", "lora", "--train-size", "8",
+            "--out", str(tmp_path / "cell")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: metric(s) meteor, cider need Java (`java` on PATH), which is not installed: install a "
+                   "JRE, e.g. apt-get install openjdk-17-jre-headless")
+    assert not (tmp_path / "cell").exists()
+
+
+def test_peak_memory_is_the_cells_own_not_the_matmul_peak_probes(models_cache, tmp_path):
+    """The MFU peak is measured (once per machine, then cached) after the cell: its test matrices must not
+    count in the cell's peak memory. A fresh process, so that no earlier test's peak RSS counts."""
+    script = f"""
+import json, sys, torch
+import bench.cell
+from tests.test_cell import _cell
+PROBE = 1 << 30  # 1 GiB, more than the whole tiny cell's process
+
+def matmul_peak_flops(threads, device):
+    torch.ones(PROBE // 4).add_(1)
+    return 1e12
+
+bench.cell.matmul_peak_flops = matmul_peak_flops
+record = bench.cell.run_cell(_cell(), __import__("pathlib").Path(sys.argv[1]), threads=1)
+print(json.dumps([record["cost"]["peak_mem_bytes"], PROBE]))
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak, probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0 < peak < probe
+
+
 def test_tiny_grid_through_snakemake(models_cache, tmp_path):
     env = {**os.environ, "PEFT_REPRO_MODELS": str(models_cache)}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",

@@ -64,7 +64,7 @@ def test_full_ft_trains_everything(tiny_llama, sst2):
 
 
 @pytest.mark.parametrize("name", ["lora", "full_ft"])
-def test_delta_round_trip_gives_identical_logits(name, models_cache, sst2, tmp_path):
+def test_delta_round_trip_gives_identical_logits(name, models_cache, sst2, tmp_path, delta_round_trip):
     from bench.models import load_model
 
     method = get_method(name)
@@ -77,15 +77,9 @@ def test_delta_round_trip_gives_identical_logits(name, models_cache, sst2, tmp_p
         for parameter in adapted.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.05 * torch.randn_like(parameter))
-    method.save_delta(adapted, tmp_path)
-    fresh, _, _ = load_model("tiny-llama", cache=models_cache)
-    reloaded = method.load_delta(fresh, hp, ctx, tmp_path)
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
-    adapted.eval(), reloaded.eval()
-    with torch.no_grad():
-        assert torch.equal(adapted(input_ids=ids).logits, reloaded(input_ids=ids).logits)
-        base, _, _ = load_model("tiny-llama", cache=models_cache)
-        assert not torch.allclose(base(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+    ours, reloaded, base = delta_round_trip(method, hp, ctx, adapted, tmp_path, models_cache)
+    assert torch.equal(ours, reloaded)
+    assert not torch.allclose(base, reloaded)
     if name == "lora":
         from peft import PeftModel
 

@@ -107,7 +107,7 @@ def _delta_files_bytes(path):
 
 
 @pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning", "prompt_ensemble"])
-def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path):
+def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path, delta_round_trip):
     from peft import PeftModel
 
     from bench.models import load_model
@@ -115,16 +115,9 @@ def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path):
     loaded = load_model("tiny-llama", cache=models_cache)
     method, hp, ctx, adapted = _adapt(name, loaded, sst2, **_k(name))
     _perturb(adapted)
-    method.save_delta(adapted, tmp_path)
-    fresh, _, _ = load_model("tiny-llama", cache=models_cache)
-    reloaded = method.load_delta(fresh, hp, ctx, tmp_path)
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
-    adapted.eval(), reloaded.eval()
-    with torch.no_grad():
-        logits = adapted(input_ids=ids).logits
-        assert torch.equal(logits, reloaded(input_ids=ids).logits)
-        base, _, _ = load_model("tiny-llama", cache=models_cache)
-        assert not torch.allclose(base(input_ids=ids).logits, logits[:, -ids.shape[1]:])
+    logits, reloaded, base = delta_round_trip(method, hp, ctx, adapted, tmp_path, models_cache)
+    assert torch.equal(logits, reloaded)
+    assert not torch.allclose(base, logits[:, -base.shape[1]:])
     # on disk: 4 bytes a parameter plus the safetensors header and adapter_config.json per adapter
     params = method.delta_parameters(adapted)
     adapters = [tmp_path] if name != "prompt_ensemble" else sorted(tmp_path.glob("prompt_*"))
@@ -134,7 +127,7 @@ def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path):
         base, _, _ = load_model("tiny-llama", cache=models_cache)
         peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
         with torch.no_grad():
-            assert torch.allclose(peft_model(input_ids=ids).logits, logits[i:i + 1], atol=1e-5)
+            assert torch.allclose(peft_model(input_ids=torch.tensor(delta_round_trip.ids)).logits, logits[i:i + 1], atol=1e-5)
 
 
 # ------------------------------------------------------------------ inits
@@ -165,6 +158,29 @@ def test_inits_produce_what_they_say(tiny_llama, sst2):
     for row, word in zip(labels, sst2.verbalizer):  # multi-token words (byte-level here): mean embedding
         assert torch.allclose(row, embeddings[continuation_ids(tokenizer, word)].mean(dim=0))
     assert from_frequent(labels[len(sst2.verbalizer):])
+
+
+def test_prompt_neighbours_find_the_tokens_a_prompt_is_made_of(sst2):
+    from methods.prompt_tuning import prompt_neighbours
+
+    class Vocabulary:  # decoded text per id, as a tokenizer's decode([id]) gives it
+        tokens = [" positive", " Review", " xq", "Sent", "iment", *(f" w{i}" for i in range(45))]
+
+        def __len__(self):
+            return len(self.tokens)
+
+        def decode(self, ids):
+            return "".join(self.tokens[i] for i in ids)
+
+    embeddings = torch.randn(len(Vocabulary.tokens) + 3, 16, generator=torch.Generator().manual_seed(0))  # + padding
+    prompt = 2.5 * embeddings[[0, 1, 2]] + 1e-3 * torch.randn(3, 16)  # cosine ignores the scale
+    out = prompt_neighbours(prompt, embeddings, Vocabulary(), sst2, k=3)
+    assert [row[0] for row in out["tokens"]] == [" positive", " Review", " xq"]
+    assert all(row[0] == pytest.approx(1.0, abs=1e-3) and row == sorted(row, reverse=True) for row in out["cosine"])
+    assert out["label_words"] == ["negative", "positive"] and {"review", "sentiment"} <= set(out["task_words"])
+    nearest = prompt_neighbours(prompt, embeddings, Vocabulary(), sst2, k=1)
+    # a label word in row 0, a task word in row 1 (case-insensitive whole tokens), neither in row 2
+    assert nearest["rows_with_label_word"] == 1 and nearest["rows_with_task_word"] == 1
 
 
 def test_frequent_tokens_skip_special_and_byte_fallback(tiny_llama):
@@ -349,6 +365,15 @@ def test_cell_record(method, hp, models_cache, tmp_path, tiny_llama):
     if method == "prompt_ensemble":
         metrics = record["metrics"]["sst2"]
         assert {"accuracy_avg_single", "accuracy_best_single", "accuracy_mean_logprob"} <= set(metrics)
+    if method == "prompt_tuning":  # Lester §7 analysis: P rows of 5 neighbours each, counts within range
+        neighbours = record["analysis"]["prompt_neighbours"]
+        assert len(neighbours["tokens"]) == len(neighbours["cosine"]) == P
+        assert all(len(row) == 5 and row == sorted(row, reverse=True) for row in neighbours["cosine"])
+        assert neighbours["label_words"] == ["negative", "positive"]
+        assert {"review", "sentiment"} <= set(neighbours["task_words"])
+        assert 0 <= neighbours["rows_with_label_word"] <= P and 0 <= neighbours["rows_with_task_word"] <= P
+    else:
+        assert "analysis" not in record
 
 
 def test_encoder_cell_with_prompt_tuning(models_cache, tmp_path):

@@ -27,7 +27,7 @@ def write_grid(tmp_path, name="g", **data) -> str:
     return str(path)
 
 
-def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flops=None, peak=1.9e9):
+def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flops=None, peak=1.9e9, analysis=None):
     """A record.json as run_cell writes it; scores: {eval_set: {metric: value}}."""
     total = SIZES.get(cell.model, 134_515_008)
     trainable = int(TRAINABLE.get(cell.method, lambda t: 10_000)(total))
@@ -52,6 +52,7 @@ def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flop
                 "cpu": "x86_64", "threads": 1, "host": "vm"},
         "inputs": {"data": {"sst2/dev.tsv": "0" * 64}, "model": {"name": cell.model, "sha256": "1" * 64},
                    "method_sha256": "2" * 64},
+        **({"analysis": analysis} if analysis else {}),
     }
     path = Path(cell.dir) / "record.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +116,35 @@ def test_mean_std_seeds_and_cells_without_result(tmp_path, monkeypatch):
     plots = sorted(p.name for p in (tmp_path / "reports/g/plots").iterdir())
     assert plots == ["pareto-sst2.png", "shift-sst2.png"]
     assert verdicts(claims)["lora_e2e_matches_full_ft"] == "not run"
+
+
+def _neighbours(rows: list[list[str]], label_rows: int, task_rows: int) -> dict:
+    return {"prompt_neighbours": {"k": len(rows[0]), "tokens": rows, "cosine": [[0.5, 0.25][: len(r)] for r in rows],
+                                  "label_words": ["negative", "positive"], "task_words": ["review", "sentiment"],
+                                  "rows_with_label_word": label_rows, "rows_with_task_word": task_rows}}
+
+
+def test_soft_prompt_interpretability_tables(tmp_path, monkeypatch, no_plots):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, methods={"prompt_tuning": None, "lora": None}, seeds=[0, 1])
+    scores = {"sst2": {"accuracy": 80.0}, "imdb": {"accuracy": 70.0}}
+    rows = [[" positive", " good"], [" Review", "|"], ["\n", " x"], [" a", " b"]]
+    for cell in cells_of(grid, method="prompt_tuning"):
+        write_record(cell, scores, analysis=_neighbours(rows, label_rows=1 + cell.seed, task_rows=1))
+    for cell in cells_of(grid, method="lora"):
+        write_record(cell, scores)
+    report.write_report(grid)
+    readme = read(tmp_path)[0]
+    section = readme.split("### Soft-prompt interpretability")[1]
+    assert "| sst2 | smollm2-135m | prompt_tuning | 50 | 2 | 4 | 1.5 (38%) | 1 (25%) | 0.500 |" in section
+    assert "lora" not in section.split("### Nearest")[0]  # only cells whose records hold the analysis
+    assert "label word (the verbalizer: negative, positive)" in section and "review, sentiment" in section
+    listing = section.split("### Nearest vocabulary tokens")[1]
+    assert "| sst2 | smollm2-135m | prompt_tuning | 50 | 0 | 0 | positive · good | 0.500 |" in listing
+    assert "| 1 | Review · ¦ | 0.500 |" in listing and "| 2 | '\\n' · x |" in listing  # readable, no pipes
+    assert listing.count("| prompt_tuning |") == 4  # one seed listed
+    tex = (tmp_path / "reports/g/tables.tex").read_text()
+    assert "Soft-prompt interpretability" in tex and r"Review · ¦" in tex
 
 
 def test_stale_cells_marked_with_the_rerun_command(tmp_path, monkeypatch, no_plots):
