@@ -195,22 +195,26 @@ def _resource_rules() -> dict:
 
 
 def cell_resources(cell: Cell) -> dict:
-    """Cluster resources of a cell from config/resources.yaml, its model's size and its method."""
-    return _resources(cell.model, cell.method)
+    """Cluster resources of a cell from config/resources.yaml, its model's size, its method and whether it
+    trains; `runtime` also orders the jobs (Snakefile: priority, the longest first)."""
+    return _resources(cell.model, cell.method, cell.hp.get("steps"))
 
 
 @functools.lru_cache(maxsize=None)  # Snakemake asks once per job and resource: 10,000-cell grids plan in seconds
-def _resources(model: str, method: str) -> dict:
-    from bench.method import get_method
+def _resources(model: str, method: str, steps) -> dict:
+    from bench.method import TRAIN_DEFAULTS, get_method
     from bench.models import get_model_spec
 
     rules = _resource_rules()
     params = get_model_spec(model).params or 0
-    tunes_base = get_method(method).tunes_base
-    per_param = rules["mem"]["bytes_per_param"]["tunes_base" if tunes_base else "frozen_base"]
+    spec = get_method(method)
+    trains = int(steps if steps is not None else spec.defaults.get("steps", TRAIN_DEFAULTS["steps"])) > 0
+    per_param = rules["mem"]["bytes_per_param"]["tunes_base" if spec.tunes_base else "frozen_base"]
     runtime = rules["runtime_min"]["base"] + rules["runtime_min"]["per_billion_params"] * params / 1e9
-    if tunes_base:
+    if spec.tunes_base:
         runtime *= rules["runtime_min"]["tunes_base_factor"]
+    if not trains:
+        runtime *= rules["runtime_min"]["eval_only_factor"]
     return {"mem_mb": int(rules["mem"]["overhead_mb"] + per_param * params / 2**20), "runtime": int(runtime),
             "gpu": int(params >= float(rules["gpu"]["min_params"]))}
 

@@ -154,9 +154,28 @@ def _source_file(spec: ModelSpec, work: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- converters: (spec, out, work) -> sha256
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers' GGUF loader parses the file three times (config, weights, tokenizer) and rebuilds gguf's
+    tensor-name map once per module (~400 times for SmolLM2): cache both while converting (SmolLM2: 32 s -> 17 s)."""
+    import gguf
+
+    originals = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = (lru_cache(maxsize=None)(f) for f in originals)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = originals
+
+
 def _convert_gguf(spec: ModelSpec, out: Path, work: Path) -> str:
     """GGUF -> fp32 safetensors: dequantize, drop quantization_config, rebuild a plain model, re-tie."""
     path = _source_file(spec, work)
+    with _gguf_parsed_once():
+        return _convert_gguf_file(spec, path, out)
+
+
+def _convert_gguf_file(spec: ModelSpec, path: Path, out: Path) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
