@@ -1,7 +1,10 @@
 # Wiring only: cells come from config/grids/<grid>.yaml (default: smoke); all logic lives in bench/.
 #   snakemake --cores all                       # the default grid
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
+import inspect
 import sys
+
+from snakemake.common import overwrite_function_params
 
 from bench.errors import BenchError
 from bench.grid import cell_resources, cell_threads, check_cells, grid_cells
@@ -20,10 +23,16 @@ MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO
 DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else ""
 
 
+def signed(function):  # Snakemake reads an input function's signature at every job: read it once (10k-cell plans)
+    overwrite_function_params(function, inspect.signature(function).parameters)
+    return function
+
+
 def cell_of(w):
     return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.variant}/n{w.size}/s{w.seed}"]
 
 
+@signed
 def cell_inputs(w):  # one input function per job, not three: 10,000-cell grids plan fast
     cell = cell_of(w)
     return {"method": method_files(cell.method), "model": f"{MODELS}/{w.model}/manifest.json",
@@ -31,7 +40,7 @@ def cell_inputs(w):  # one input function per job, not three: 10,000-cell grids 
 
 
 def resource(key):
-    return lambda wildcards: cell_resources(cell_of(wildcards))[key]
+    return signed(lambda wildcards: cell_resources(cell_of(wildcards))[key])
 
 
 wildcard_constraints:
@@ -60,7 +69,7 @@ rule cell:
     log:
         "results/{grid}/logs/{task}/{model}/{variant}/n{size}_s{seed}.log",
     params:
-        args=lambda w: cell_of(w).cli_args(),
+        args=signed(lambda w: cell_of(w).cli_args()),
     priority: resource("runtime")  # the longest cells first, so that no core idles through the last one
     threads: cell_threads()  # one per cell (FEASIBILITY: two 1-thread cells beat one 2-thread cell)
     resources:

@@ -107,15 +107,15 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load(model_name: str):
-    """(model, tokenizer) on the benchmark device: fp32 on CPU, bf16 on CUDA."""
+def load(model_name: str, dtype=None):
+    """(model, tokenizer) on the benchmark device: fp32 on CPU, bf16 on CUDA (or `dtype` there)."""
     import torch
 
     from bench.models import load_model
 
     model, tokenizer, _ = load_model(model_name)
     if device() == "cuda":
-        model = model.to("cuda", dtype=torch.bfloat16)
+        model = model.to("cuda", dtype=dtype or torch.bfloat16)
     return model, tokenizer
 
 
@@ -320,9 +320,13 @@ def per_label_scores(model, tokenizer, task, examples, batch_size: int, max_len:
 
 # ----------------------------------------------------------------------------- item 4: memory
 def analytic_memory(config, n_params: int, trainable: list, tunes_base: bool, optimizer: str, method: str,
-                    batch_positions: int, sequences: int, hp: dict) -> dict:
+                    batch_positions: int, sequences: int, hp: dict, value_bytes: int = 4,
+                    trainable_bytes: list | None = None) -> dict:
     """Bytes a training step adds on top of the loaded weights, itemised (fp32, 4 bytes per value).
 
+    `value_bytes`: bytes per activation value (the model's dtype: 4 on CPU, 2 in bf16 on CUDA; the LM head's
+    log-probabilities stay fp32, the loss upcasts the logits); `trainable_bytes`: bytes per value of each
+    trainable parameter (its gradient and optimizer states share its dtype), 4 each if not given.
     gradients: one value per trainable parameter. optimizer: AdamW keeps two (exp_avg, exp_avg_sq);
     Adafactor (no momentum) keeps a row and a column vector per matrix, a full vector per 1-D parameter.
     activations: what autograd saves in one Llama-style block per computed position (h = hidden,
@@ -339,18 +343,19 @@ def analytic_memory(config, n_params: int, trainable: list, tunes_base: bool, op
     gradient coexist with every block's saved tensors: 3V per computed position, plus the final norm."""
     h, i = config.hidden_size, config.intermediate_size
     layers, vocab = config.num_hidden_layers, config.vocab_size
-    n_trainable = sum(shape_numel(s) for s in trainable)
-    gradients = 4 * n_trainable
+    sizes = trainable_bytes or [4] * len(trainable)
+    gradients = sum(b * shape_numel(s) for s, b in zip(trainable, sizes))
     if optimizer == "adamw":
-        states = 2 * 4 * n_trainable
+        states = 2 * gradients
     else:  # adafactor, factored second moment, beta1 None
-        states = 4 * sum((s[0] + s[1]) if len(s) == 2 else shape_numel(s) for s in trainable)
+        states = sum(b * ((s[0] + s[1]) if len(s) == 2 else shape_numel(s)) for s, b in zip(trainable, sizes))
     per_position_layer = (11 * h + 4 * i) if tunes_base else (6 * h + 3 * i)
     if method == "lora":
         per_position_layer += h + 2 * hp["r"]
     extra_kv = 2 * h * hp["prefix_length"] * sequences * layers if method == "prefix_tuning" else 0
     head = (3 * h if tunes_base else h) + 3 * vocab
-    activations = 4 * (batch_positions * (layers * per_position_layer + head) + extra_kv)
+    activations = (value_bytes * (batch_positions * layers * per_position_layer + extra_kv)
+                   + 4 * batch_positions * head)
     total = gradients + states + activations
     return {"weights": 4 * n_params, "gradients": gradients, "optimizer": states, "activations": activations,
             "estimate": total, "head_backward_bytes": 4 * 2 * vocab * batch_positions}
@@ -423,6 +428,8 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     model = method.apply(model, hp, ctx).to(dev)
     n_params = total_parameters(model)
     trainable = [tuple(p.shape) for p in model.parameters() if p.requires_grad]
+    trainable_bytes = [p.element_size() for p in model.parameters() if p.requires_grad]
+    value_bytes = model.get_input_embeddings().weight.element_size()
     with torch.no_grad():  # page in every weight: the model's safetensors are memory-mapped and would
         for parameter in model.parameters():  # otherwise be counted when the first forward touches them
             parameter.sum()
@@ -443,7 +450,7 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     widest = max((next(batches) for _ in range(max(1, result.steps_done))), key=lambda b: b["input_ids"].numel())
     rows, width = widest["input_ids"].shape
     estimate = analytic_memory(model.config, n_params, trainable, method.tunes_base, hp["optimizer"], method_name,
-                               rows * (width + extra), rows, hp)
+                               rows * (width + extra), rows, hp, value_bytes, trainable_bytes)
     saved = saved_activation_bytes(model, {k: v.to(dev) for k, v in widest.items()})
     steady = step_s[1:] if len(step_s) > 1 else step_s
     path_params, path_trainable = token_path_parameters(model)
@@ -453,7 +460,7 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
             "threads": threads, "memory_kind": kind, "peak_reset": reset, "baseline_bytes": base,
             "peak_bytes": peak, "measured_increase": peak - base, **estimate,
             "saved_activation_bytes": saved, "trainable_params": sum(shape_numel(s) for s in trainable),
-            "total_params": n_params, "optimizer_name": hp["optimizer"], "tunes_base": method.tunes_base,
+            "total_params": n_params, "value_bytes": value_bytes, "optimizer_name": hp["optimizer"], "tunes_base": method.tunes_base,
             "extra_positions": extra, "widest_batch": [rows, width], "step_s": [round(s, 4) for s in step_s],
             "tokens_per_step": [t for t, _ in clock.positions],
             "sequences_per_step": [n for _, n in clock.positions], "padded_tokens_per_step": clock.padded,
@@ -614,15 +621,23 @@ def write_report(json_path: Path, md_path: Path) -> None:
                      f"{outcome} |")
     flops = by_item.get("flops")
     lines.append(f"| 5 | training FLOPs and MFU | achieved / matmul peak | "
-                 f"{', '.join(f'{k} {v:.1%}' for k, v in flops['mfu'].items()) if flops else '–'} | "
+                 f"{', '.join(f'{k} {_pct(v)}' for k, v in flops['mfu'].items()) if flops else '–'} | "
                  f"reported, no goal | – | {outcomes.get('test_flops_utilisation', 'not run')} |")
-    lines.append("| 7 | GPU | – | not measured | – | – | no GPU was available to this run |")
-    lines += [""] + _details(by_item, mode)
+    if m["cuda"]:
+        lines.append(f"| 7 | GPU | – | items above ran on {m['cuda']} (bf16) | – | – | see section 7 |")
+    else:
+        lines.append("| 7 | GPU | – | not measured | – | – | no GPU was available to this run |")
+    lines += [""] + _details(by_item, mode, m["cuda"])
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(lines).rstrip() + "\n")
 
 
-def _details(by_item: dict, mode: str) -> list[str]:
+def _pct(value: float) -> str:
+    """A share as a percentage; small ones (GPU MFU of a 135M model) with three decimals instead of 0.0%."""
+    return f"{value:.1%}" if abs(value) >= 0.01 else f"{value:.3%}"
+
+
+def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
     out = []
     info = by_item.get("train_overhead")
     if info:
@@ -689,17 +704,23 @@ def _details(by_item: dict, mode: str) -> list[str]:
                     "(tokenising, padding, the Python loop that reads the scores).", ""]
     info = by_item.get("memory_truth")
     if info:
+        cuda = str(info["probes"][0].get("memory_kind", "")).startswith("cuda")
+        measured = ("Measured: `torch.cuda.max_memory_allocated` during training minus `torch.cuda.memory_allocated` "
+                    "just before it (after loading and adapting the model; the peak statistics are reset at that point), "
+                    "so the load itself does not count. " if cuda else
+                    "Measured: the peak "
+                    "resident set during training minus the resident set just before it (after loading and adapting "
+                    "the model); the kernel's peak mark is reset at that point (`/proc/self/clear_refs` = 5), so the "
+                    "load itself does not count. ")
         out += ["## 4. Memory: measured vs analytic", "",
                 f"{info['model']}, SST-2 batch {info['batch_size']}, max_len {info['max_len']}, {info['steps']} "
-                "training steps through the harness per method, each in a fresh subprocess. Measured: the peak "
-                "resident set during training minus the resident set just before it (after loading and adapting "
-                "the model); the kernel's peak mark is reset at that point (`/proc/self/clear_refs` = 5), so the "
-                "load itself does not count. Estimate: gradients + optimizer states + saved activations "
+                "training steps through the harness per method, each in a fresh subprocess. " + measured +
+                "Estimate: gradients + optimizer states + saved activations "
                 "(see `bench.benchmarks.analytic_memory`); the weights are in the baseline for both. "
                 "`autograd saved` is measured, not estimated: the unique storages autograd keeps for backward "
                 "in one forward (weights excluded).", "",
                 "| method | trainable | optimizer | grads | optimizer states | activations (est.) | autograd saved "
-                "(meas.) | estimate | measured Δ peak | measured / estimate | baseline RSS |",
+                f"(meas.) | estimate | measured Δ peak | measured / estimate | {'baseline allocated' if cuda else 'baseline RSS'} |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for probe in info["probes"]:
             out.append(f"| {probe['method']} | {probe['trainable_params']:,} | {probe['optimizer_name']} | "
@@ -723,7 +744,7 @@ def _details(by_item: dict, mode: str) -> list[str]:
             out.append(f"| {name} | {row['tokens']:.0f} | {row['positions']:.0f} | {row['padded_tokens']:.0f} | "
                        f"{row['flops_per_step']:.3g} | "
                        f"{row['step_s']:.2f} | "
-                       f"{row['flops_per_s'] / 1e9:.1f} | {row['mfu']:.1%} |")
+                       f"{row['flops_per_s'] / 1e9:.1f} | {_pct(row['mfu'])} |")
         out += ["", _flops_explanation(info), ""]
     info = by_item.get("planning_growth")
     if info:
@@ -738,9 +759,16 @@ def _details(by_item: dict, mode: str) -> list[str]:
                 f"{', '.join(f'{k}: {v:.1f} ms' for k, v in info['marginal_ms_per_cell'].items())}. Linear growth "
                 f"keeps it constant; the reported ratio is the last decade's over the previous one's "
                 f"({info['ratio']:.2f}×). {info['note']}", ""]
-    out += ["## 7. GPU", "", "Not measured: no GPU was available to this run. The benchmark code is device-agnostic "
-            "(CUDA when available, the models in bf16 there, memory from `torch.cuda.max_memory_allocated`, the "
-            "matmul peak in bf16); run `python -m bench benchmarks` on a GPU machine to fill this in.", ""]
+    if gpu:
+        out += ["## 7. GPU", "", f"This run used {gpu}: models in bf16 (`bench.benchmarks.load`), every timing "
+                "bracketed by `torch.cuda.synchronize`, memory from `torch.cuda.max_memory_allocated` (item 4), the "
+                "matmul peak in bf16 (item 5). Training steps of a 135M model on about a hundred tokens use a tiny "
+                "fraction of the GPU's large-matmul peak: read the MFU column accordingly.", ""]
+    else:
+        out += ["## 7. GPU", "", "Not measured: no GPU was available to this run. The benchmark code is "
+                "device-agnostic (CUDA when available, the models in bf16 there, memory from "
+                "`torch.cuda.max_memory_allocated`, the matmul peak in bf16); run `python -m bench benchmarks` on a "
+                "GPU machine to fill this in.", ""]
     return out
 
 
@@ -763,7 +791,8 @@ def _decode_text(info: dict) -> str:
         text += (" Missed: the product falls short of 10× at these lengths. What would close it: a larger batch "
                  "(the grid's `eval_batch_size` is 16; batching is the bigger lever), stopping rows that have "
                  "emitted the end token or a newline (the output is cut at the first newline, yet every row decodes "
-                 f"all {info['max_new_tokens']} tokens), or a GPU, where batch 1 leaves the device mostly idle.")
+                 f"all {info['max_new_tokens']} tokens)"
+                 + (", or a GPU, where batch 1 leaves the device mostly idle." if info.get("device") != "cuda" else "."))
     return text
 
 
@@ -781,7 +810,15 @@ def _memory_explanation(info: dict, mode: str) -> str:
                      f"{_fmt_bytes(p['head_backward_bytes'])}" for p in info["probes"])
     text.append("The per-layer activation count is right: the estimate exceeds what autograd saves by about the two "
                 f"vocabulary-sized buffers that backward adds at the LM head, which the estimate includes ({gaps}).")
-    text.append("Why measured and estimated differ: the resident set also holds what the estimate leaves out — "
+    cuda = str(info["probes"][0].get("memory_kind", "")).startswith("cuda")
+    if cuda:
+        text.append("On CUDA the weights, gradients and AdamW states of full fine-tuning are bf16 (2 bytes), adapter "
+                    "parameters fp32, activations bf16 and the LM head's log-probabilities fp32; the estimate uses "
+                    "these sizes. Why measured and estimated differ: the allocator's peak also counts transient "
+                    "buffers (the logits' gradient, optimizer temporaries) and misses what the estimate counts but "
+                    "never coexists (activations are freed during backward as gradients appear).")
+    else:
+        text.append("Why measured and estimated differ: the resident set also holds what the estimate leaves out — "
                 "gradient buffers while backward runs (e.g. the gradient of the logits, "
                 "batch × length × vocabulary floats), temporaries of the optimizer step (torch's AdamW on CPU "
                 "updates parameter by parameter, with temporaries the size of the largest parameter, the embedding "

@@ -295,8 +295,10 @@ NEIGHBOUR_ROWS = 10  # prompt rows listed per cell in the nearest-token table
 
 
 def _token(text: str) -> str:
-    """A decoded vocabulary token, readable in a table cell: whitespace-only shown as its repr, no pipes."""
-    return (text.strip() or repr(text)).replace("|", "¦")
+    """A decoded vocabulary token, readable in a table cell: spaces as ▁ (" good" and "good" are two tokens),
+    whitespace-only or unprintable ones as their repr, no pipes."""
+    shown = text.replace(" ", "▁") if text.strip() else repr(text)
+    return (shown if shown.isprintable() else repr(text)).replace("|", "¦")
 
 
 def interpretability_tables(cells: pd.DataFrame) -> list[Table]:

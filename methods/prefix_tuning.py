@@ -134,7 +134,7 @@ def set_prefix(encoder, target, label: str) -> None:
             return
         first, last = encoder.transform[0], encoder.transform[2]
         hidden = torch.tanh(first(encoder.embedding.weight)).double()
-        design = torch.cat([hidden, torch.ones(hidden.shape[0], 1, dtype=hidden.dtype)], dim=1)
+        design = torch.cat([hidden, torch.ones(hidden.shape[0], 1, dtype=hidden.dtype, device=hidden.device)], dim=1)
         solution = torch.linalg.pinv(design) @ target.double()  # minimum-norm exact fit (rows <= columns)
         last.weight.copy_(solution[:-1].T.to(last.weight.dtype))
         last.bias.copy_(solution[-1].to(last.bias.dtype))

@@ -128,7 +128,7 @@ def test_soft_prompt_interpretability_tables(tmp_path, monkeypatch, no_plots):
     monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path, methods={"prompt_tuning": None, "lora": None}, seeds=[0, 1])
     scores = {"sst2": {"accuracy": 80.0}, "imdb": {"accuracy": 70.0}}
-    rows = [[" positive", " good"], [" Review", "|"], ["\n", " x"], [" a", " b"]]
+    rows = [[" positive", "good"], [" Review", "|"], ["\n", "x\u200b"], [" a", " b"]]
     for cell in cells_of(grid, method="prompt_tuning"):
         write_record(cell, scores, analysis=_neighbours(rows, label_rows=1 + cell.seed, task_rows=1))
     for cell in cells_of(grid, method="lora"):
@@ -140,11 +140,12 @@ def test_soft_prompt_interpretability_tables(tmp_path, monkeypatch, no_plots):
     assert "lora" not in section.split("### Nearest")[0]  # only cells whose records hold the analysis
     assert "label word (the verbalizer: negative, positive)" in section and "review, sentiment" in section
     listing = section.split("### Nearest vocabulary tokens")[1]
-    assert "| sst2 | smollm2-135m | prompt_tuning | 50 | 0 | 0 | positive · good | 0.500 |" in listing
-    assert "| 1 | Review · ¦ | 0.500 |" in listing and "| 2 | '\\n' · x |" in listing  # readable, no pipes
+    assert "| sst2 | smollm2-135m | prompt_tuning | 50 | 0 | 0 | ▁positive · good | 0.500 |" in listing
+    # readable: no pipes, whitespace-only and unprintable tokens as their repr
+    assert "| 1 | ▁Review · ¦ | 0.500 |" in listing and "| 2 | '\\n' · 'x\\u200b' |" in listing
     assert listing.count("| prompt_tuning |") == 4  # one seed listed
     tex = (tmp_path / "reports/g/tables.tex").read_text()
-    assert "Soft-prompt interpretability" in tex and r"Review · ¦" in tex
+    assert "Soft-prompt interpretability" in tex and r"▁Review · ¦" in tex
 
 
 def test_stale_cells_marked_with_the_rerun_command(tmp_path, monkeypatch, no_plots):
