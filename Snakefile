@@ -1,6 +1,7 @@
 # Wiring only: cells come from config/grids/<grid>.yaml (default: smoke); all logic lives in bench/.
 #   snakemake --cores all                       # the default grid
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
+import gc
 import inspect
 import sys
 
@@ -11,6 +12,7 @@ from bench.grid import cell_resources, cell_threads, check_cells, grid_cells
 from bench.method import method_files
 from bench.models import cache_dir
 
+gc.disable()  # planning allocates millions of long-lived objects that the cyclic collector only re-scans; on at onstart
 GRID = config.get("grid", "smoke")
 try:  # a malformed grid stops here, before any job is planned, with one line naming the fix
     CELLS = {cell.dir: cell for cell in grid_cells(GRID)}
@@ -41,6 +43,10 @@ def cell_inputs(w):  # one input function per job, not three: 10,000-cell grids 
 
 def resource(key):
     return signed(lambda wildcards: cell_resources(cell_of(wildcards))[key])
+
+
+onstart:
+    gc.enable()
 
 
 wildcard_constraints:
