@@ -202,13 +202,13 @@ def cell_resources(cell: Cell) -> dict:
 
 @functools.lru_cache(maxsize=None)  # Snakemake asks once per job and resource: 10,000-cell grids plan in seconds
 def _resources(model: str, method: str, steps) -> dict:
-    from bench.method import TRAIN_DEFAULTS, get_method
+    from bench.method import get_method, resolve_hparams
     from bench.models import get_model_spec
 
     rules = _resource_rules()
     params = get_model_spec(model).params or 0
     spec = get_method(method)
-    trains = int(steps if steps is not None else spec.defaults.get("steps", TRAIN_DEFAULTS["steps"])) > 0
+    trains = resolve_hparams(spec, {} if steps is None else {"steps": steps})["steps"] > 0
     per_param = rules["mem"]["bytes_per_param"]["tunes_base" if spec.tunes_base else "frozen_base"]
     runtime = rules["runtime_min"]["base"] + rules["runtime_min"]["per_billion_params"] * params / 1e9
     if spec.tunes_base:

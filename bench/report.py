@@ -57,7 +57,8 @@ def _read(cell) -> tuple[dict | None, str, str]:
 
 
 def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(cells: one row per grid cell and its status; rows: one per ok record x eval set x metric; hp columns)."""
+    """(cells: one row per grid cell, its status and its record's `analysis`; rows: one per ok record x eval set x
+    metric; hp columns)."""
     current, cells, rows = harness_hash(), [], []
     for cell in grid_cells(grid):
         base = {"task": cell.task, "model": cell.model, "method": cell.method,
@@ -66,7 +67,8 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         record, status, detail = _read(cell)
         stale = record is not None and record.get("env", {}).get("harness_sha256") != current
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
-        cells.append({**base, "status": status, "stale": stale, "harness": harness[:12], "detail": detail})
+        cells.append({**base, "status": status, "stale": stale, "harness": harness[:12], "detail": detail,
+                      "analysis": record.get("analysis") if status == "ok" else None})
         if status != "ok":
             continue
         hp = {key: str(value) for key, value in record["config"].get("hp", {}).items()
@@ -302,12 +304,9 @@ def _token(text: str) -> str:
 
 
 def interpretability_tables(cells: pd.DataFrame) -> list[Table]:
-    """Lester et al. §7 from the records' `analysis.prompt_neighbours` (methods/prompt_tuning.py)."""
-    found = []
-    for c in cells[cells["status"] == "ok"].to_dict("records"):
-        record = json.loads((Path(c["dir"]) / "record.json").read_text())
-        if "prompt_neighbours" in record.get("analysis", {}):
-            found.append((c, record["analysis"]["prompt_neighbours"]))
+    """Lester et al. §7 from the records' `analysis.prompt_neighbours` (methods/prompt_tuning.py), as `load` keeps it."""
+    found = [(c, c["analysis"]["prompt_neighbours"]) for c in cells.to_dict("records")
+             if "prompt_neighbours" in (c["analysis"] or {})]
     if not found:
         return []
     keys = ["task", "model", "variant", "train_size"]
@@ -552,7 +551,7 @@ def write_report(grid: str) -> list[Path]:
         old.unlink()
     selection = dev_selection_tables(S)  # before writing: it adds summary.csv's selected_on_dev column
     S.to_csv(res / "summary.csv", index=False)
-    cells.to_csv(res / "cells.csv", index=False)
+    cells.drop(columns="analysis").to_csv(res / "cells.csv", index=False)
     S = S[S["eval_set"] != "dev"] if len(S) else S  # dev is for selection only: not a shift in tables, plots, claims
     tables = [*generation_tables(S), *size_tables(S), *shift_tables(S), *lowdata_tables(S),
               *ablation_tables(S, hp_cols), *selection, *ensemble_tables(S), *cost_tables(S, hp_cols),
