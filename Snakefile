@@ -6,6 +6,7 @@ import inspect
 import sys
 
 from snakemake.common import overwrite_function_params
+from snakemake.resources import Resource
 
 from bench.errors import BenchError
 from bench.grid import cell_resources, cell_threads, check_cells, grid_cells
@@ -30,15 +31,17 @@ def signed(function):  # Snakemake reads an input function's signature at every 
     return function
 
 
+signed(Resource.evaluate)  # ... and that of Resource.evaluate for every resource of every job (a tenth of a plan)
+
+
 def cell_of(w):
     return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.variant}/n{w.size}/s{w.seed}"]
 
 
 @signed
-def cell_inputs(w):  # one input function per job, not three: 10,000-cell grids plan fast
+def cell_sources(w):  # the method's files (an edit reruns its cells) and the records it reads (distill's teacher)
     cell = cell_of(w)
-    return {"method": method_files(cell.method), "model": f"{MODELS}/{w.model}/manifest.json",
-            "needs": [f"{d}/record.json" for d in cell.needs]}  # cells it reads (distill's teacher)
+    return [*method_files(cell.method), *(f"{d}/record.json" for d in cell.needs)]
 
 
 def resource(key):
@@ -54,9 +57,8 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-rule all:
+rule all:  # the report needs every record
     input:
-        [f"{d}/record.json" for d in CELLS],
         f"reports/{GRID_NAME}/README.md",
 
 
@@ -69,7 +71,8 @@ rule prepare_model:
 
 rule cell:
     input:
-        unpack(cell_inputs),
+        f"{MODELS}/{{model}}/manifest.json",
+        cell_sources,
     output:
         "results/{grid}/{task}/{model}/{variant}/n{size}/s{seed}/record.json",
     log:

@@ -1,5 +1,8 @@
-"""Item 6: `snakemake -n` time for grids of 100 / 1,000 / 10,000 cells (growth should be near-linear)."""
-from bench.benchmarks import planning_grid, record, time_dry_run
+"""Item 6: `snakemake -n` time for grids of 100 / 1,000 / 10,000 cells (growth should be near-linear), and on the
+largest grid against bare Snakemake planning as many jobs from static rules."""
+import statistics
+
+from bench.benchmarks import bare_snakefile, planning_grid, record, time_dry_run
 
 
 def test_planning_growth(benchmark, settings, tmp_path):
@@ -10,7 +13,7 @@ def test_planning_growth(benchmark, settings, tmp_path):
         for n in sizes:
             work = tmp_path / f"w{n}"
             work.mkdir(exist_ok=True)
-            runs[n] = time_dry_run(planning_grid(n, tmp_path / f"grid{n}.yaml"), work)
+            runs[n] = time_dry_run(work, grid=planning_grid(n, tmp_path / f"grid{n}.yaml"))
         return runs
 
     benchmark.pedantic(plan_all, rounds=1, iterations=1)
@@ -28,3 +31,30 @@ def test_planning_growth(benchmark, settings, tmp_path):
            seconds=seconds, cell_jobs={str(n): r["cell_jobs"] for n, r in runs.items()}, note=note)
     for n, r in runs.items():
         assert r["cell_jobs"] == n, f"grid of {n} cells planned {r['cell_jobs']} cell jobs"
+
+
+def test_planning_overhead(benchmark, settings, tmp_path):
+    cells = max(settings.planning_cells)
+    grid = planning_grid(cells, tmp_path / "grid.yaml")
+    plans = {"bare": dict(snakefile=bare_snakefile(grid, tmp_path / "Snakefile.bare")), "ours": dict(grid=grid)}
+    runs = {name: [] for name in plans}
+
+    def plan_round(round_index):
+        for name in sorted(plans, reverse=round_index % 2 == 1):  # alternate which plans first
+            work = tmp_path / f"{name}{round_index}"
+            work.mkdir()
+            runs[name].append(time_dry_run(work, **plans[name]))
+
+    rounds = iter(range(3))
+    benchmark.pedantic(lambda: plan_round(next(rounds)), rounds=3, iterations=1)
+    (tmp_path / "dag").mkdir()
+    dag_only = time_dry_run(tmp_path / "dag", grid=grid, quiet=True)["seconds"]
+    ratio = statistics.median(o["seconds"] / b["seconds"] for o, b in zip(runs["ours"], runs["bare"]))
+    seconds = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
+    note = (f"Medians of 3 interleaved rounds on {cells:,} cells: ours {seconds['ours']:.1f} s, bare Snakemake "
+            f"{seconds['bare']:.1f} s; ours with `-n -q` (the DAG is built, nothing is listed) {dag_only:.1f} s. "
+            f"The rest of a `-n` run is Snakemake's dry-run scheduling and its listing of every job.")
+    record(benchmark, "planning_overhead", ratio=ratio, cells=cells, seconds=seconds, dag_only_seconds=dag_only,
+           rounds={name: [r["seconds"] for r in rs] for name, rs in runs.items()}, note=note)
+    for name, rs in runs.items():
+        assert all(r["cell_jobs"] == cells for r in rs), f"{name} planned {[r['cell_jobs'] for r in rs]} cell jobs"
