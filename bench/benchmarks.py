@@ -464,7 +464,8 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
             "threads": threads, "memory_kind": kind, "peak_reset": reset, "baseline_bytes": base,
             "peak_bytes": peak, "measured_increase": peak - base, **estimate,
             "saved_activation_bytes": saved, "trainable_params": sum(shape_numel(s) for s in trainable),
-            "total_params": n_params, "value_bytes": value_bytes, "optimizer_name": hp["optimizer"], "tunes_base": method.tunes_base,
+            "total_params": n_params, "value_bytes": value_bytes, "optimizer_name": hp["optimizer"],
+            "tunes_base": method.tunes_base,
             "extra_positions": extra, "widest_batch": [rows, width], "step_s": [round(s, 4) for s in step_s],
             "tokens_per_step": [t for t, _ in clock.positions],
             "sequences_per_step": [n for _, n in clock.positions], "padded_tokens_per_step": clock.padded,
@@ -753,7 +754,7 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                     "(tokenising, padding, the Python loop that reads the scores).", ""]
     info = by_item.get("memory_truth")
     if info:
-        cuda = str(info["probes"][0].get("memory_kind", "")).startswith("cuda")
+        cuda = _measured_on_cuda(info)
         measured = ("Measured: `torch.cuda.max_memory_allocated` during training minus `torch.cuda.memory_allocated` "
                     "just before it (after loading and adapting the model; the peak statistics are reset at that point), "
                     "so the load itself does not count. " if cuda else
@@ -851,6 +852,10 @@ def _decode_text(info: dict) -> str:
     return text
 
 
+def _measured_on_cuda(memory_info: dict) -> bool:
+    return str(memory_info["probes"][0].get("memory_kind", "")).startswith("cuda")
+
+
 def _memory_explanation(info: dict, mode: str) -> str:
     probes = {p["method"]: p for p in info["probes"]}
     text = []
@@ -865,8 +870,7 @@ def _memory_explanation(info: dict, mode: str) -> str:
                      f"{_fmt_bytes(p['head_backward_bytes'])}" for p in info["probes"])
     text.append("The per-layer activation count is right: the estimate exceeds what autograd saves by about the two "
                 f"vocabulary-sized buffers that backward adds at the LM head, which the estimate includes ({gaps}).")
-    cuda = str(info["probes"][0].get("memory_kind", "")).startswith("cuda")
-    if cuda:
+    if _measured_on_cuda(info):
         text.append("On CUDA the weights, gradients and AdamW states of full fine-tuning are bf16 (2 bytes), adapter "
                     "parameters fp32, activations bf16 and the LM head's log-probabilities fp32; the estimate uses "
                     "these sizes. Why measured and estimated differ: the allocator's peak also counts transient "

@@ -45,13 +45,14 @@ def test_planning_overhead(benchmark, settings, tmp_path):
             work.mkdir()
             runs[name].append(time_dry_run(work, **plans[name]))
 
-    rounds = iter(range(3))
-    benchmark.pedantic(lambda: plan_round(next(rounds)), rounds=3, iterations=1)
+    rounds = 3
+    indices = iter(range(rounds))
+    benchmark.pedantic(lambda: plan_round(next(indices)), rounds=rounds, iterations=1)
     (tmp_path / "dag").mkdir()
     dag_only = time_dry_run(tmp_path / "dag", grid=grid, quiet=True)["seconds"]
     ratio = statistics.median(o["seconds"] / b["seconds"] for o, b in zip(runs["ours"], runs["bare"]))
     seconds = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    note = (f"Medians of 3 interleaved rounds on {cells:,} cells: ours {seconds['ours']:.1f} s, bare Snakemake "
+    note = (f"Medians of {rounds} interleaved rounds on {cells:,} cells: ours {seconds['ours']:.1f} s, bare Snakemake "
             f"{seconds['bare']:.1f} s; ours with `-n -q` (the DAG is built, nothing is listed) {dag_only:.1f} s. "
             f"The rest of a `-n` run is Snakemake's dry-run scheduling and its listing of every job.")
     record(benchmark, "planning_overhead", ratio=ratio, cells=cells, seconds=seconds, dag_only_seconds=dag_only,
