@@ -97,6 +97,24 @@ def cmd_benchmarks(args) -> None:
         sys.exit(status)  # pytest's status: a correctness check failed (speed never fails)
 
 
+def cmd_lock(args) -> None:
+    from bench.lock import LOCK, write_lock
+
+    moved = write_lock(upgrade=args.upgrade)
+    for name, (old, new) in moved.items():
+        print(f"  {name}: {old} -> {new}")
+    print(f"{LOCK.relative_to(Path.cwd()) if LOCK.is_relative_to(Path.cwd()) else LOCK}: "
+          f"{len(moved)} pin(s) changed")
+
+
+def cmd_compat(args) -> None:
+    from bench.lock import compat
+
+    status = compat(args.pytest_args)
+    if status:
+        sys.exit(status)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +163,16 @@ def main(argv=None) -> int:
     benchmarks.add_argument("--out", default=None, help="JSON path (the report goes beside it, .md)")
     benchmarks.add_argument("--report-only", action="store_true", help="only re-render the .md from the existing JSON")
     benchmarks.set_defaults(func=cmd_benchmarks)
+
+    lock = sub.add_parser("lock", help="regenerate config/requirements.lock (every dependency pinned with sha256)")
+    lock.add_argument("--upgrade", action="store_true", help="move every pin to the newest version pyproject.toml "
+                                                             "allows (default: keep pins, resolve only what changed)")
+    lock.set_defaults(func=cmd_lock)
+
+    compat = sub.add_parser("compat", help="run the tests in a throwaway venv with the newest versions pyproject.toml "
+                                           "allows (finds the next upstream break; not part of CI)")
+    compat.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (e.g. -x -m 'not slow')")
+    compat.set_defaults(func=cmd_compat)
 
     args = parser.parse_args(argv)
     try:

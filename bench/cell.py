@@ -6,6 +6,7 @@ never leaves a partial record, and a finished record is never touched by a faili
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import lock
 from bench.errors import BenchError
 from bench.flops import flops_per_step, matmul_peak_flops, token_path_parameters
 from bench.method import CellContext, get_method, method_files, resolve_hparams, total_parameters, trainable_parameters
@@ -41,7 +43,8 @@ class CellConfig:
     dev_limit: int | None = None  # hold this many training examples out as eval set `dev` (lr selection); None = no dev
 
 
-NOT_HARNESS = {"report.py", "plots.py", "grid.py", "benchmarks.py"}  # they read records or plan cells; they make no record
+# they read records, plan cells or check the install; they make no record
+NOT_HARNESS = {"report.py", "plots.py", "grid.py", "benchmarks.py", "lock.py"}
 
 
 def files_sha256(paths) -> str:
@@ -84,7 +87,7 @@ def environment(device: str) -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "git_commit": git_commit(),
             "harness_sha256": harness_hash(), "device": device, "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "host": platform.node()}
+            "threads": torch.get_num_threads(), "host": platform.node(), **lock.environment()}
 
 
 @dataclass
@@ -99,11 +102,17 @@ class Plan:
     eval_sets: list[str]
 
 
+@functools.lru_cache(maxsize=1)
+def supported_versions() -> None:  # once per process: planning checks every cell
+    lock.check_supported()
+
+
 def plan_cell(config: CellConfig) -> Plan:
     """Validate a cell against the registries; raises BenchError with one line naming the fix."""
     from bench.models import get_model_spec
     from bench.tasks import data_root, dev_examples, get_task, split_size
 
+    supported_versions()
     task = get_task(config.task)
     spec = get_model_spec(config.model)
     method = get_method(config.method)

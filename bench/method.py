@@ -146,7 +146,45 @@ class PeftMethod(Method):
     def load_delta(self, base, hp: dict, ctx: CellContext, path: Path):
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, str(path))
+        return peft_generation_compat(PeftModel.from_pretrained(base, str(path)))
+
+
+def peft_generation_compat(model):
+    """Make `model.generate` of a peft prompt-learning model (prefix, prompt, P-tuning) correct under
+    transformers >= 5.24, and return the model.
+
+    transformers 5.24 hands `generate`'s KV cache to the model as `cache` (`past_key_values` is deprecated),
+    while peft 0.21.2, the newest release, reads and injects prompt-learning caches under the old name only:
+    a prefix was silently dropped when generating, and a soft prompt re-inserted at every decoding step.
+    Here peft's own `prepare_inputs_for_generation` sees the cache under the name it reads, and the model
+    gets it back under the name it expects. Where transformers still says `past_key_values` nothing is
+    renamed. Other models are returned unchanged."""
+    inner = getattr(model, "base_model_prepare_inputs_for_generation", None)
+    if inner is None:
+        return model
+    outer = model.prepare_inputs_for_generation
+    state = {"inside": False, "renamed": False}
+
+    def base_inputs(*args, **kwargs):  # peft copies this onto the base model after generating: stay transparent
+        inputs = inner(*args, **kwargs)
+        if state["inside"] and "cache" in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+            state["renamed"] = True
+        return inputs
+
+    def prepare(*args, **kwargs):
+        state.update(inside=True, renamed=False)
+        try:
+            inputs = outer(*args, **kwargs)
+        finally:
+            state["inside"] = False
+        if state["renamed"] and "past_key_values" in inputs:
+            inputs["cache"] = inputs.pop("past_key_values")
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = base_inputs
+    model.prepare_inputs_for_generation = prepare
+    return model
 
 
 def trainable_parameters(model) -> int:

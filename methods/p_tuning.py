@@ -18,7 +18,7 @@ peft initialises it (N(0, 1), drawn after the cell's seed is set).
 from __future__ import annotations
 
 from bench.errors import BenchError
-from bench.method import PeftMethod
+from bench.method import PeftMethod, peft_generation_compat
 
 ENCODERS = ("LSTM", "MLP")
 
@@ -47,7 +47,7 @@ class PTuning(PeftMethod):
                                      encoder_reparameterization_type=hp["encoder"].upper(),
                                      encoder_hidden_size=hp["encoder_hidden_size"],
                                      task_type="CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS")
-        return get_peft_model(model, config)
+        return peft_generation_compat(get_peft_model(model, config))
 
     def delta_parameters(self, model) -> int:
         """Exactly the tensors peft's save_pretrained writes (the encoder's output, plus any head)."""

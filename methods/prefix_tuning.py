@@ -38,7 +38,7 @@ from __future__ import annotations
 from string import Formatter
 
 from bench.errors import BenchError
-from bench.method import PeftMethod
+from bench.method import PeftMethod, peft_generation_compat
 from methods._common import model_label, peft_task_type
 
 INITS = ("real_tokens", "random")
@@ -69,7 +69,7 @@ class PrefixTuning(PeftMethod):
         target = real_token_prefix(model, init_token_ids(hp, ctx, p)) if hp["init"] == "real_tokens" else None
         config = PrefixTuningConfig(task_type=peft_task_type(ctx), num_virtual_tokens=p,
                                     prefix_projection=h > 0, encoder_hidden_size=h or None)
-        adapted = get_peft_model(model, config)
+        adapted = peft_generation_compat(get_peft_model(model, config))
         if target is not None:
             set_prefix(adapted.prompt_encoder["default"], target, model_label(model))
         return adapted

@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 
 from bench.errors import BenchError
-from bench.method import PeftMethod
+from bench.method import PeftMethod, peft_generation_compat
 
 INITS = ("random", "vocab", "class_label")
 NEIGHBOURS = 5
@@ -143,7 +143,7 @@ class PromptTuning(PeftMethod):
                                 hp["num_virtual_tokens"], ctx.seed)
         config = PromptTuningConfig(num_virtual_tokens=hp["num_virtual_tokens"],
                                     task_type="CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS")
-        adapted = get_peft_model(model, config)
+        adapted = peft_generation_compat(get_peft_model(model, config))
         weight = adapted.prompt_encoder["default"].embedding.weight
         with torch.no_grad():
             weight.copy_(prompt.to(weight.dtype))

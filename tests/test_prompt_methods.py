@@ -222,6 +222,50 @@ def test_prompt_tuned_generation_batched_equals_one_at_a_time(tiny_llama, sst2):
     assert batched == single and len(set(batched)) > 1
 
 
+@pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_kv_cached_generation_equals_recomputing_every_step(name, models_cache, sst2, tmp_path):
+    """Greedy decoding with the KV cache scores every step as a full forward pass over the sequence so far:
+    the virtual tokens are inserted once and never dropped (transformers 5.24 renamed the cache argument that
+    peft 0.21 reads; bench.method.peft_generation_compat). Also for the delta loaded back."""
+    from bench.batches import prompt_ids
+    from bench.models import load_model
+
+    loaded = load_model("tiny-llama", cache=models_cache)
+    tokenizer = loaded[1]
+    if name == "prefix_tuning":  # a prefix trained directly (no MLP); _adapt sets prompt lengths only
+        method = get_method(name)
+        hp = resolve_hparams(method, {"prefix_length": P, "mlp_hidden": 0})
+        ctx = _ctx(tokenizer, sst2)
+        adapted = method.apply(loaded[0], hp, ctx)
+    else:
+        method, hp, ctx, adapted = _adapt(name, loaded, sst2)
+    _perturb(adapted)
+    adapted.eval()
+    # prompts of one length: left padding would change what the virtual tokens sit next to, not what the cache holds
+    ids = torch.tensor([prompt_ids(tokenizer, "hello there"), prompt_ids(tokenizer, "what a film")])
+
+    def cached(model):
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=4, output_scores=True, return_dict_in_generate=True,
+                                 pad_token_id=tokenizer.pad_token_id)
+        return torch.stack(out.scores)
+
+    def recomputed(model):  # greedy, every step a full forward pass over the sequence so far
+        sequence, steps = ids, []
+        with torch.no_grad():
+            for _ in range(4):
+                steps.append(model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits[:, -1])
+                sequence = torch.cat([sequence, steps[-1].argmax(-1, keepdim=True)], dim=1)
+        return torch.stack(steps)
+
+    scores = cached(adapted)
+    assert torch.allclose(scores, recomputed(adapted), atol=1e-5, rtol=0)
+    method.save_delta(adapted, tmp_path)
+    reloaded = method.load_delta(load_model("tiny-llama", cache=models_cache)[0], hp, ctx, tmp_path).eval()
+    assert torch.allclose(cached(reloaded), scores, atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------------------------ prompt design
 def test_k_shot_prompt_holds_k_demonstrations_deterministically(tiny_llama, sst2):
     pool = [Example(fields={"sentence": f"train sentence {i}"}, label=i % 2) for i in range(20)]

@@ -92,7 +92,7 @@ def slurm(tmp_path):
 
 
 def test_tiny_grid_through_slurm(slurm, models_cache, tmp_path):
-    pytest.importorskip("snakemake_executor_plugin_slurm", reason='pip install -e ".[cluster]"')
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="install config/requirements.lock (it holds the cluster extra)")
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "PEFT_REPRO_MODELS": str(models_cache), "PEFT_REPRO_DATA": str(data_root())}
