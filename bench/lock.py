@@ -66,7 +66,8 @@ def installed_versions(names) -> dict[str, str | None]:
 def environment() -> dict:
     """What a record keeps of the installed environment: the lock's sha256 and, for every package the lock pins,
     the version actually installed (None: not installed), so a report can name the packages that differ."""
-    return {"lock_sha256": lock_sha256(), "packages": installed_versions(sorted(lock_pins()))}
+    return {"lock_sha256": lock_sha256(),
+            "packages": installed_versions(sorted(lock_pins())) if LOCK.is_file() else {}}
 
 
 def differing_packages(packages: dict[str, str | None], pins: dict[str, str] | None = None) -> dict[str, tuple]:
@@ -81,8 +82,15 @@ def supported_ranges() -> dict[str, str]:
     """{normalised name: specifier} of pyproject.toml's runtime dependencies."""
     from packaging.requirements import Requirement
 
-    requirements = [Requirement(line) for line in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]]
-    return {normalise(r.name): str(r.specifier) for r in requirements}
+    if PYPROJECT.is_file():
+        lines = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    else:  # the code without its project file (a copied workflow): what the installed suite declares
+        try:
+            lines = metadata.requires("peft-repro") or []
+        except metadata.PackageNotFoundError:
+            return {}
+    requirements = [Requirement(line) for line in lines]
+    return {normalise(r.name): str(r.specifier) for r in requirements if r.marker is None}
 
 
 def check_supported() -> None:
