@@ -26,6 +26,9 @@ Initialisation (`init`):
   float precision; this needs mlp_hidden >= p.
 - `random`: peft's default init (FEASIBILITY.md pitfall 4: collapsed to chance on SmolLM2-135M).
 
+Encoders (BERT, RoBERTa, MPNet) are refused when the cell is planned (`past_key_values: false` in
+config/models.yaml): under transformers 5 they take no past key/values, the only way peft passes prefixes.
+
 Defaults: prefix length 10 (the paper's table-to-text setting), MLP hidden 512, lr 5e-5 (the paper's,
 for the reparameterised prefix). FEASIBILITY.md's working CPU runs used lr 1e-2 on a prefix trained
 directly (no MLP). Do not combine lr 1e-2 with the MLP: Adam moves every MLP weight by ~lr, so the
@@ -39,7 +42,7 @@ from string import Formatter
 
 from bench.errors import BenchError
 from bench.method import PeftMethod
-from methods._common import model_label, peft_task_type
+from methods._common import model_architecture, model_label, peft_task_type
 
 INITS = ("real_tokens", "random")
 
@@ -61,10 +64,17 @@ class PrefixTuning(PeftMethod):
             raise BenchError(f"prefix_tuning mlp_hidden={h} cannot reproduce {p} real-token prefixes: use "
                              f"mlp_hidden >= {p}, mlp_hidden=0 (no MLP), or init=random")
 
+    def check_architecture(self, hp: dict, arch) -> None:
+        if not arch.past_key_values:
+            raise BenchError(f"prefix_tuning passes its prefixes as past key/values, which {arch.model_type} models "
+                             "do not take (transformers 5): use p_tuning or prompt_tuning (a soft prompt on the "
+                             "input) on this encoder, or prefix_tuning on a causal LM")
+
     def apply(self, model, hp, ctx):
         from peft import PrefixTuningConfig, get_peft_model
 
         self.check_hparams(hp, ctx.task, ctx.model_kind)
+        self.check_architecture(hp, model_architecture(model))
         p, h = hp["prefix_length"], hp["mlp_hidden"]
         target = real_token_prefix(model, init_token_ids(hp, ctx, p)) if hp["init"] == "real_tokens" else None
         config = PrefixTuningConfig(task_type=peft_task_type(ctx), num_virtual_tokens=p,
