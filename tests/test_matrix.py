@@ -148,3 +148,15 @@ def test_snakemake_refuses_a_bad_pair_before_planning(tmp_path):
     assert output == ("error: grid g: cell sst2/tiny-roberta/prefix_tuning/n4: prefix_tuning passes its prefixes as "
                       "past key/values, which roberta models do not take (transformers 5): use p_tuning or "
                       "prompt_tuning (a soft prompt on the input) on this encoder, or prefix_tuning on a causal LM")
+
+
+def test_a_model_of_an_undescribed_family_is_refused_when_planned(monkeypatch):
+    import dataclasses
+
+    from bench import models
+
+    falcon = dataclasses.replace(get_model_spec("tiny-llama"), name="tiny-falcon", architecture="falcon")
+    monkeypatch.setitem(models._registry(), "tiny-falcon", falcon)
+    with pytest.raises(BenchError, match=r"cell sst2/tiny-falcon/full_ft/n4: architecture 'falcon' is not described in "
+                                         r"config/models.yaml: add it under `architectures` \(known: llama, "):
+        check_cells([_cell("full_ft", "tiny-falcon")])
