@@ -51,7 +51,7 @@ def cmd_methods(args) -> None:
                               total_parameters, trainable_parameters)
 
     if args.model:
-        from bench.models import get_model_spec, load_model
+        from bench.models import architecture, get_model_spec, load_model
         from bench.tasks import get_task
 
         spec, task = get_model_spec(args.model), get_task(args.task)
@@ -64,6 +64,7 @@ def cmd_methods(args) -> None:
                 if spec.kind not in method.model_kinds:
                     raise BenchError(f"{spec.kind} models not supported")
                 method.check_hparams(hp, task, spec.kind)
+                method.check_architecture(hp, architecture(spec.architecture))
                 model, tokenizer, _ = load_model(args.model, num_labels=len(task.verbalizer) or None, verify=False)
                 total = total_parameters(model)
                 ctx = CellContext(task=task, model_kind=spec.kind, tokenizer=tokenizer)

@@ -109,7 +109,7 @@ def supported_versions() -> None:  # once per process: planning checks every cel
 
 def plan_cell(config: CellConfig) -> Plan:
     """Validate a cell against the registries; raises BenchError with one line naming the fix."""
-    from bench.models import get_model_spec
+    from bench.models import architecture, get_model_spec
     from bench.tasks import data_root, dev_examples, get_task, split_size
 
     supported_versions()
@@ -123,6 +123,7 @@ def plan_cell(config: CellConfig) -> Plan:
     if spec.kind == "encoder" and task.kind != "classification":
         raise BenchError(f"encoder {spec.name} cannot do generation task {task.name}: use a causal LM")
     method.check_hparams(hp, task, spec.kind)
+    method.check_architecture(hp, architecture(spec.architecture))
     root = data_root(config.data_root)
     if task.train_split is None and hp["steps"] > 0:
         raise BenchError(f"task {task.name} has no training split (evaluation only): use steps=0 or another task")

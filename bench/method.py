@@ -71,6 +71,11 @@ class Method:
         """Raise BenchError, one line naming the valid choices, for hyperparameters (or a task) the method
         cannot run. Called when a cell is planned, before any model loads. Default: accept everything."""
 
+    def check_architecture(self, hp: dict, arch) -> None:
+        """Raise BenchError, one line naming what to use instead, where the method cannot run on this model family
+        (`arch`: bench.models.Architecture, read from config/models.yaml, so no weights load). Called when a cell
+        is planned, after check_hparams. Default: every family."""
+
     def format_prompt(self, prompt: str, hp: dict, ctx: CellContext) -> str:
         """The text a causal LM sees in place of one example's task prompt, in training and evaluation
         (e.g. in-context demonstrations before it). Applied wherever `task.prompt(ex)` becomes token ids;

@@ -46,16 +46,55 @@ class ModelSpec:
     hub_id: str | None = None
     assemble_module: str | None = None
     tokenizer_from: str | None = None       # "import_module:folder" holding a HF tokenizer
+    architecture: str | None = None         # transformers model_type, a key of `architectures` (config/models.yaml)
     config: dict = field(default_factory=dict, hash=False, compare=False)
     tokenizer: dict = field(default_factory=dict, hash=False, compare=False)
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What methods need to know of a model family (config/models.yaml `architectures`, which explains each
+    field); module paths are relative to one transformer block."""
+    model_type: str
+    attention_output: str
+    feed_forward_output: str
+    key_value: tuple[str, ...]
+    query_value: tuple[str, ...]
+    linear: tuple[str, ...]
+    bias: bool
+    past_key_values: bool
+
+
+@lru_cache(maxsize=None)
+def _models_yaml() -> dict:
+    return yaml.safe_load(MODELS_YAML.read_text())
+
+
+@lru_cache(maxsize=None)
+def architectures() -> dict[str, Architecture]:
+    """Every described model family, by model_type, in config/models.yaml order."""
+    table = _models_yaml().get("architectures") or {}
+    return {model_type: Architecture(model_type=model_type, **{k: tuple(v) if isinstance(v, list) else v
+                                                               for k, v in entry.items()})
+            for model_type, entry in table.items()}
+
+
+def architecture(model_type: str) -> Architecture:
+    """The facts of one model family; BenchError naming the families known for an unknown one."""
+    try:
+        return architectures()[model_type]
+    except KeyError:
+        raise BenchError(f"architecture {model_type!r} is not described in config/models.yaml: add it under "
+                         f"`architectures` (known: {', '.join(architectures())})") from None
+
+
 @lru_cache(maxsize=None)
 def _registry() -> dict[str, ModelSpec]:
-    data = yaml.safe_load(MODELS_YAML.read_text())
+    data = _models_yaml()
     known, specs = set(ModelSpec.__dataclass_fields__) - {"name"}, {}
     for name, entry in (data.get("models") or {}).items():
-        entry = {"params": None, "license": None, **(data.get("defaults") or {}), **entry}
+        entry = {"params": None, "license": None, "architecture": (entry.get("config") or {}).get("model_type"),
+                 **(data.get("defaults") or {}), **entry}
         bad = set(entry) - known
         if bad or entry.get("kind") not in KINDS or entry.get("source") not in SOURCES:
             raise BenchError(f"model {name} in {MODELS_YAML} is malformed (unknown keys {sorted(bad)}, kind "

@@ -14,6 +14,13 @@ def model_label(model) -> str:
     return path.rsplit("/", 1)[-1] or type(model).__name__
 
 
+def model_architecture(model):
+    """The model family's facts (bench.models.Architecture) that planning checked the cell against."""
+    from bench.models import architecture
+
+    return architecture(model.config.model_type)
+
+
 def peft_task_type(ctx) -> str:
     return "CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS"
 

@@ -6,10 +6,13 @@ requires transformers 4.x, and peft has no bottleneck adapter; the method is ~40
 Each adapter maps h -> h + W_up act(W_down h + b_down) + b_up with m = d / reduction_factor hidden
 units (Houlsby: the adapter's own skip connection). Placement follows the paper: on the output of
 each sublayer's final projection, before the block's residual add: the attention output projection
-(`self_attn.o_proj`; BERT `attention.output.dense`) and the feed-forward output projection
-(`mlp.down_proj`; BERT `output.dense`). For Llama-style blocks these outputs are exactly what is added
-to the residual stream; in BERT the adapter sits after the dense projection, before dropout and the
-add & LayerNorm (the paper's Figure 2: after the projection, before the skip connection is added).
+and the feed-forward output projection, named per architecture in config/models.yaml
+(`attention_output`, `feed_forward_output`: Llama `self_attn.o_proj`, `mlp.down_proj`; BERT
+`attention.output.dense`, `output.dense`; GPT-2 `attn.c_proj`, `mlp.c_proj`). For Llama-style and GPT-2
+blocks these outputs are what is added to the residual stream (after GPT-2's residual dropout and Gemma 3's
+post-sublayer norms, which follow the adapter); in BERT the adapter sits after the dense projection, before
+dropout and the add & LayerNorm (the paper's Figure 2: after the projection, before the skip connection is
+added).
 The adapter is attached as a child `adapter` of the wrapped projection and applied by a forward
 hook, so base parameter names do not change.
 
@@ -31,12 +34,8 @@ import torch
 
 from bench.errors import BenchError
 from bench.method import Method
-from methods._common import freeze, model_label, train_head, transformer_blocks
+from methods._common import freeze, model_architecture, model_label, train_head, transformer_blocks
 
-# (attention output projection, feed-forward output projection) inside a block, per naming scheme
-SUBLAYER_OUTPUTS = (("self_attn.o_proj", "mlp.down_proj"),       # Llama, Qwen2, Gemma, Mistral
-                    ("attention.output.dense", "output.dense"),   # BERT, RoBERTa, MiniLM
-                    ("attention.attn.o", "output.dense"))         # MPNet
 ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU, "swish": torch.nn.SiLU, "tanh": torch.nn.Tanh}
 
 
@@ -83,15 +82,10 @@ class Adapter(Method):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         d, label = model.config.hidden_size, model_label(model)
         m = self.bottleneck(hp, d, label)
+        arch = model_architecture(model)
         _, blocks = transformer_blocks(model)
-        projections = []
-        for block in blocks:
-            names = dict(block.named_modules())
-            pair = next((pair for pair in SUBLAYER_OUTPUTS if all(n in names for n in pair)), None)
-            if pair is None:
-                raise BenchError(f"adapter does not know the sublayer outputs of {label} ({type(block).__name__}): "
-                                 f"supported are {', '.join('/'.join(p) for p in SUBLAYER_OUTPUTS)}")
-            projections += [names[n] for n in pair]
+        projections = [block.get_submodule(name) for block in blocks
+                       for name in (arch.attention_output, arch.feed_forward_output)]
         if any(hasattr(projection, "adapter") for projection in projections):
             raise BenchError(f"adapter: {label} already has adapters: apply the method to a fresh base model")
         freeze(model)

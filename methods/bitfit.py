@@ -8,16 +8,16 @@ lists the LayerNorm biases among them), embeddings' LayerNorm and BERT's pooler,
 classification head for encoders (the paper trains the task head too). The delta is a safetensors file
 of those tensors (the base `Method.save_delta`).
 
-Models without bias terms (Llama, SmolLM2, Gemma: no biases in any linear layer or norm) are refused
-before training rather than given new zero biases: adding biases would be a different method, not
-BitFit. Qwen2 keeps its q/k/v biases, so BitFit there trains only those. lr 1e-3 (the top of the
+Models without bias terms (Llama, SmolLM2, Gemma: no biases in any linear layer or norm; `bias: false` of
+their architecture in config/models.yaml) are refused when the cell is planned rather than given new zero
+biases: adding biases would be a different method, not BitFit. Qwen2 keeps its q/k/v biases, so BitFit there trains only those. lr 1e-3 (the top of the
 paper's grid {1e-4, 4e-4, 7e-4, 1e-3}).
 """
 from __future__ import annotations
 
 from bench.errors import BenchError
 from bench.method import Method
-from methods._common import freeze, model_label, train_head
+from methods._common import freeze, model_architecture, train_head
 
 
 def bias_parameters(model) -> list:
@@ -28,13 +28,18 @@ class BitFit(Method):
     description = __doc__
     defaults = {"lr": 1e-3}
 
+    def check_architecture(self, hp, arch):
+        from bench.models import architectures
+
+        if not arch.bias:
+            with_bias = ", ".join(name for name, other in architectures().items() if other.bias)
+            raise BenchError(f"bitfit needs bias terms: {arch.model_type} models have none; use ia3 or lora, or a "
+                             f"model with biases ({with_bias})")
+
     def apply(self, model, hp, ctx):
-        biases = bias_parameters(model)
-        if not biases:
-            raise BenchError(f"bitfit needs bias terms: {model_label(model)} has none; use ia3 or lora "
-                             "(or an encoder such as tiny-bert)")
+        self.check_architecture(hp, model_architecture(model))
         freeze(model)
-        for _, parameter in biases:
+        for _, parameter in bias_parameters(model):
             parameter.requires_grad_(True)
         train_head(model, ctx)
         return model

@@ -19,12 +19,15 @@ Initialisation (`init`):
   keys as cached, i.e. rotated for positions 0..p-1, and peft places the input at positions p.. after
   the prefix). At step 0 the adapted model therefore computes exactly what the base model computes on
   `real tokens + input`. The tokens are `init_text` when given, else the task prompts of the training
-  examples in training order (for encoders their text fields), concatenated and cut to p tokens;
+  examples in training order, concatenated and cut to p tokens;
   without training examples, the template's literal text and the label words, repeated. With the MLP,
   E and the first layer keep peft's random init and the last layer is solved in closed form
   (minimum-norm least squares on [tanh(W1 E + b1), 1]) so that MLP(E) equals those key/values to
   float precision; this needs mlp_hidden >= p.
 - `random`: peft's default init (FEASIBILITY.md pitfall 4: collapsed to chance on SmolLM2-135M).
+
+Encoders (BERT, RoBERTa, MPNet) are refused when the cell is planned (`past_key_values: false` in
+config/models.yaml): under transformers 5 they take no past key/values, the only way peft passes prefixes.
 
 Defaults: prefix length 10 (the paper's table-to-text setting), MLP hidden 512, lr 5e-5 (the paper's,
 for the reparameterised prefix). FEASIBILITY.md's working CPU runs used lr 1e-2 on a prefix trained
@@ -39,7 +42,7 @@ from string import Formatter
 
 from bench.errors import BenchError
 from bench.method import PeftMethod, peft_generation_compat
-from methods._common import model_label, peft_task_type
+from methods._common import model_architecture, model_label, peft_task_type
 
 INITS = ("real_tokens", "random")
 
@@ -61,10 +64,17 @@ class PrefixTuning(PeftMethod):
             raise BenchError(f"prefix_tuning mlp_hidden={h} cannot reproduce {p} real-token prefixes: use "
                              f"mlp_hidden >= {p}, mlp_hidden=0 (no MLP), or init=random")
 
+    def check_architecture(self, hp: dict, arch) -> None:
+        if not arch.past_key_values:
+            raise BenchError(f"prefix_tuning passes its prefixes as past key/values, which {arch.model_type} models "
+                             "do not take (transformers 5): use p_tuning or prompt_tuning (a soft prompt on the "
+                             "input) on this encoder, or prefix_tuning on a causal LM")
+
     def apply(self, model, hp, ctx):
         from peft import PrefixTuningConfig, get_peft_model
 
         self.check_hparams(hp, ctx.task, ctx.model_kind)
+        self.check_architecture(hp, model_architecture(model))
         p, h = hp["prefix_length"], hp["mlp_hidden"]
         target = real_token_prefix(model, init_token_ids(hp, ctx, p)) if hp["init"] == "real_tokens" else None
         config = PrefixTuningConfig(task_type=peft_task_type(ctx), num_virtual_tokens=p,
@@ -85,19 +95,15 @@ def init_token_ids(hp: dict, ctx, length: int) -> list[int]:
     """`length` real token ids to initialise the prefix from (see the module docstring)."""
     from bench.batches import prompt_ids
 
-    tokenizer, task, causal = ctx.tokenizer, ctx.task, ctx.model_kind == "causal_lm"
-
-    def encode(*texts):  # as the model reads text: a causal LM's prompt, an encoder's (paired) fields
-        return prompt_ids(tokenizer, texts[0]) if causal else tokenizer(*texts)["input_ids"]
-
-    ids: list[int] = encode(hp["init_text"]) if hp["init_text"] else []
+    tokenizer, task = ctx.tokenizer, ctx.task  # causal LMs only: encoders are refused (check_architecture)
+    ids: list[int] = prompt_ids(tokenizer, hp["init_text"]) if hp["init_text"] else []
     for example in ctx.train_examples if not ids else []:
-        ids += encode(task.prompt(example)) if causal else encode(*[example.fields[f] for f in task.text_fields])
+        ids += prompt_ids(tokenizer, task.prompt(example))
         if len(ids) >= length:
             break
     if not ids:  # no training examples: the template's own words and the label words
-        literal = "".join(text for text, *_ in Formatter().parse(task.template)) if causal else ""
-        ids = encode(literal + "".join(task.verbalizer) or task.name)
+        literal = "".join(text for text, *_ in Formatter().parse(task.template))
+        ids = prompt_ids(tokenizer, literal + "".join(task.verbalizer) or task.name)
     while len(ids) < length:
         ids = ids + ids
     return ids[:length]

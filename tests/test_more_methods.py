@@ -14,17 +14,20 @@ from bench.train import train
 
 # tiny-llama: d 32, 2 layers, 4 heads, 2 key/value heads of 8 -> d_kv 16, d_ff 64 (config/models.yaml)
 # tiny-bert:  d 32, 2 layers, 4 heads of 8 -> d_kv 32, d_ff 64; head Linear(32, 2)
+# tiny-gpt2:  d 32, 2 layers, d_ff 64; IA3 rescales its fused q/k/v output (3d = 96 values, so d_kv "48" here)
 SHAPES = {"tiny-llama": dict(d=32, L=2, d_kv=16, d_ff=64, head=0),
-          "tiny-bert": dict(d=32, L=2, d_kv=32, d_ff=64, head=32 * 2 + 2)}
-KIND = {"tiny-llama": "causal_lm", "tiny-bert": "encoder"}
+          "tiny-bert": dict(d=32, L=2, d_kv=32, d_ff=64, head=32 * 2 + 2),
+          "tiny-gpt2": dict(d=32, L=2, d_kv=48, d_ff=64, head=0)}
+KIND = {"tiny-llama": "causal_lm", "tiny-bert": "encoder", "tiny-gpt2": "causal_lm"}
 TRAIN_HP = {"steps": 2, "lr": 0.1, "batch_size": 4, "max_len": 48}
 CASES = [  # (method, model, hyperparameter overrides)
     ("prefix_tuning", "tiny-llama", {"prefix_length": 4, "mlp_hidden": 16}),
-    ("prefix_tuning", "tiny-bert", {"prefix_length": 4, "mlp_hidden": 16}),
     ("adapter", "tiny-llama", {}),
     ("adapter", "tiny-bert", {}),
+    ("adapter", "tiny-gpt2", {}),
     ("ia3", "tiny-llama", {}),
     ("ia3", "tiny-bert", {}),
+    ("ia3", "tiny-gpt2", {}),
     ("bitfit", "tiny-bert", {}),
     ("ft_top_k", "tiny-llama", {"k": 1}),
     ("ft_top_k", "tiny-bert", {"k": 1}),
@@ -179,7 +182,7 @@ def test_prefix_label_scores_at_init_are_finite_and_near_the_base(models_cache, 
     assert ((after - before).abs() / tokens).max() < 0.5  # nats per label token
 
 
-@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-bert"])
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-bert", "tiny-gpt2"])
 def test_adapter_is_the_identity_at_init(model_name, models_cache, sst2):
     from bench.models import load_model
 
@@ -211,10 +214,10 @@ def test_rank_scoring_and_generation_run(method_name, models_cache, sst2, e2e):
     ("adapter", "tiny-llama", {"reduction_factor": 5},
      r"reduction_factor=5 does not divide the hidden size 32 of tiny-llama: valid: 1, 2, 4, 8, 16, 32$"),
     ("adapter", "tiny-bert", {"activation": "elu"}, r"activation='elu' unknown: choose one of gelu, relu"),
-    ("ia3", "tiny-llama", {"target_modules": "q_proj"}, r"target_modules='q_proj' unknown: choose one of auto, peft"),
     ("ft_top_k", "tiny-llama", {"k": 3}, r"k=3 invalid for tiny-llama with 2 blocks: choose 1\.\.2"),
     ("ft_top_k", "tiny-bert", {"k": 0}, r"k=0 must be at least 1"),
-    ("bitfit", "tiny-llama", {}, r"bitfit needs bias terms: tiny-llama has none; use ia3 or lora"),
+    ("bitfit", "tiny-llama", {}, r"bitfit needs bias terms: llama models have none; use ia3 or lora, or a model with "
+                                 r"biases \(qwen2, gpt2, bert, roberta, mpnet\)$"),
 ])
 def test_bad_hyperparameters_are_one_clear_error(method_name, model_name, overrides, message, models_cache, sst2):
     method, hp, model, _, ctx = _setup(method_name, model_name, overrides, models_cache, sst2, n_train=1)
@@ -233,7 +236,7 @@ def test_bad_hyperparameter_fails_before_the_model_loads(models_cache, tmp_path,
     assert err.startswith("error: ") and "prefix_length=-1" in err and len(err.splitlines()) == 1
 
 
-CELLS = [(m, "tiny-llama") for m in CAUSAL] + [(m, "tiny-bert") for m in CAUSAL + ["bitfit"]]
+CELLS = [(m, "tiny-llama") for m in CAUSAL] + [(m, "tiny-bert") for m in ["adapter", "ia3", "ft_top_k", "bitfit"]]
 
 
 @pytest.mark.parametrize("method_name, model_name", CELLS, ids=[f"{m}-{n}" for m, n in CELLS])
