@@ -2,8 +2,8 @@
 
 Reads records only; never trains. summary.csv is tidy: one row per cell minus its seed -- task, model, method,
 variant (the grid's label: the method, or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size,
-eval set, metric -- with the mean, std and count of seeds, cost means, `stale` (made by other harness code
-than the current one), a column per hyperparameter whose value differs between cells of one method, and
+eval set, metric -- with the mean, std and count of seeds, cost means, `stale` (made by other harness code,
+method files or converted model than today's), a column per hyperparameter whose value differs between cells of one method, and
 `hp` (all resolved hyperparameters, JSON), and -- where records have a `dev` eval set (dev_limit) -- `selected_on_dev`
 (the lr chosen on it; dev is otherwise left out of tables, plots and claims). cells.csv has every cell of the grid with its status: ok,
 diverged, failed (no record, a log), not run (neither).
@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from bench.cell import harness_hash
-from bench.grid import CELL_REFS, grid_cells, load_grid_file
+from bench.grid import CELL_REFS, grid_cells, load_grid_file, outdated_inputs
 
 CLAIMS = Path(__file__).resolve().parent.parent / "config" / "claims.yaml"
 KEYS = ["task", "model", "method", "train_size"]
@@ -65,9 +65,13 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 "variant": getattr(cell, "label", cell.method), "train_size": str(cell.train_size),
                 "seed": cell.seed, "dir": cell.dir}
         record, status, detail = _read(cell)
-        stale = record is not None and record.get("env", {}).get("harness_sha256") != current
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
-        cells.append({**base, "status": status, "stale": stale, "harness": harness[:12], "detail": detail,
+        made_from = [] if record is None else [
+            *([f"harness {harness[:12] or '?'}"] if harness != current else []),
+            *(f"other {what}" for what in outdated_inputs(record, cell))]  # its method files, the converted model
+        stale = bool(made_from)
+        cells.append({**base, "status": status, "stale": stale, "harness": harness[:12],
+                      "stale_because": ", ".join(made_from), "detail": detail,
                       "analysis": record.get("analysis") if status == "ok" else None})
         if status != "ok":
             continue
@@ -576,10 +580,11 @@ def write_report(grid: str) -> list[Path]:
     stale = cells[cells["stale"]]
     if len(stale):
         parts += ["## Stale cells", "", f"{len(stale)} record(s) were computed by other harness code (bench/*.py, "
-                  f"sha256 `env.harness_sha256`) than the current one (`{current[:12]}`):", "", "| cell | status |",
-                  "|---|---|", *(f"| `{r['dir']}` | stale: harness {r['harness'] or '?'} |"
-                                 for r in stale.to_dict("records")),
-                  "", "Snakemake does not track bench/*.py for cells, so it will not rerun them by itself. Rerun "
+                  f"sha256 `env.harness_sha256`; the current one is `{current[:12]}`), other method files or another "
+                  "converted model (`inputs`) than today's:", "", "| cell | status |",
+                  "|---|---|", *(f"| `{r['dir']}` | stale: {r['stale_because']} |" for r in stale.to_dict("records")),
+                  "", "Snakemake does not track bench/*.py for cells, nor a method file or a model older than the "
+                  "record, so it may not rerun them by itself. Rerun "
                   "exactly these cells by deleting their records, then run the grid:", "", "```bash",
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
