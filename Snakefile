@@ -49,7 +49,8 @@ def up_to_date(cell):
             record = json.loads(Path(cell.dir, "record.json").read_text())
         except (OSError, ValueError):  # no record (or an unreadable one): the cell runs
             record = {}
-        UP_TO_DATE[cell.dir] = record.get("inputs", {}).get("method_sha256") == current_method_sha256(cell.method)
+        made_from = record.get("inputs", {}).get("method_sha256")
+        UP_TO_DATE[cell.dir] = made_from == current_method_sha256(cell.method)
     return UP_TO_DATE[cell.dir]
 
 

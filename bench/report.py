@@ -3,8 +3,8 @@
 Reads records only; never trains. summary.csv is tidy: one row per cell minus its seed -- task, model, method,
 variant (the grid's label: the method, or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size,
 eval set, metric -- with the mean, std and count of seeds, cost means, `stale` (made by other harness code,
-method files or converted model than today's), a column per hyperparameter whose value differs between cells of one method, and
-`hp` (all resolved hyperparameters, JSON), and -- where records have a `dev` eval set (dev_limit) -- `selected_on_dev`
+method files or converted model than today's), a column per hyperparameter whose value differs between cells of
+one method, and `hp` (all resolved hyperparameters, JSON), and -- where records have a `dev` eval set (dev_limit) -- `selected_on_dev`
 (the lr chosen on it; dev is otherwise left out of tables, plots and claims). cells.csv has every cell of the grid with its status: ok,
 diverged, failed (no record, a log), not run (neither).
 Tables are small functions over the summary; config/claims.yaml is checked by one dispatcher (CHECKS).
@@ -135,7 +135,7 @@ def human(n) -> str:
 
 
 def fmt(r: dict | None) -> str:
-    """mean ± std (n=seeds), † when computed by older harness code."""
+    """mean ± std (n=seeds), † when stale."""
     if r is None:
         return "–"
     digits = 2 if abs(r["mean"]) < 10 else 1
@@ -527,7 +527,7 @@ def claims_md(grid: str, results: list[dict]) -> str:
         return "<br>".join(f"{k}: {v}" for k, v in p.items()) if isinstance(p, dict) else str(p).strip()
     lines = [f"# Claims: grid `{grid}`", "", "Checks are declared in `config/claims.yaml`; kinds: "
              + ", ".join(CHECKS) + ". A claim whose cells are absent is *not run*, never reproduced. "
-             "Our numbers: mean ± std (n = seeds); † = computed by older harness code.", "",
+             "Our numbers: mean ± std (n = seeds); † = stale (README.md: Stale cells).", "",
              "| claim | source | verdict |", "|---|---|---|"]
     lines += [f"| [{r['id']}](#{r['id']}) | {r['source']} | **{r['verdict']}** |" for r in results]
     for r in results:
@@ -566,7 +566,8 @@ def write_report(grid: str) -> list[Path]:
     parts = [f"# Report: grid `{name}`", "", *([data["description"], ""] if data.get("description") else []),
              f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items())
              + f"; {int(cells['stale'].sum())} stale. Tables: mean ± std over seeds (n = seeds with a result); "
-             "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = computed by older harness code. Machine-readable: "
+             "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = stale: made by other "
+             "harness code, method files or converted model. Machine-readable: "
              f"`results/{name}/summary.csv`, `results/{name}/cells.csv`; LaTeX: `tables.tex`.", "",
              "## Tables", "", *(md_table(t) for t in tables), *([] if tables else ["(no results yet)", ""])]
     parts += ["## Plots", "", *(f"![{p.stem}](plots/{p.name})\n" for p in plots)] if plots else []

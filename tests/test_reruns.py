@@ -136,7 +136,8 @@ def test_kill_9_unlock_and_the_same_command_finishes(clone):
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)  # the first record is written, the second cell is on its way
     run.wait()
-    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in clone.glob("results/tiny/**/record.json")}
+    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns)
+                for path in clone.glob("results/tiny/**/record.json")}
     assert len(finished) == 1, "the kill should land between the two cells"
 
     assert snakemake(clone, "--unlock", *command[2:]).returncode == 0
