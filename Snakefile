@@ -3,13 +3,15 @@
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
 import gc
 import inspect
+import json
 import sys
+from pathlib import Path
 
 from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
 from bench.errors import BenchError
-from bench.grid import cell_resources, cell_threads, check_cells, grid_cells
+from bench.grid import cell_resources, cell_threads, check_cells, current_method_sha256, grid_cells
 from bench.method import method_files
 from bench.models import cache_dir
 
@@ -38,10 +40,35 @@ def cell_of(w):
     return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.variant}/n{w.size}/s{w.seed}"]
 
 
+UP_TO_DATE = {}  # cell dir -> whether its record exists and was made from today's method files
+
+
+def up_to_date(cell):
+    if cell.dir not in UP_TO_DATE:
+        try:
+            record = json.loads(Path(cell.dir, "record.json").read_text())
+        except (OSError, ValueError):  # no record (or an unreadable one): the cell runs
+            record = {}
+        made_from = record.get("inputs", {}).get("method_sha256")
+        UP_TO_DATE[cell.dir] = made_from == current_method_sha256(cell.method)
+    return UP_TO_DATE[cell.dir]
+
+
 @signed
-def cell_sources(w):  # the method's files (an edit reruns its cells) and the records it reads (distill's teacher)
+def cell_sources(w):
+    """The converted model, the method's files and the records it reads (distill's teacher); contents, not file
+    times, decide a rerun, since a clone, a checkout or a conversion moves times without changing a byte.
+    The model is ancient, and absent from an up-to-date record's inputs: converting it for a new cell would otherwise rerun
+    every cell (Snakemake reruns what an updated job feeds unless the file is ancient *and* exists). A model
+    whose content changed makes the report list its cells as stale, with the commands that rerun them.
+    A record made from today's method files depends on them by content only (ancient); one made from other
+    contents keeps them plain, so that the edit, newer than the record, reruns it."""
     cell = cell_of(w)
-    return [*method_files(cell.method), *(f"{d}/record.json" for d in cell.needs)]
+    teachers = [f"{d}/record.json" for d in cell.needs]
+    if up_to_date(cell):
+        return [*map(ancient, method_files(cell.method)),
+                *(ancient(t) if up_to_date(CELLS[d]) else t for d, t in zip(cell.needs, teachers))]
+    return [ancient(f"{MODELS}/{cell.model}/manifest.json"), *method_files(cell.method), *teachers]
 
 
 def resource(key):
@@ -71,7 +98,6 @@ rule prepare_model:
 
 rule cell:
     input:
-        f"{MODELS}/{{model}}/manifest.json",
         cell_sources,
     output:
         "results/{grid}/{task}/{model}/{variant}/n{size}/s{seed}/record.json",

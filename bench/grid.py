@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,44 @@ def grid_cells(name_or_path: str) -> list[Cell]:
                             settings.get("dev_limit"))
                 cells.setdefault(cell.dir, cell)
     return list(cells.values())
+
+
+def outdated_inputs(record: dict, cell: Cell) -> list[str]:
+    """Which of the content fingerprints a record carries differ from today's files: `method` (sha256 of the
+    method's methods/ files) and `model` (of the converted model; unknown while it is not converted, so not
+    outdated). Content, not file times, decides a cell's rerun: a clone, a checkout or a re-conversion moves
+    mtimes without changing a byte."""
+    inputs = record.get("inputs", {})
+    outdated = ["method"] if inputs.get("method_sha256") != current_method_sha256(cell.method) else []
+    model = current_model_fingerprint(cell.model)
+    return outdated + (["model"] if model and inputs.get("model", {}).get("sha256") != model else [])
+
+
+@functools.cache
+def current_method_sha256(method: str) -> str:
+    """As a record's `inputs.method_sha256`, of today's files."""
+    from bench.cell import files_sha256
+    from bench.method import method_files
+
+    return files_sha256(method_files(method))
+
+
+def current_model_fingerprint(model: str) -> str | None:
+    """As a record's `inputs.model.sha256`, of the model converted now (None while it is not)."""
+    from bench.models import cache_dir
+
+    manifest = cache_dir() / model / "manifest.json"
+    try:
+        return _manifest_fingerprint(manifest, manifest.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return None
+
+
+@functools.cache
+def _manifest_fingerprint(manifest: Path, mtime_ns: int) -> str:  # mtime_ns: a re-conversion is read again
+    from bench.models import model_fingerprint
+
+    return model_fingerprint(json.loads(manifest.read_text()))
 
 
 def check_cells(cells: list[Cell], data_root: str | None = None) -> None:

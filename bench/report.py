@@ -2,9 +2,9 @@
 
 Reads records only; never trains. summary.csv is tidy: one row per cell minus its seed -- task, model, method,
 variant (the grid's label: the method, or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size,
-eval set, metric -- with the mean, std and count of seeds, cost means, `stale` (made by other harness code
-than the current one), a column per hyperparameter whose value differs between cells of one method, and
-`hp` (all resolved hyperparameters, JSON), and -- where records have a `dev` eval set (dev_limit) -- `selected_on_dev`
+eval set, metric -- with the mean, std and count of seeds, cost means, `stale` (made by other harness code,
+method files or converted model than today's), a column per hyperparameter whose value differs between cells of
+one method, and `hp` (all resolved hyperparameters, JSON), and -- where records have a `dev` eval set (dev_limit) -- `selected_on_dev`
 (the lr chosen on it; dev is otherwise left out of tables, plots and claims). cells.csv has every cell of the grid with its status: ok,
 diverged, failed (no record, a log), not run (neither).
 Tables are small functions over the summary; config/claims.yaml is checked by one dispatcher (CHECKS).
@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from bench.cell import harness_hash
-from bench.grid import CELL_REFS, grid_cells, load_grid_file
+from bench.grid import CELL_REFS, grid_cells, load_grid_file, outdated_inputs
 
 CLAIMS = Path(__file__).resolve().parent.parent / "config" / "claims.yaml"
 KEYS = ["task", "model", "method", "train_size"]
@@ -65,9 +65,13 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 "variant": getattr(cell, "label", cell.method), "train_size": str(cell.train_size),
                 "seed": cell.seed, "dir": cell.dir}
         record, status, detail = _read(cell)
-        stale = record is not None and record.get("env", {}).get("harness_sha256") != current
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
-        cells.append({**base, "status": status, "stale": stale, "harness": harness[:12], "detail": detail,
+        made_from = [] if record is None else [
+            *([f"harness {harness[:12] or '?'}"] if harness != current else []),
+            *(f"other {what}" for what in outdated_inputs(record, cell))]  # its method files, the converted model
+        stale = bool(made_from)
+        cells.append({**base, "status": status, "stale": stale, "harness": harness[:12],
+                      "stale_because": ", ".join(made_from), "detail": detail,
                       "analysis": record.get("analysis") if status == "ok" else None})
         if status != "ok":
             continue
@@ -131,7 +135,7 @@ def human(n) -> str:
 
 
 def fmt(r: dict | None) -> str:
-    """mean ± std (n=seeds), † when computed by older harness code."""
+    """mean ± std (n=seeds), † when stale."""
     if r is None:
         return "–"
     digits = 2 if abs(r["mean"]) < 10 else 1
@@ -523,7 +527,7 @@ def claims_md(grid: str, results: list[dict]) -> str:
         return "<br>".join(f"{k}: {v}" for k, v in p.items()) if isinstance(p, dict) else str(p).strip()
     lines = [f"# Claims: grid `{grid}`", "", "Checks are declared in `config/claims.yaml`; kinds: "
              + ", ".join(CHECKS) + ". A claim whose cells are absent is *not run*, never reproduced. "
-             "Our numbers: mean ± std (n = seeds); † = computed by older harness code.", "",
+             "Our numbers: mean ± std (n = seeds); † = stale (README.md: Stale cells).", "",
              "| claim | source | verdict |", "|---|---|---|"]
     lines += [f"| [{r['id']}](#{r['id']}) | {r['source']} | **{r['verdict']}** |" for r in results]
     for r in results:
@@ -562,7 +566,8 @@ def write_report(grid: str) -> list[Path]:
     parts = [f"# Report: grid `{name}`", "", *([data["description"], ""] if data.get("description") else []),
              f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items())
              + f"; {int(cells['stale'].sum())} stale. Tables: mean ± std over seeds (n = seeds with a result); "
-             "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = computed by older harness code. Machine-readable: "
+             "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = stale: made by other "
+             "harness code, method files or converted model. Machine-readable: "
              f"`results/{name}/summary.csv`, `results/{name}/cells.csv`; LaTeX: `tables.tex`.", "",
              "## Tables", "", *(md_table(t) for t in tables), *([] if tables else ["(no results yet)", ""])]
     parts += ["## Plots", "", *(f"![{p.stem}](plots/{p.name})\n" for p in plots)] if plots else []
@@ -576,10 +581,11 @@ def write_report(grid: str) -> list[Path]:
     stale = cells[cells["stale"]]
     if len(stale):
         parts += ["## Stale cells", "", f"{len(stale)} record(s) were computed by other harness code (bench/*.py, "
-                  f"sha256 `env.harness_sha256`) than the current one (`{current[:12]}`):", "", "| cell | status |",
-                  "|---|---|", *(f"| `{r['dir']}` | stale: harness {r['harness'] or '?'} |"
-                                 for r in stale.to_dict("records")),
-                  "", "Snakemake does not track bench/*.py for cells, so it will not rerun them by itself. Rerun "
+                  f"sha256 `env.harness_sha256`; the current one is `{current[:12]}`), other method files or another "
+                  "converted model (`inputs`) than today's:", "", "| cell | status |",
+                  "|---|---|", *(f"| `{r['dir']}` | stale: {r['stale_because']} |" for r in stale.to_dict("records")),
+                  "", "Snakemake does not track bench/*.py for cells, nor a method file or a model older than the "
+                  "record, so it may not rerun them by itself. Rerun "
                   "exactly these cells by deleting their records, then run the grid:", "", "```bash",
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]

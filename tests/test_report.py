@@ -11,7 +11,7 @@ import yaml
 import bench.report as report
 from bench.__main__ import main
 from bench.cell import harness_hash
-from bench.grid import grid_cells
+from bench.grid import current_method_sha256, current_model_fingerprint, grid_cells
 
 SIZES = {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}
 TRAINABLE = {"full_ft": lambda total: total, "lora": lambda total: total * 0.0034, "prompt_tuning": lambda _: 11_520,
@@ -27,8 +27,10 @@ def write_grid(tmp_path, name="g", **data) -> str:
     return str(path)
 
 
-def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flops=None, peak=1.9e9, analysis=None):
-    """A record.json as run_cell writes it; scores: {eval_set: {metric: value}}."""
+def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flops=None, peak=1.9e9, analysis=None,
+                 model_sha256=None):
+    """A record.json as run_cell writes it, from today's harness, method files and converted model unless told;
+    scores: {eval_set: {metric: value}}."""
     total = SIZES.get(cell.model, 134_515_008)
     trainable = int(TRAINABLE.get(cell.method, lambda t: 10_000)(total))
     hp = {"lr": 1e-3, "steps": 20, "batch_size": 8, "max_len": 64, "eval_batch_size": 16, "num_beams": 1,
@@ -50,8 +52,10 @@ def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flop
         "env": {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "peft": "0.21.2",
                 "git_commit": "df8cd27", "harness_sha256": harness or harness_hash(), "device": "cpu",
                 "cpu": "x86_64", "threads": 1, "host": "vm"},
-        "inputs": {"data": {"sst2/dev.tsv": "0" * 64}, "model": {"name": cell.model, "sha256": "1" * 64},
-                   "method_sha256": "2" * 64},
+        "inputs": {"data": {"sst2/dev.tsv": "0" * 64},
+                   "model": {"name": cell.model,
+                             "sha256": model_sha256 or current_model_fingerprint(cell.model) or "1" * 64},
+                   "method_sha256": current_method_sha256(cell.method)},
         **({"analysis": analysis} if analysis else {}),
     }
     path = Path(cell.dir) / "record.json"
@@ -161,6 +165,28 @@ def test_stale_cells_marked_with_the_rerun_command(tmp_path, monkeypatch, no_plo
     stale = readme.split("## Stale cells")[1]
     assert f"rm {old.dir}/record.json" in stale and new.dir not in stale
     assert f"snakemake --cores all --config grid={grid}" in stale
+
+
+def test_records_of_another_converted_model_are_stale_with_the_rerun_command(tmp_path, monkeypatch, no_plots):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path)
+    old, new = cells_of(grid, method="lora")[0], cells_of(grid, method="full_ft")[0]
+    write_record(old, {"sst2": {"accuracy": 80.0}, "imdb": {"accuracy": 70.0}}, model_sha256="1" * 64)
+    write_record(new, {"sst2": {"accuracy": 81.0}, "imdb": {"accuracy": 60.0}})
+    report.write_report(grid)
+    assert "## Stale cells" not in read(tmp_path)[0]  # the model is not converted here: nothing to compare with
+
+    models = tmp_path / "models"
+    monkeypatch.setenv("PEFT_REPRO_MODELS", str(models))
+    (models / "smollm2-135m").mkdir(parents=True)
+    (models / "smollm2-135m/manifest.json").write_text(json.dumps({"files": {"model.safetensors": "3" * 64}}))
+    write_record(new, {"sst2": {"accuracy": 81.0}, "imdb": {"accuracy": 60.0}})  # made from this conversion
+    report.write_report(grid)
+    readme, summary, _ = read(tmp_path)
+    assert summary.groupby("method")["stale"].all().to_dict() == {"full_ft": False, "lora": True}
+    stale = readme.split("## Stale cells")[1]
+    assert f"| `{old.dir}` | stale: other model |" in stale and new.dir not in stale
+    assert f"rm {old.dir}/record.json" in stale and f"snakemake --cores all --config grid={grid}" in stale
 
 
 def _sweep_grid(tmp_path, lora_bleu=(55.0, 60.0), ft_bleu=(50.0, 52.0), prompt_gap=(20.0, 5.0), pt_ood=+4.0):
@@ -376,7 +402,7 @@ def test_empty_grid_reports_every_cell_as_not_run(tmp_path, monkeypatch):
     assert list((tmp_path / "reports/g/plots").iterdir()) == []
 
 
-def test_snakemake_report_rule_and_html_report_offline(tmp_path):
+def test_snakemake_report_rule_and_html_report_offline(tmp_path, monkeypatch):
     """The report rule on synthetic records (never trains: only `report` is allowed to run), then
     `snakemake --report` packs tables and plots into one self-contained HTML file."""
     import os
@@ -390,7 +416,8 @@ def test_snakemake_report_rule_and_html_report_offline(tmp_path):
     for part in ("bench", "methods", "config", "Snakefile"):
         (shutil.copytree if (repo / part).is_dir() else shutil.copy2)(repo / part, project / part)
     (tmp_path / "models/tiny-llama").mkdir(parents=True)
-    (tmp_path / "models/tiny-llama/manifest.json").write_text("{}")  # older than the records: cells are done
+    (tmp_path / "models/tiny-llama/manifest.json").write_text('{"files": {}}')  # the records are made from it
+    monkeypatch.setenv("PEFT_REPRO_MODELS", str(tmp_path / "models"))
     grid = write_grid(project / "config/grids", "mini", models=["tiny-llama"], train_sizes=[8, 16])
     env = {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_MODELS": str(tmp_path / "models"),
            "PEFT_REPRO_DATA": str(data_root())}

@@ -1,7 +1,8 @@
-"""Exact reruns and resume after kill -9, through real snakemake runs on a copy of the project."""
+"""Exact reruns and resume after kill -9, through real snakemake runs on a fresh clone of the project."""
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -20,32 +21,46 @@ GRID = {"models": ["tiny-llama"], "methods": {"full_ft": {"lr": 1e-3}, "lora": {
         "train_sizes": [8, 16], "seeds": [0], "hp": {"steps": 1}}
 
 
+def git(cwd, *args) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture()
-def project(tmp_path, models_cache):
-    """A copy of the code (so edits stay in the test) with the `mini` grid."""
-    root = tmp_path / "project"
-    for part in ("bench", "methods", "config", "Snakefile"):
-        source = REPO / part
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / part)
-    (root / "config/grids/mini.yaml").write_text(yaml.safe_dump(GRID))
-    os.environ.setdefault("PEFT_REPRO_DATA", str(data_root()))  # the copy has no ../shared beside it
-    return root
+def clone(tmp_path) -> Path:
+    """`git clone` of the project as it is now (a commit of the working tree, edits included): the committed
+    records, no .snakemake metadata, every file's time the checkout's; and an empty model cache."""
+    snapshot = tmp_path / "snapshot"
+    for name in git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0"):
+        if name and (REPO / name).is_file():
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, snapshot / name)
+    git(snapshot, "init", "-q")
+    git(snapshot, "add", "-A")
+    git(snapshot, "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", "snapshot")
+    git(tmp_path, "clone", "-q", str(snapshot), "clone")
+    (tmp_path / "models").mkdir()
+    return tmp_path / "clone"
 
 
 def snakemake(project, *args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_MODELS": os.environ["PEFT_REPRO_MODELS"]}
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--config", "grid=mini", *args],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+    """The default invocation (Snakemake loads profiles/default by itself) with the clone's code."""
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
+                          cwd=project, env=environment(project), capture_output=True, text=True, timeout=timeout)
 
 
-def planned_jobs(project) -> dict[str, int]:
-    """Jobs `snakemake -n` would run, by rule (empty when nothing is to be done)."""
-    done = snakemake(project, "-n")
+def environment(project) -> dict:
+    return {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_MODELS": str(project.parent / "models"),
+            "PEFT_REPRO_DATA": str(data_root())}  # the clone has no ../shared beside it
+
+
+def plan(project, *args) -> tuple[dict[str, int], list[str]]:
+    """(jobs `snakemake -n` would run, by rule; the records its cell jobs would write)."""
+    done = snakemake(project, "-n", *args)
     assert done.returncode == 0, done.stderr
     lines = (done.stdout + done.stderr).splitlines()
     if not any(line.startswith("Job stats:") for line in lines):
         assert "Nothing to be done" in done.stdout + done.stderr
-        return {}
+        return {}, []
     start = next(i for i, line in enumerate(lines) if line.startswith("Job stats:")) + 3
     counts = {}
     for line in lines[start:]:
@@ -54,7 +69,13 @@ def planned_jobs(project) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     counts.pop("all", None)
-    return counts
+    cells = sorted({line.split("output:", 1)[1].strip() for line in lines
+                    if line.strip().startswith("output:") and line.strip().endswith("record.json")})
+    return counts, cells
+
+
+def planned_jobs(project) -> dict[str, int]:
+    return plan(project, "--config", "grid=mini")[0]
 
 
 def records(project) -> dict[str, dict]:
@@ -62,11 +83,80 @@ def records(project) -> dict[str, dict]:
             for p in sorted(project.glob("results/mini/**/record.json"))}
 
 
-def test_reruns_are_exact(project):
-    planned = planned_jobs(project)
-    planned.pop("prepare_model", None)  # absent when an earlier test already prepared tiny-llama
-    assert planned == {"cell": 4, "report": 1}
-    first = snakemake(project)
+def add_readme_dora(project):
+    """README "Add a method", word for word: its methods/dora.py and its grid line under `methods:` in smoke.yaml."""
+    readme = (REPO / "README.md").read_text()
+    (project / "methods/dora.py").write_text(readme.split("# methods/dora.py\n", 1)[1].split("```", 1)[0])
+    line = re.search(r"one grid line, `([^`]+)` under `methods:` in `config/grids/smoke.yaml`", readme)[1]
+    grid = project / "config/grids/smoke.yaml"
+    text = grid.read_text()
+    methods = re.search(r"^( *)(- )?methods:\n( *)", text, re.M)  # the first methods: and its entries' indent
+    grid.write_text(text[:methods.end()] + line + "\n" + text[methods.end() - len(methods[3]):])
+
+
+# The committed records of the default grid (SmolLM2, not converted here: planning only).
+def test_fresh_clone_plans_no_training(clone):
+    counts, cells = plan(clone)
+    assert cells == []
+    # The report alone may run (seconds, records only, byte-identical output): git writes results/ after
+    # reports/, so the records look newer than the report, and a fresh clone has no checksums to say otherwise.
+    assert counts in ({}, {"report": 1})
+
+
+def test_readme_new_method_plans_exactly_its_cells(clone):
+    add_readme_dora(clone)
+    counts, cells = plan(clone)
+    assert counts == {"prepare_model": 1, "cell": 4, "report": 1}
+    assert len(cells) == 4 and all("/smollm2-135m/dora/" in cell for cell in cells)
+
+
+def test_touching_every_file_trains_nothing_but_a_method_edit_reruns_its_cells(clone):
+    tracked = git(clone, "ls-files", "-z").split("\0")
+    now = time.time()
+    for name in filter(None, tracked):  # the worst order: every input newer than every output
+        old = name.startswith(("results/", "reports/"))
+        os.utime(clone / name, (now - (120 if old else 60),) * 2)
+    counts, cells = plan(clone)
+    assert cells == [] and set(counts) <= {"report"}  # the report: harness files newer than it, no checksums
+
+    method_file = clone / "methods/lora.py"
+    method_file.write_text(method_file.read_text() + "\n# an edit\n")
+    counts, cells = plan(clone)
+    assert counts == {"prepare_model": 1, "cell": 4, "report": 1}
+    assert len(cells) == 4 and all("/smollm2-135m/lora/" in cell for cell in cells)
+
+
+def test_kill_9_unlock_and_the_same_command_finishes(clone):
+    command = ["--cores", "1", "--config", "grid=tiny"]  # config/grids/tiny.yaml: 2 cells, one at a time
+    env = environment(clone)
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", *command], cwd=clone, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list(clone.glob("results/tiny/**/record.json")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the first record is written, the second cell is on its way
+    run.wait()
+    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns)
+                for path in clone.glob("results/tiny/**/record.json")}
+    assert len(finished) == 1, "the kill should land between the two cells"
+
+    assert snakemake(clone, "--unlock", *command[2:]).returncode == 0
+    again = subprocess.run([sys.executable, "-m", "snakemake", *command], cwd=clone, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    done = sorted(clone.glob("results/tiny/**/record.json"))
+    assert len(done) == 2
+    for path in done:
+        assert json.loads(path.read_text())["status"] == "ok"  # complete: parses, and the cell finished
+    assert all(finished[path] == (path.stat().st_ino, path.stat().st_mtime_ns) for path in finished)
+    assert plan(clone, *command[2:]) == ({}, [])
+
+
+def test_reruns_are_exact(clone):
+    project = clone
+    (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(GRID))
+    assert planned_jobs(project) == {"prepare_model": 1, "cell": 4, "report": 1}
+    first = snakemake(project, "--config", "grid=mini")
     assert first.returncode == 0, first.stderr[-2000:]
     assert planned_jobs(project) == {}
 
@@ -97,7 +187,7 @@ def test_reruns_are_exact(project):
     methods = dict(GRID["methods"], dora={"lr": 1e-3, "r": 8})
     (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(dict(GRID, methods=methods)))
     assert planned_jobs(project) == {"cell": 2, "report": 1}
-    added = snakemake(project)
+    added = snakemake(project, "--config", "grid=mini")
     assert added.returncode == 0, added.stderr[-2000:]
     assert len(records(project)) == 6
     (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(GRID))
@@ -105,19 +195,18 @@ def test_reruns_are_exact(project):
 
     (project / "bench/train.py").write_text((project / "bench/train.py").read_text() + "\n# harness edit\n")
     assert planned_jobs(project) == {"report": 1}  # shared harness code: no silent retraining ...
-    assert snakemake(project).returncode == 0
+    assert snakemake(project, "--config", "grid=mini").returncode == 0
     report = (project / "reports/mini/README.md").read_text()
     stale_rows = [line for line in report.splitlines() if line.startswith("|") and "stale" in line]
     assert len(stale_rows) == 4  # ... but the report flags every cell made by the older code
 
 
 @pytest.mark.faults
-def test_kill_9_at_random_moments_then_resume(project):
+def test_kill_9_at_random_moments_then_resume(clone):
+    project = clone
     rng = random.Random(0)
-    env = {**os.environ, "PYTHONPATH": str(project)}
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--config", "grid=mini",
-               "--workflow-profile", str(project.parent / "profile")]
-    shutil.copytree(REPO / "profiles/local", project.parent / "profile")
+    env = environment(project)
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--config", "grid=mini"]  # profiles/default
     grid = dict(GRID, train_sizes=[8, 12, 16, 24])  # 8 cells: most kills land mid-grid
     (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(grid))
     seen: dict[str, tuple] = {}  # record -> (inode, mtime) when first seen complete
