@@ -405,6 +405,7 @@ def prepare_model(name: str, cache: str | Path | None = None) -> Path:
             paths = sorted(p for p in stage.rglob("*") if p.is_file())
             for p in paths:
                 os.chmod(p, 0o644)                                    # save_pretrained may leave 0600
+                _drop_version_stamp(p)
             files = {p.relative_to(stage).as_posix(): _sha256_file(p) for p in paths}
             manifest = {"name": name, "source": spec.source, "source_sha256": source_sha, "files": files,
                         "converted_with": {"transformers": transformers.__version__, "torch": torch.__version__}}
@@ -456,6 +457,18 @@ def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | 
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer, manifest
+
+
+def _drop_version_stamp(path: Path) -> None:
+    """save_pretrained stamps config files with the transformers version: without the stamp, a conversion that
+    gives the same weights under another transformers release gives the same files, so the same fingerprint
+    (the manifest's `converted_with` still says which versions converted it)."""
+    if path.suffix != ".json":
+        return
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "transformers_version" in data:
+        del data["transformers_version"]
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def model_fingerprint(manifest: dict) -> str:
