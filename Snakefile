@@ -1,6 +1,7 @@
 # Wiring only: cells come from config/grids/<grid>.yaml (default: smoke); all logic lives in bench/.
 #   snakemake --cores all                       # the default grid
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
+#   ... --config tasks=FILE                     # your tasks file, merged over config/tasks.yaml (README: Add a dataset)
 import gc
 import inspect
 import sys
@@ -9,13 +10,15 @@ from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
 from bench.errors import BenchError
-from bench.grid import cell_resources, cell_threads, check_cells, grid_cells
+from bench.grid import cell_resources, cell_threads, cell_user_inputs, check_cells, grid_cells
 from bench.method import method_files
 from bench.models import cache_dir
+from bench.tasks import use_tasks_file
 
 gc.disable()  # planning allocates millions of long-lived objects that the cyclic collector only re-scans; on at onstart
 GRID = config.get("grid", "smoke")
 try:  # a malformed grid stops here, before any job is planned, with one line naming the fix
+    use_tasks_file(config.get("tasks"))  # for the cells too: they inherit $PEFT_REPRO_TASKS
     CELLS = {cell.dir: cell for cell in grid_cells(GRID)}
     check_cells(list(CELLS.values()), config.get("data_root"))
 except BenchError as error:
@@ -39,9 +42,10 @@ def cell_of(w):
 
 
 @signed
-def cell_sources(w):  # the method's files (an edit reruns its cells) and the records it reads (distill's teacher)
-    cell = cell_of(w)
-    return [*method_files(cell.method), *(f"{d}/record.json" for d in cell.needs)]
+def cell_sources(w):  # the method's files (an edit reruns its cells), the records it reads (distill's teacher),
+    cell = cell_of(w)  # and the user's tasks file and data files where it reads any
+    return [*method_files(cell.method), *(f"{d}/record.json" for d in cell.needs),
+            *cell_user_inputs(cell, config.get("data_root"))]
 
 
 def resource(key):
