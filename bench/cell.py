@@ -281,7 +281,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     }
     record["env"] = environment(device)
     if own := user_inputs(task, plan.eval_sets, root):  # opt-in key: cells reading only shared data are as before
-        record["config"]["tasks_file"] = {"path": own[0], "sha256": hashlib.sha256(Path(own[0]).read_bytes()).hexdigest()}
+        record["config"]["tasks_file"] = {"path": own[0],
+                                          "sha256": hashlib.sha256(Path(own[0]).read_bytes()).hexdigest()}
     record["inputs"] = {"data": file_sha256s(task, plan.eval_sets, root),
                         "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
                         "method_sha256": files_sha256(method_files(config.method))}

@@ -65,14 +65,6 @@ def _checksums(root: Path) -> dict[str, str]:
 _VERIFIED: set[tuple[Path, str]] = set()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified_path(root: Path, rel: str, own: bool = False) -> Path:
     """Return root/rel after checking it against SHA256SUMS (once per process); `own`: a user's root (other fixes)."""
     path = root / rel
@@ -85,12 +77,17 @@ def _verified_path(root: Path, rel: str, own: bool = False) -> Path:
         fix = (f"list it: (cd {root} && sha256sum {rel} >> SHA256SUMS)" if own else
                "restore SHA256SUMS from the original shared/data copy")
         raise BenchError(f"data file {rel} is not listed in {root / 'SHA256SUMS'}: {fix}")
-    got = _sha256(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    got = h.hexdigest()
     if got != expected:
         fix = (f"restore the file, or if you changed it on purpose replace its line in {root / 'SHA256SUMS'} "
                f"with the output of (cd {root} && sha256sum {rel})" if own else
                "restore it from the original shared/data copy")
-        raise BenchError(f"data file {rel} fails its sha256 check (expected {expected[:12]}…, got {got[:12]}…): {fix}")
+        raise BenchError(f"data file {rel} fails its sha256 check (expected {expected[:12]}…, got {got[:12]}…): "
+                         f"{fix}")
     _VERIFIED.add((root, rel))
     return path
 
@@ -263,7 +260,7 @@ def _merged(user_file: str | None) -> dict:
 def user_tasks_file() -> str | None:
     """The user's tasks file ($PEFT_REPRO_TASKS, which `--tasks` sets), as an absolute path; None without one."""
     value = os.environ.get(TASKS_ENV)
-    return str(Path(value).resolve()) if value else None
+    return os.path.abspath(value) if value else None  # not resolve(): Snakemake asks at every job of a plan
 
 
 def use_tasks_file(path: str | Path | None) -> None:
@@ -271,7 +268,7 @@ def use_tasks_file(path: str | Path | None) -> None:
     if path:
         if not Path(path).is_file():
             raise BenchError(f"tasks file {path} not found: pass the path of your tasks file (README: Add a dataset)")
-        os.environ[TASKS_ENV] = str(Path(path).resolve())
+        os.environ[TASKS_ENV] = os.path.abspath(path)
 
 
 def _config() -> dict:
@@ -338,9 +335,9 @@ def _holdout(records: list, seed: int, size: int, part: str) -> list:
 
 
 def _file_root(dataset_id: str, rel: str, root: Path) -> tuple[Path, bool]:
-    """The root holding one of a dataset's files (verified there), and whether it is a user's root. A dataset of the user's
-    tasks file is looked up in its data_roots in order, then in the shared root; any other only in the shared root,
-    so that a user's files never change a shared dataset."""
+    """The root holding one of a dataset's files (verified there), and whether it is a user's root. A dataset of
+    the user's tasks file is looked up in its data_roots in order, then in the shared root; any other only in the
+    shared root, so that a user's files never change a shared dataset."""
     user = _config()["user"]
     if user and dataset_id in user["datasets"]:
         for own in user["data_roots"]:

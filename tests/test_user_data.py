@@ -96,6 +96,12 @@ def test_a_users_dataset_may_read_a_shared_file_but_never_shadows_a_shared_datas
     assert len(dev) == 872 and (tmp_path / "data/sst2/dev.tsv").read_text() == shadow
 
 
+def test_the_keys_a_tasks_file_may_use_are_those_of_config_tasks_yaml():
+    shared = yaml.safe_load(T.TASKS_YAML.read_text())
+    assert set().union(*map(set, shared["datasets"].values())) == T.DATASET_KEYS
+    assert set().union(*map(set, shared["tasks"].values())) == T.TASK_KEYS
+
+
 @pytest.mark.parametrize("content,message", [
     ({"dataset": {}}, r"tasks0.yaml: unknown key 'dataset': use data_roots, datasets, tasks"),
     ({"datasets": {"mine/reviews": {**SHIFT["datasets"]["mine/reviews"], "file": ["x"]}}},
@@ -194,7 +200,7 @@ def test_readme_add_a_dataset_step_by_step(checkout):
 
     # a file added to `files:` but not to SHA256SUMS
     (data / "more_reviews.jsonl").write_text(json.dumps({"text": "Fine.", "label": 1}) + "\n")
-    tasks_file.write_text(tasks_yaml.replace("files: [my_reviews.jsonl]", "files: [my_reviews.jsonl, more_reviews.jsonl]"))
+    tasks_file.write_text(tasks_yaml.replace("[my_reviews.jsonl]", "[my_reviews.jsonl, more_reviews.jsonl]"))
     failed = _shell(command, checkout)
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr[-2000:]
     assert re.fullmatch(_as_pattern(unlisted), failed.stderr.strip()), failed.stderr
