@@ -1,6 +1,7 @@
 # Wiring only: cells come from config/grids/<grid>.yaml (default: smoke); all logic lives in bench/.
 #   snakemake --cores all                       # the default grid
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
+#   ... --config tasks=FILE                     # your tasks file, merged over config/tasks.yaml (README: Add a dataset)
 import gc
 import inspect
 import json
@@ -11,13 +12,15 @@ from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
 from bench.errors import BenchError
-from bench.grid import cell_resources, cell_threads, check_cells, current_method_sha256, grid_cells
+from bench.grid import cell_resources, cell_threads, cell_user_inputs, check_cells, current_method_sha256, grid_cells
 from bench.method import method_files
 from bench.models import cache_dir
+from bench.tasks import use_tasks_file
 
 gc.disable()  # planning allocates millions of long-lived objects that the cyclic collector only re-scans; on at onstart
 GRID = config.get("grid", "smoke")
 try:  # a malformed grid stops here, before any job is planned, with one line naming the fix
+    use_tasks_file(config.get("tasks"))  # for the cells too: they inherit $PEFT_REPRO_TASKS
     CELLS = {cell.dir: cell for cell in grid_cells(GRID)}
     check_cells(list(CELLS.values()), config.get("data_root"))
 except BenchError as error:
@@ -56,19 +59,20 @@ def up_to_date(cell):
 
 @signed
 def cell_sources(w):
-    """The converted model, the method's files and the records it reads (distill's teacher); contents, not file
-    times, decide a rerun, since a clone, a checkout or a conversion moves times without changing a byte.
-    The model is ancient, and absent from an up-to-date record's inputs: converting it for a new cell would otherwise rerun
-    every cell (Snakemake reruns what an updated job feeds unless the file is ancient *and* exists). A model
+    """The converted model, the method's files, the records it reads (distill's teacher) and the user's tasks file
+    and data files where it reads any; contents, not file times, decide a rerun, since a clone, a checkout or a
+    conversion moves times without changing a byte. The model is ancient, and absent from an up-to-date record's
+    inputs: converting it for a new cell would otherwise rerun every cell (Snakemake reruns what an updated job feeds unless the file is ancient *and* exists). A model
     whose content changed makes the report list its cells as stale, with the commands that rerun them.
     A record made from today's method files depends on them by content only (ancient); one made from other
     contents keeps them plain, so that the edit, newer than the record, reruns it."""
     cell = cell_of(w)
     teachers = [f"{d}/record.json" for d in cell.needs]
+    user = cell_user_inputs(cell, config.get("data_root"))
     if up_to_date(cell):
         return [*map(ancient, method_files(cell.method)),
-                *(ancient(t) if up_to_date(CELLS[d]) else t for d, t in zip(cell.needs, teachers))]
-    return [ancient(f"{MODELS}/{cell.model}/manifest.json"), *method_files(cell.method), *teachers]
+                *(ancient(t) if up_to_date(CELLS[d]) else t for d, t in zip(cell.needs, teachers)), *user]
+    return [ancient(f"{MODELS}/{cell.model}/manifest.json"), *method_files(cell.method), *teachers, *user]
 
 
 def resource(key):

@@ -29,6 +29,9 @@ def parse_train_size(text: str) -> int | str:
 
 def cmd_run_cell(args) -> None:
     from bench.cell import CellConfig, run_cell
+    from bench.tasks import use_tasks_file
+
+    use_tasks_file(args.tasks)
 
     config = CellConfig(task=args.task, model=args.model, method=args.method,
                         train_size=parse_train_size(args.train_size), seed=args.seed, hp=parse_hp(args.hp),
@@ -133,6 +136,8 @@ def main(argv=None) -> int:
     run.add_argument("--shifts", default=None, help="comma list of shifted eval sets (default: all of the task's)")
     run.add_argument("--grid", default=None, help="grid name, recorded only")
     run.add_argument("--data-root", default=None, help="folder with SHA256SUMS (default: $PEFT_REPRO_DATA or ../shared/data)")
+    run.add_argument("--tasks", default=None, metavar="FILE",
+                     help="your tasks file, merged over config/tasks.yaml (default: $PEFT_REPRO_TASKS)")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     run.add_argument("--out", required=True, help="cell directory")
     run.set_defaults(func=cmd_run_cell)

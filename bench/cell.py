@@ -110,7 +110,7 @@ def supported_versions() -> None:  # once per process: planning checks every cel
 def plan_cell(config: CellConfig) -> Plan:
     """Validate a cell against the registries; raises BenchError with one line naming the fix."""
     from bench.models import architecture, get_model_spec
-    from bench.tasks import data_root, dev_examples, get_task, split_size
+    from bench.tasks import data_root, dev_examples, get_task, split_size, user_inputs
 
     supported_versions()
     task = get_task(config.task)
@@ -141,6 +141,7 @@ def plan_cell(config: CellConfig) -> Plan:
     if unknown:
         raise BenchError(f"shift(s) {unknown} not defined for task {task.name}: choose from "
                          f"{', '.join(task.shifts) or 'none'}")
+    user_inputs(task, [task.name] + shifts, root)  # a user's data file missing or failing its sha256: fail now
     return Plan(config, task, spec, method, hp, [task.name] + shifts)
 
 
@@ -213,7 +214,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     from bench.batches import training_batches
     from bench.evaluation import Timer
     from bench.models import load_model, model_fingerprint
-    from bench.tasks import data_root, dev_examples, eval_examples, file_sha256s, train_examples
+    from bench.tasks import data_root, dev_examples, eval_examples, file_sha256s, train_examples, user_inputs
     from bench.train import train
 
     if threads:
@@ -289,6 +290,9 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         "eval_tokens_per_s": round(eval_timer.tokens / eval_timer.seconds, 2) if eval_timer.seconds else 0.0,
     }
     record["env"] = environment(device)
+    if own := user_inputs(task, plan.eval_sets, root):  # opt-in key: cells reading only shared data are as before
+        record["config"]["tasks_file"] = {"path": own[0],
+                                          "sha256": hashlib.sha256(Path(own[0]).read_bytes()).hexdigest()}
     record["inputs"] = {"data": file_sha256s(task, plan.eval_sets, root),
                         "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
                         "method_sha256": files_sha256(method_files(config.method))}

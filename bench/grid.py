@@ -228,6 +228,14 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
                              f"{error}") from None
 
 
+def cell_user_inputs(cell: Cell, data_root: str | None = None) -> list[str]:
+    """The user's tasks file and data files the cell reads (bench.tasks.user_inputs): Snakemake inputs of the cell."""
+    from bench.tasks import get_task, user_inputs
+
+    task = get_task(cell.task)
+    return user_inputs(task, [task.name, *(task.shifts if cell.shifts is None else cell.shifts)], data_root)
+
+
 @functools.lru_cache(maxsize=1)
 def _resource_rules() -> dict:
     return yaml.safe_load(RESOURCES.read_text())

@@ -3,6 +3,8 @@
 Kept free of torch/transformers: it is imported while planning large Snakemake grids.
 Loaders turn data files into flat records (dicts); the generic code maps records to Examples
 (field mapping, labels, references, grouping) as declared per dataset in the YAML.
+A user's tasks file ($PEFT_REPRO_TASKS, `--tasks`) is merged over config/tasks.yaml: it may add datasets, tasks and
+shifts, never change or extend what config/tasks.yaml declares, so a shared name means the same data for everyone.
 """
 from __future__ import annotations
 
@@ -26,6 +28,12 @@ TASKS_YAML: Path = PROJECT_ROOT / "config" / "tasks.yaml"
 EVAL_LIMIT_SEED = 1234
 DEV_SEED = 4321  # the fixed permutation that holds a dev set out of a training split (never the cell seed)
 _ROOT_FIX = "set PEFT_REPRO_DATA or pass --data-root to the folder holding shared/data"
+TASKS_ENV = "PEFT_REPRO_TASKS"  # a user's tasks file, merged over config/tasks.yaml (`--tasks` sets it)
+USER_KEYS = ("data_roots", "datasets", "tasks")
+DATASET_KEYS = {"files", "loader", "fields", "label", "labels", "references", "group", "explode", "clean", "squash",
+                "holdout"}
+TASK_KEYS = {"kind", "template", "verbalizer", "text_fields", "metrics", "train", "eval", "shifts", "max_new_tokens"}
+REQUIRED = {"datasets": ("files", "loader", "fields"), "tasks": ("kind", "template", "text_fields", "metrics", "eval")}
 
 
 # --------------------------------------------------------------------------- data root
@@ -57,8 +65,8 @@ def _checksums(root: Path) -> dict[str, str]:
 _VERIFIED: set[tuple[Path, str]] = set()
 
 
-def _verified_path(root: Path, rel: str) -> Path:
-    """Return root/rel after checking it against SHA256SUMS (once per process)."""
+def _verified_path(root: Path, rel: str, own: bool = False) -> Path:
+    """Return root/rel after checking it against SHA256SUMS (once per process); `own`: a user's root (other fixes)."""
     path = root / rel
     if (root, rel) in _VERIFIED:
         return path
@@ -66,16 +74,20 @@ def _verified_path(root: Path, rel: str) -> Path:
         raise BenchError(f"data file {rel} not found under data root {root}: {_ROOT_FIX}")
     expected = _checksums(root).get(rel)
     if expected is None:
-        raise BenchError(f"data file {rel} is not listed in {root / 'SHA256SUMS'}: "
-                         "restore SHA256SUMS from the original shared/data copy")
+        fix = (f"list it: (cd {root} && sha256sum {rel} >> SHA256SUMS)" if own else
+               "restore SHA256SUMS from the original shared/data copy")
+        raise BenchError(f"data file {rel} is not listed in {root / 'SHA256SUMS'}: {fix}")
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     got = h.hexdigest()
     if got != expected:
+        fix = (f"restore the file, or if you changed it on purpose replace its line in {root / 'SHA256SUMS'} "
+               f"with the output of (cd {root} && sha256sum {rel})" if own else
+               "restore it from the original shared/data copy")
         raise BenchError(f"data file {rel} fails its sha256 check (expected {expected[:12]}…, got {got[:12]}…): "
-                         "restore it from the original shared/data copy")
+                         f"{fix}")
     _VERIFIED.add((root, rel))
     return path
 
@@ -175,18 +187,92 @@ class Task:
         return [self.name, *self.shifts]
 
 
-@functools.lru_cache(maxsize=None)
-def _config() -> dict:
+def _read_yaml(path: Path, fix: str) -> dict:
     try:
-        cfg = yaml.safe_load(TASKS_YAML.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise BenchError(f"cannot read {TASKS_YAML}: {err}: restore config/tasks.yaml") from None
+        raise BenchError(f"cannot read {path}: {' '.join(str(err).split())}: {fix}") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{path} is not a YAML mapping: {fix}")
+    return data
+
+
+def _merge_user_file(cfg: dict, path: Path) -> dict:
+    """Merge a user's tasks file into cfg; returns what the user file declares (its roots resolved)."""
+    user = _read_yaml(path, f"fix it, or unset {TASKS_ENV} / drop --tasks")
+    for key in user:
+        if key not in USER_KEYS:
+            raise BenchError(f"{path}: unknown key '{key}': use {', '.join(USER_KEYS)} (README: Add a dataset)")
+    for section, allowed in (("datasets", DATASET_KEYS), ("tasks", TASK_KEYS)):
+        entries = user[section] = user.get(section) or {}
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+            raise BenchError(f"{path}: {section} must map names to mappings (see config/tasks.yaml)")
+        for name, entry in entries.items():
+            unknown = sorted(set(entry) - allowed)
+            missing = [k for k in REQUIRED[section] if k not in entry] if name not in cfg[section] else []
+            if unknown or missing:
+                problem = f"unknown key '{unknown[0]}'" if unknown else f"no '{missing[0]}'"
+                raise BenchError(f"{path}: {section}.{name}: {problem}: use {', '.join(sorted(allowed))} "
+                                 f"(a new one needs {', '.join(REQUIRED[section])}; see config/tasks.yaml)")
+    roots = user.get("data_roots") or []
+    if not isinstance(roots, list):
+        raise BenchError(f"{path}: data_roots must be a list of folders (relative to {path.parent})")
+    user["data_roots"] = [(path.parent / str(r)).resolve() for r in roots]
+    for root in user["data_roots"]:
+        if not (root / "SHA256SUMS").is_file():
+            raise BenchError(f"data root {root} (data_roots of {path}) has no SHA256SUMS: "
+                             f"create it: (cd {root} && sha256sum FILE... > SHA256SUMS)")
+    taken = "config/tasks.yaml declares it and a tasks file may only add: give yours a new name"
+    for ds, entry in user["datasets"].items():
+        if ds in cfg["datasets"]:
+            raise BenchError(f"{path}: dataset {ds}: {taken}")
+        cfg["datasets"][ds] = entry
+    for name, entry in user["tasks"].items():
+        if name not in cfg["tasks"]:
+            cfg["tasks"][name] = entry
+            continue
+        if set(entry) != {"shifts"} or not isinstance(entry["shifts"], dict):
+            raise BenchError(f"{path}: tasks.{name}: {taken} (to one of its tasks, only `shifts: {{name: dataset}}`)")
+        shifts = cfg["tasks"][name]["shifts"] = dict(cfg["tasks"][name].get("shifts") or {})
+        for shift, ds in entry["shifts"].items():
+            if shift in shifts:
+                raise BenchError(f"{path}: tasks.{name}.shifts.{shift}: {taken}")
+            shifts[shift] = ds
+    return user
+
+
+@functools.lru_cache(maxsize=None)
+def _merged(user_file: str | None) -> dict:
+    cfg = _read_yaml(TASKS_YAML, "restore config/tasks.yaml")
+    cfg["user"] = _merge_user_file(cfg, Path(user_file)) if user_file else None
+    declared = "config/tasks.yaml" + (f" or {user_file}" if user_file else "")
     for name, t in cfg["tasks"].items():
         for ds in [t.get("train"), t["eval"], *(t.get("shifts") or {}).values()]:
             if ds is not None and ds not in cfg["datasets"]:
-                raise BenchError(f"task {name} uses undeclared dataset '{ds}': "
-                                 "declare it under datasets in config/tasks.yaml")
+                raise BenchError(f"task {name} uses undeclared dataset '{ds}': declare it under datasets in {declared}")
+        clash = {name, "dev"} & set(t.get("shifts") or {})
+        if clash:
+            raise BenchError(f"task {name}: shift name '{clash.pop()}' is taken (the in-domain and dev eval sets): "
+                             f"rename the shift in {declared}")
     return cfg
+
+
+def user_tasks_file() -> str | None:
+    """The user's tasks file ($PEFT_REPRO_TASKS, which `--tasks` sets), as an absolute path; None without one."""
+    value = os.environ.get(TASKS_ENV)
+    return os.path.abspath(value) if value else None  # not resolve(): Snakemake asks at every job of a plan
+
+
+def use_tasks_file(path: str | Path | None) -> None:
+    """Merge `path` over config/tasks.yaml in this process and in the cells it starts (via $PEFT_REPRO_TASKS)."""
+    if path:
+        if not Path(path).is_file():
+            raise BenchError(f"tasks file {path} not found: pass the path of your tasks file (README: Add a dataset)")
+        os.environ[TASKS_ENV] = os.path.abspath(path)
+
+
+def _config() -> dict:
+    return _merged(user_tasks_file())
 
 
 def task_names() -> list[str]:
@@ -197,9 +283,13 @@ def dataset_ids() -> list[str]:
     return list(_config()["datasets"])
 
 
-@functools.lru_cache(maxsize=None)
 def get_task(name: str) -> Task:
-    tasks = _config()["tasks"]
+    return _task(name, user_tasks_file())
+
+
+@functools.lru_cache(maxsize=None)
+def _task(name: str, user_file: str | None) -> Task:
+    tasks = _merged(user_file)["tasks"]
     if name not in tasks:
         raise BenchError(f"unknown task '{name}': choose one of {', '.join(tasks)} (config/tasks.yaml)")
     t = tasks[name]
@@ -244,14 +334,32 @@ def _holdout(records: list, seed: int, size: int, part: str) -> list:
     return [r for i, r in enumerate(records) if i in keep]
 
 
+def _file_root(dataset_id: str, rel: str, root: Path) -> tuple[Path, bool]:
+    """The root holding one of a dataset's files (verified there), and whether it is a user's root. A dataset of
+    the user's tasks file is looked up in its data_roots in order, then in the shared root; any other only in the
+    shared root, so that a user's files never change a shared dataset."""
+    user = _config()["user"]
+    if user and dataset_id in user["datasets"]:
+        for own in user["data_roots"]:
+            if (own / rel).is_file():
+                _verified_path(own, rel, own=True)
+                return own, True
+        if not (root / rel).is_file():
+            roots = ", ".join(map(str, [*user["data_roots"], root]))
+            raise BenchError(f"data file {rel} of dataset {dataset_id} not found in data roots {roots}: put it in "
+                             f"one of the data_roots of {user_tasks_file()} (paths relative to the root)")
+    _verified_path(root, rel)
+    return root, False
+
+
 @functools.lru_cache(maxsize=64)
-def _load_split_cached(dataset_id: str, root: Path) -> tuple[Example, ...]:
+def _load_split_cached(dataset_id: str, root: Path, user_file: str | None) -> tuple[Example, ...]:
     spec = _dataset_spec(dataset_id)
     loader = LOADERS.get(spec["loader"])
     if loader is None:
         raise BenchError(f"dataset {dataset_id} names unknown loader '{spec['loader']}': "
                          f"use one of {', '.join(LOADERS)} in config/tasks.yaml")
-    records = [rec for rel in spec["files"] for rec in loader(_verified_path(root, rel))]
+    records = [rec for rel in spec["files"] for rec in loader(_file_root(dataset_id, rel, root)[0] / rel)]
     if "holdout" in spec:
         h = spec["holdout"]
         records = _holdout(records, int(h["seed"]), int(h["size"]), h["part"])
@@ -273,11 +381,11 @@ def _load_split_cached(dataset_id: str, root: Path) -> tuple[Example, ...]:
 
 def load_split(dataset_id: str, root: Path | None = None) -> list[Example]:
     """All examples of a dataset split, in file order (grouped splits: first-appearance order)."""
-    return list(_load_split_cached(dataset_id, data_root(root)))
+    return list(_load_split_cached(dataset_id, data_root(root), user_tasks_file()))
 
 
 def split_size(dataset_id: str, root=None) -> int:
-    return len(_load_split_cached(dataset_id, data_root(root)))
+    return len(_load_split_cached(dataset_id, data_root(root), user_tasks_file()))
 
 
 # --------------------------------------------------------------------------- sampling
@@ -354,13 +462,32 @@ def eval_examples(task: Task, eval_set: str, limit: int | None, root=None) -> li
     return examples if int(limit) >= len(examples) else sample(examples, int(limit), EVAL_LIMIT_SEED)
 
 
+def _datasets_read(task: Task, eval_sets: list[str]) -> list[str]:
+    return ([task.train_split] if task.train_split else []) + [eval_dataset(task, s) for s in eval_sets]
+
+
 def file_sha256s(task: Task, eval_sets: list[str], root=None) -> dict[str, str]:
-    """Relative path -> verified sha256 of every file a cell of `task` reads (training + given eval sets)."""
+    """Verified sha256 of every file a cell of `task` reads (training + given eval sets), by path relative to the
+    shared root, or by full path for a file in a user's root."""
     root_path = data_root(root)
-    ids = ([task.train_split] if task.train_split else []) + [eval_dataset(task, s) for s in eval_sets]
     out = {}
-    for ds in ids:
+    for ds in _datasets_read(task, eval_sets):
         for rel in _dataset_spec(ds)["files"]:
-            _verified_path(root_path, rel)
-            out[rel] = _checksums(root_path)[rel]
+            found, own = _file_root(ds, rel, root_path)
+            out[str(found / rel) if own else rel] = _checksums(found)[rel]
     return dict(sorted(out.items()))
+
+
+def user_inputs(task: Task, eval_sets: list[str], root=None) -> list[str]:
+    """The user's tasks file and user data files (verified) that a cell of `task` evaluating `eval_sets` reads; none
+    when it reads nothing the user's file declares. They are the cell's Snakemake inputs and recorded in it."""
+    user = _config()["user"]
+    if user is None:
+        return []
+    declared = user["tasks"].get(task.name) or {}
+    own_datasets = [ds for ds in _datasets_read(task, eval_sets) if ds in user["datasets"]]
+    if not (set(declared) - {"shifts"} or set(declared.get("shifts") or {}) & set(eval_sets) or own_datasets):
+        return []
+    root_path = data_root(root)
+    files = [str(_file_root(ds, rel, root_path)[0] / rel) for ds in own_datasets for rel in _dataset_spec(ds)["files"]]
+    return [user_tasks_file(), *dict.fromkeys(files)]
