@@ -186,6 +186,11 @@ def _config() -> dict:
             if ds is not None and ds not in cfg["datasets"]:
                 raise BenchError(f"task {name} uses undeclared dataset '{ds}': "
                                  "declare it under datasets in config/tasks.yaml")
+        if t["kind"] == "generation":
+            from bench.scorers import check_scorer
+
+            for ds in [t["eval"], *(t.get("shifts") or {}).values()]:
+                check_scorer(cfg["datasets"][ds].get("scorer"), t["metrics"], f"task {name}, dataset {ds}")
     return cfg
 
 
@@ -342,6 +347,15 @@ def eval_dataset(task: Task, eval_set: str) -> str:
         return task.shifts[eval_set]
     raise BenchError(f"unknown eval set '{eval_set}' for task {task.name}: "
                      f"choose one of {', '.join(task.eval_sets)}")
+
+
+def eval_scorer(task: Task, eval_set: str) -> str | None:
+    """The official scorer of a generation eval set (its dataset's `scorer`; `dev`, held out of the training
+    split, is scored as the in-domain set); None for classification."""
+    if task.kind != "generation":
+        return None
+    dataset = task.eval_split if eval_set == "dev" else eval_dataset(task, eval_set)
+    return _dataset_spec(dataset)["scorer"]
 
 
 def eval_examples(task: Task, eval_set: str, limit: int | None, root=None) -> list[Example]:

@@ -9,8 +9,8 @@ import torch
 import itertools
 
 from bench.batches import LENGTH_WINDOW, causal_lm_batch, continuation_ids, prompt_ids, training_batches
-from bench.evaluation import (classification_metrics, clean_generation, generate, generation_metrics,
-                              rank_scores)
+from bench.evaluation import classification_metrics, clean_generation, generate, rank_scores
+from bench.scorers import generation_metrics
 from bench.tasks import Example
 
 
@@ -109,15 +109,22 @@ def test_classification_metrics_by_hand():
     assert three["f1"] == pytest.approx(100 * 7 / 9)
 
 
-def test_generation_metrics_by_hand():
+def test_rouge_score_scorer_by_hand():
+    """XSum's scorer (rouge-score, stemmed F): the best reference's F-measure, averaged over examples."""
     refs = [["x y z w", "a c d e"]]
-    rouge = generation_metrics(["a b c d"], refs, ["rouge_l"])["rouge_l"]
+    rouge = generation_metrics(["a b c d"], refs, ["rouge_l"], "rouge-score")["rouge_l"]
     assert rouge == pytest.approx(75.0)  # LCS "a c d": P = R = 3/4 against the best reference
+    two = generation_metrics(["a b c d", "a b"], [["a b c d"], ["a b c d"]], ["rouge_1", "rouge_2"], "rouge-score")
+    assert two["rouge_1"] == pytest.approx(100 * (1 + 2 / 3) / 2)  # P 1, R 1/2 -> F 2/3 for the second
+    assert two["rouge_2"] == pytest.approx(100 * (1 + 1 / 2) / 2)  # 1 of 3 reference bigrams: F 2*(1*1/3)/(4/3)
+
+
+def test_e2e_bleu_by_hand():
     assert generation_metrics(["the cat sat on the mat today"], [["a dog", "the cat sat on the mat today"]],
                               ["bleu"])["bleu"] == pytest.approx(100.0)
     assert generation_metrics(["zzz qqq"], [["the cat sat on the mat"]], ["bleu"])["bleu"] == pytest.approx(0.0)
-    # different reference counts per example are allowed
-    both = generation_metrics(["the cat sat on the mat today", "a big red dog ran home fast"],
+    # different reference counts per example are allowed; lowercased, as mteval scores by default
+    both = generation_metrics(["The cat sat on the mat today", "a big red dog ran home fast"],
                               [["the cat sat on the mat today"], ["x", "a big red dog ran home fast"]], ["bleu"])
     assert both["bleu"] == pytest.approx(100.0)
 
@@ -169,13 +176,101 @@ def test_every_reference_counts_alike():
 
 
 def test_nist_by_hand():
+    """mteval-v13a NIST, derived by hand (mteval itself was not run here: these are its definitions)."""
     # references: the 2, cat 1, sat 2, dog 1 (6 words) -> info(the) = info(sat) = log2(6/2), info(cat) = log2 6;
     # info(the cat) = log2(#the / #the cat) = 1, info(cat sat) = log2(1/1) = 0, info(the cat sat) = 0.
-    # The hypothesis is lowercased and 13a-tokenized to "the cat sat ." (4 tokens, none longer, so orders 1-4):
-    # 1-grams log2(3 * 6 * 3) / 4, 2-grams (1 + 0) / 3, 3-grams 0 / 2, 4-grams 0 / 1; not shorter: no penalty
+    # The hypothesis is lowercased and 13a-tokenized to "the cat sat ." (4 tokens):
+    # 1-grams log2(3 * 6 * 3) / 4, 2-grams (1 + 0) / 3, 3-grams 0 / 2, 4-grams 0 / 1, 5-grams 0;
+    # not shorter than the average reference (6 words / 2 reference sets = 3): no penalty
     nist = generation_metrics(["The cat sat."], [["the cat sat", "the dog sat"]], ["nist"])["nist"]
     assert nist == pytest.approx(math.log2(54) / 4 + 1 / 3)
     assert generation_metrics(["", ""], [["a b"], ["c"]], ["nist"]) == {"nist": 0.0}  # no division by zero
+
+
+def test_nist_clips_at_the_highest_count_in_any_reference():
+    # references "a b", "a a": a 3, b 1 (4 words); a a 1, a b 1 -> info(a) = log2(4/3), info(b) = 2,
+    # info(a a) = info(a b) = log2(3/1). Hypothesis "a a b": both a's match ("a a" has two; nltk, scoring
+    # against one reference at a time, would not count them both with b), b matches;
+    # 1-grams (2 log2(4/3) + 2) / 3, 2-grams 2 log2 3 / 2, 3-gram "a a b" 0 / 1; average reference length 2 < 3
+    nist = generation_metrics(["a a b"], [["a b", "a a"]], ["nist"])["nist"]
+    assert nist == pytest.approx((2 * math.log2(4 / 3) + 2) / 3 + math.log2(3))
+
+
+def test_nist_penalty_against_the_average_reference_length():
+    # 2 reference sets (e2e-metrics pads the second MR's missing reference with an empty one): 4 + 6 + 2 = 12
+    # reference words / 2 = 6 on average; the hypotheses have 5 words -> penalty exp(-beta ln(5/6)^2) with
+    # mteval's beta = -ln 0.5 / ln(1.5)^2. Unigram counts a b c d 2, e f x y 1: info log2 6 for a-d, log2 12
+    # for x; every longer reference n-gram is as frequent as its prefix (info 0).
+    nist = generation_metrics(["a b c d", "x"], [["a b c d", "a b c d e f"], ["x y"]], ["nist"])["nist"]
+    beta = -math.log(0.5) / math.log(1.5) ** 2
+    assert nist == pytest.approx((4 * math.log2(6) + math.log2(12)) / 5 * math.exp(-beta * math.log(5 / 6) ** 2))
+
+
+def test_e2e_rouge_l_is_coco_captions():
+    """coco-caption ROUGE-L (pycocoevalcap's Rouge on PTB tokens): the highest precision and the highest recall
+    over references, possibly from different ones, F with beta 1.2 (derived by hand)."""
+    # 1st: "a b" gives P 2/4, R 1; "a b c d e f g h" gives P 1, R 4/8 -> max P 1, max R 1 -> 1
+    #      (rouge-score's best-reference F would be 2/3)
+    # 2nd: P 1/2, R 1 -> (1 + 1.44) * 0.5 / (1 + 1.44 * 0.5) = 1.22 / 1.72
+    rouge = generation_metrics(["a b c d", "a b c d"], [["a b", "a b c d e f g h"], ["a b"]], ["rouge_l"])
+    assert rouge["rouge_l"] == pytest.approx(100 * (1 + 1.22 / 1.72) / 2)
+
+
+# ---------------------------------------------------------------- WebNLG 2017 and DART: multi-bleu.perl
+def test_multi_bleu_by_hand():
+    from bench.scorers import multi_bleu
+
+    # closest reference length 7 for 5 words, all n-grams match: exp(1 - 7/5)
+    assert multi_bleu(["a b c d e"], [["a b c d e f g"]], lowercase=True, slots=3) == pytest.approx(100 * math.exp(-0.4))
+    # a missing reference is an empty line of its file: length 0, closer to 4 words than 10 -> no penalty
+    assert multi_bleu(["a b c d"], [["a b c d e f g h i j"]], lowercase=True, slots=3) == pytest.approx(100.0)
+    assert multi_bleu(["a b c d"], [["a b c d e f g h i j"]], lowercase=True, slots=1) == pytest.approx(
+        100 * math.exp(1 - 10 / 4))
+    # no smoothing: no matching 4-gram -> 0; -lc lowercases, without it case counts
+    assert multi_bleu(["a b c x"], [["a b c d"]], lowercase=True, slots=1) == 0.0
+    assert multi_bleu(["A B C D"], [["a b c d"]], lowercase=True, slots=1) == pytest.approx(100.0)
+    assert multi_bleu(["A B C D"], [["a b c d"]], lowercase=False, slots=1) == 0.0
+
+
+def test_webnlg_scorer_normalises_and_keeps_three_references():
+    pytest.importorskip("unidecode")
+    ref = "Adolfo Suárez Madrid–Barajas Airport's runway is 3,500 m long."
+    # unidecoded, lowercased, every non-word character a token: case, accents and spacing do not count
+    same = generation_metrics(["ADOLFO SUAREZ Madrid - Barajas airport ' s runway is 3 , 500 m long ."], [[ref]],
+                              ["bleu"], "webnlg-2017")
+    assert same["bleu"] == pytest.approx(100.0)
+    hyp = "the cat sat on the mat"
+    assert generation_metrics([hyp], [["x y", "x z", "z z", hyp]], ["bleu"], "webnlg-2017")["bleu"] == 0.0
+    assert generation_metrics([hyp], [["x y", "x z", hyp, "z z"]], ["bleu"], "webnlg-2017")["bleu"] == pytest.approx(100.0)
+
+
+def test_dart_scorer_is_case_sensitive_on_raw_text():
+    hyp = "The cat sat on the mat."
+    assert generation_metrics([hyp], [[hyp]], ["bleu"], "dart")["bleu"] == pytest.approx(100.0)
+    # "The" vs "the", "mat." vs "mat": 1-grams 4/6, 2-grams 3/5, 3-grams 2/4, 4-grams 1/3
+    lower = generation_metrics([hyp], [["the cat sat on the mat"]], ["bleu"], "dart")["bleu"]
+    assert lower == pytest.approx(100 * (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+
+
+def test_scorer_must_define_the_metrics():
+    from bench.errors import BenchError
+    from bench.scorers import check_scorer
+
+    with pytest.raises(BenchError, match="scorer webnlg-2017 does not define nist"):
+        generation_metrics(["a"], [["a"]], ["bleu", "nist"], "webnlg-2017")
+    with pytest.raises(BenchError, match="unknown scorer 'sacrebleu'"):
+        check_scorer("sacrebleu", ["bleu"], "task x")
+
+
+def test_every_generation_eval_set_has_its_papers_scorer():
+    from bench.tasks import eval_scorer, get_task
+
+    assert {s: eval_scorer(get_task("webnlg"), s) for s in get_task("webnlg").eval_sets + ["dev"]} == {
+        "webnlg": "webnlg-2017", "test_seen": "webnlg-2017", "test_unseen": "webnlg-2017", "dart": "dart",
+        "dev": "webnlg-2017"}
+    assert eval_scorer(get_task("e2e"), "e2e") == "e2e-metrics"
+    assert eval_scorer(get_task("xsum"), "xsum") == "rouge-score"
+    assert eval_scorer(get_task("sst2"), "sst2") is None
 
 
 def test_metrics_not_asked_for_are_not_computed(monkeypatch):
@@ -189,8 +284,9 @@ def test_metrics_not_asked_for_are_not_computed(monkeypatch):
     monkeypatch.setattr(meteor, "Meteor", no)
     assert set(generation_metrics(SAME, REFS, ["cider"])) == {"cider"}  # tokenizer only, no METEOR
     monkeypatch.setattr(subprocess, "Popen", no)
-    no_java = ["bleu", "nist", "rouge_l"]
+    no_java = ["bleu", "nist"]
     assert set(generation_metrics(SAME, REFS, no_java)) == set(no_java)
+    assert set(generation_metrics(SAME, REFS, ["rouge_l"], "rouge-score")) == {"rouge_l"}
 
 
 def test_meteor_process_ended_when_scoring_fails(monkeypatch):
@@ -199,7 +295,7 @@ def test_meteor_process_ended_when_scoring_fails(monkeypatch):
 
     import pycocoevalcap.meteor.meteor as meteor
 
-    from bench import evaluation
+    from bench import scorers
 
     popen, made = subprocess.Popen, []
 
@@ -212,5 +308,5 @@ def test_meteor_process_ended_when_scoring_fails(monkeypatch):
 
     monkeypatch.setattr(meteor, "Meteor", Echo)
     with pytest.raises(ValueError):
-        evaluation._meteor({0: ["a b"]}, {0: ["a b"]})
+        scorers._meteor({0: ["a b"]}, {0: ["a b"]})
     assert made[0].meteor_p.returncode is not None and not made[0].lock.locked()
