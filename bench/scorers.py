@@ -8,11 +8,14 @@ e2e-metrics  E2E NLG challenge's `measure_scores.py` (tuetschek/e2e-metrics), wh
              Prefix-Tuning Table 2 report (Li & Liang's gpt2/run_generation.py calls it). Multi-reference,
              corpus level.
     bleu     mteval-v13a BLEU: sacrebleu corpus BLEU on 13a tokens (sacrebleu's port of mteval's tokenizer),
-             lowercased as mteval scores by default; closest reference length
-    nist     mteval-v13a NIST-5, own code (`mteval_nist`): information weights from the n-gram counts of all
-             references of the scored set, each hypothesis n-gram clipped at its highest count in any one
-             reference, brevity penalty against the average reference length (total reference words over the
-             number of reference sets; e2e-metrics pads MRs with fewer references with empty ones)
+             lowercased as mteval scores by default, closest reference length (e2e-metrics' mteval skips the
+             empty references it pads with), mteval's smoothing of empty n-gram orders (sacrebleu's "exp")
+    nist     NIST-5 of the mteval-v13a-sig.pl e2e-metrics ships, own code (`mteval_nist`): information weights
+             from the n-gram counts of all references of the scored set, each hypothesis n-gram clipped at its
+             highest count in any one reference; brevity penalty (mteval's: 0.5 at 2/3 of the length) against
+             the corpus's reference words divided by the mean number of non-empty references per segment
+             (e2e-metrics' change to mteval, which pads MRs with fewer references with empty ones), i.e. the
+             mean reference length times the number of segments
     meteor   METEOR 1.5, the jar pycocoevalcap ships (`-l en -norm`, paraphrase table), as coco-caption runs it
     rouge_l  coco-caption ROUGE-L (pycocoevalcap's Rouge): LCS with every reference, the highest precision and
              the highest recall over references, F with beta 1.2, averaged over examples
@@ -27,11 +30,16 @@ webnlg-2017  WebNLG 2017 challenge evaluation (webnlg-automatic-evaluation, as b
              lines in the missing files, and an empty line is a reference of length 0 for the closest length
     meteor   METEOR 1.5 `-l en -norm -r 3` on the same normalised text (the jar of pycocoevalcap)
              (the challenge's TER, tercom 0.7.25, is not implemented)
-dart         Yale-LILY/dart evaluation/run_eval_on_dart.sh, with which Li & Liang score DART.
-    bleu     multi-bleu.perl (case-sensitive, no -lc) of the raw hypothesis against the first 3 references as
-             the DART release writes them (dart_reference/*.lex); no normalisation
-    meteor   METEOR 1.5 `-l en -norm -r 8`, the first 8 references (assumed raw: run_eval_on_dart.sh prepares its
-             METEOR references with a prepare_files.py that was not available to check)
+dart         Yale-LILY/dart evaluation/run_eval_on_dart.sh (DART's own scorer; Li & Liang's code has no DART
+             scoring call). Its reference files (dart_reference/all-delex-reference0-2.lex) hold the first 3
+             non-empty references of each test entry split at every non-word character and lowercased (no
+             unidecode): checked line by line against dart-v1.1.1-full-test.json, all 15,291 lines equal. The
+             script scores the output file as given; Li & Liang's released DART outputs are cased and untokenised,
+             which against these references would score far below their 46.4 BLEU, so hypotheses are normalised
+             here exactly like the references before scoring.
+    bleu     multi-bleu.perl without -lc against the 3 reference files (empty lines where fewer)
+    meteor   METEOR 1.5 `-l en -norm -r 8` against the same 3 references (prepare_files.py pads them to 8 with
+             empty lines, which never score)
 rouge-score  XSum as Li & Liang score it (seq2seq/finetune.py: `calculate_rouge` of the HuggingFace seq2seq
              examples): Google's rouge-score, stemmed, F-measure of rouge1 / rouge2 / rougeL against the one
              reference. They aggregate with rouge-score's BootstrapAggregator (the median of 1,000 resampled
@@ -53,7 +61,7 @@ METRICS = {"e2e-metrics": ("bleu", "nist", "meteor", "rouge_l", "cider"), "webnl
            "dart": ("bleu", "meteor"), "rouge-score": ("rouge_1", "rouge_2", "rouge_l")}
 ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
 WEBNLG_REFERENCES = 3  # bleu_eval_3ref.sh / meteor_eval.sh -r 3
-DART_BLEU_REFERENCES, DART_METEOR_REFERENCES = 3, 8  # run_eval_on_dart.sh
+DART_REFERENCES = 3  # run_eval_on_dart.sh's reference files
 
 
 def check_scorer(scorer: str, names, where: str) -> None:
@@ -76,8 +84,8 @@ def generation_metrics(hypotheses: list[str], references: list[list[str]], names
         refs = [[_webnlg_reference(r) for r in rs[:WEBNLG_REFERENCES]] for rs in references]
         return _bleu_meteor(hyps, refs, refs, names, lowercase=True)
     if scorer == "dart":
-        return _bleu_meteor(hypotheses, [rs[:DART_BLEU_REFERENCES] for rs in references],
-                            [rs[:DART_METEOR_REFERENCES] for rs in references], names, lowercase=False)
+        refs = [[_dart_text(r) for r in rs[:DART_REFERENCES]] for rs in references]
+        return _bleu_meteor([_dart_text(h) for h in hypotheses], refs, refs, names, lowercase=False)
     if scorer == "rouge-score":
         return _rouge_score(hypotheses, references, names)
     metrics = {}
@@ -101,14 +109,14 @@ def generation_metrics(hypotheses: list[str], references: list[list[str]], names
 
 
 # --------------------------------------------------------------------------- BLEU
-def _sacrebleu(hypotheses, references, lowercase: bool, tokenize: str, smooth: str, pad: str | None = None) -> float:
-    """Corpus BLEU; references padded to the largest count with `pad` (None: sacrebleu skips the slot)."""
+def _sacrebleu(hypotheses, references, lowercase: bool, tokenize: str, smooth: str) -> float:
+    """Corpus BLEU over any number of references per example (a missing one is no reference at all)."""
     import sacrebleu
 
     streams = max(map(len, references), default=0)
-    ref_streams = [[refs[k] if k < len(refs) else pad for refs in references] for k in range(streams)]
+    ref_streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(streams)]
     return sacrebleu.corpus_bleu(hypotheses, ref_streams, lowercase=lowercase, tokenize=tokenize,
-                                 smooth_method=smooth).score
+                                 smooth_method=smooth, force=True).score  # force: pre-tokenized text is expected
 
 
 def multi_bleu(hypotheses: list[str], references: list[list[str]], lowercase: bool, slots: int) -> float:
@@ -125,7 +133,8 @@ NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2  # mteval: penalty 0.5 at 2/3 of
 
 
 def mteval_nist(hypotheses: list[str], references: list[list[str]], order: int = NIST_ORDER) -> float:
-    """NIST-`order` as mteval-v13a computes it (its default order 5), on lowercased 13a tokens."""
+    """NIST-`order` as e2e-metrics' mteval-v13a-sig.pl computes it (order 5 is what it prints), on lowercased
+    13a tokens."""
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
     tokenize = Tokenizer13a()
@@ -150,10 +159,10 @@ def mteval_nist(hypotheses: list[str], references: list[list[str]], order: int =
                 most |= Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))  # |: the max per n-gram
             gained[n] += sum(info(g) * min(c, most[g]) for g, c in hyp_counts.items() if g in most)
     score = sum(gained[n] / max(hyp_ngrams[n], 1) for n in range(1, order + 1))
-    reference_sets = max(map(len, refs), default=0)
-    if not reference_sets or not ref_words:
+    references_per_segment = sum(1 for rs in refs for r in rs if r) / max(len(refs), 1)
+    if not references_per_segment or not ref_words:
         return 0.0
-    ratio = sum(map(len, hyps)) / (ref_words / reference_sets)
+    ratio = sum(map(len, hyps)) / (ref_words / references_per_segment)
     if ratio <= 0:
         return 0.0
     return score * (math.exp(-NIST_BETA * math.log(ratio) ** 2) if ratio < 1 else 1.0)
@@ -184,10 +193,15 @@ def _webnlg_reference(text: str) -> str:
     return _unidecode(_split_nonword(text).lower())
 
 
+def _dart_text(text: str) -> str:
+    """As DART's reference files: split at every non-word character, lowercased."""
+    return _split_nonword(text.strip()).lower()
+
+
 def _bleu_meteor(hyps, bleu_refs, meteor_refs, names, lowercase: bool) -> dict[str, float]:
     metrics = {}
     if "bleu" in names:
-        slots = WEBNLG_REFERENCES if lowercase else DART_BLEU_REFERENCES
+        slots = WEBNLG_REFERENCES if lowercase else DART_REFERENCES
         metrics["bleu"] = multi_bleu(hyps, bleu_refs, lowercase=lowercase, slots=slots)
     if "meteor" in names:
         if not all(meteor_refs):
