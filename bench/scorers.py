@@ -3,6 +3,7 @@
 A generation dataset names its scorer in config/tasks.yaml (`scorer:`); `generation_metrics` computes the
 metrics a task asks for under that scorer. Scales are those the papers' tables print (BLEU 68.2, NIST 8.62,
 METEOR 46.2, ROUGE-L 71.0, CIDEr 2.47); the scorers themselves print BLEU/METEOR/ROUGE-L as fractions.
+e2e-metrics, webnlg-2017 and dart agree with the official scorers' printed output (tests/fixtures/scorers).
 
 e2e-metrics  E2E NLG challenge's `measure_scores.py` (tuetschek/e2e-metrics), which LoRA Table 3 and
              Prefix-Tuning Table 2 report (Li & Liang's gpt2/run_generation.py calls it). Multi-reference,
@@ -30,21 +31,29 @@ webnlg-2017  WebNLG 2017 challenge evaluation (webnlg-automatic-evaluation, as b
              lines in the missing files, and an empty line is a reference of length 0 for the closest length
     meteor   METEOR 1.5 `-l en -norm -r 3` on the same normalised text (the jar of pycocoevalcap)
              (the challenge's TER, tercom 0.7.25, is not implemented)
+             LoRA's own WebNLG and DART rows (Tables 13-14) come from another scorer (microsoft/LoRA
+             examples/NLG/README.md): WebNLG/GenerationEval's eval.py, i.e. Moses multi-bleu-detok.perl with up
+             to 6 references, on text LoRA's gpt2_decode.py lowercased and tokenised (so do its GPT-2 L AdapterL
+             rows); its other rows equal Li & Liang's arXiv v1 Table 1 (these scripts, 3 references). Here every
+             method is scored by these scripts.
 dart         Yale-LILY/dart evaluation/run_eval_on_dart.sh (DART's own scorer; Li & Liang's code has no DART
              scoring call). Its reference files (dart_reference/all-delex-reference0-2.lex) hold the first 3
              non-empty references of each test entry split at every non-word character and lowercased (no
              unidecode): checked line by line against dart-v1.1.1-full-test.json, all 15,291 lines equal. The
-             script scores the output file as given; Li & Liang's released DART outputs are cased and untokenised,
-             which against these references would score far below their 46.4 BLEU, so hypotheses are normalised
-             here exactly like the references before scoring.
+             script scores the output file as given, but Li & Liang's released DART output (their
+             data/dart/*_test_beam) is cased and untokenised, and scored as given against these lowercased,
+             split references every capitalised word and every attached punctuation mark would miss; their
+             hypotheses must have been normalised like the references, so they are here (an assumption).
     bleu     multi-bleu.perl without -lc against the 3 reference files (empty lines where fewer)
     meteor   METEOR 1.5 `-l en -norm -r 8` against the same 3 references (prepare_files.py pads them to 8 with
              empty lines, which never score)
-rouge-score  XSum as Li & Liang score it (seq2seq/finetune.py: `calculate_rouge` of the HuggingFace seq2seq
-             examples): Google's rouge-score, stemmed, F-measure of rouge1 / rouge2 / rougeL against the one
-             reference. They aggregate with rouge-score's BootstrapAggregator (the median of 1,000 resampled
-             means, per test batch, then averaged over batches); here the plain mean over examples, which the
-             bootstrap median estimates (it differs by resampling noise, a few hundredths of a point).
+rouge-score  XSum as Li & Liang score it: their seq2seq/finetune.py calls seq2seq/utils.py `calculate_rouge` (the
+             HuggingFace seq2seq examples' of late 2020): Google's rouge-score, stemmed, F-measure of rouge1 /
+             rouge2 / rougeL (not rougeLsum) against the one reference. They aggregate with rouge-score's
+             BootstrapAggregator (the median of 1,000 resampled means, unseeded, per test batch, rounded to 4
+             decimals, then averaged over batches); here the plain mean over examples, which that median
+             estimates (it differs by its resampling noise and by the batch weighting; not checked here: no
+             official ROUGE output was at hand to compare).
              With several references, the best reference's F-measure.
 """
 from __future__ import annotations
