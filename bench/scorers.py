@@ -91,10 +91,10 @@ def generation_metrics(hypotheses: list[str], references: list[list[str]], names
     if scorer == "webnlg-2017":
         hyps = [_webnlg_hypothesis(h) for h in hypotheses]
         refs = [[_webnlg_reference(r) for r in rs[:WEBNLG_REFERENCES]] for rs in references]
-        return _bleu_meteor(hyps, refs, refs, names, lowercase=True)
+        return _bleu_meteor(hyps, refs, names, lowercase=True, slots=WEBNLG_REFERENCES)
     if scorer == "dart":
         refs = [[_dart_text(r) for r in rs[:DART_REFERENCES]] for rs in references]
-        return _bleu_meteor([_dart_text(h) for h in hypotheses], refs, refs, names, lowercase=False)
+        return _bleu_meteor([_dart_text(h) for h in hypotheses], refs, names, lowercase=False, slots=DART_REFERENCES)
     if scorer == "rouge-score":
         return _rouge_score(hypotheses, references, names)
     metrics = {}
@@ -207,15 +207,15 @@ def _dart_text(text: str) -> str:
     return _split_nonword(text.strip()).lower()
 
 
-def _bleu_meteor(hyps, bleu_refs, meteor_refs, names, lowercase: bool) -> dict[str, float]:
+def _bleu_meteor(hyps, refs, names, lowercase: bool, slots: int) -> dict[str, float]:
+    """multi-bleu.perl and METEOR on text already normalised as the scorer does."""
     metrics = {}
     if "bleu" in names:
-        slots = WEBNLG_REFERENCES if lowercase else DART_REFERENCES
-        metrics["bleu"] = multi_bleu(hyps, bleu_refs, lowercase=lowercase, slots=slots)
+        metrics["bleu"] = multi_bleu(hyps, refs, lowercase=lowercase, slots=slots)
     if "meteor" in names:
-        if not all(meteor_refs):
+        if not all(refs):
             raise ValueError("METEOR needs at least one reference per example")
-        metrics["meteor"] = 100.0 * _meteor({i: list(rs) for i, rs in enumerate(meteor_refs)},
+        metrics["meteor"] = 100.0 * _meteor({i: list(rs) for i, rs in enumerate(refs)},
                                             {i: [h] for i, h in enumerate(hyps)})
     return metrics
 
@@ -235,19 +235,15 @@ def _rouge_score(hypotheses, references, names) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- Java: METEOR, PTBTokenizer
-JAVA_METRICS = ("meteor", "rouge_l", "cider")  # the METEOR 1.5 jar; coco-caption's PTBTokenizer (e2e-metrics)
 JAVA_FIX = "install a JRE, e.g. apt-get install openjdk-17-jre-headless"
 
 
-def java_metrics(names, scorers) -> list[str]:
-    """Metrics in `names` that need Java under any of `scorers`."""
-    return [name for name in names if name == "meteor" or (name in JAVA_METRICS and "e2e-metrics" in scorers)]
-
-
 def check_metric_tools(names, scorers=("e2e-metrics",)) -> None:
-    """One line (BenchError), before any model loads, when a metric in `names` needs Java and there is none,
+    """One line (BenchError), before any model loads, when a metric in `names` needs Java under one of
+    `scorers` (METEOR's jar always; e2e-metrics' PTBTokenizer for ROUGE-L and CIDEr too) and there is none,
     or the WebNLG scorer's unidecode is missing."""
-    needing = java_metrics(names, scorers)
+    needing = [name for name in names
+               if name == "meteor" or (name in ("rouge_l", "cider") and "e2e-metrics" in scorers)]
     if needing and not shutil.which("java"):
         raise BenchError(f"metric(s) {', '.join(needing)} need Java (`java` on PATH), which is not installed: "
                          + JAVA_FIX)
