@@ -178,9 +178,10 @@ class FormattedTask:
         return self._method.format_prompt(self._task.prompt(ex), self._hp, self._ctx)
 
 
-def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None) -> dict:
-    """Metrics of one eval set; `task` (default plan.task) is the task as the method formats it."""
-    from bench import evaluation
+def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None, scorer: str | None = None) -> dict:
+    """Metrics of one eval set; `task` (default plan.task) is the task as the method formats it; `scorer` the
+    eval set's official scorer (generation; bench/scorers.py)."""
+    from bench import evaluation, scorers
 
     task, hp = task or plan.task, plan.hp
     custom = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
@@ -198,7 +199,8 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None) -> di
     hypotheses = evaluation.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
                                      hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer,
                                      plan.method.extra_positions(hp))
-    metrics = evaluation.generation_metrics(hypotheses, [list(ex.references) for ex in examples], task.metrics)
+    metrics = scorers.generation_metrics(hypotheses, [list(ex.references) for ex in examples], task.metrics,
+                                         scorer or "e2e-metrics")
     metrics["samples"] = [{"input": task.prompt(ex), "output": h} for ex, h in zip(examples[:3], hypotheses)]
     return metrics
 
@@ -206,9 +208,11 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None) -> di
 def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> dict:
     """Run one cell and write out_dir/record.json; returns the record."""
     plan = plan_cell(config)
-    from bench.evaluation import check_metric_tools
+    from bench.scorers import check_metric_tools
+    from bench.tasks import eval_scorer
 
-    check_metric_tools(plan.task.metrics)  # e.g. METEOR without Java: one line now, not a traceback after training
+    # e.g. METEOR without Java: one line now, not a traceback after training
+    check_metric_tools(plan.task.metrics, {eval_scorer(plan.task, name) for name in plan.eval_sets})
     import torch
 
     from bench.batches import training_batches
@@ -264,7 +268,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         method.save_delta(model, delta_dir)
         delta_bytes = sum(f.stat().st_size for f in delta_dir.rglob("*") if f.is_file())
         for name, examples in eval_sets.items():
-            record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer, prompted)
+            record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer, prompted,
+                                                   eval_scorer(plan.task, name))
             record["metrics"][name]["n"] = len(examples)
         if trains and (analysis := method.analyse(model, hp, ctx)):
             record["analysis"] = analysis

@@ -1,4 +1,5 @@
-"""Evaluation: rank scoring of label words, batched greedy/beam generation, and the metrics.
+"""Evaluation: rank scoring of label words, batched greedy/beam generation, classification metrics
+(the generation metrics are in bench/scorers.py).
 
 Classification with a causal LM asks the LM itself: each label word's log-probability after the
 prompt, highest wins (Lester / PET style, no task head). All labels of all examples in a batch go
@@ -14,10 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.batches import continuation_ids, encoder_inputs, pad, prompt_ids
-from bench.errors import BenchError
 
-
-ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
 
 
 @dataclass
@@ -148,133 +146,3 @@ def classification_metrics(predictions: list[int], labels: list[int], names) -> 
             f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
         metrics["f1"] = 100.0 * sum(f1s) / len(f1s)  # binary: F1 of class 1; else macro-F1
     return metrics
-
-
-def generation_metrics(hypotheses: list[str], references: list[list[str]], names) -> dict[str, float]:
-    """The generation metrics named in `names` (nothing else is computed; each package is imported only
-    when asked for). All are multi-reference (any number of references per example) and corpus level.
-
-    bleu     sacrebleu corpus BLEU, 13a tokens, case-sensitive (×100)
-    rouge_*  rouge-score F-measure (stemmed) against the best reference, averaged (×100)
-    nist     NIST-5 of nltk on mteval-v13a tokens (sacrebleu's port of its tokenizer), lowercased as mteval
-             does by default (raw)
-    meteor   METEOR 1.5, the jar pycocoevalcap ships (`-l en -norm`, paraphrase table included), corpus
-             level (×100)
-    cider    coco-caption's CIDEr (CIDEr-D: clipped, length penalty, its own ×10) from pycocoevalcap (raw);
-             its IDF comes from the references scored here, so it depends on which examples are scored
-
-    Scales as the E2E tables print them (LoRA Table 3, Prefix-Tuning Table 2): BLEU 68.2, NIST 8.62,
-    METEOR 46.2, ROUGE-L 71.0, CIDEr 2.47. METEOR and CIDEr see the text as e2e-metrics feeds them
-    (coco-caption's COCOEvalCap): Stanford PTBTokenizer (the CoreNLP 3.4.1 jar pycocoevalcap ships),
-    lowercased, punctuation removed. Both need Java; METEOR's JVM (about 11-13 s of CPU, mostly loading the
-    paraphrase table) is ended before this returns.
-
-    Known difference from e2e-metrics: its NIST (mteval-v13a) clips n-gram matches at their highest count
-    in any reference and takes the average reference length for the length penalty; nltk scores each n-gram
-    order against the one best reference and takes that reference's length. On 40 E2E test MRs (7.3
-    references each) nltk reads 0.8-1.0 lower (7.04 vs 7.88 for a held-out human reference, 1.82 vs 2.80
-    for a template system).
-    """
-    metrics = {}
-    if "bleu" in names:
-        import sacrebleu
-
-        streams = max(len(r) for r in references)
-        ref_streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(streams)]
-        # lowercased, as the E2E challenge's official script (e2e-metrics) scores it
-        metrics["bleu"] = sacrebleu.corpus_bleu(hypotheses, ref_streams, lowercase=True).score
-    rouge = {name: ROUGE_TYPES[name] for name in names if name in ROUGE_TYPES}
-    if rouge:
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer(list(rouge.values()), use_stemmer=True)
-        totals = dict.fromkeys(rouge, 0.0)
-        for hyp, refs in zip(hypotheses, references):
-            scores = [scorer.score(ref, hyp) for ref in refs]
-            for name, rouge_type in rouge.items():
-                totals[name] += max(s[rouge_type].fmeasure for s in scores)
-        metrics.update({name: 100.0 * total / len(hypotheses) for name, total in totals.items()})
-    if "nist" in names:
-        metrics["nist"] = _nist(hypotheses, references)
-    if "meteor" in names or "cider" in names:
-        gts, res = _coco_tokenize(hypotheses, references)
-        if "meteor" in names:
-            metrics["meteor"] = 100.0 * _meteor(gts, res)
-        if "cider" in names:
-            from pycocoevalcap.cider.cider import Cider
-
-            metrics["cider"] = float(Cider().compute_score(gts, res)[0])
-    return metrics
-
-
-def _nist(hypotheses: list[str], references: list[list[str]], order: int = 5) -> float:
-    """NIST-`order` (mteval-v13a's default 5). nltk divides by zero for an n-gram order no hypothesis
-    reaches; such an order adds 0 in mteval, so the order is capped at the longest hypothesis."""
-    from nltk.translate.nist_score import corpus_nist
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-
-    tokenize = Tokenizer13a()
-    hyps = [tokenize(h.lower()).split() for h in hypotheses]
-    refs = [[tokenize(r.lower()).split() for r in rs] for rs in references]
-    order = min(order, max(map(len, hyps), default=0))
-    return float(corpus_nist(refs, hyps, n=order)) if order else 0.0
-
-
-JAVA_METRICS = ("meteor", "cider")  # the METEOR 1.5 jar; coco-caption's PTBTokenizer (CIDEr, METEOR)
-JAVA_FIX = "install a JRE, e.g. apt-get install openjdk-17-jre-headless"
-
-
-def check_metric_tools(names) -> None:
-    """One line (BenchError), before any model loads, when a metric in `names` needs Java and there is none."""
-    import shutil
-
-    needing = [name for name in names if name in JAVA_METRICS]
-    if needing and not shutil.which("java"):
-        raise BenchError(f"metric(s) {', '.join(needing)} need Java (`java` on PATH), which is not installed: "
-                         + JAVA_FIX)
-
-
-def _java_missing(what: str) -> RuntimeError:
-    return RuntimeError(f"{what} needs Java (`java` on PATH): {JAVA_FIX}")
-
-
-def _coco_tokenize(hypotheses, references) -> tuple[dict, dict]:
-    """coco-caption's PTBTokenizer over hypotheses and references in one JVM run: {i: [refs]}, {i: [hyp]}."""
-    import shutil
-
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    if not shutil.which("java"):
-        raise _java_missing("METEOR/CIDEr tokenization (Stanford PTBTokenizer)")
-    if not all(references):
-        raise ValueError("METEOR and CIDEr need at least one reference per example")
-    def caption(text):  # one line each: the tokenizer is line based
-        return {"caption": " ".join(text.split())}
-
-    captions = {("hyp", i): [caption(h)] for i, h in enumerate(hypotheses)}
-    captions |= {("ref", i): [caption(r) for r in refs] for i, refs in enumerate(references)}
-    tokens = PTBTokenizer().tokenize(captions)
-    if any(len(tokens.get(key, ())) != len(value) for key, value in captions.items()):
-        raise RuntimeError("PTBTokenizer returned a different number of lines than it was given")
-    return ({i: tokens[("ref", i)] for i in range(len(references))},
-            {i: tokens[("hyp", i)] for i in range(len(hypotheses))})
-
-
-def _meteor(gts: dict, res: dict) -> float:
-    """Corpus METEOR (0-1) of pycocoevalcap's wrapper, whose java process is always ended here: the package
-    ends it only when the object is garbage collected, and keeps its lock if a score fails."""
-    import shutil
-
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    if not shutil.which("java"):
-        raise _java_missing("METEOR")
-    scorer = Meteor()
-    try:
-        return float(scorer.compute_score(gts, res)[0])
-    finally:
-        if scorer.lock.locked():
-            scorer.lock.release()
-        scorer.meteor_p.stdin.close()
-        scorer.meteor_p.kill()
-        scorer.meteor_p.wait()

@@ -31,7 +31,7 @@ _ROOT_FIX = "set PEFT_REPRO_DATA or pass --data-root to the folder holding share
 TASKS_ENV = "PEFT_REPRO_TASKS"  # a user's tasks file, merged over config/tasks.yaml (`--tasks` sets it)
 USER_KEYS = ("data_roots", "datasets", "tasks")
 DATASET_KEYS = {"files", "loader", "fields", "label", "labels", "references", "group", "explode", "clean", "squash",
-                "holdout"}
+                "holdout", "scorer"}
 TASK_KEYS = {"kind", "template", "verbalizer", "text_fields", "metrics", "train", "eval", "shifts", "max_new_tokens"}
 REQUIRED = {"datasets": ("files", "loader", "fields"), "tasks": ("kind", "template", "text_fields", "metrics", "eval")}
 
@@ -254,6 +254,11 @@ def _merged(user_file: str | None) -> dict:
         if clash:
             raise BenchError(f"task {name}: shift name '{clash.pop()}' is taken (the in-domain and dev eval sets): "
                              f"rename the shift in {declared}")
+        if t["kind"] == "generation":
+            from bench.scorers import check_scorer
+
+            for ds in [t["eval"], *(t.get("shifts") or {}).values()]:
+                check_scorer(cfg["datasets"][ds].get("scorer"), t["metrics"], f"task {name}, dataset {ds}")
     return cfg
 
 
@@ -450,6 +455,15 @@ def eval_dataset(task: Task, eval_set: str) -> str:
         return task.shifts[eval_set]
     raise BenchError(f"unknown eval set '{eval_set}' for task {task.name}: "
                      f"choose one of {', '.join(task.eval_sets)}")
+
+
+def eval_scorer(task: Task, eval_set: str) -> str | None:
+    """The official scorer of a generation eval set (its dataset's `scorer`; `dev`, held out of the training
+    split, is scored as the in-domain set); None for classification."""
+    if task.kind != "generation":
+        return None
+    dataset = task.eval_split if eval_set == "dev" else eval_dataset(task, eval_set)
+    return _dataset_spec(dataset)["scorer"]
 
 
 def eval_examples(task: Task, eval_set: str, limit: int | None, root=None) -> list[Example]:

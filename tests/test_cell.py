@@ -121,7 +121,7 @@ def test_generation_metrics_without_java_are_one_line_before_training(models_cac
             "--out", str(tmp_path / "cell")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: metric(s) meteor, cider need Java (`java` on PATH), which is not installed: install a "
+    assert err == ("error: metric(s) meteor, rouge_l, cider need Java (`java` on PATH), which is not installed: install a "
                    "JRE, e.g. apt-get install openjdk-17-jre-headless")
     assert not (tmp_path / "cell").exists()
 

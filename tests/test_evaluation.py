@@ -1,4 +1,5 @@
-"""Batching, rank scoring, decoding and metrics on a tiny random model, against brute force or by hand."""
+"""Batching, rank scoring, decoding and classification metrics on a tiny random model, against brute force or
+by hand (generation metrics: tests/test_scorers.py)."""
 import collections
 import dataclasses
 import math
@@ -9,8 +10,7 @@ import torch
 import itertools
 
 from bench.batches import LENGTH_WINDOW, causal_lm_batch, continuation_ids, prompt_ids, training_batches
-from bench.evaluation import (classification_metrics, clean_generation, generate, generation_metrics,
-                              rank_scores)
+from bench.evaluation import classification_metrics, clean_generation, generate, rank_scores
 from bench.tasks import Example
 
 
@@ -107,110 +107,3 @@ def test_classification_metrics_by_hand():
     three = classification_metrics([0, 1, 2, 2], [0, 1, 1, 2], ["accuracy", "f1"])
     # per-class F1: 1, 2/3, 2/3 -> macro 7/9
     assert three["f1"] == pytest.approx(100 * 7 / 9)
-
-
-def test_generation_metrics_by_hand():
-    refs = [["x y z w", "a c d e"]]
-    rouge = generation_metrics(["a b c d"], refs, ["rouge_l"])["rouge_l"]
-    assert rouge == pytest.approx(75.0)  # LCS "a c d": P = R = 3/4 against the best reference
-    assert generation_metrics(["the cat sat on the mat today"], [["a dog", "the cat sat on the mat today"]],
-                              ["bleu"])["bleu"] == pytest.approx(100.0)
-    assert generation_metrics(["zzz qqq"], [["the cat sat on the mat"]], ["bleu"])["bleu"] == pytest.approx(0.0)
-    # different reference counts per example are allowed
-    both = generation_metrics(["the cat sat on the mat today", "a big red dog ran home fast"],
-                              [["the cat sat on the mat today"], ["x", "a big red dog ran home fast"]], ["bleu"])
-    assert both["bleu"] == pytest.approx(100.0)
-
-
-# ---------------------------------------------------------------- E2E metric set: NIST, METEOR, CIDEr
-REFS = [["The Eagle is a pub near the river.", "There is a pub called The Eagle by the river."],
-        ["Alimentum serves cheap Chinese food.", "A cheap Chinese place is Alimentum."],
-        ["The Golden Palace is a coffee shop in the city centre.", "Golden Palace is a city centre coffee shop."]]
-# each hypothesis repeats one of its references: the first, the second, the first
-SAME = [REFS[0][0], REFS[1][1], REFS[2][0]]
-WRONG = ["A dog ran home.", "It rains in Cambridge today.", "Nothing to see here."]
-E2E_SET = ["bleu", "nist", "meteor", "rouge_l", "cider"]
-
-
-def _java_children() -> list:
-    import psutil
-
-    return [p for p in psutil.Process().children(recursive=True) if "java" in p.name()]
-
-
-@pytest.fixture(scope="module")
-def e2e_set_scores():
-    """One run of the whole set (METEOR's JVM takes ~10 s of CPU to load its paraphrase table)."""
-    scores = generation_metrics(SAME, REFS, E2E_SET)
-    return scores, _java_children()
-
-
-def test_e2e_set_on_references_themselves(e2e_set_scores):
-    scores, java_left = e2e_set_scores
-    assert set(scores) == set(E2E_SET)
-    assert not java_left  # METEOR's (and the tokenizer's) java processes are ended and reaped
-    # METEOR takes the best reference: 100 up to its fragmentation penalty, also where the match is the 2nd one
-    assert scores["meteor"] > 99
-    assert scores["bleu"] == pytest.approx(100.0) and scores["rouge_l"] == pytest.approx(100.0)
-    assert scores["cider"] > 0 and scores["nist"] > 0
-
-
-def test_cider_and_nist_prefer_the_right_hypotheses(e2e_set_scores):
-    right, _ = e2e_set_scores
-    wrong = generation_metrics(WRONG, REFS, ["nist", "cider"])
-    assert right["cider"] > wrong["cider"] + 1 and right["nist"] > wrong["nist"] + 1
-
-
-def test_every_reference_counts_alike():
-    """Reference order does not matter: a hypothesis equal to its 2nd reference scores as one equal to its 1st."""
-    names = ["bleu", "nist", "rouge_l", "cider"]  # METEOR: the best-reference case is in the test above
-    swapped = [refs[::-1] for refs in REFS]
-    assert generation_metrics(SAME, swapped, names) == pytest.approx(generation_metrics(SAME, REFS, names))
-
-
-def test_nist_by_hand():
-    # references: the 2, cat 1, sat 2, dog 1 (6 words) -> info(the) = info(sat) = log2(6/2), info(cat) = log2 6;
-    # info(the cat) = log2(#the / #the cat) = 1, info(cat sat) = log2(1/1) = 0, info(the cat sat) = 0.
-    # The hypothesis is lowercased and 13a-tokenized to "the cat sat ." (4 tokens, none longer, so orders 1-4):
-    # 1-grams log2(3 * 6 * 3) / 4, 2-grams (1 + 0) / 3, 3-grams 0 / 2, 4-grams 0 / 1; not shorter: no penalty
-    nist = generation_metrics(["The cat sat."], [["the cat sat", "the dog sat"]], ["nist"])["nist"]
-    assert nist == pytest.approx(math.log2(54) / 4 + 1 / 3)
-    assert generation_metrics(["", ""], [["a b"], ["c"]], ["nist"]) == {"nist": 0.0}  # no division by zero
-
-
-def test_metrics_not_asked_for_are_not_computed(monkeypatch):
-    import subprocess
-
-    import pycocoevalcap.meteor.meteor as meteor
-
-    def no(*args, **kwargs):
-        raise AssertionError("started although not asked for")
-
-    monkeypatch.setattr(meteor, "Meteor", no)
-    assert set(generation_metrics(SAME, REFS, ["cider"])) == {"cider"}  # tokenizer only, no METEOR
-    monkeypatch.setattr(subprocess, "Popen", no)
-    no_java = ["bleu", "nist", "rouge_l"]
-    assert set(generation_metrics(SAME, REFS, no_java)) == set(no_java)
-
-
-def test_meteor_process_ended_when_scoring_fails(monkeypatch):
-    """The package's wrapper keeps its lock and its process when a score fails; ours ends both."""
-    import subprocess
-
-    import pycocoevalcap.meteor.meteor as meteor
-
-    from bench import evaluation
-
-    popen, made = subprocess.Popen, []
-
-    class Echo(meteor.Meteor):  # `cat` for java: the SCORE line comes back, not a number, so scoring fails
-        def __init__(self):
-            monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: popen(["cat"], **kw))
-            super().__init__()
-            monkeypatch.setattr(subprocess, "Popen", popen)
-            made.append(self)
-
-    monkeypatch.setattr(meteor, "Meteor", Echo)
-    with pytest.raises(ValueError):
-        evaluation._meteor({0: ["a b"]}, {0: ["a b"]})
-    assert made[0].meteor_p.returncode is not None and not made[0].lock.locked()
