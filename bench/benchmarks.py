@@ -332,7 +332,7 @@ def per_label_scores(model, tokenizer, task, examples, batch_size: int, max_len:
 # ----------------------------------------------------------------------------- item 4: memory
 def analytic_memory(config, n_params: int, trainable: list, tunes_base: bool, optimizer: str, method: str,
                     batch_positions: int, sequences: int, hp: dict, value_bytes: int = 4,
-                    trainable_bytes: list | None = None) -> dict:
+                    trainable_bytes: list | None = None, head_positions: int | None = None) -> dict:
     """Bytes a training step adds on top of the loaded weights, itemised (fp32, 4 bytes per value).
 
     `value_bytes`: bytes per activation value (the model's dtype: 4 on CPU, 2 in bf16 on CUDA; the LM head's
@@ -349,9 +349,10 @@ def analytic_memory(config, n_params: int, trainable: list, tunes_base: bool, op
       - frozen weights: linears keep no input (no weight gradient), norms keep their input (2h), SDPA 4h,
         the MLP gate, act and up (3i) -> 6h + 3i; LoRA adds the shared q/v input (h) and its rank-r outputs.
     Prompt tuning computes its virtual positions like real ones; prefix tuning adds p key/value positions
-    per sequence at every layer. The LM head computes logits at every position and the loss keeps their
-    log-probabilities; when backward starts, the log-probabilities, their gradient and the logits'
-    gradient coexist with every block's saved tensors: 3V per computed position, plus the final norm."""
+    per sequence at every layer. The LM head computes logits at `head_positions` (bench.train: the positions
+    whose next token is a target; None: every computed position) and the loss keeps their log-probabilities;
+    when backward starts, the log-probabilities, their gradient and the logits' gradient coexist with every
+    block's saved tensors: 3V per head position, plus the final norm at every computed position."""
     h, i = config.hidden_size, config.intermediate_size
     layers, vocab = config.num_hidden_layers, config.vocab_size
     sizes = trainable_bytes or [4] * len(trainable)
@@ -364,12 +365,13 @@ def analytic_memory(config, n_params: int, trainable: list, tunes_base: bool, op
     if method == "lora":
         per_position_layer += h + 2 * hp["r"]
     extra_kv = 2 * h * hp["prefix_length"] * sequences * layers if method == "prefix_tuning" else 0
-    head = (3 * h if tunes_base else h) + 3 * vocab
+    head_positions = batch_positions if head_positions is None else head_positions
+    final_norm = 3 * h if tunes_base else h
     activations = (value_bytes * (batch_positions * layers * per_position_layer + extra_kv)
-                   + 4 * batch_positions * head)
+                   + 4 * batch_positions * final_norm + 4 * head_positions * 3 * vocab)
     total = gradients + states + activations
     return {"weights": 4 * n_params, "gradients": gradients, "optimizer": states, "activations": activations,
-            "estimate": total, "head_backward_bytes": 4 * 2 * vocab * batch_positions}
+            "estimate": total, "head_backward_bytes": 4 * 2 * vocab * head_positions}
 
 
 def shape_numel(shape) -> int:
@@ -392,9 +394,12 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def saved_activation_bytes(model, batch) -> int:
-    """Bytes autograd saves for backward in one training forward, unique storages, weights excluded."""
+def saved_activation_bytes(model, method, hp: dict, batch) -> int:
+    """Bytes autograd saves for backward in one training forward (bench.train's), unique storages, weights
+    excluded."""
     import torch
+
+    from bench.train import step_loss
 
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -407,7 +412,7 @@ def saved_activation_bytes(model, batch) -> int:
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(**batch).loss
+        loss, _ = step_loss(model, method, hp, batch)
     del loss
     model.eval()
     return sum(seen.values())
@@ -424,7 +429,7 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     from bench.method import CellContext, get_method, resolve_hparams, total_parameters
     from bench.models import get_model_spec
     from bench.tasks import get_task, train_examples
-    from bench.train import train
+    from bench.train import target_positions, train
 
     torch.set_num_threads(threads)
     dev = device()
@@ -461,9 +466,10 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     batches = training_batches(tokenizer, task, ctx.model_kind, examples, hp["batch_size"], hp["max_len"], 0)
     widest = max((next(batches) for _ in range(max(1, result.steps_done))), key=lambda b: b["input_ids"].numel())
     rows, width = widest["input_ids"].shape
+    head_positions = int(target_positions(widest["labels"], extra)[0].sum())
     estimate = analytic_memory(model.config, n_params, trainable, method.tunes_base, hp["optimizer"], method_name,
-                               rows * (width + extra), rows, hp, value_bytes, trainable_bytes)
-    saved = saved_activation_bytes(model, {k: v.to(dev) for k, v in widest.items()})
+                               rows * (width + extra), rows, hp, value_bytes, trainable_bytes, head_positions)
+    saved = saved_activation_bytes(model, method, hp, {k: v.to(dev) for k, v in widest.items()})
     steady = step_s[1:] if len(step_s) > 1 else step_s
     path_params, path_trainable = token_path_parameters(model)
     head = lm_head_parameters(model)
@@ -801,8 +807,8 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                 f"Matmul peak of this machine: {info['peak_flops'] / 1e9:.1f} GFLOP/s ({info['peak_dtype']} "
                 f"{info['peak_size']}×{info['peak_size']} matmul, {info['threads']} thread(s), best of 5, measured in "
                 "this run). FLOPs per step from `bench.flops.flops_per_step`: 6·N per real token when the base "
-                "trains, 4·N + 2·trainable with a frozen base, virtual tokens of prompt tuning counted as tokens. "
-                "Steady state: steps after the first.", "",
+                "trains, 4·N + 2·trainable with a frozen base, virtual tokens of prompt tuning counted as tokens, "
+                "the LM head only at the target positions, where it runs. Steady state: steps after the first.", "",
                 "| run | real tokens/step | positions/step (+ virtual) | padded positions/step | FLOPs/step | s/step | "
                 "achieved GFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|"]
         for name, row in info["rows"].items():
@@ -893,7 +899,7 @@ def _memory_explanation(info: dict, mode: str) -> str:
     else:
         text.append("Why measured and estimated differ: the resident set also holds what the estimate leaves out — "
                 "gradient buffers while backward runs (e.g. the gradient of the logits, "
-                "batch × length × vocabulary floats), temporaries of the optimizer step (torch's AdamW on CPU "
+                "target positions × vocabulary floats), temporaries of the optimizer step (torch's AdamW on CPU "
                 "updates parameter by parameter, with temporaries the size of the largest parameter, the embedding "
                 "matrix), and memory the allocator keeps after freeing; and it misses what the estimate "
                 "counts but never coexists (activations are freed during backward as gradients appear). "
