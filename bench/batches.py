@@ -18,13 +18,15 @@ def continuation_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def prompt_target_ids(tokenizer, prompt: str, target: str, max_len: int, add_eos: bool):
-    """Token ids of prompt and target; the prompt is cut from the left to fit `max_len`."""
-    target_ids = continuation_ids(tokenizer, target)
-    if add_eos:
-        target_ids = target_ids + [tokenizer.eos_token_id]
-    target_ids = target_ids[: max_len - 1]
-    return prompt_ids(tokenizer, prompt)[-(max_len - len(target_ids)):], target_ids
+def prompt_target_pairs(tokenizer, prompts: list[str], targets: list[str], max_len: int, add_eos: bool):
+    """Token ids (prompt, target) of each prompt and target, tokenised in one batched call; a prompt is cut
+    from the left so that prompt + target fit `max_len`."""
+    pairs = []
+    for prompt, target in zip(tokenizer(prompts, add_special_tokens=True)["input_ids"],
+                              tokenizer(targets, add_special_tokens=False)["input_ids"]):
+        target = (target + [tokenizer.eos_token_id] if add_eos else target)[: max_len - 1]
+        pairs.append((prompt[-(max_len - len(target)):], target))
+    return pairs
 
 
 def pad(sequences: list[list[int]], pad_id: int, side: str = "right"):
@@ -41,17 +43,24 @@ def pad(sequences: list[list[int]], pad_id: int, side: str = "right"):
     return ids, mask
 
 
-def causal_lm_batch(tokenizer, task, examples, max_len: int) -> dict:
-    """A right-padded training batch with labels = -100 everywhere but the target tokens."""
+def causal_lm_pairs(tokenizer, task, examples, max_len: int):
+    return prompt_target_pairs(tokenizer, [task.prompt(ex) for ex in examples], [task.target(ex) for ex in examples],
+                               max_len, add_eos=task.kind == "generation")
+
+
+def collate_causal_lm(pairs, pad_id: int) -> dict:
+    """A right-padded training batch of (prompt, target) ids with labels = -100 everywhere but the targets."""
     import torch
 
-    pairs = [prompt_target_ids(tokenizer, task.prompt(ex), task.target(ex), max_len,
-                               add_eos=task.kind == "generation") for ex in examples]
-    input_ids, attention_mask = pad([p + t for p, t in pairs], tokenizer.pad_token_id)
+    input_ids, attention_mask = pad([p + t for p, t in pairs], pad_id)
     labels = torch.full_like(input_ids, -100)
     for row, (p, t) in enumerate(pairs):
         labels[row, len(p): len(p) + len(t)] = torch.tensor(t)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def causal_lm_batch(tokenizer, task, examples, max_len: int) -> dict:
+    return collate_causal_lm(causal_lm_pairs(tokenizer, task, examples, max_len), tokenizer.pad_token_id)
 
 
 def encoder_inputs(tokenizer, task, examples, max_len: int) -> dict:
@@ -59,12 +68,13 @@ def encoder_inputs(tokenizer, task, examples, max_len: int) -> dict:
     return dict(tokenizer(*columns, truncation=True, max_length=max_len, padding=True, return_tensors="pt"))
 
 
-def encoder_batch(tokenizer, task, examples, max_len: int) -> dict:
-    import torch
-
-    batch = encoder_inputs(tokenizer, task, examples, max_len)
-    batch["labels"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
-    return batch
+def encoder_features(tokenizer, task, examples, max_len: int) -> list[dict]:
+    """Each example's unpadded tokenizer output (input_ids, attention_mask, ...), as `encoder_inputs`
+    tokenises it, with its class as `labels`."""
+    columns = [[ex.fields[f] for ex in examples] for f in task.text_fields]
+    encoded = tokenizer(*columns, truncation=True, max_length=max_len)
+    return [{**{key: values[row] for key, values in encoded.items()}, "labels": ex.label}
+            for row, ex in enumerate(examples)]
 
 
 LENGTH_WINDOW = 8  # batches per window that `group_by_length` sorts
@@ -79,16 +89,31 @@ def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int
     batches shuffled. Every example is still drawn once per epoch, but a batch holds examples of similar
     length, so little of it is padding (a random batch of SST-2 training phrases is about half padding,
     and padding costs as much compute as text). Off, batches are the plain shuffled stream.
+
+    Each example is tokenised once, when the first window that holds it is formed (one batched tokenizer
+    call per window), and every batch is padded from those cached ids.
     """
-    build = causal_lm_batch if model_kind == "causal_lm" else encoder_batch
+    if model_kind == "causal_lm":
+        def encode(batch):
+            return causal_lm_pairs(tokenizer, task, batch, max_len)
+
+        def length(pair) -> int:
+            return len(pair[0]) + len(pair[1])
+
+        def collate(items) -> dict:
+            return collate_causal_lm(items, tokenizer.pad_token_id)
+    else:
+        def encode(batch):
+            return encoder_features(tokenizer, task, batch, max_len)
+
+        def length(features) -> int:
+            return len(features["input_ids"])
+
+        def collate(items) -> dict:
+            return dict(tokenizer.pad(items, return_tensors="pt"))
+
     rng = random.Random(seed)
-    lengths: dict[int, int] = {}
-
-    def length(i: int) -> int:
-        if i not in lengths:
-            lengths[i] = build(tokenizer, task, [examples[i]], max_len)["input_ids"].shape[1]
-        return lengths[i]
-
+    encoded: dict[int, object] = {}  # example index -> its token ids
     order: list[int] = []
     ready: list[list[int]] = []
     while True:
@@ -99,9 +124,12 @@ def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int
                 rng.shuffle(epoch)
                 order += epoch
             window, order = order[:size], order[size:]
+            new = [i for i in dict.fromkeys(window) if i not in encoded]
+            if new:
+                encoded.update(zip(new, encode([examples[i] for i in new])))
             if group_by_length:
-                window.sort(key=length)
+                window.sort(key=lambda i: length(encoded[i]))
             ready = [window[start:start + batch_size] for start in range(0, size, batch_size)]
             if group_by_length:
                 rng.shuffle(ready)
-        yield build(tokenizer, task, [examples[i] for i in ready.pop(0)], max_len)
+        yield collate([encoded[i] for i in ready.pop(0)])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import lock
 from bench.errors import BenchError
-from bench.flops import flops_per_step, matmul_peak_flops, token_path_parameters
+from bench.flops import flops_per_step, lm_head_parameters, matmul_peak_flops, token_path_parameters
 from bench.method import CellContext, get_method, method_files, resolve_hparams, total_parameters, trainable_parameters
 
 RECORD_SCHEMA = 1
@@ -276,7 +276,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     peak_mem = peak_memory_bytes(device)  # before matmul_peak_flops: its benchmark matrices would count
     path_params, path_trainable = token_path_parameters(model)
     train_flops = flops_per_step(path_params, method.tunes_base, result.tokens, method.extra_positions(hp),
-                                 result.steps_done * hp["batch_size"], path_trainable) if result else 0.0
+                                 result.steps_done * hp["batch_size"], path_trainable, lm_head_parameters(model),
+                                 result.head_positions) if result else 0.0
     peak_flops = matmul_peak_flops(torch.get_num_threads(), device) if train_flops and result.train_s > 0 else 0.0
     record["cost"] = {
         "trainable_params": trainable_parameters(model) if trains else 0,

@@ -13,7 +13,9 @@ respect to the weights. So
   rows are a lookup and 2·T is a slight overcount, for a tiny T).
 
 Positions are the real (non-padding) tokens plus virtual tokens that run through the whole network
-(prompt tuning, P-tuning: `extra_positions` per sequence). Prefix tuning's prefix appears only as
+(prompt tuning, P-tuning: `extra_positions` per sequence). A causal LM's head (the vocabulary × d output
+projection) runs only at the positions whose logits the loss reads (bench/train.py: one per target token),
+so it counts at those `head_positions`, not at every position. Prefix tuning's prefix appears only as
 attention keys/values: it adds attention-score FLOPs, which this approximation leaves out like the
 attention term of every sequence (at 64-128 tokens and d_model 576 it is a few percent of 2N).
 
@@ -41,7 +43,8 @@ PEAK_CACHE_ENV = "PEFT_REPRO_PEAK_CACHE"  # file holding measured peaks (default
 
 
 def flops_per_step(n_params_total: int, tunes_base: bool, tokens: int, extra_positions: int = 0,
-                   sequences: int = 0, trainable_params: int = 0) -> float:
+                   sequences: int = 0, trainable_params: int = 0, head_params: int = 0,
+                   head_positions: int = 0) -> float:
     """≈ training FLOPs of one optimizer step.
 
     n_params_total: parameters used as matmul weights per position (`token_path_parameters(model)[0]`).
@@ -53,14 +56,25 @@ def flops_per_step(n_params_total: int, tunes_base: bool, tokens: int, extra_pos
     sequences: sequences in the batch (the batch size), to count the virtual tokens.
     trainable_params: trainable parameters in the token path (`token_path_parameters(model)[1]`), whose
         weight gradients a frozen-backbone step computes (LoRA, adapters; 0 for prompt/prefix tuning).
-    Linear in tokens and sequences: a whole run's tokens and sequences give the run's FLOPs.
+    head_params: the LM head's parameters (`lm_head_parameters(model)`, part of n_params_total), which run only
+        at head_positions (bench.train.TrainResult.head_positions); 0 counts the head at every position.
+    Linear in tokens, sequences and head positions: a whole run's counts give the run's FLOPs.
     """
-    if n_params_total < 0 or tokens < 0 or extra_positions < 0 or sequences < 0:
+    if min(n_params_total, tokens, extra_positions, sequences, head_params, head_positions) < 0:
         raise ValueError("flops_per_step: counts must be non-negative")
     positions = tokens + extra_positions * sequences
-    if tunes_base:
-        return 6.0 * n_params_total * positions
-    return (4.0 * n_params_total + 2.0 * trainable_params) * positions
+    per_weight = 6.0 if tunes_base else 4.0
+    weight_gradients = 0.0 if tunes_base else 2.0 * trainable_params * positions
+    return per_weight * ((n_params_total - head_params) * positions + head_params * head_positions) + weight_gradients
+
+
+def lm_head_parameters(model) -> int:
+    """Parameters of a causal LM's output projection (0 for a model without one, e.g. an encoder's classifier)."""
+    try:
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return 0
+    return sum(p.numel() for p in head.parameters()) if head is not None else 0
 
 
 def token_path_parameters(model) -> tuple[int, int]:

@@ -67,6 +67,14 @@ class Method:
         """Virtual tokens the method prepends to every sequence (shifts logit positions)."""
         return 0
 
+    def target_loss(self, logits, targets):
+        """A causal LM's training loss from its logits at the target positions (positions × vocabulary, one row
+        per position of bench.train.target_positions) and the target ids there: the mean token cross-entropy
+        (transformers' ForCausalLMLoss: fp32 logits, mean over target tokens)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), targets)
+
     def check_hparams(self, hp: dict, task, model_kind: str) -> None:
         """Raise BenchError, one line naming the valid choices, for hyperparameters (or a task) the method
         cannot run. Called when a cell is planned, before any model loads. Default: accept everything."""

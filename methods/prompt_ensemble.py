@@ -36,9 +36,9 @@ from methods.prompt_tuning import check_prompt_hparams, initial_prompt
 class PromptEnsembleModel(torch.nn.Module):
     """A frozen causal LM and k soft prompts (k, p, d): each input row is answered once per prompt.
 
-    forward(input_ids (B, L), attention_mask, labels) runs the base on k·B rows; row i·B + b is input row
-    b behind prompt i; logits are p positions longer than the input. With labels, `loss` has the value
-    of the mean over prompts of each prompt's loss and the gradient of their sum.
+    forward(input_ids (B, L), attention_mask, logits_to_keep) runs the base on k·B rows; row i·B + b is input
+    row b behind prompt i; logits are p positions longer than the input. A 2-D `logits_to_keep` (one row per
+    input row, as bench.train passes it) applies to each of the input row's k copies.
     """
 
     def __init__(self, base, prompts: list):
@@ -54,7 +54,13 @@ class PromptEnsembleModel(torch.nn.Module):
     def num_prompts(self) -> int:
         return len(self.prompts)
 
-    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+    def get_input_embeddings(self):
+        return self.base.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.base.get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
         k, (batch, length) = len(self.prompts), input_ids.shape
         text = self.base.get_input_embeddings()(input_ids)
         prompts = torch.stack(list(self.prompts)).to(text.dtype)
@@ -64,12 +70,9 @@ class PromptEnsembleModel(torch.nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1).repeat(k, 1)
-        if labels is not None:
-            labels = torch.cat([labels.new_full((batch, virtual), -100), labels], dim=1).repeat(k, 1)
-        out = self.base(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
-        if labels is not None:  # every prompt has the same target tokens: base loss = mean of prompt losses
-            out.loss = k * out.loss - ((k - 1) * out.loss).detach()
-        return out
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() == 2:  # per input row: per copy
+            logits_to_keep = logits_to_keep.repeat(k, 1)
+        return self.base(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=logits_to_keep, **kwargs)
 
 
 def vote(scores) -> list[int]:
@@ -108,6 +111,13 @@ class PromptEnsemble(Method):
 
     def extra_positions(self, hp):
         return hp["num_virtual_tokens"]
+
+    def target_loss(self, logits, targets):
+        """Logits hold the k prompts' rows (prompt-major, the same targets each): a loss with the value of the
+        mean over prompts of each prompt's loss and the gradient of their sum."""
+        k = logits.shape[0] // targets.shape[0]
+        loss = super().target_loss(logits, targets.repeat(k))  # equal target counts: the mean over prompts
+        return k * loss - ((k - 1) * loss).detach()
 
     def evaluate(self, model, tokenizer, task, examples, hp, timer=None):
         from bench.evaluation import classification_metrics, rank_scores

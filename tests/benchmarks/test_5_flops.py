@@ -30,4 +30,5 @@ def test_flops_utilisation(benchmark, settings, memory_probes, matmul_peak):
     # the formula, on the counts it documents
     assert flops_per_step(100, True, 10) == 6000
     assert flops_per_step(100, False, 10, extra_positions=2, sequences=5, trainable_params=1) == (400 + 2) * 20
+    assert flops_per_step(100, True, 10, head_params=30, head_positions=2) == 6 * (70 * 10 + 30 * 2)  # head at targets
     assert all(0 < r["mfu"] < 1.5 for r in rows.values())
