@@ -78,6 +78,23 @@ def differing_packages(packages: dict[str, str | None], pins: dict[str, str] | N
             if packages.get(name) != pins.get(name)}
 
 
+def other_lock(env: dict, shown: int = 4) -> str | None:
+    """Why a record's environment is not today's lock, for the report's stale list (None: made under it): the
+    lock it was made under and the packages whose versions differ from today's pins. Records older than
+    `env.lock_sha256` say so and compare the versions they kept (torch, transformers, peft)."""
+    current = lock_sha256()
+    if env.get("lock_sha256") == current:
+        return None
+    packages = env.get("packages") or {name: env[name] for name in ("torch", "transformers", "peft") if name in env}
+    pins = lock_pins() if current else {}
+    differ = {n: v for n, v in differing_packages(packages, pins).items()
+              if "packages" in env or n in packages}  # old records: only the versions they kept
+    made = f"lock {env['lock_sha256'][:12]}" if env.get("lock_sha256") else "no lock recorded"
+    listed = [f"{name} {old or '–'} (lock {new or '–'})" for name, (old, new) in differ.items()]
+    more = f", … {len(listed) - shown} more" if len(listed) > shown else ""
+    return f"{made}: " + (", ".join(listed[:shown]) + more if listed else "same package versions")
+
+
 def supported_ranges() -> dict[str, str]:
     """{normalised name: specifier} of pyproject.toml's runtime dependencies."""
     from packaging.requirements import Requirement

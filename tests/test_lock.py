@@ -91,3 +91,15 @@ def test_records_keep_the_lock(models_cache, tmp_path):
                         hp={"steps": 1, "batch_size": 4, "max_len": 32}, eval_limit=4, shifts=()), tmp_path)
     env = json.loads((tmp_path / "record.json").read_text())["env"]
     assert env["lock_sha256"] == lock.lock_sha256() and env["packages"]["transformers"] == lock.lock_pins()["transformers"]
+
+
+def test_other_lock_names_the_packages_that_differ():
+    pins = lock.lock_pins()
+    assert lock.other_lock(lock.environment()) is None  # made under today's lock
+    moved = {**pins, "transformers": "5.23.0", "uv": None}
+    said = lock.other_lock({"lock_sha256": "ab" * 32, "packages": moved})
+    assert said == f"lock {'ab' * 6}: transformers 5.23.0 (lock {pins['transformers']}), uv – (lock {pins['uv']})"
+    same = lock.other_lock({"lock_sha256": "cd" * 32, "packages": pins})
+    assert same == f"lock {'cd' * 6}: same package versions"
+    old = lock.other_lock({"torch": pins["torch"], "transformers": "5.23.0", "peft": pins["peft"]})
+    assert old == f"no lock recorded: transformers 5.23.0 (lock {pins['transformers']})"
