@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from bench.report import _num, human  # noqa: E402
+from bench.report_summary import _num  # noqa: E402
+from bench.report_tables import human  # noqa: E402
 
 UNITS = {"accuracy": "accuracy (%)", "f1": "F1 (×100)", "bleu": "BLEU (0–100)", "rouge_l": "ROUGE-L F (×100)",
          "rouge_1": "ROUGE-1 F (×100)"}

@@ -8,9 +8,23 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.cell import CellConfig, run_cell, write_json_atomic
+from bench.cell import CellConfig, read_outputs, run_cell, write_json_atomic
+from bench.method import get_method
+from bench.tasks import get_task
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def assert_rescoring_gives_the_record(record, cell_dir):
+    """The kept per-example outputs, scored again, give exactly the record's metrics, for every eval set."""
+    outputs = read_outputs(cell_dir, record)
+    assert outputs is not None and set(outputs) == set(record["metrics"])
+    method, task = get_method(record["config"]["method"]), get_task(record["config"]["task"])
+    for eval_set, metrics in record["metrics"].items():
+        rows = outputs[eval_set]
+        assert len(rows) == metrics["n"] and len({r["id"] for r in rows}) == len(rows)
+        kept = {k: v for k, v in metrics.items() if k not in ("n", "samples")}
+        assert method.score_outputs(rows, task.metrics) == kept, eval_set
 
 
 def _cell(**changes):
@@ -43,6 +57,11 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
     assert len(record["train"]["losses"]) == 2
     assert again["metrics"] == first["metrics"] and again["train"] == first["train"]
     assert not list((tmp_path / "a").glob(".*tmp"))
+    assert record["outputs"] == again["outputs"]  # same outputs, same bytes (gzip without a timestamp)
+    assert_rescoring_gives_the_record(record, tmp_path / "a")
+    row = read_outputs(tmp_path / "a", record)["sst2"][0]
+    assert set(row) == {"id", "gold", "pred", "logprobs"} and len(row["logprobs"]) == 2
+    assert row["pred"] == max(range(2), key=row["logprobs"].__getitem__)
 
 
 def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):
@@ -58,6 +77,9 @@ def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path):
                       tmp_path, threads=1)
     assert {"bleu", "rouge_l", "n", "samples"} <= set(record["metrics"]["e2e"])
     assert record["metrics"]["e2e"]["n"] == 4
+    assert_rescoring_gives_the_record(record, tmp_path)  # BLEU, NIST, METEOR, ROUGE-L, CIDEr
+    row = read_outputs(tmp_path, record)["e2e"][0]
+    assert set(row) == {"id", "gold", "hyp"} and row["hyp"] == record["metrics"]["e2e"]["samples"][0]["output"]
 
 
 def test_diverged_training_is_recorded_with_its_step(models_cache, tmp_path):
@@ -174,5 +196,6 @@ def test_encoder_cell_trains_its_head(models_cache, tmp_path, method):
     record = run_cell(_cell(model="tiny-bert", method=method, task="mrpc", shifts=("qqp",)), tmp_path, threads=1)
     assert record["status"] == "ok" and set(record["metrics"]) == {"mrpc", "qqp"}
     assert {"accuracy", "f1"} <= set(record["metrics"]["mrpc"])
+    assert_rescoring_gives_the_record(record, tmp_path)  # log-softmax of the head: accuracy and F1
     if method == "lora":  # 2 layers x (query, value) x r(d_in + d_out), plus the head Linear(32, 2)
         assert record["cost"]["trainable_params"] == 2 * 2 * 4 * (32 + 32) + (32 * 2 + 2)

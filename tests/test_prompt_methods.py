@@ -267,7 +267,7 @@ def test_ensemble_one_pass_equals_separate_prompt_tuned_passes(tiny_llama, model
             single.prompt_encoder["default"].embedding.weight.copy_(ensemble.prompts[i])
         alone = rank_scores(single.eval(), tokenizer, sst2, examples, batch_size=2, max_len=128, extra_positions=P)
         assert torch.allclose(together[i], alone, atol=1e-4)
-    metrics = method.evaluate(ensemble, tokenizer, sst2, examples, hp)
+    metrics = method.score_outputs(method.evaluate(ensemble, tokenizer, sst2, examples, hp), sst2.metrics)
     assert metrics["accuracy_best_single"] >= metrics["accuracy_avg_single"]
     assert len(metrics["accuracy_singles"]) == 3
 

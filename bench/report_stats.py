@@ -1,0 +1,146 @@
+"""Bootstrap intervals for the report: one system's score, or a weighted sum of systems' scores (a paired difference,
+a difference of differences), resampled over seeds and over eval examples.
+
+Design. A *system* is one summary row: a method variant's cells (one per seed) on one eval set and metric. One
+bootstrap replicate draws the eval examples once (n of n, with replacement) per eval set -- the same draw for
+every system on that eval set, which pairs the systems by example id -- and each system's seeds (s of s); the
+system's score in the replicate is the mean over the drawn seeds of its metric on the drawn examples. Eval
+examples and seeds are crossed (every seed is scored on the same examples), so both are drawn once per replicate;
+systems with the same seeds draw them jointly (seed i of both trained on the same sample). Intervals are percentile
+intervals of 10,000 replicates for metrics that are means over examples (accuracy), computed as matrix products,
+and of 200 replicates for corpus metrics (BLEU, NIST, ROUGE, F1, an ensemble's best prompt), each re-scored by the
+method's own `score_outputs` on the drawn examples (corpus level, as sacrebleu's paired bootstrap does). METEOR and
+CIDEr start a JVM per score: their intervals are over seeds only, as are all intervals of records without
+per-example outputs (older records); with one seed and no outputs there is no interval.
+
+scipy.stats.bootstrap (paired, BCa) resamples one level: it cannot draw examples and seeds together, which is why
+this is our own (a few array operations). The generator is seeded: the same records give the same intervals.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+RESAMPLES = 10_000
+CORPUS_RESAMPLES = 200
+SEEDS_ONLY = {"meteor", "cider"}
+LEVEL = 0.95
+BOOTSTRAP_SEED = 0
+CHUNK = 2_000  # replicates per matrix product: bounds memory on large eval sets
+MEAN_METRICS = {  # metrics that are means over examples: each example's value
+    "accuracy": lambda row: 100.0 * (row["pred"] == row["gold"]),
+    "accuracy_avg_single": lambda row: 100.0 * sum(p == row["gold"] for p in row["preds"]) / len(row["preds"]),
+}
+
+
+@dataclass
+class System:
+    """One summary row's data: per seed the record's value, and per seed the eval set's per-example outputs
+    (None when a record has none)."""
+
+    space: str  # the eval examples it is scored on (task/eval set): systems in one space are paired by example
+    metric: str
+    seeds: tuple
+    values: np.ndarray
+    outputs: list[list[dict]] | None
+    scorer: Callable[[list[dict]], float]  # the metric of a list of output rows
+
+
+@dataclass
+class Interval:
+    estimate: float
+    low: float
+    high: float
+    method: str  # how it was computed, for the report
+    draws: np.ndarray  # the bootstrap distribution (for the required-size estimate)
+
+
+def _aligned(systems: list[System]) -> dict[str, list[str]] | None:
+    """Per space, the example ids every seed of every system in it was scored on, in a fixed order."""
+    spaces: dict[str, set] = {}
+    for system in systems:
+        for rows in system.outputs:
+            ids = {r["id"] for r in rows}
+            spaces[system.space] = spaces[system.space] & ids if system.space in spaces else ids
+    if any(not ids for ids in spaces.values()):
+        return None
+    return {space: sorted(ids) for space, ids in spaces.items()}
+
+
+def _seed_weights(rng, systems, count) -> list[np.ndarray]:
+    """(count, seeds) multiplicities / seeds per system; systems with the same seeds share one draw."""
+    drawn: dict[tuple, np.ndarray] = {}
+    out = []
+    for system in systems:
+        if system.seeds not in drawn:
+            s = len(system.seeds)
+            drawn[system.seeds] = rng.multinomial(s, np.full(s, 1 / s), size=count) / s
+        out.append(drawn[system.seeds])
+    return out
+
+
+def bootstrap(systems: list[System], weights: list[float], level: float = LEVEL, seed: int = BOOTSTRAP_SEED,
+              resamples: int = RESAMPLES, corpus_resamples: int = CORPUS_RESAMPLES) -> Interval | None:
+    """The interval of sum_i weights[i] * score(systems[i]); None when it cannot be computed (one seed and no
+    per-example outputs, or no shared examples)."""
+    rng = np.random.default_rng(seed)
+    estimate = float(sum(w * s.values.mean() for s, w in zip(systems, weights)))
+    with_outputs = all(s.outputs is not None for s in systems)
+    ids = _aligned(systems) if with_outputs else None
+    if ids is None or any(s.metric in SEEDS_ONLY for s in systems):
+        if any(len(s.seeds) < 2 for s in systems):
+            return None
+        draws = np.zeros(resamples)
+        for system, w, seeds in zip(systems, weights, _seed_weights(rng, systems, resamples)):
+            draws += w * seeds @ system.values
+        return _interval(estimate, draws, level, "seeds")
+    aligned = []  # per system, per seed: the output rows of the space's shared examples, in one order
+    for system in systems:
+        order = {i: k for k, i in enumerate(ids[system.space])}
+        aligned.append([sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
+                        for rows in system.outputs])
+    if all(s.metric in MEAN_METRICS for s in systems):
+        X = [np.array([[MEAN_METRICS[s.metric](r) for r in rows] for rows in by_seed])  # (seeds, examples)
+             for s, by_seed in zip(systems, aligned)]
+        draws = np.concatenate([_mean_draws(rng, systems, weights, ids, X, count)
+                                for count in [CHUNK] * (resamples // CHUNK) + [resamples % CHUNK] if count])
+        return _interval(estimate, draws, level, f"seeds × examples, {resamples:,} resamples")
+    draws = np.zeros(corpus_resamples)
+    for b in range(corpus_resamples):
+        picks = {space: rng.integers(len(space_ids), size=len(space_ids)) for space, space_ids in ids.items()}
+        for system, w, by_seed, seeds in zip(systems, weights, aligned, _seed_weights(rng, systems, 1)):
+            draws[b] += w * sum(m * system.scorer([rows[j] for j in picks[system.space]])
+                                for rows, m in zip(by_seed, seeds[0]) if m)
+    return _interval(estimate, draws, level, f"seeds × examples, {corpus_resamples} resamples (corpus metric)")
+
+
+def _mean_draws(rng, systems, weights, ids, X, count) -> np.ndarray:
+    """`count` replicates of the weighted sum for metrics that are means over examples: example multiplicities
+    (count, examples) times per-example values (examples, seeds) times seed multiplicities."""
+    examples = {space: rng.multinomial(len(i), np.full(len(i), 1 / len(i)), size=count) / len(i)
+                for space, i in ids.items()}
+    draws = np.zeros(count)
+    for system, w, values, seeds in zip(systems, weights, X, _seed_weights(rng, systems, count)):
+        draws += w * ((examples[system.space] @ values.T) * seeds).sum(axis=1)
+    return draws
+
+
+def _interval(estimate, draws, level, method) -> Interval:
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high), method, draws)
+
+
+def needed(interval: Interval, margin: float, seeds: int, examples: int | None) -> str:
+    """How many seeds (or examples) would put the interval beyond the margin, if it narrows as 1/sqrt(n) around
+    the observed estimate."""
+    distance = abs(interval.estimate - margin)
+    half = (interval.high - interval.low) / 2
+    if distance == 0 or not math.isfinite(half):
+        return "the observed difference equals the margin: no number of seeds or examples would decide it"
+    factor = max(1.0, (half / distance) ** 2)
+    about = f"about {math.ceil(seeds * factor)} seeds"
+    return about + (f" or {math.ceil(examples * factor)} examples per seed" if examples else "") + " would decide it"
