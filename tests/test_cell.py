@@ -9,22 +9,8 @@ import pytest
 
 from bench.__main__ import main
 from bench.cell import CellConfig, read_outputs, run_cell, write_json_atomic
-from bench.method import get_method
-from bench.tasks import get_task
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def assert_rescoring_gives_the_record(record, cell_dir):
-    """The kept per-example outputs, scored again, give exactly the record's metrics, for every eval set."""
-    outputs = read_outputs(cell_dir, record)
-    assert outputs is not None and set(outputs) == set(record["metrics"])
-    method, task = get_method(record["config"]["method"]), get_task(record["config"]["task"])
-    for eval_set, metrics in record["metrics"].items():
-        rows = outputs[eval_set]
-        assert len(rows) == metrics["n"] and len({r["id"] for r in rows}) == len(rows)
-        kept = {k: v for k, v in metrics.items() if k not in ("n", "samples")}
-        assert method.score_outputs(rows, task.metrics) == kept, eval_set
 
 
 def _cell(**changes):
@@ -34,7 +20,7 @@ def _cell(**changes):
     return CellConfig(**settings)
 
 
-def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
+def test_record_is_self_describing_and_repeatable(models_cache, tmp_path, rescoring_gives_the_record):
     first = run_cell(_cell(), tmp_path / "a", threads=1)
     again = run_cell(_cell(), tmp_path / "b", threads=1)
     record = json.loads((tmp_path / "a" / "record.json").read_text())
@@ -58,7 +44,7 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
     assert again["metrics"] == first["metrics"] and again["train"] == first["train"]
     assert not list((tmp_path / "a").glob(".*tmp"))
     assert record["outputs"] == again["outputs"]  # same outputs, same bytes (gzip without a timestamp)
-    assert_rescoring_gives_the_record(record, tmp_path / "a")
+    rescoring_gives_the_record(record, tmp_path / "a")
     row = read_outputs(tmp_path / "a", record)["sst2"][0]
     assert set(row) == {"id", "gold", "pred", "logprobs"} and len(row["logprobs"]) == 2
     assert row["pred"] == max(range(2), key=row["logprobs"].__getitem__)
@@ -72,12 +58,12 @@ def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):
     assert record["metrics"]["sst2"]["n"] == 8 and record["cost"]["eval_s"] > 0
 
 
-def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path):
+def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path, rescoring_gives_the_record):
     record = run_cell(_cell(task="e2e", shifts=None, hp={"steps": 1, "batch_size": 2, "max_len": 64}, eval_limit=4),
                       tmp_path, threads=1)
     assert {"bleu", "rouge_l", "n", "samples"} <= set(record["metrics"]["e2e"])
     assert record["metrics"]["e2e"]["n"] == 4
-    assert_rescoring_gives_the_record(record, tmp_path)  # BLEU, NIST, METEOR, ROUGE-L, CIDEr
+    rescoring_gives_the_record(record, tmp_path)  # BLEU, NIST, METEOR, ROUGE-L, CIDEr
     row = read_outputs(tmp_path, record)["e2e"][0]
     assert set(row) == {"id", "gold", "hyp"} and row["hyp"] == record["metrics"]["e2e"]["samples"][0]["output"]
 
@@ -192,10 +178,10 @@ def test_tiny_grid_through_snakemake(models_cache, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["lora", "full_ft"])
-def test_encoder_cell_trains_its_head(models_cache, tmp_path, method):
+def test_encoder_cell_trains_its_head(models_cache, tmp_path, method, rescoring_gives_the_record):
     record = run_cell(_cell(model="tiny-bert", method=method, task="mrpc", shifts=("qqp",)), tmp_path, threads=1)
     assert record["status"] == "ok" and set(record["metrics"]) == {"mrpc", "qqp"}
     assert {"accuracy", "f1"} <= set(record["metrics"]["mrpc"])
-    assert_rescoring_gives_the_record(record, tmp_path)  # log-softmax of the head: accuracy and F1
+    rescoring_gives_the_record(record, tmp_path)  # log-softmax of the head: accuracy and F1
     if method == "lora":  # 2 layers x (query, value) x r(d_in + d_out), plus the head Linear(32, 2)
         assert record["cost"]["trainable_params"] == 2 * 2 * 4 * (32 + 32) + (32 * 2 + 2)

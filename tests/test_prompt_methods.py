@@ -346,11 +346,12 @@ CELL_HP = {"steps": 2, "batch_size": 4, "max_len": 48, "num_virtual_tokens": P}
     ("prompt_ensemble", {**CELL_HP, "k": 2}),
     ("prompt_design", {"shots": 2, "max_len": 128}),
 ])
-def test_cell_record(method, hp, models_cache, tmp_path, tiny_llama):
+def test_cell_record(method, hp, models_cache, tmp_path, tiny_llama, rescoring_gives_the_record):
     config = CellConfig(task="sst2", model="tiny-llama", method=method, train_size=16, seed=0, hp=hp, eval_limit=8,
                         shifts=())
     record = run_cell(config, tmp_path, threads=1)
     assert record["status"] == "ok" and record["metrics"]["sst2"]["n"] == 8
+    rescoring_gives_the_record(record, tmp_path)  # the ensemble's vote, single prompts and mean log-prob too
     assert 0 <= record["metrics"]["sst2"]["accuracy"] <= 100
     cost, d = record["cost"], tiny_llama[0].config.hidden_size
     if method == "prompt_design":
