@@ -16,7 +16,7 @@ from bench.cell import harness_hash
 from bench.grid import load_grid_file
 from bench.report_claims import CHECKS, CLAIMS, claims_md, evaluate_claims, select  # noqa: F401 (the report API)
 from bench.report_stats import CORPUS_RESAMPLES, RESAMPLES
-from bench.report_summary import PER_SEED, add_intervals, load, summarize  # noqa: F401
+from bench.report_summary import PER_SEED, add_intervals, load, paired_difference, summarize  # noqa: F401
 from bench.report_tables import (ablation_tables, cost_tables, dev_selection_tables, ensemble_tables,
                                  generation_tables, interpretability_tables, lowdata_tables, md_table, shift_tables,
                                  size_tables, tex_table)
@@ -44,7 +44,8 @@ def write_report(grid: str) -> list[Path]:
     S.drop(columns=list(PER_SEED), errors="ignore").to_csv(res / "summary.csv", index=False)
     cells.drop(columns=["analysis", "outputs"]).to_csv(res / "cells.csv", index=False)
     S = S[S["eval_set"] != "dev"] if len(S) else S  # dev is for selection only: not a shift in tables, plots, claims
-    tables = [*generation_tables(S), *size_tables(S), *shift_tables(S), *lowdata_tables(S),
+    tables = [*generation_tables(S), *size_tables(S), *shift_tables(S, paired_difference(cells, S)),
+              *lowdata_tables(S),
               *ablation_tables(S, hp_cols), *selection, *ensemble_tables(S), *cost_tables(S, hp_cols),
               *interpretability_tables(cells)] if len(S) else []
     plots = make_plots(S, plots_dir) if len(S) else []
@@ -52,7 +53,8 @@ def write_report(grid: str) -> list[Path]:
     counts = cells["status"].value_counts()
     parts = [f"# Report: grid `{name}`", "", *([data["description"], ""] if data.get("description") else []),
              f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-             + f"; {int(cells['stale'].sum())} stale. Tables: mean over seeds [95% interval] (n = seeds with a result); "
+             + f"; {int(cells['stale'].sum())} stale. Tables: mean over seeds [95% interval] (n = seeds with a "
+             "result); "
              f"{INTERVALS} "
              "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = computed by older harness code. Machine-readable: "
              f"`results/{name}/summary.csv`, `results/{name}/cells.csv`; LaTeX: `tables.tex`.", "",

@@ -55,7 +55,7 @@ class Interval:
     low: float
     high: float
     method: str  # how it was computed, for the report
-    draws: np.ndarray  # the bootstrap distribution (for the required-size estimate)
+    draws: np.ndarray  # the bootstrap distribution
 
 
 def _aligned(systems: list[System]) -> dict[str, list[str]] | None:

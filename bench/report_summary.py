@@ -141,3 +141,10 @@ def add_intervals(S: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
                     interval=[i.method if i else "n/a (one seed, no per-example outputs)" for i in found])
 
 
+
+
+def paired_difference(cells: pd.DataFrame, S: pd.DataFrame):
+    """A function (row, reference row) -> the bootstrap interval of row − reference on their shared eval examples."""
+    outputs = dict(zip(cells["dir"], cells["outputs"]))
+    metrics = S.groupby("task")["metric"].agg(set).to_dict()
+    return lambda row, ref: bootstrap([system(row, outputs, metrics), system(ref, outputs, metrics)], [1.0, -1.0])

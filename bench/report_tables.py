@@ -81,7 +81,9 @@ def size_tables(S):
                   "Model size = the least total parameter count among the model's records.")]
 
 
-def shift_tables(S):
+def shift_tables(S, difference=None):
+    """`difference(row, reference row)`: the paired interval of their difference (bench.report_stats.Interval), or
+    None where it cannot be computed."""
     out = []
     for task, T in S[S["primary"]].groupby("task", sort=False):
         if T["in_domain"].all():
@@ -92,13 +94,21 @@ def shift_tables(S):
         rows = []
         for (model, size, eval_set), g in T.groupby(["model", "train_size", "eval_set"], sort=False):
             by = {r["variant"]: r for r in g.to_dict("records")}
-            deltas = [f"{by[v]['mean'] - by[ref]['mean']:+.1f}" if v in by and ref in by else "–" for v in others]
+            deltas = [_delta(by[v], by[ref], difference) if v in by and ref in by else "–" for v in others]
             rows.append([model, size, eval_set + (" (in-domain)" if eval_set == task else ""),
                          *(fmt(by.get(v)) for v in variants), *deltas])
         out.append(Table(f"Domain shift: {task} ({T['metric'].iloc[0]})", ["model", "train size", "eval set",
                          *variants, *(f"Δ {v}" for v in others)], rows,
-                         f"Δ = method − {ref} (points)." if ref else "No full_ft cells: no Δ column."))
+                         f"Δ = method − {ref} (points) [95% interval of the difference, paired on the same eval "
+                         "examples]."
+                         if ref else "No full_ft cells: no Δ column."))
     return out
+
+
+def _delta(row, ref, difference) -> str:
+    interval = difference(row, ref) if difference else None
+    spread = f" [{interval.low:+.1f}, {interval.high:+.1f}]" if interval else ""
+    return f"{row['mean'] - ref['mean']:+.1f}{spread}"
 
 
 def lowdata_tables(S):

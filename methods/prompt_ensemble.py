@@ -16,8 +16,8 @@ would couple them (the loop clips the joint norm), so `grad_clip` must stay 0 (L
 
 Evaluation (the `evaluate` hook): one batched rank-scoring pass gives every prompt's label log-probs; each
 example's output row keeps the vote (`pred`), every prompt's prediction (`preds`) and the mean log-probs over
-prompts (`logprobs`), and `score_outputs` turns rows into metrics: `accuracy` (and `f1`) is the ensemble's majority vote over the k prompts' predictions, ties broken by the
-mean log-prob over prompts; the record also holds `<metric>_avg_single` (mean over the k prompts),
+prompts (`logprobs`), and `score_outputs` turns rows into metrics: `accuracy` (and `f1`) is the ensemble's
+majority vote over the k prompts' predictions, ties broken by the mean log-prob over prompts; the record also holds `<metric>_avg_single` (mean over the k prompts),
 `<metric>_best_single` (best prompt on that eval set, an oracle choice as in Lester's table),
 `<metric>_mean_logprob` (argmax of the mean log-prob) and `<metric>_singles` (each prompt's).
 Classification with causal LMs only: a generation task is refused when the cell is planned.
