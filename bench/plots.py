@@ -45,7 +45,10 @@ def _yerr(D):
     return np.array([D["mean"] - D["ci_low"], D["ci_high"] - D["mean"]], dtype=float)
 
 
-def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, D=None) -> Path:
+    """`D`: the rows drawn; a figure none of whose rows has an interval says why it has no error bars."""
+    if D is not None and ("ci_low" not in D or D["ci_low"].isna().all()):
+        fig.text(0.99, 0.01, "no error bars: one seed and no per-example outputs", ha="right", fontsize=7)
     for a in np.atleast_1d(ax):
         a.grid(True, alpha=0.3)
         a.set_axisbelow(True)
@@ -82,7 +85,7 @@ def plot_size(T, task, out: Path):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _lines(ax, D, "model_params", _styles(T))
     return _save(fig, ax, out / f"size-{task}.png", f"{task}: score vs model size (train size {size})",
-                 "model size (parameters, log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+                 "model size (parameters, log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]), D)
 
 
 def plot_data(T, task, out: Path):
@@ -93,7 +96,7 @@ def plot_data(T, task, out: Path):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _lines(ax, D.assign(n=D["train_size"].astype(int)), "n", _styles(T), tick=lambda v: f"{v:g}")
     return _save(fig, ax, out / f"trainsize-{task}.png", f"{task}: score vs training examples ({model})",
-                 "training examples (log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+                 "training examples (log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]), D)
 
 
 def plot_shift(T, task, out: Path):
@@ -117,7 +120,7 @@ def plot_shift(T, task, out: Path):
     ax.set_ylim(0, top.max() * (1.15 + 0.07 * ((len(variants) + 2) // 3)))  # legend room
     ax.legend(fontsize=8, loc="upper center", ncol=min(3, len(variants)))
     return _save(fig, ax, out / f"shift-{task}.png", f"{task}: in-domain vs shifted eval sets ({model}, n={size})",
-                 "eval set", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+                 "eval set", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]), D)
 
 
 def _front(x, y):
@@ -158,7 +161,8 @@ def plot_pareto(T, task, out: Path):
     handles.append(Line2D([], [], color="k", linestyle="--", linewidth=1, label="Pareto front"))
     axes[0].legend(handles=handles, fontsize=8)
     return _save(fig, axes, out / f"pareto-{task}.png", f"{task}: score vs cost (n={size}; colour and marker = method, "
-                 "marker size = model; upper left is better)", "", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+                 "marker size = model; upper left is better)", "", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]),
+                 D)
 
 
 def make_plots(S, out: Path) -> list[Path]:
