@@ -7,11 +7,14 @@ every system on that eval set, which pairs the systems by example id -- and each
 system's score in the replicate is the mean over the drawn seeds of its metric on the drawn examples. Eval
 examples and seeds are crossed (every seed is scored on the same examples), so both are drawn once per replicate;
 systems with the same seeds draw them jointly (seed i of both trained on the same sample). Intervals are percentile
-intervals of 10,000 replicates for metrics that are means over examples (accuracy), computed as matrix products,
-and of 200 replicates for corpus metrics (BLEU, NIST, ROUGE, F1, an ensemble's best prompt), each re-scored by the
-method's own `score_outputs` on the drawn examples (corpus level, as sacrebleu's paired bootstrap does). METEOR and
-CIDEr start a JVM per score: their intervals are over seeds only, as are all intervals of records without
-per-example outputs (older records); with one seed and no outputs there is no interval.
+intervals of 10,000 replicates where the metric follows from per-example statistics, checked to give the record's
+value: means over examples (accuracy, an ensemble's average prompt, ROUGE as rouge-score averages it) and BLEU
+(sacrebleu's per-sentence n-gram statistics, summed over the drawn examples: corpus BLEU, as sacrebleu's own paired
+bootstrap computes it); of 200 replicates for other corpus metrics (F1, an ensemble's best prompt, or a metric whose
+statistics no longer give the record's value), each re-scored by the method's own `score_outputs` on the drawn
+examples. METEOR and CIDEr (a JVM per score) and NIST (nltk's pure-Python scorer, 0.2 s per 40-example corpus here)
+get intervals over seeds only, as do all records without per-example outputs (older records); with one seed and no
+outputs there is no interval.
 
 scipy.stats.bootstrap (paired, BCa) resamples one level: it cannot draw examples and seeds together, which is why
 this is our own (a few array operations). The generator is seeded: the same records give the same intervals.
@@ -26,7 +29,8 @@ import numpy as np
 
 RESAMPLES = 10_000
 CORPUS_RESAMPLES = 200
-SEEDS_ONLY = {"meteor", "cider"}
+SEEDS_ONLY = {"meteor", "cider", "nist"}  # a JVM per score (METEOR, CIDEr); nltk's pure-Python NIST, 0.2 s a corpus
+AVERAGED = {"rouge_1", "rouge_2", "rouge_l"}  # rouge-score F-measures averaged over examples (checked per record)
 LEVEL = 0.95
 BOOTSTRAP_SEED = 0
 CHUNK = 2_000  # replicates per matrix product: bounds memory on large eval sets
@@ -109,10 +113,9 @@ def bootstrap(systems: list[System], weights: list[float], level: float = LEVEL,
         order = {i: k for k, i in enumerate(ids[system.space])}
         aligned.append([sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
                         for rows in system.outputs])
-    if all(s.metric in MEAN_METRICS for s in systems):
-        X = [np.array([[MEAN_METRICS[s.metric](r) for r in rows] for rows in by_seed])  # (seeds, examples)
-             for s, by_seed in zip(systems, aligned)]
-        draws = np.concatenate([_mean_draws(rng, systems, weights, ids, X, count)
+    parts = [_decomposed(s, by_seed) for s, by_seed in zip(systems, aligned)]
+    if all(part is not None for part in parts):
+        draws = np.concatenate([_decomposed_draws(rng, systems, weights, ids, parts, count)
                                 for count in [CHUNK] * (resamples // CHUNK) + [resamples % CHUNK] if count])
         return _interval(estimate, draws, level, f"seeds × examples, {resamples:,} resamples")
     draws = np.zeros(corpus_resamples)
@@ -124,14 +127,57 @@ def bootstrap(systems: list[System], weights: list[float], level: float = LEVEL,
     return _interval(estimate, draws, level, f"seeds × examples, {corpus_resamples} resamples (corpus metric)")
 
 
-def _mean_draws(rng, systems, weights, ids, X, count) -> np.ndarray:
-    """`count` replicates of the weighted sum for metrics that are means over examples: example multiplicities
-    (count, examples) times per-example values (examples, seeds) times seed multiplicities."""
+def _decomposed(system: System, by_seed: list[list[dict]]) -> list | None:
+    """Per seed, the metric as a function of per-example sufficient statistics, checked to give the seed's value on
+    all its examples: ("mean", values) for means over examples (accuracy; ROUGE as rouge-score averages it), or
+    ("stats", matrix, score of the column sums) for BLEU (sacrebleu's own statistics, as its paired bootstrap uses).
+    None: re-score the drawn examples in every replicate."""
+    if system.metric in MEAN_METRICS:
+        return [("mean", np.array([MEAN_METRICS[system.metric](r) for r in rows])) for rows in by_seed]
+    parts = []
+    for rows, value in zip(by_seed, system.values):
+        if system.metric in AVERAGED:
+            part = ("mean", np.array([system.scorer([r]) for r in rows]))
+            whole = part[1].mean()
+        elif system.metric == "bleu" and rows and "hyp" in rows[0]:
+            stats, score = _bleu_statistics(rows)
+            part, whole = ("stats", stats, score), score(stats.sum(axis=0))
+        else:
+            return None
+        if not math.isclose(whole, value, rel_tol=1e-9, abs_tol=1e-9):  # the metric changed: do not decompose it
+            return None
+        parts.append(part)
+    return parts
+
+
+def _bleu_statistics(rows):
+    """Per-example BLEU statistics (n-gram matches and totals, lengths) from sacrebleu, lowercased and with every
+    reference, as bench.evaluation.generation_metrics scores BLEU; and BLEU of their sums."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(lowercase=True)
+    streams = max(len(r["gold"]) for r in rows)
+    references = [[r["gold"][k] if k < len(r["gold"]) else None for r in rows] for k in range(streams)]
+    stats = np.array(bleu._extract_corpus_statistics([r["hyp"] for r in rows], references), dtype=float)
+    return stats, lambda total: bleu._compute_score_from_stats([int(round(x)) for x in total]).score
+
+
+def _decomposed_draws(rng, systems, weights, ids, parts, count) -> np.ndarray:
+    """`count` replicates of the weighted sum from per-example statistics: example multiplicities (count, examples)
+    times each seed's statistics, then seed multiplicities."""
     examples = {space: _weights(rng, len(i), count) for space, i in ids.items()}
     draws = np.zeros(count)
-    for system, w, values, seeds in zip(systems, weights, X, _seed_weights(rng, systems, count)):
-        # einsum, not @: BLAS's thread pool costs 30x more than this small product on a shared machine
-        draws += w * (np.einsum("cn,sn->cs", examples[system.space], values) * seeds).sum(axis=1)
+    for system, w, by_seed, seeds in zip(systems, weights, parts, _seed_weights(rng, systems, count)):
+        picked = examples[system.space]
+        per_seed = np.zeros((count, len(by_seed)))
+        for k, part in enumerate(by_seed):
+            # einsum, not @: BLAS's thread pool costs 30x more than these small products on a shared machine
+            if part[0] == "mean":
+                per_seed[:, k] = np.einsum("cn,n->c", picked, part[1])
+            else:
+                totals = np.einsum("cn,nk->ck", picked * picked.shape[1], part[1])
+                per_seed[:, k] = [part[2](total) for total in totals]
+        draws += w * (per_seed * seeds).sum(axis=1)
     return draws
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from bench.evaluation import score_outputs
 from bench.report_claims import Comparison, decide
-from bench.report_stats import System, bootstrap
+from bench.report_stats import System, _bleu_statistics, bootstrap
 
 SEEDS, EXAMPLES = 3, 200
 
@@ -91,20 +91,38 @@ def generator(hypotheses, references, space="e2e/e2e") -> System:
                   scorer=lambda subset: score_outputs(subset, ["bleu"])["bleu"])
 
 
-def test_corpus_metric_is_resampled_at_corpus_level_and_paired():
+def test_bleu_is_resampled_at_corpus_level_and_paired():
     rng = np.random.default_rng(6)
     words = "the cafe serves cheap italian food near the river in the city centre with a family friendly".split()
-    references = [[" ".join(rng.choice(words, 9)) for _ in range(3)] for _ in range(30)]
+    references = [[" ".join(rng.choice(words, 9)) for _ in range(int(rng.integers(1, 4)))] for _ in range(30)]
     good = generator([refs[0] for refs in references], references)
     noisy = generator([" ".join(rng.choice(words, 9)) for _ in references], references)
-    interval = bootstrap([noisy], [1.0], corpus_resamples=100)
-    assert "corpus metric" in interval.method and interval.low < noisy.values[0] < interval.high
-    # a replicate's BLEU is the corpus BLEU of the drawn examples, not a mean of sentence BLEUs
-    assert interval.draws.min() >= 0 and len(set(np.round(interval.draws, 6))) > 50
-    same = bootstrap([noisy, noisy], [1.0, -1.0], corpus_resamples=50)
+    stats, score = _bleu_statistics(noisy.outputs[0])
+    for _ in range(5):  # a replicate's BLEU is the corpus BLEU of the drawn examples, not a mean of sentence BLEUs
+        drawn = rng.integers(30, size=30)
+        assert score(stats[drawn].sum(axis=0)) == pytest.approx(noisy.scorer([noisy.outputs[0][i] for i in drawn]))
+    interval = bootstrap([noisy], [1.0])
+    assert interval.method == "seeds × examples, 10,000 resamples" and interval.low < noisy.values[0] < interval.high
+    same = bootstrap([noisy, noisy], [1.0, -1.0])
     assert (same.low, same.high) == (0.0, 0.0)  # paired: both sides see the same drawn examples
-    diff = bootstrap([good, noisy], [1.0, -1.0], corpus_resamples=100)
+    diff = bootstrap([good, noisy], [1.0, -1.0])
     assert diff.low > 0 and diff.estimate == pytest.approx(good.values[0] - noisy.values[0])
+
+
+def test_metrics_without_statistics_are_rescored_on_every_replicate():
+    rng = np.random.default_rng(8)
+    accurate = classifier(rng, 0.8, seeds=2, examples=80)
+    f1 = System(accurate.space, "f1", accurate.seeds,
+                np.array([score_outputs(rows, ["f1"])["f1"] for rows in accurate.outputs]), accurate.outputs,
+                lambda rows: score_outputs(rows, ["f1"])["f1"])
+    interval = bootstrap([f1], [1.0], corpus_resamples=100)
+    assert interval.method == "seeds × examples, 100 resamples (corpus metric)"
+    assert interval.low < f1.values.mean() < interval.high
+    words = "a b c d e f g h".split()
+    references = [[" ".join(rng.choice(words, 6))] for _ in range(20)]
+    changed = generator([" ".join(rng.choice(words, 6)) for _ in references], references)
+    changed.values = changed.values + 1.0  # BLEU computed otherwise than sacrebleu's statistics give: re-scored
+    assert "corpus metric" in bootstrap([changed], [1.0], corpus_resamples=20).method
 
 
 def test_systems_pair_only_on_shared_example_ids():
