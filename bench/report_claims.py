@@ -88,9 +88,10 @@ class Comparison:
     text: str
 
 
-def decide(comparisons: list[Comparison], make_system, forced: str | None = None,
+def decide(comparisons: list[Comparison], make_system, failed: bool = False,
            seed: int = BOOTSTRAP_SEED) -> tuple[str, list[str]]:
-    """The claim's verdict and one line per comparison; `make_system(row, suffix)` -> bench.report_stats.System."""
+    """The claim's verdict and one line per comparison; `make_system(row, suffix)` -> bench.report_stats.System;
+    `failed`: a condition of the claim that needs no statistics does not hold (a parameter budget)."""
     level = 1 - (1 - LEVEL) / max(1, len(comparisons))
     found, lines = [], []
     for c in comparisons:
@@ -116,7 +117,7 @@ def decide(comparisons: list[Comparison], make_system, forced: str | None = None
                      + (f"; {needed(interval, c.margin, seeds, examples)}" if verdict == "inconclusive" else ""))
     if not found:
         return "not run", lines
-    if forced or "contradicted" in found:
+    if failed or "contradicted" in found:
         return "contradicted", lines
     if all(v == "reproduced" for v in found):
         return "reproduced", lines
@@ -139,7 +140,7 @@ def _pairs(S, cells, c):
 def check_compare(S, cells, hp_cols, c):
     P, on, gone = _pairs(S, cells, c)
     if gone:
-        return [], [], gone, None
+        return [], [], gone, False
     side, margin, keys = SIDE[c.get("op", ">=")], c["margin"], _varying(P, on)
     pairs = P.to_dict("records")
     texts = [f"{r['variant_l']} {fmt(_side(r, '_l'))} vs {r['variant_r']} {fmt(_side(r, '_r'))}" for r in pairs]
@@ -151,12 +152,12 @@ def check_compare(S, cells, hp_cols, c):
     else:
         comparisons = [Comparison(" ".join(str(r[k]) for k in keys) or "all", [(r, "_l"), (r, "_r")], [1, -1],
                                   margin, side, text) for r, text in zip(pairs, texts)]
-    notes, forced = [], None
+    notes, failed = [], False
     if "trainable_pct_below" in c:
         pct = P["trainable_pct_l"].max()
         notes.append(f"left trainable % (max): {pct:.3f} (claim: < {c['trainable_pct_below']})")
-        forced = "contradicted" if pct >= c["trainable_pct_below"] else None
-    return comparisons, notes, [], forced
+        failed = bool(pct >= c["trainable_pct_below"])
+    return comparisons, notes, [], failed
 
 
 def check_gap_shrinks(S, cells, hp_cols, c):
@@ -182,7 +183,7 @@ def check_gap_shrinks(S, cells, hp_cols, c):
             comparisons.append(Comparison(f"{label}: gap {small} − gap {large}", [(r, s) for r, s, _ in parts],
                                           [w for *_, w in parts], c["margin"], 1,
                                           f"{gaps[small]:+.1f} − {gaps[large]:+.1f}"))
-    return comparisons, notes, gone, None
+    return comparisons, notes, gone, False
 
 
 def _groups(S, cells, hp_cols, c):
@@ -219,7 +220,7 @@ def check_ordering(S, cells, hp_cols, c):
             gone.append(f"{label}: needs {c['by']} ∈ {order}, has {sorted(rows, key=_num)}")
             continue
         comparisons += [_step(label, c["by"], a, b, rows, c["margin"], 1) for a, b in zip(order, order[1:])]
-    return comparisons, [], gone, None
+    return comparisons, [], gone, False
 
 
 def check_plateau(S, cells, hp_cols, c):
@@ -232,9 +233,10 @@ def check_plateau(S, cells, hp_cols, c):
             gone.append(f"{label}: needs {c['by']}={after:g} and a larger value, has {sorted(xs)}")
             continue
         comparisons += [_step(label, c["by"], xs[x], xs[after], rows, c["margin"], -1) for x in sorted(xs) if x > after]
-    return comparisons, [], gone, None
+    return comparisons, [], gone, False
 
 
+# each: (summary, cells, hp columns, the claim's check) -> (comparisons, notes, missing cells, failed)
 CHECKS = {"compare": check_compare, "gap_shrinks": check_gap_shrinks, "ordering": check_ordering,
           "plateau": check_plateau}
 
@@ -248,8 +250,8 @@ def evaluate_claims(S, cells, hp_cols, claims: list[dict]) -> list[dict]:
         if "margin" not in claim["check"]:
             raise BenchError(f"claim {claim.get('id')} in {CLAIMS} declares no margin: add `margin: <points>` to "
                              "its check (the practical difference that decides it; see the file's header)")
-        comparisons, notes, gone, forced = CHECKS[claim["check"]["kind"]](S, cells, hp_cols, claim["check"])
-        verdict, lines = decide(comparisons, make, forced)
+        comparisons, notes, gone, failed = CHECKS[claim["check"]["kind"]](S, cells, hp_cols, claim["check"])
+        verdict, lines = decide(comparisons, make, failed)
         out.append({**claim, "verdict": verdict, "ours": lines + notes, "missing": gone})
     return out
 
