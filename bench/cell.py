@@ -59,15 +59,23 @@ def harness_hash() -> str:
                         if p.name not in NOT_HARNESS and not p.name.startswith(NOT_HARNESS_PREFIX))
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_atomic(path: Path, write, mode: str = "w") -> None:
+    """`write(handle)` into a temporary file beside `path`, then rename it to `path`: never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=False)
-        handle.write("\n")
+    with open(temporary, mode) as handle:
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    def write(handle):
+        json.dump(payload, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+    write_atomic(path, write)
 
 
 def git_commit() -> str | None:
@@ -206,13 +214,7 @@ def write_outputs_atomic(path: Path, outputs: dict[str, list[dict]]) -> str:
     lines = "".join(json.dumps({"eval_set": name, **row}, ensure_ascii=False) + "\n"
                     for name, rows in outputs.items() for row in rows)
     data = gzip.compress(lines.encode(), mtime=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomic(path, lambda handle: handle.write(data), "wb")
     return hashlib.sha256(data).hexdigest()
 
 
