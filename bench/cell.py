@@ -7,6 +7,7 @@ never leaves a partial record, and a finished record is never touched by a faili
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ class CellConfig:
 
 # they read records, plan cells or check the install; they make no record
 NOT_HARNESS = {"report.py", "plots.py", "grid.py", "benchmarks.py", "lock.py"}
+NOT_HARNESS_PREFIX = "report_"  # the report's parts (bench/report_*.py)
 
 
 def files_sha256(paths) -> str:
@@ -56,18 +58,27 @@ def files_sha256(paths) -> str:
 
 def harness_hash() -> str:
     """sha256 over the harness code that makes records: the report flags records made by other code."""
-    return files_sha256(p for p in HARNESS_DIR.glob("*.py") if p.name not in NOT_HARNESS)
+    return files_sha256(p for p in HARNESS_DIR.glob("*.py")
+                        if p.name not in NOT_HARNESS and not p.name.startswith(NOT_HARNESS_PREFIX))
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_atomic(path: Path, write, mode: str = "w") -> None:
+    """`write(handle)` into a temporary file beside `path`, then rename it to `path`: never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=False)
-        handle.write("\n")
+    with open(temporary, mode) as handle:
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    def write(handle):
+        json.dump(payload, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+    write_atomic(path, write)
 
 
 def git_commit() -> str | None:
@@ -178,31 +189,63 @@ class FormattedTask:
         return self._method.format_prompt(self._task.prompt(ex), self._hp, self._ctx)
 
 
-def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None, scorer: str | None = None) -> dict:
-    """Metrics of one eval set; `task` (default plan.task) is the task as the method formats it; `scorer` the
-    eval set's official scorer (generation; bench/scorers.py)."""
-    from bench import evaluation, scorers
+def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
+                 scorer: str | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, per-example outputs) of one eval set; `task` (default plan.task) is the task as the method formats
+    it; `scorer` the eval set's official scorer (generation; bench/scorers.py). The metrics are the method's
+    `score_outputs` of the outputs, so re-scoring the kept outputs gives them."""
+    from bench import evaluation
 
     task, hp = task or plan.task, plan.hp
-    custom = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
-    if custom is not None:
-        return custom
-    if task.kind == "classification":
+    rows = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
+    if rows is None and task.kind == "classification":
         if plan.model_spec.kind == "encoder":
             scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
-                                               hp["max_len"], timer)
+                                               hp["max_len"], timer).log_softmax(dim=-1)
         else:
             scores = evaluation.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"],
                                             hp["max_len"], plan.method.extra_positions(hp), timer)
-        predictions = scores.argmax(dim=-1).tolist()
-        return evaluation.classification_metrics(predictions, [ex.label for ex in examples], task.metrics)
-    hypotheses = evaluation.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
-                                     hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer,
-                                     plan.method.extra_positions(hp))
-    metrics = scorers.generation_metrics(hypotheses, [list(ex.references) for ex in examples], task.metrics,
-                                         scorer or "e2e-metrics")
-    metrics["samples"] = [{"input": task.prompt(ex), "output": h} for ex, h in zip(examples[:3], hypotheses)]
-    return metrics
+        rows = evaluation.classification_outputs(scores, examples)
+    elif rows is None:
+        hypotheses = evaluation.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
+                                         hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer,
+                                         plan.method.extra_positions(hp))
+        rows = evaluation.generation_outputs(hypotheses, examples)
+    metrics = plan.method.score_outputs(rows, task.metrics, scorer)
+    if task.kind != "classification":
+        metrics["samples"] = [{"input": task.prompt(ex), "output": r["hyp"]} for ex, r in zip(examples[:3], rows)]
+    return metrics, rows
+
+
+OUTPUTS = "outputs.jsonl.gz"  # beside record.json: every eval set's per-example outputs, one JSON line each
+
+
+def write_outputs_atomic(path: Path, outputs: dict[str, list[dict]]) -> str:
+    """Per-example outputs ({eval set: rows}) as gzip'd JSON lines, each row with its `eval_set`, written like
+    the record (temporary file, rename); returns the file's sha256, which the record keeps. mtime 0: the same
+    outputs give the same bytes."""
+    lines = "".join(json.dumps({"eval_set": name, **row}, ensure_ascii=False) + "\n"
+                    for name, rows in outputs.items() for row in rows)
+    data = gzip.compress(lines.encode(), mtime=0)
+    write_atomic(path, lambda handle: handle.write(data), "wb")
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_outputs(cell_dir: Path, record: dict) -> dict[str, list[dict]] | None:
+    """A record's per-example outputs by eval set; None when the record has none (older records) or the file is
+    missing or does not match the sha256 in the record."""
+    kept = record.get("outputs")
+    path = Path(cell_dir) / (kept or {}).get("file", OUTPUTS)
+    if not kept or not path.is_file():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != kept.get("sha256"):
+        return None
+    outputs: dict[str, list[dict]] = {}
+    for line in gzip.decompress(data).decode().splitlines():
+        row = json.loads(line)
+        outputs.setdefault(row.pop("eval_set"), []).append(row)
+    return outputs
 
 
 def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> dict:
@@ -267,10 +310,12 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
             shutil.rmtree(delta_dir)
         method.save_delta(model, delta_dir)
         delta_bytes = sum(f.stat().st_size for f in delta_dir.rglob("*") if f.is_file())
+        outputs = {}
         for name, examples in eval_sets.items():
-            record["metrics"][name] = evaluate_set(plan, model, tokenizer, examples, eval_timer, prompted,
-                                                   eval_scorer(plan.task, name))
+            record["metrics"][name], outputs[name] = evaluate_set(plan, model, tokenizer, examples, eval_timer,
+                                                                  prompted, eval_scorer(plan.task, name))
             record["metrics"][name]["n"] = len(examples)
+        record["outputs"] = {"file": OUTPUTS, "sha256": write_outputs_atomic(out_dir / OUTPUTS, outputs)}
         if trains and (analysis := method.analyse(model, hp, ctx)):
             record["analysis"] = analysis
     peak_mem = peak_memory_bytes(device)  # before matmul_peak_flops: its benchmark matrices would count

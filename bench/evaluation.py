@@ -8,6 +8,8 @@ sequence and collapse into one. Logits are computed only at the positions that a
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -132,6 +134,37 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         for i, text in zip(chunk, texts):
             outputs[i] = clean_generation(text)
     return outputs
+
+
+def example_id(ex) -> str:
+    """A stable id of an eval example: sha256 (16 hex digits) of its fields, label and references, so that two
+    cells' outputs on one example pair up whatever order or subset they were evaluated in."""
+    content = json.dumps([ex.fields, ex.label, list(ex.references)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def classification_outputs(scores, examples) -> list[dict]:
+    """Per-example outputs of a classifier from its scores (examples, labels): log-probabilities of each label
+    (rank scoring: the label words' summed log-probs; encoders: log-softmax of the head's logits)."""
+    return [{"id": example_id(ex), "gold": ex.label, "pred": int(row.argmax()), "logprobs": [round(float(v), 5)
+                                                                                            for v in row]}
+            for ex, row in zip(examples, scores)]
+
+
+def generation_outputs(hypotheses, examples) -> list[dict]:
+    return [{"id": example_id(ex), "gold": list(ex.references), "hyp": h} for ex, h in zip(examples, hypotheses)]
+
+
+def score_outputs(rows: list[dict], names, scorer: str | None = None) -> dict[str, float]:
+    """The metrics of per-example outputs (classification_outputs / generation_outputs rows); generation as the
+    eval set's official `scorer` computes them (bench/scorers.py; default e2e-metrics). Records' metrics are
+    computed by this from the rows the cell keeps, so re-scoring the kept rows gives the record's numbers."""
+    if rows and "hyp" in rows[0]:
+        from bench.scorers import generation_metrics
+
+        return generation_metrics([r["hyp"] for r in rows], [r["gold"] for r in rows], names,
+                                  scorer or "e2e-metrics")
+    return classification_metrics([r["pred"] for r in rows], [r["gold"] for r in rows], names)
 
 
 def classification_metrics(predictions: list[int], labels: list[int], names) -> dict[str, float]:

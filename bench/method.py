@@ -98,11 +98,20 @@ class Method:
         before `apply` and the training batches; its time is not in the cell's train_s. Default: unchanged."""
         return examples
 
-    def evaluate(self, model, tokenizer, task, examples: list, hp: dict, timer=None) -> dict | None:
-        """Metrics of one eval set computed by the method itself (e.g. an ensemble's vote), or None to use
-        the harness's rank scoring / encoder logits / generation. `task.prompt` already applies
+    def evaluate(self, model, tokenizer, task, examples: list, hp: dict, timer=None) -> list[dict] | None:
+        """Per-example outputs of one eval set computed by the method itself (e.g. an ensemble's vote), as rows of
+        bench.evaluation.classification_outputs / generation_outputs plus any keys `score_outputs` reads, or None
+        to use the harness's rank scoring / encoder logits / generation. `task.prompt` already applies
         `format_prompt`; `timer` (bench.evaluation.Timer) collects model time and tokens."""
         return None
+
+    def score_outputs(self, rows: list[dict], names, scorer: str | None = None) -> dict:
+        """The metrics of per-example outputs: the record's metrics, and the report's re-scoring of resampled
+        examples. Default: bench.evaluation.score_outputs (the task's metrics `names`; generation as the eval
+        set's official `scorer` computes them)."""
+        from bench.evaluation import score_outputs
+
+        return score_outputs(rows, names, scorer)
 
     def analyse(self, model, hp: dict, ctx: CellContext) -> dict:
         """Facts about the trained delta that the record keeps under `analysis` (e.g. a soft prompt's nearest

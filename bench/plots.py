@@ -2,8 +2,10 @@
 
 One figure per task and kind, written only when the summary has the data for it: score vs model size and
 score vs training examples (line plots, log x, at least 2 x values), in-domain vs shifted eval sets (grouped
-bars), and score vs cost (peak memory, trainable parameters) with the Pareto front. Files are named
-`<kind>-<task>.png` (the Snakefile's report() patterns rely on it).
+bars), and score vs cost (peak memory, trainable parameters) with the Pareto front. Every point or bar has its
+95% interval as error bars (none where the summary has none); every method variant has its own colour and marker
+(bars: colour and hatch) in every figure; in the Pareto plot the marker's size tells the models apart. Files are
+named `<kind>-<task>.png` (the Snakefile's report() patterns rely on it).
 """
 from __future__ import annotations
 
@@ -14,22 +16,39 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from bench.report import _num, human  # noqa: E402
+from bench.report_summary import _num  # noqa: E402
+from bench.report_tables import human  # noqa: E402
 
 UNITS = {"accuracy": "accuracy (%)", "f1": "F1 (×100)", "bleu": "BLEU (0–100)", "rouge_l": "ROUGE-L F (×100)",
          "rouge_1": "ROUGE-1 F (×100)"}
 
 
-def _colors(T) -> dict:
-    variants = list(dict.fromkeys(T["variant"]))
-    cmap, n = (plt.get_cmap("tab10"), 10) if len(variants) <= 10 else (plt.get_cmap("tab20"), 20)
-    return {v: cmap(i % n) for i, v in enumerate(variants)}
+COLORS = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10 less its grey (the model legend's)
+MARKERS = "osD^vP*Xph<>"
+HATCHES = ["", "//", "..", "xx", "\\\\", "oo", "++", "--", "**", "||", "OO", "//.."]  # bars: the marker's counterpart
 
 
-def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+def _styles(T) -> dict:
+    """Per method variant a (colour, marker) pair no other variant of the summary has: 9 colours x 12 markers."""
+    return {v: (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)])
+            for i, v in enumerate(dict.fromkeys(T["variant"]))}
+
+
+def _yerr(D):
+    """Error bars from the 95% interval (bench/report_stats.py); none where a row has no interval."""
+    if "ci_low" not in D:
+        return None
+    return np.array([D["mean"] - D["ci_low"], D["ci_high"] - D["mean"]], dtype=float)
+
+
+def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, D=None) -> Path:
+    """`D`: the rows drawn; a figure none of whose rows has an interval says why it has no error bars."""
+    if D is not None and ("ci_low" not in D or D["ci_low"].isna().all()):
+        fig.text(0.99, 0.01, "no error bars: one seed and no per-example outputs", ha="right", fontsize=7)
     for a in np.atleast_1d(ax):
         a.grid(True, alpha=0.3)
         a.set_axisbelow(True)
@@ -46,11 +65,12 @@ def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
     return path
 
 
-def _lines(ax, D, x, colors, tick=human):
-    """One line per method variant (error bars: std over seeds); log x with ticks at the data."""
+def _lines(ax, D, x, styles, tick=human):
+    """One line per method variant (error bars: 95% intervals); log x with ticks at the data."""
     for variant, g in D.groupby("variant", sort=False):
         g = g.sort_values(x)
-        ax.errorbar(g[x], g["mean"], yerr=g["std"], marker="o", capsize=3, label=variant, color=colors[variant])
+        color, marker = styles[variant]
+        ax.errorbar(g[x], g["mean"], yerr=_yerr(g), marker=marker, capsize=3, label=variant, color=color)
     ax.set_xscale("log")
     xs = sorted(set(D[x]))
     ax.set_xticks(xs, [tick(v) for v in xs])
@@ -63,9 +83,9 @@ def plot_size(T, task, out: Path):
     if D["model_params"].nunique() < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _lines(ax, D, "model_params", _colors(T))
+    _lines(ax, D, "model_params", _styles(T))
     return _save(fig, ax, out / f"size-{task}.png", f"{task}: score vs model size (train size {size})",
-                 "model size (parameters, log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+                 "model size (parameters, log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]), D)
 
 
 def plot_data(T, task, out: Path):
@@ -74,9 +94,9 @@ def plot_data(T, task, out: Path):
     if D["train_size"].nunique() < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _lines(ax, D.assign(n=D["train_size"].astype(int)), "n", _colors(T), tick=lambda v: f"{v:g}")
+    _lines(ax, D.assign(n=D["train_size"].astype(int)), "n", _styles(T), tick=lambda v: f"{v:g}")
     return _save(fig, ax, out / f"trainsize-{task}.png", f"{task}: score vs training examples ({model})",
-                 "training examples (log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+                 "training examples (log scale)", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]), D)
 
 
 def plot_shift(T, task, out: Path):
@@ -84,21 +104,23 @@ def plot_shift(T, task, out: Path):
     D = T[(T["model"] == model) & (T["train_size"] == size)]
     if D["in_domain"].all():
         return None
-    sets, colors = list(dict.fromkeys(D["eval_set"])), _colors(T)
+    sets, styles = list(dict.fromkeys(D["eval_set"])), _styles(T)
     variants = list(dict.fromkeys(D["variant"]))
     width = 0.8 / len(variants)
     fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(sets)), 4.2))
     for i, variant in enumerate(variants):
         by = D[D["variant"] == variant].set_index("eval_set")
         xs = [j for j, s in enumerate(sets) if s in by.index]
+        color, marker = styles[variant]
         ax.bar([x + (i - (len(variants) - 1) / 2) * width for x in xs], [by.loc[sets[x], "mean"] for x in xs], width,
-               yerr=[by.loc[sets[x], "std"] for x in xs], capsize=3, label=variant,
-               color=colors[variant])
+               yerr=_yerr(by.loc[[sets[x] for x in xs]]), capsize=3, label=variant, color=color,
+               hatch=HATCHES[MARKERS.index(marker) % len(HATCHES)], edgecolor="white")
     ax.set_xticks(range(len(sets)), [s + (" (in-domain)" if s == task else "") for s in sets])
-    ax.set_ylim(0, (D["mean"] + D["std"].fillna(0)).max() * (1.15 + 0.07 * ((len(variants) + 2) // 3)))  # legend room
+    top = D["ci_high"].fillna(D["mean"]) if "ci_high" in D else D["mean"]
+    ax.set_ylim(0, top.max() * (1.15 + 0.07 * ((len(variants) + 2) // 3)))  # legend room
     ax.legend(fontsize=8, loc="upper center", ncol=min(3, len(variants)))
     return _save(fig, ax, out / f"shift-{task}.png", f"{task}: in-domain vs shifted eval sets ({model}, n={size})",
-                 "eval set", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+                 "eval set", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]), D)
 
 
 def _front(x, y):
@@ -116,27 +138,31 @@ def plot_pareto(T, task, out: Path):
     D = T[T["in_domain"] & (T["train_size"] == size)]
     if len(D) < 2:
         return None
-    colors = _colors(T)
+    styles = _styles(T)
     models = list(D.sort_values("model_params")["model"].unique())
-    markers = dict(zip(models, "osD^vP*X" * 4))
+    sizes = {m: 30 + 50 * i for i, m in enumerate(models)}  # marker area by model: the markers name the method
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     for ax, col, scale, label in ((axes[0], "peak_mem_bytes", 2**30, "peak memory (GB)"),
                                   (axes[1], "trainable_params", 1, "trainable parameters (log scale)")):
         P = D[D[col] > 0]
         for r in P.to_dict("records"):
-            ax.scatter(r[col] / scale, r["mean"], color=colors[r["variant"]], marker=markers[r["model"]], s=45,
-                       zorder=3)
+            color, marker = styles[r["variant"]]
+            ax.errorbar(r[col] / scale, r["mean"], yerr=_yerr(pd.DataFrame([r])), color=color, marker=marker,
+                        markersize=np.sqrt(sizes[r["model"]]), capsize=3, linestyle="", zorder=3)
         if len(P) >= 2:
             fx, fy = _front(P[col].to_numpy() / scale, P["mean"].to_numpy())
             ax.step(fx, fy, where="post", color="k", linestyle="--", linewidth=1)
         ax.set_xlabel(label)
     axes[1].set_xscale("log")
-    handles = [Line2D([], [], color=colors[v], marker="o", linestyle="", label=v) for v in dict.fromkeys(D["variant"])]
-    handles += [Line2D([], [], color="gray", marker=markers[m], linestyle="", label=m) for m in models]
+    handles = [Line2D([], [], color=styles[v][0], marker=styles[v][1], linestyle="", label=v)
+               for v in dict.fromkeys(D["variant"])]
+    handles += [Line2D([], [], color="gray", marker="o", markerfacecolor="none", markersize=np.sqrt(sizes[m]),
+                       linestyle="", label=m) for m in models] if len(models) > 1 else []
     handles.append(Line2D([], [], color="k", linestyle="--", linewidth=1, label="Pareto front"))
     axes[0].legend(handles=handles, fontsize=8)
-    return _save(fig, axes, out / f"pareto-{task}.png", f"{task}: score vs cost (n={size}; colour = method, "
-                 "marker = model; upper left is better)", "", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]))
+    return _save(fig, axes, out / f"pareto-{task}.png", f"{task}: score vs cost (n={size}; colour and marker = method, "
+                 "marker size = model; upper left is better)", "", UNITS.get(D["metric"].iloc[0], D["metric"].iloc[0]),
+                 D)
 
 
 def make_plots(S, out: Path) -> list[Path]:

@@ -14,9 +14,10 @@ of the k prompts' losses while its gradient is that of their sum (so each prompt
 gradient), and Adafactor's and AdamW's states and weight decay are per parameter. A gradient-norm clip
 would couple them (the loop clips the joint norm), so `grad_clip` must stay 0 (Lester's setting).
 
-Evaluation (the `evaluate` hook): one batched rank-scoring pass gives every prompt's label log-probs;
-`accuracy` (and `f1`) is the ensemble's majority vote over the k prompts' predictions, ties broken by the
-mean log-prob over prompts; the record also holds `<metric>_avg_single` (mean over the k prompts),
+Evaluation (the `evaluate` hook): one batched rank-scoring pass gives every prompt's label log-probs; each
+example's output row keeps the vote (`pred`), every prompt's prediction (`preds`) and the mean log-probs over
+prompts (`logprobs`), and `score_outputs` turns rows into metrics: `accuracy` (and `f1`) is the ensemble's
+majority vote over the k prompts' predictions, ties broken by the mean log-prob over prompts; the record also holds `<metric>_avg_single` (mean over the k prompts),
 `<metric>_best_single` (best prompt on that eval set, an oracle choice as in Lester's table),
 `<metric>_mean_logprob` (argmax of the mean log-prob) and `<metric>_singles` (each prompt's).
 Classification with causal LMs only: a generation task is refused when the cell is planned.
@@ -120,15 +121,24 @@ class PromptEnsemble(Method):
         return k * loss - ((k - 1) * loss).detach()
 
     def evaluate(self, model, tokenizer, task, examples, hp, timer=None):
-        from bench.evaluation import classification_metrics, rank_scores
+        from bench.evaluation import classification_outputs, rank_scores
 
         scores = rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"],
                              self.extra_positions(hp), timer, copies=model.num_prompts).reshape(
                                  model.num_prompts, len(examples), len(task.verbalizer))
-        labels = [ex.label for ex in examples]
-        singles = [classification_metrics(s.argmax(dim=-1).tolist(), labels, task.metrics) for s in scores]
-        metrics = classification_metrics(vote(scores), labels, task.metrics)
-        by_mean = classification_metrics(scores.mean(dim=0).argmax(dim=-1).tolist(), labels, task.metrics)
+        rows = classification_outputs(scores.mean(dim=0), examples)  # logprobs: the mean over prompts
+        for row, voted, singles in zip(rows, vote(scores), scores.argmax(dim=-1).T.tolist()):
+            row.update(pred=voted, preds=singles)
+        return rows
+
+    def score_outputs(self, rows, names, scorer=None):  # classification only: no scorer
+        from bench.evaluation import classification_metrics
+
+        labels = [r["gold"] for r in rows]
+        singles = [classification_metrics(list(preds), labels, names) for preds in zip(*(r["preds"] for r in rows))]
+        metrics = classification_metrics([r["pred"] for r in rows], labels, names)
+        by_mean = classification_metrics([max(range(len(r["logprobs"])), key=r["logprobs"].__getitem__)
+                                          for r in rows], labels, names)
         for name in list(metrics):
             values = [m[name] for m in singles]
             metrics[f"{name}_avg_single"] = sum(values) / len(values)

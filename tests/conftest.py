@@ -85,3 +85,24 @@ _delta_round_trip.ids = ROUND_TRIP_IDS
 @pytest.fixture(scope="session")
 def delta_round_trip():
     return _delta_round_trip
+
+
+def _rescoring_gives_the_record(record, cell_dir):
+    """The kept per-example outputs, scored again, give exactly the record's metrics, for every eval set."""
+    from bench.cell import read_outputs
+    from bench.method import get_method
+    from bench.tasks import get_task
+
+    outputs = read_outputs(cell_dir, record)
+    assert outputs is not None and set(outputs) == set(record["metrics"])
+    method, task = get_method(record["config"]["method"]), get_task(record["config"]["task"])
+    for eval_set, metrics in record["metrics"].items():
+        rows = outputs[eval_set]
+        assert len(rows) == metrics["n"] and len({r["id"] for r in rows}) == len(rows)
+        kept = {k: v for k, v in metrics.items() if k not in ("n", "samples")}
+        assert method.score_outputs(rows, task.metrics) == kept, eval_set
+
+
+@pytest.fixture(scope="session")
+def rescoring_gives_the_record():
+    return _rescoring_gives_the_record

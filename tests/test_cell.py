@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.cell import CellConfig, run_cell, write_json_atomic
+from bench.cell import CellConfig, read_outputs, run_cell, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def _cell(**changes):
     return CellConfig(**settings)
 
 
-def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
+def test_record_is_self_describing_and_repeatable(models_cache, tmp_path, rescoring_gives_the_record):
     first = run_cell(_cell(), tmp_path / "a", threads=1)
     again = run_cell(_cell(), tmp_path / "b", threads=1)
     record = json.loads((tmp_path / "a" / "record.json").read_text())
@@ -43,6 +43,11 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path):
     assert len(record["train"]["losses"]) == 2
     assert again["metrics"] == first["metrics"] and again["train"] == first["train"]
     assert not list((tmp_path / "a").glob(".*tmp"))
+    assert record["outputs"] == again["outputs"]  # same outputs, same bytes (gzip without a timestamp)
+    rescoring_gives_the_record(record, tmp_path / "a")
+    row = read_outputs(tmp_path / "a", record)["sst2"][0]
+    assert set(row) == {"id", "gold", "pred", "logprobs"} and len(row["logprobs"]) == 2
+    assert row["pred"] == max(range(2), key=row["logprobs"].__getitem__)
 
 
 def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):
@@ -53,11 +58,14 @@ def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):
     assert record["metrics"]["sst2"]["n"] == 8 and record["cost"]["eval_s"] > 0
 
 
-def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path):
+def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path, rescoring_gives_the_record):
     record = run_cell(_cell(task="e2e", shifts=None, hp={"steps": 1, "batch_size": 2, "max_len": 64}, eval_limit=4),
                       tmp_path, threads=1)
     assert {"bleu", "rouge_l", "n", "samples"} <= set(record["metrics"]["e2e"])
     assert record["metrics"]["e2e"]["n"] == 4
+    rescoring_gives_the_record(record, tmp_path)  # BLEU, NIST, METEOR, ROUGE-L, CIDEr
+    row = read_outputs(tmp_path, record)["e2e"][0]
+    assert set(row) == {"id", "gold", "hyp"} and row["hyp"] == record["metrics"]["e2e"]["samples"][0]["output"]
 
 
 def test_diverged_training_is_recorded_with_its_step(models_cache, tmp_path):
@@ -170,9 +178,10 @@ def test_tiny_grid_through_snakemake(models_cache, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["lora", "full_ft"])
-def test_encoder_cell_trains_its_head(models_cache, tmp_path, method):
+def test_encoder_cell_trains_its_head(models_cache, tmp_path, method, rescoring_gives_the_record):
     record = run_cell(_cell(model="tiny-bert", method=method, task="mrpc", shifts=("qqp",)), tmp_path, threads=1)
     assert record["status"] == "ok" and set(record["metrics"]) == {"mrpc", "qqp"}
     assert {"accuracy", "f1"} <= set(record["metrics"]["mrpc"])
+    rescoring_gives_the_record(record, tmp_path)  # log-softmax of the head: accuracy and F1
     if method == "lora":  # 2 layers x (query, value) x r(d_in + d_out), plus the head Linear(32, 2)
         assert record["cost"]["trainable_params"] == 2 * 2 * 4 * (32 + 32) + (32 * 2 + 2)

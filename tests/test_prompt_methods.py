@@ -311,7 +311,7 @@ def test_ensemble_one_pass_equals_separate_prompt_tuned_passes(tiny_llama, model
             single.prompt_encoder["default"].embedding.weight.copy_(ensemble.prompts[i])
         alone = rank_scores(single.eval(), tokenizer, sst2, examples, batch_size=2, max_len=128, extra_positions=P)
         assert torch.allclose(together[i], alone, atol=1e-4)
-    metrics = method.evaluate(ensemble, tokenizer, sst2, examples, hp)
+    metrics = method.score_outputs(method.evaluate(ensemble, tokenizer, sst2, examples, hp), sst2.metrics)
     assert metrics["accuracy_best_single"] >= metrics["accuracy_avg_single"]
     assert len(metrics["accuracy_singles"]) == 3
 
@@ -366,11 +366,12 @@ CELL_HP = {"steps": 2, "batch_size": 4, "max_len": 48, "num_virtual_tokens": P}
     ("prompt_ensemble", {**CELL_HP, "k": 2}),
     ("prompt_design", {"shots": 2, "max_len": 128}),
 ])
-def test_cell_record(method, hp, models_cache, tmp_path, tiny_llama):
+def test_cell_record(method, hp, models_cache, tmp_path, tiny_llama, rescoring_gives_the_record):
     config = CellConfig(task="sst2", model="tiny-llama", method=method, train_size=16, seed=0, hp=hp, eval_limit=8,
                         shifts=())
     record = run_cell(config, tmp_path, threads=1)
     assert record["status"] == "ok" and record["metrics"]["sst2"]["n"] == 8
+    rescoring_gives_the_record(record, tmp_path)  # the ensemble's vote, single prompts and mean log-prob too
     assert 0 <= record["metrics"]["sst2"]["accuracy"] <= 100
     cost, d = record["cost"], tiny_llama[0].config.hidden_size
     if method == "prompt_design":

@@ -1,0 +1,138 @@
+"""Claim verdicts and intervals on synthetic per-example outputs with a known truth (bench/report_stats.py,
+bench/report_claims.py): a clear difference is reproduced, a reversed one contradicted, identical systems are
+inconclusive (and reproduced in at most 5% of simulated null pairs), verdicts do not depend on the bootstrap seed,
+corpus metrics are resampled at corpus level and paired."""
+import numpy as np
+import pytest
+
+from bench.evaluation import score_outputs
+from bench.report_claims import Comparison, decide
+from bench.report_stats import System, _bleu_statistics, bootstrap
+
+SEEDS, EXAMPLES = 3, 200
+
+
+def classifier(rng, accuracy: float, seeds: int = SEEDS, examples: int = EXAMPLES, space: str = "sst2/sst2") -> System:
+    """A system whose answers are right with probability `accuracy`, independently per seed and example."""
+    gold = np.arange(examples) % 2
+    outputs = []
+    for _ in range(seeds):
+        right = rng.random(examples) < accuracy
+        outputs.append([{"id": f"ex{i}", "gold": int(g), "pred": int(g if r else 1 - g)}
+                        for i, (g, r) in enumerate(zip(gold, right))])
+    values = np.array([100.0 * np.mean([r["pred"] == r["gold"] for r in rows]) for rows in outputs])
+    return System(space=space, metric="accuracy", seeds=tuple(range(seeds)), values=values, outputs=outputs,
+                  scorer=lambda rows: score_outputs(rows, ["accuracy"])["accuracy"])
+
+
+def verdict(left: System, right: System, margin: float = 0.0, side: int = 1, seed: int = 0) -> tuple[str, str]:
+    pair = {"_l": left, "_r": right}
+    found, lines = decide([Comparison("all", [(pair, "_l"), (pair, "_r")], [1, -1], margin, side, "left vs right")],
+                          lambda row, suffix: row[suffix], seed=seed)
+    return found, lines[0]
+
+
+def test_clear_difference_is_reproduced_and_reversed_contradicted():
+    rng = np.random.default_rng(1)
+    strong, weak = classifier(rng, 0.85), classifier(rng, 0.65)
+    found, line = verdict(strong, weak)
+    assert found == "reproduced" and "Δ +" in line and "seeds × examples, 10,000 resamples" in line
+    assert verdict(weak, strong)[0] == "contradicted"
+    assert verdict(strong, weak, margin=50)[0] == "contradicted"  # a 20-point gain is not a 50-point one
+    assert verdict(weak, strong, side=-1)[0] == "reproduced"  # claim: left below right
+
+
+def test_identical_systems_are_inconclusive_and_rarely_reproduced():
+    rng = np.random.default_rng(2)
+    found = [verdict(classifier(rng, 0.75), classifier(rng, 0.75))[0] for _ in range(200)]
+    assert found.count("reproduced") <= 0.05 * len(found)
+    assert found.count("inconclusive") >= 0.9 * len(found)
+    same = classifier(rng, 0.75)
+    found, line = verdict(same, same)  # one system against itself: every replicate's difference is 0
+    assert found == "inconclusive" and "Δ +0.00 [+0.00, +0.00]" in line
+    assert "the observed difference equals the margin" in line
+
+
+def test_inconclusive_says_what_would_decide_it():
+    rng = np.random.default_rng(3)
+    found, line = verdict(classifier(rng, 0.80, seeds=2, examples=60), classifier(rng, 0.74, seeds=2, examples=60))
+    assert found == "inconclusive"
+    seeds, examples = [int(word) for word in line.split("about ")[1].split() if word.isdigit()][:2]
+    assert seeds > 2 and examples > 60  # more than it has: it was not enough
+
+
+def test_verdicts_do_not_depend_on_the_bootstrap_seed():
+    rng = np.random.default_rng(4)
+    cases = {"reproduced": (classifier(rng, 0.85), classifier(rng, 0.70)),
+             "contradicted": (classifier(rng, 0.60), classifier(rng, 0.80)),
+             "inconclusive": (classifier(rng, 0.75), classifier(rng, 0.75))}
+    for expected, (left, right) in cases.items():
+        assert {verdict(left, right, seed=seed)[0] for seed in range(8)} == {expected}
+    first, again = bootstrap([cases["inconclusive"][0]], [1.0]), bootstrap([cases["inconclusive"][0]], [1.0])
+    assert (first.low, first.high) == (again.low, again.high)  # the report is deterministic
+
+
+def test_single_system_interval_covers_its_accuracy():
+    rng = np.random.default_rng(5)
+    system = classifier(rng, 0.7, seeds=4, examples=400)
+    interval = bootstrap([system], [1.0])
+    assert interval.low < system.values.mean() < interval.high
+    assert 60 < interval.low and interval.high < 80 and interval.high - interval.low < 12
+    seeds_only = bootstrap([System(system.space, "accuracy", system.seeds, system.values, None, system.scorer)], [1.0])
+    assert seeds_only.method == "seeds" and seeds_only.high - seeds_only.low < interval.high - interval.low
+    one_seed = System(system.space, "accuracy", (0,), system.values[:1], None, system.scorer)
+    assert bootstrap([one_seed], [1.0]) is None  # no outputs, one seed: no interval
+
+
+def generator(hypotheses, references, space="e2e/e2e") -> System:
+    rows = [{"id": f"mr{i}", "gold": refs, "hyp": h} for i, (h, refs) in enumerate(zip(hypotheses, references))]
+    bleu = score_outputs(rows, ["bleu"])["bleu"]
+    return System(space=space, metric="bleu", seeds=(0,), values=np.array([bleu]), outputs=[rows],
+                  scorer=lambda subset: score_outputs(subset, ["bleu"])["bleu"])
+
+
+def test_bleu_is_resampled_at_corpus_level_and_paired():
+    rng = np.random.default_rng(6)
+    words = "the cafe serves cheap italian food near the river in the city centre with a family friendly".split()
+    references = [[" ".join(rng.choice(words, 9)) for _ in range(int(rng.integers(1, 4)))] for _ in range(30)]
+    good = generator([refs[0] for refs in references], references)
+    noisy = generator([" ".join(rng.choice(words, 9)) for _ in references], references)
+    stats, score = _bleu_statistics(noisy.outputs[0])
+    for _ in range(5):  # a replicate's BLEU is the corpus BLEU of the drawn examples, not a mean of sentence BLEUs
+        drawn = rng.integers(30, size=30)
+        assert score(stats[drawn].sum(axis=0)) == pytest.approx(noisy.scorer([noisy.outputs[0][i] for i in drawn]))
+    interval = bootstrap([noisy], [1.0])
+    assert interval.method == "seeds × examples, 10,000 resamples" and interval.low < noisy.values[0] < interval.high
+    same = bootstrap([noisy, noisy], [1.0, -1.0])
+    assert (same.low, same.high) == (0.0, 0.0)  # paired: both sides see the same drawn examples
+    diff = bootstrap([good, noisy], [1.0, -1.0])
+    assert diff.low > 0 and diff.estimate == pytest.approx(good.values[0] - noisy.values[0])
+
+
+def test_metrics_without_statistics_are_rescored_on_every_replicate():
+    rng = np.random.default_rng(8)
+    accurate = classifier(rng, 0.8, seeds=2, examples=80)
+    f1 = System(accurate.space, "f1", accurate.seeds,
+                np.array([score_outputs(rows, ["f1"])["f1"] for rows in accurate.outputs]), accurate.outputs,
+                lambda rows: score_outputs(rows, ["f1"])["f1"])
+    interval = bootstrap([f1], [1.0], corpus_resamples=100)
+    assert interval.method == "seeds × examples, 100 resamples (corpus metric)"
+    assert interval.low < f1.values.mean() < interval.high
+    words = "a b c d e f g h".split()
+    references = [[" ".join(rng.choice(words, 6))] for _ in range(20)]
+    changed = generator([" ".join(rng.choice(words, 6)) for _ in references], references)
+    changed.values = changed.values + 1.0  # BLEU computed otherwise than sacrebleu's statistics give: re-scored
+    assert "corpus metric" in bootstrap([changed], [1.0], corpus_resamples=20).method
+
+
+def test_systems_pair_only_on_shared_example_ids():
+    rng = np.random.default_rng(7)
+    left, right = classifier(rng, 0.8), classifier(rng, 0.6)
+    right.outputs = [rows[:150] for rows in right.outputs]  # scored on fewer examples: pairs on those 150
+    assert bootstrap([left, right], [1.0, -1.0]) is not None
+    for rows in right.outputs:
+        for row in rows:
+            row["id"] = "other-" + row["id"]
+    assert bootstrap([left, right], [1.0, -1.0]) is None
+    found, line = verdict(left, right)
+    assert found == "inconclusive" and "share no eval examples" in line
