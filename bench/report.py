@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bench.cell import harness_hash
+from bench.cell import harness_hash, write_atomic
 from bench.grid import load_grid_file
 from bench.report_claims import CHECKS, CLAIMS, claims_md, evaluate_claims, select  # noqa: F401 (the report API)
 from bench.report_stats import CORPUS_RESAMPLES, RESAMPLES
@@ -42,8 +42,9 @@ def write_report(grid: str) -> list[Path]:
     for old in plots_dir.glob("*.png"):
         old.unlink()
     selection = dev_selection_tables(S)  # before writing: it adds summary.csv's selected_on_dev column
-    S.drop(columns=list(PER_SEED), errors="ignore").to_csv(res / "summary.csv", index=False)
-    cells.drop(columns=["analysis", "outputs"]).to_csv(res / "cells.csv", index=False)
+    summary, status = S.drop(columns=list(PER_SEED), errors="ignore"), cells.drop(columns=["analysis", "outputs"])
+    write_atomic(res / "summary.csv", lambda handle: summary.to_csv(handle, index=False))
+    write_atomic(res / "cells.csv", lambda handle: status.to_csv(handle, index=False))
     S = S[S["eval_set"] != "dev"] if len(S) else S  # dev is for selection only: not a shift in tables, plots, claims
     tables = [*generation_tables(S), *size_tables(S), *shift_tables(S, paired_difference(cells, S)),
               *lowdata_tables(S),
@@ -82,8 +83,9 @@ def write_report(grid: str) -> list[Path]:
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md"]
-    paths[2].write_text("\n".join(parts))
-    paths[3].write_text("% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
-                        + "\n".join(tex_table(t) for t in tables))
-    paths[4].write_text(claims_md(name, claims))
+    texts = {paths[3]: "% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
+             + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims),
+             paths[2]: "\n".join(parts)}  # README.md last: the file `rule all` asks for
+    for path, text in texts.items():  # atomically: a killed report never leaves a partial file to be trusted
+        write_atomic(path, lambda handle, text=text: handle.write(text))
     return paths + plots
