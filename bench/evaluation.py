@@ -136,23 +136,30 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return outputs
 
 
-def example_id(ex) -> str:
-    """A stable id of an eval example: sha256 (16 hex digits) of its fields, label and references, so that two
-    cells' outputs on one example pair up whatever order or subset they were evaluated in."""
-    content = json.dumps([ex.fields, ex.label, list(ex.references)], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(content.encode()).hexdigest()[:16]
+def example_ids(examples) -> list[str]:
+    """Stable ids of an eval set's examples: sha256 (16 hex digits) of each one's fields, label and references, so
+    that two cells' outputs on one example pair up whatever order or subset they were evaluated in; an example
+    that occurs again in the set (SST-2 and IMDB hold a few duplicates) gets `#2`, `#3`, ... after its hash."""
+    seen: dict[str, int] = {}
+    ids = []
+    for ex in examples:
+        content = json.dumps([ex.fields, ex.label, list(ex.references)], sort_keys=True, ensure_ascii=False)
+        digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+        seen[digest] = seen.get(digest, 0) + 1
+        ids.append(digest if seen[digest] == 1 else f"{digest}#{seen[digest]}")
+    return ids
 
 
 def classification_outputs(scores, examples) -> list[dict]:
     """Per-example outputs of a classifier from its scores (examples, labels): log-probabilities of each label
     (rank scoring: the label words' summed log-probs; encoders: log-softmax of the head's logits)."""
-    return [{"id": example_id(ex), "gold": ex.label, "pred": int(row.argmax()), "logprobs": [round(float(v), 5)
-                                                                                            for v in row]}
-            for ex, row in zip(examples, scores)]
+    return [{"id": i, "gold": ex.label, "pred": int(row.argmax()), "logprobs": [round(float(v), 5) for v in row]}
+            for i, ex, row in zip(example_ids(examples), examples, scores)]
 
 
 def generation_outputs(hypotheses, examples) -> list[dict]:
-    return [{"id": example_id(ex), "gold": list(ex.references), "hyp": h} for ex, h in zip(examples, hypotheses)]
+    return [{"id": i, "gold": list(ex.references), "hyp": h}
+            for i, ex, h in zip(example_ids(examples), examples, hypotheses)]
 
 
 def score_outputs(rows: list[dict], names, scorer: str | None = None) -> dict[str, float]:

@@ -107,3 +107,13 @@ def test_classification_metrics_by_hand():
     three = classification_metrics([0, 1, 2, 2], [0, 1, 1, 2], ["accuracy", "f1"])
     # per-class F1: 1, 2/3, 2/3 -> macro 7/9
     assert three["f1"] == pytest.approx(100 * 7 / 9)
+
+
+def test_example_ids_pair_across_cells_and_tell_repeats_apart():
+    from bench.evaluation import example_ids
+
+    good, bad = Example(fields={"sentence": "great"}, label=1), Example(fields={"sentence": "dull"}, label=0)
+    ids = example_ids([good, bad, good, good])
+    assert len(set(ids)) == 4 and ids[2] == f"{ids[0]}#2" and ids[3] == f"{ids[0]}#3"
+    assert example_ids([bad, good]) == [ids[1], ids[0]]  # content, not position, names an example
+    assert example_ids([dataclasses.replace(good, label=0)])[0] != ids[0]

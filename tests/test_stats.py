@@ -136,3 +136,19 @@ def test_systems_pair_only_on_shared_example_ids():
     assert bootstrap([left, right], [1.0, -1.0]) is None
     found, line = verdict(left, right)
     assert found == "inconclusive" and "share no eval examples" in line
+
+
+def test_an_eval_set_with_a_repeated_example_gets_its_interval():
+    """SST-2 dev subsets hold a few duplicate sentences: each occurrence is its own example (evaluation.example_ids),
+    so the bootstrap draws over all of them."""
+    import torch
+
+    from bench.evaluation import classification_outputs
+    from bench.tasks import Example
+
+    examples = [Example(fields={"sentence": s}, label=i % 2) for i, s in enumerate(["a", "b", "a", "c", "d", "e"])]
+    rows = classification_outputs(torch.tensor([[0.0, -1.0]] * 6), examples)  # always predicts label 0
+    system = System(space="t/e", metric="accuracy", seeds=(0,), values=np.array([50.0]), outputs=[rows],
+                    scorer=lambda r: 0.0)
+    interval = bootstrap([system], [1.0])
+    assert interval is not None and interval.low <= 50.0 <= interval.high and interval.low < interval.high
