@@ -15,8 +15,8 @@ counts; the information weights and IDF from the drawn examples' references) and
 from the jar, summed per replicate and scored by the jar); of 200 replicates for other corpus metrics (F1, an
 ensemble's best prompt, or a metric whose statistics no longer give the record's value), each re-scored by the
 method's own `score_outputs` on the drawn examples -- except NIST, METEOR and CIDEr, too slow to re-score (a JVM
-per score for METEOR and CIDEr), which then get intervals over seeds only, as do all records without per-example
-outputs (older records); with one seed and no outputs there is no interval.
+per score for METEOR and CIDEr), which then get intervals over seeds only (so do METEOR and CIDEr without Java), as
+do all records without per-example outputs (older records); with one seed and no outputs there is no interval.
 
 scipy.stats.bootstrap (paired, BCa) resamples one level: it cannot draw examples and seeds together, which is why
 this is our own (a few array operations). The generator is seeded: the same records give the same intervals.
@@ -37,6 +37,7 @@ import numpy as np
 RESAMPLES = 10_000
 CORPUS_RESAMPLES = 200
 SEEDS_ONLY = {"meteor", "cider", "nist"}  # too slow to re-score per replicate: over seeds unless decomposed
+NEEDS_JAVA = {"meteor", "cider"}  # the METEOR jar; CIDEr's PTBTokenizer. Without Java: over seeds only
 CORPUS_BLOCK = 4_000_000  # array elements per block of replicates in the NIST/CIDEr statistics: bounds memory
 AVERAGED = {"rouge_1", "rouge_2", "rouge_l"}  # rouge-score F-measures averaged over examples (checked per record)
 LEVEL = 0.95
@@ -153,7 +154,8 @@ def _decomposed(system: System, by_seed: list[list[dict]]) -> list | None:
         elif system.metric == "bleu" and rows and "hyp" in rows[0]:
             stats, score = _bleu_statistics(rows)
             part, whole = ("stats", stats, score), score(stats.sum(axis=0))
-        elif system.metric in CORPUS_STATISTICS and rows and "hyp" in rows[0]:
+        elif system.metric in CORPUS_STATISTICS and rows and "hyp" in rows[0] and \
+                (system.metric not in NEEDS_JAVA or shutil.which("java")):
             score = _corpus_statistics(system.metric, system.scorer_name, tuple(r["hyp"] for r in rows),
                                        tuple(tuple(r["gold"]) for r in rows))
             part, whole = ("corpus", score), score(np.ones((1, len(rows))))[0]

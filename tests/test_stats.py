@@ -198,3 +198,15 @@ def test_nist_cider_meteor_are_resampled_at_corpus_level_with_one_seed(metric, s
     assert (same.low, same.high) == (0.0, 0.0)  # paired: both sides see the same drawn examples
     system.values = system.values + 1.0  # a record the statistics do not reproduce: seeds only, none with one seed
     assert bootstrap([system], [1.0], resamples=2_000) is None
+
+
+def test_without_java_meteor_and_cider_fall_back_to_seeds(monkeypatch):
+    import shutil
+
+    system = corpus_system("cider", ["the eagle is a coffee shop", "a cheap shop", "a shop near the river"],
+                           [["the eagle is a shop"], ["a shop", "a cheap shop"], ["a shop by the river"]])
+    system.seeds, system.values, system.outputs = (0, 1), np.repeat(system.values, 2), system.outputs * 2
+    assert bootstrap([system], [1.0], resamples=1_000).method == "seeds × examples, 1,000 resamples"
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else which(name, *a, **k))
+    assert bootstrap([system], [1.0], resamples=1_000).method == "seeds"  # the report still runs, with less
