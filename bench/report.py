@@ -22,11 +22,11 @@ from bench.report_tables import (ablation_tables, cost_tables, dev_selection_tab
                                  size_tables, tex_table)
 
 INTERVALS = (f"Intervals: percentile bootstrap, each replicate drawing the seeds and, once for every method on an "
-             f"eval set, its examples (with replacement); {RESAMPLES:,} replicates for accuracy, ROUGE and BLEU "
-             "(corpus BLEU of the drawn examples, from sacrebleu's statistics), "
-             f"{CORPUS_RESAMPLES} for other corpus metrics (F1), re-scored on the drawn examples; METEOR, CIDEr and "
-             "NIST, and records without per-example outputs: over seeds only; none with one seed and no per-example "
-             "outputs (bench/report_stats.py).")
+             f"eval set, its examples (with replacement); {RESAMPLES:,} replicates for accuracy, ROUGE, BLEU, NIST, "
+             "METEOR and CIDEr (each the corpus metric of the drawn examples, from per-example statistics), "
+             f"{CORPUS_RESAMPLES} for other corpus metrics (F1), re-scored on the drawn examples; records without "
+             "per-example outputs: over seeds only; none with one seed and no per-example outputs "
+             "(bench/report_stats.py).")
 
 
 def write_report(grid: str) -> list[Path]:

@@ -138,7 +138,7 @@ def system(row: dict, outputs: dict, metrics: dict, suffix: str = "") -> System:
     return System(space=f"{get('task')}/{eval_set}", metric=metric, seeds=tuple(get("seed_list")),
                   values=np.array(get("values"), dtype=float),
                   outputs=None if any(rows is None for rows in per_seed) else per_seed,
-                  scorer=lambda rows: score(rows, [base], scorer)[metric])
+                  scorer=lambda rows: score(rows, [base], scorer)[metric], scorer_name=scorer or "")
 
 
 def add_intervals(S: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:

@@ -1,13 +1,13 @@
 """Claim verdicts and intervals on synthetic per-example outputs with a known truth (bench/report_stats.py,
 bench/report_claims.py): a clear difference is reproduced, a reversed one contradicted, identical systems are
 inconclusive (and reproduced in at most 5% of simulated null pairs), verdicts do not depend on the bootstrap seed,
-corpus metrics are resampled at corpus level and paired."""
+corpus metrics (BLEU, NIST, METEOR, CIDEr) are resampled at corpus level and paired."""
 import numpy as np
 import pytest
 
 from bench.evaluation import score_outputs
 from bench.report_claims import Comparison, decide
-from bench.report_stats import System, _bleu_statistics, bootstrap
+from bench.report_stats import System, _bleu_statistics, _corpus_statistics, _end_meteor, bootstrap
 
 SEEDS, EXAMPLES = 3, 200
 
@@ -152,3 +152,61 @@ def test_an_eval_set_with_a_repeated_example_gets_its_interval():
                     scorer=lambda r: 0.0)
     interval = bootstrap([system], [1.0])
     assert interval is not None and interval.low <= 50.0 <= interval.high and interval.low < interval.high
+
+
+@pytest.fixture(scope="module", autouse=True)
+def meteor_ended():
+    """The METEOR process the report keeps for all its systems ends at exit (atexit); here with this module, so that
+    later tests see no java process left (tests/test_scorers.py)."""
+    yield
+    _end_meteor()
+
+
+def corpus_system(metric: str, hypotheses, references, scorer_name: str = "e2e-metrics") -> System:
+    from bench.scorers import generation_metrics
+
+    rows = [{"id": f"mr{i}", "gold": refs, "hyp": h} for i, (h, refs) in enumerate(zip(hypotheses, references))]
+    rescore = lambda subset: generation_metrics([r["hyp"] for r in subset], [r["gold"] for r in subset],  # noqa
+                                                [metric], scorer_name)[metric]
+    return System(space="e2e/e2e", metric=metric, seeds=(0,), values=np.array([rescore(rows)]), outputs=[rows],
+                  scorer=rescore, scorer_name=scorer_name)
+
+
+@pytest.mark.parametrize("metric, scorer_name", [("nist", "e2e-metrics"), ("cider", "e2e-metrics"),
+                                                 ("meteor", "e2e-metrics"), ("meteor", "webnlg-2017")])
+def test_nist_cider_meteor_are_resampled_at_corpus_level_with_one_seed(metric, scorer_name):
+    """A replicate is the metric of the drawn multiset of examples (information weights, IDF and METEOR's
+    statistics from the drawn examples, each as often as drawn), as bench.scorers re-scores it."""
+    rng = np.random.default_rng(9)
+    words = "the Eagle is a cheap coffee shop near Burger King in the city centre , it is family-friendly .".split()
+    references = [[" ".join(rng.choice(words, int(rng.integers(6, 12)))) for _ in range(int(rng.integers(1, 4)))]
+                  for _ in range(24)]
+    hypotheses = [refs[0] if i % 3 else " ".join(rng.choice(words, 8)) for i, refs in enumerate(references)]
+    system = corpus_system(metric, hypotheses, references, scorer_name)
+    rows = system.outputs[0]
+    score = _corpus_statistics(metric, scorer_name, tuple(hypotheses), tuple(tuple(r) for r in references))
+    assert score(np.ones((1, len(rows))))[0] == pytest.approx(system.values[0], rel=1e-12)
+    drawn = [rng.integers(len(rows), size=len(rows)) for _ in range(2)]  # each re-score of METEOR starts a JVM
+    counts = np.array([np.bincount(d, minlength=len(rows)) for d in drawn], dtype=float)
+    expected = [system.scorer([rows[j] for j in d]) for d in drawn]
+    assert expected[0] != expected[1]  # the draws differ, and so do their scores
+    assert score(counts) == pytest.approx(expected, rel=1e-12)
+    interval = bootstrap([system], [1.0], resamples=2_000)
+    assert interval.method == "seeds × examples, 2,000 resamples"
+    assert interval.low < system.values[0] < interval.high
+    same = bootstrap([system, system], [1.0, -1.0], resamples=2_000)
+    assert (same.low, same.high) == (0.0, 0.0)  # paired: both sides see the same drawn examples
+    system.values = system.values + 1.0  # a record the statistics do not reproduce: seeds only, none with one seed
+    assert bootstrap([system], [1.0], resamples=2_000) is None
+
+
+def test_without_java_meteor_and_cider_fall_back_to_seeds(monkeypatch):
+    import shutil
+
+    system = corpus_system("cider", ["the eagle is a coffee shop", "a cheap shop", "a shop near the river"],
+                           [["the eagle is a shop"], ["a shop", "a cheap shop"], ["a shop by the river"]])
+    system.seeds, system.values, system.outputs = (0, 1), np.repeat(system.values, 2), system.outputs * 2
+    assert bootstrap([system], [1.0], resamples=1_000).method == "seeds × examples, 1,000 resamples"
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else which(name, *a, **k))
+    assert bootstrap([system], [1.0], resamples=1_000).method == "seeds"  # the report still runs, with less
