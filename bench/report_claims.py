@@ -137,21 +137,28 @@ def _pairs(S, cells, c):
     return P, on, gone
 
 
+def _margin(c: dict, metric: str | None = None) -> float:
+    """A claim's margin in points: one number, or per metric (`{nist: -0.1, cider: -0.05, default: -1.0}`) where
+    a claim compares metrics printed on different scales (NIST and CIDEr raw, the others ×100)."""
+    margin = c["margin"]
+    return float(margin.get(metric, margin["default"]) if isinstance(margin, dict) else margin)
+
+
 def check_compare(S, cells, hp_cols, c):
     P, on, gone = _pairs(S, cells, c)
     if gone:
         return [], [], gone, False
-    side, margin, keys = SIDE[c.get("op", ">=")], c["margin"], _varying(P, on)
+    side, keys = SIDE[c.get("op", ">=")], _varying(P, on)
     pairs = P.to_dict("records")
     texts = [f"{r['variant_l']} {fmt(_side(r, '_l'))} vs {r['variant_r']} {fmt(_side(r, '_r'))}" for r in pairs]
     if c.get("reduce") == "mean":
         m = len(pairs)
         comparisons = [Comparison(f"mean over {m} pairs", [(r, s) for r in pairs for s in ("_l", "_r")],
-                                  [w / m for _ in pairs for w in (1, -1)], margin, side,
+                                  [w / m for _ in pairs for w in (1, -1)], _margin(c), side,
                                   f"{P['mean_l'].mean():.1f} vs {P['mean_r'].mean():.1f} ({'; '.join(texts)})")]
     else:
         comparisons = [Comparison(" ".join(str(r[k]) for k in keys) or "all", [(r, "_l"), (r, "_r")], [1, -1],
-                                  margin, side, text) for r, text in zip(pairs, texts)]
+                                  _margin(c, r["metric"]), side, text) for r, text in zip(pairs, texts)]
     notes, failed = [], False
     if "trainable_pct_below" in c:
         pct = P["trainable_pct_l"].max()
@@ -181,7 +188,7 @@ def check_gap_shrinks(S, cells, hp_cols, c):
             parts = [(r, s, w / len(rows[m])) for m, sign in ((small, 1), (large, -1)) for r in rows[m]
                      for s, w in (("_l", sign), ("_r", -sign))]
             comparisons.append(Comparison(f"{label}: gap {small} − gap {large}", [(r, s) for r, s, _ in parts],
-                                          [w for *_, w in parts], c["margin"], 1,
+                                          [w for *_, w in parts], _margin(c), 1,
                                           f"{gaps[small]:+.1f} − {gaps[large]:+.1f}"))
     return comparisons, notes, gone, False
 
@@ -219,7 +226,7 @@ def check_ordering(S, cells, hp_cols, c):
         if not set(order) <= set(rows) or len(order) < 2:
             gone.append(f"{label}: needs {c['by']} ∈ {order}, has {sorted(rows, key=_num)}")
             continue
-        comparisons += [_step(label, c["by"], a, b, rows, c["margin"], 1) for a, b in zip(order, order[1:])]
+        comparisons += [_step(label, c["by"], a, b, rows, _margin(c), 1) for a, b in zip(order, order[1:])]
     return comparisons, [], gone, False
 
 
@@ -232,7 +239,7 @@ def check_plateau(S, cells, hp_cols, c):
         if after not in xs or not any(x > after for x in xs):
             gone.append(f"{label}: needs {c['by']}={after:g} and a larger value, has {sorted(xs)}")
             continue
-        comparisons += [_step(label, c["by"], xs[x], xs[after], rows, c["margin"], -1) for x in sorted(xs) if x > after]
+        comparisons += [_step(label, c["by"], xs[x], xs[after], rows, _margin(c), -1) for x in sorted(xs) if x > after]
     return comparisons, [], gone, False
 
 

@@ -38,3 +38,11 @@ def test_claims_name_known_tasks_eval_sets_methods_and_metrics():
                 assert set(_values(selector, "metric")) <= set(get_task(task).metrics), claim["id"]
         if claim["check"]["kind"] == "ordering" and claim["check"]["by"] == "method":
             assert set(claim["check"]["order"]) <= set(method_names()), claim["id"]
+
+
+def test_a_claim_over_metrics_of_different_scales_has_a_margin_per_metric():
+    from bench.report_claims import _margin
+
+    per_metric = {"margin": {"default": -1.0, "nist": -0.1, "cider": -0.05}}
+    assert [_margin(per_metric, m) for m in ("bleu", "nist", "cider")] == [-1.0, -0.1, -0.05]
+    assert _margin(per_metric) == -1.0 and _margin({"margin": 2}) == 2.0
