@@ -158,7 +158,8 @@ def check_compare(S, cells, hp_cols, c):
                                   f"{P['mean_l'].mean():.1f} vs {P['mean_r'].mean():.1f} ({'; '.join(texts)})")]
     else:
         comparisons = [Comparison(" ".join(str(r[k]) for k in keys) or "all", [(r, "_l"), (r, "_r")], [1, -1],
-                                  _margin(c, r["metric"]), side, text) for r, text in zip(pairs, texts)]
+                                  _margin(c, r.get("metric", r.get("metric_l"))), side, text)  # left's metric
+                       for r, text in zip(pairs, texts)]
     notes, failed = [], False
     if "trainable_pct_below" in c:
         pct = P["trainable_pct_l"].max()
