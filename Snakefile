@@ -12,7 +12,8 @@ from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
 from bench.errors import BenchError
-from bench.grid import cell_resources, cell_threads, cell_user_inputs, check_cells, current_method_sha256, grid_cells
+from bench.grid import (cell_resources, cell_threads, cell_user_inputs, check_cells, grid_cells,
+                        made_from_current_methods)
 from bench.method import method_files
 from bench.models import cache_dir
 from bench.tasks import use_tasks_file
@@ -52,8 +53,7 @@ def up_to_date(cell):
             record = json.loads(Path(cell.dir, "record.json").read_text())
         except (OSError, ValueError):  # no record (or an unreadable one): the cell runs
             record = {}
-        made_from = record.get("inputs", {}).get("method_sha256")
-        UP_TO_DATE[cell.dir] = made_from == current_method_sha256(cell.method)
+        UP_TO_DATE[cell.dir] = made_from_current_methods(record, cell)
     return UP_TO_DATE[cell.dir]
 
 
@@ -62,8 +62,9 @@ def cell_sources(w):
     """The converted model, the method's files, the records it reads (distill's teacher) and the user's tasks file
     and data files where it reads any; contents, not file times, decide a rerun, since a clone, a checkout or a
     conversion moves times without changing a byte. The model is ancient, and absent from an up-to-date record's
-    inputs: converting it for a new cell would otherwise rerun every cell (Snakemake reruns what an updated job feeds unless the file is ancient *and* exists). A model
-    whose content changed makes the report list its cells as stale, with the commands that rerun them.
+    inputs: converting it for a new cell would otherwise rerun every cell (Snakemake reruns what an updated job
+    feeds unless the file is ancient *and* exists). A model whose content changed makes the report list its cells
+    as stale, with the commands that rerun them.
     A record made from today's method files depends on them by content only (ancient); one made from other
     contents keeps them plain, so that the edit, newer than the record, reruns it."""
     cell = cell_of(w)

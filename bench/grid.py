@@ -167,10 +167,14 @@ def outdated_inputs(record: dict, cell: Cell) -> list[str]:
     method's methods/ files) and `model` (of the converted model; unknown while it is not converted, so not
     outdated). Content, not file times, decides a cell's rerun: a clone, a checkout or a re-conversion moves
     mtimes without changing a byte."""
-    inputs = record.get("inputs", {})
-    outdated = ["method"] if inputs.get("method_sha256") != current_method_sha256(cell.method) else []
+    outdated = [] if made_from_current_methods(record, cell) else ["method"]
     model = current_model_fingerprint(cell.model)
-    return outdated + (["model"] if model and inputs.get("model", {}).get("sha256") != model else [])
+    return outdated + (["model"] if model and record.get("inputs", {}).get("model", {}).get("sha256") != model else [])
+
+
+def made_from_current_methods(record: dict, cell: Cell) -> bool:
+    """Whether a record was made from today's content of the cell's method files (its `inputs.method_sha256`)."""
+    return record.get("inputs", {}).get("method_sha256") == current_method_sha256(cell.method)
 
 
 @functools.cache
