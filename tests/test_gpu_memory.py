@@ -1,5 +1,9 @@
 """The per-cell GPU-memory estimate (bench/gpu_memory.py) and the GPU requests it decides (bench.grid)."""
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +88,17 @@ def test_smoke_cells_estimates():
     params = get_model_spec("smollm2-135m").params
     assert res["full_ft"]["gpu_mem_mb"] - res["lora"]["gpu_mem_mb"] >= 12 * params / 2**20
     assert {r["gpu"] for r in res.values()} == {0} and all(r["gres"].startswith("shard:") for r in res.values())
+
+
+def test_snakemake_plans_each_cell_with_its_gpu_memory(tmp_path, models_cache):
+    """The Snakefile hands the estimate to Snakemake (what `--resources gpu_mem_mb=<MiB>` caps) and the request."""
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "--config", "grid=tiny"], capture_output=True, text=True,
+                          env={**os.environ, "PEFT_REPRO_MODELS": str(models_cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = {c.label: cell_resources(c) for c in grid_cells("tiny")}
+    planned = re.findall(r"wildcards: .*variant=(\w+).*\n.*\n\s+resources: (.*)", done.stdout)
+    assert sorted(label for label, _ in planned) == sorted(expected)
+    for label, resources in planned:
+        assert f"gpu_mem_mb={expected[label]['gpu_mem_mb']}" in resources
+        assert f"gres={expected[label]['gres']}" in resources and "gpu=0" in resources
