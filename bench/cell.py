@@ -45,7 +45,7 @@ class CellConfig:
 
 
 # they read records, plan cells or check the install; they make no record
-NOT_HARNESS = {"report.py", "plots.py", "grid.py", "benchmarks.py", "lock.py"}
+NOT_HARNESS = {"report.py", "plots.py", "grid.py", "gpu_memory.py", "benchmarks.py", "lock.py"}
 NOT_HARNESS_PREFIX = "report_"  # the report's parts (bench/report_*.py)
 
 
