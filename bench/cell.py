@@ -198,6 +198,8 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
 
     task, hp = task or plan.task, plan.hp
     rows = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
+    if rows is None and plan.model_spec.kind == "seq2seq":
+        rows = seq2seq_outputs(model, tokenizer, task, examples, hp, timer)
     if rows is None and task.kind == "classification":
         if plan.model_spec.kind == "encoder":
             scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
@@ -215,6 +217,18 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
     if task.kind != "classification":
         metrics["samples"] = [{"input": task.prompt(ex), "output": r["hyp"]} for ex, r in zip(examples[:3], rows)]
     return metrics, rows
+
+
+def seq2seq_outputs(model, tokenizer, task, examples, hp: dict, timer) -> list[dict]:
+    """Per-example outputs of an encoder-decoder model: rank scores through the decoder, or generations."""
+    from bench import evaluation, seq2seq
+
+    if task.kind == "classification":
+        scores = seq2seq.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer)
+        return evaluation.classification_outputs(scores, examples)
+    hypotheses = seq2seq.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
+                                  hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer)
+    return evaluation.generation_outputs(hypotheses, examples)
 
 
 OUTPUTS = "outputs.jsonl.gz"  # beside record.json: every eval set's per-example outputs, one JSON line each

@@ -40,7 +40,7 @@ class CellContext:
     """What a method may look at when it adapts a model (besides the model itself)."""
 
     task: Any  # bench.tasks.Task
-    model_kind: str  # "causal_lm" | "encoder"
+    model_kind: str  # "causal_lm" | "encoder" | "seq2seq"
     tokenizer: Any
     train_examples: list = field(default_factory=list)
     seed: int = 0
@@ -53,7 +53,7 @@ class Method:
     description = ""
     defaults: dict[str, Any] = {}
     tunes_base = False  # True where base weights train (then the frozen-base check does not apply)
-    model_kinds = ("causal_lm", "encoder")
+    model_kinds = ("causal_lm", "encoder", "seq2seq")
 
     def apply(self, model, hp: dict, ctx: CellContext):
         """Return the model to train, with exactly the method's parameters requiring grad."""
@@ -64,13 +64,15 @@ class Method:
         return trainable_parameters(model)
 
     def extra_positions(self, hp: dict) -> int:
-        """Virtual tokens the method prepends to every sequence (shifts logit positions)."""
+        """Virtual tokens the method prepends to every sequence: a causal LM's logits are that much longer; on an
+        encoder-decoder model they go before the encoder's input and shift no decoder position (FLOPs count them)."""
         return 0
 
     def target_loss(self, logits, targets):
         """A causal LM's training loss from its logits at the target positions (positions × vocabulary, one row
-        per position of bench.train.target_positions) and the target ids there: the mean token cross-entropy
-        (transformers' ForCausalLMLoss: fp32 logits, mean over target tokens)."""
+        per position of bench.train.target_positions; an encoder-decoder model's: one row per decoder label) and
+        the target ids there: the mean token cross-entropy (transformers' ForCausalLMLoss: fp32 logits, mean over
+        target tokens)."""
         import torch.nn.functional as F
 
         return F.cross_entropy(logits.float(), targets)
