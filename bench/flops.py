@@ -19,6 +19,11 @@ so it counts at those `head_positions`, not at every position. Prefix tuning's p
 attention keys/values: it adds attention-score FLOPs, which this approximation leaves out like the
 attention term of every sequence (at 64-128 tokens and d_model 576 it is a few percent of 2N).
 
+Encoder-decoder models are counted with the same formula, positions = encoder + decoder tokens and N = both
+stacks: each position runs through one stack only (plus the decoder's cross-attention reading the encoder's
+output), so their FLOPs and MFU are overcounted (each position is counted through both stacks; a per-stack
+count is not done yet).
+
 N is the number of parameters used as matmul weights per position (`token_path_parameters`): with tied
 input/output embeddings (SmolLM2, GPT-2) the shared matrix counts once (looked up, no FLOPs; multiplied
 once as the LM head); an untied input embedding is only looked up and is left out, as are peft's

@@ -28,7 +28,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0,
     "schedule": "constant",  # constant | linear (decay to 0 at the last step)
     "grad_clip": 1.0,
-    "max_len": 128,  # tokens of prompt + target; prompts are cut from the left
+    "max_len": 128,  # tokens of prompt + target (seq2seq: of each); prompts are cut from the left
     "group_by_length": True,  # training batches of similar length (bench/batches.py: training_batches)
     "eval_batch_size": 16,
     "num_beams": 1,
@@ -182,7 +182,9 @@ def peft_generation_compat(model):
     a prefix was silently dropped when generating, and a soft prompt re-inserted at every decoding step.
     Here peft's own `prepare_inputs_for_generation` sees the cache under the name it reads, and the model
     gets it back under the name it expects. Where transformers still says `past_key_values` nothing is
-    renamed. Other models are returned unchanged."""
+    renamed. Other models are returned unchanged. Encoder-decoder prefix tuning needs it too (without it the
+decoder's prefix was dropped after the first step: tests/test_seq2seq.py); a soft prompt on the encoder input
+does not (the encoder runs once), and is left as it is."""
     inner = getattr(model, "base_model_prepare_inputs_for_generation", None)
     if inner is None:
         return model

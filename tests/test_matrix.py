@@ -121,10 +121,11 @@ def test_the_family_entry_is_what_the_stand_in_is(model, models_cache):
     assert set(arch.query_value) <= set(arch.linear)
     assert arch.bias == any(name.endswith(".bias") for name, _ in model_obj.named_parameters()
                             if name.split(".")[0] not in HEAD_NAMES)
-    # peft's own test before it hands prefixes to a classifier; causal LMs get them unchecked (the matrix runs them)
-    takes_cache = any({"past_key_values", "cache"} & set(inspect.signature(m.forward).parameters)
+    # peft's own test before it hands prefixes to a classifier; language models get them unchecked (the matrix runs
+    # them; tests/test_seq2seq.py checks that an encoder-decoder's decoder reads its prefix)
+    takes_cache = any("past_key_values" in inspect.signature(m.forward).parameters
                       for m in (model_obj, model_obj.base_model))
-    assert arch.past_key_values == (spec.kind == "causal_lm" or takes_cache)
+    assert arch.past_key_values == (spec.kind in ("causal_lm", "seq2seq") or takes_cache)
 
 
 def _shape(module) -> tuple[int, int]:
