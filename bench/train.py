@@ -29,6 +29,7 @@ class TrainResult:
     train_s: float = 0.0
     tokens: int = 0  # non-padding input tokens seen
     head_positions: int = 0  # positions at which the LM head ran (causal LMs; 0 for encoders)
+    encoder_tokens: int = 0  # of `tokens`, those an encoder-decoder's encoder read (0 for other models)
 
     @property
     def tokens_per_s(self) -> float:
@@ -99,6 +100,7 @@ def train(model, method, hp: dict, batches, progress: str = "train") -> TrainRes
         result.losses.append(round(loss.item(), 5))
         result.tokens += sum(int(batch[key].sum()) for key in ("attention_mask", "decoder_attention_mask") if key in batch)
         result.head_positions += head_positions
+        result.encoder_tokens += int(batch["attention_mask"].sum()) if "decoder_attention_mask" in batch else 0
         result.steps_done = step + 1
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     result.train_s = time.perf_counter() - start

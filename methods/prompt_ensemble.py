@@ -67,6 +67,9 @@ class PromptEnsembleModel(torch.nn.Module):
     def get_output_embeddings(self):
         return self.base.get_output_embeddings()
 
+    def get_encoder(self):
+        return self.base.get_encoder()
+
     def forward(self, input_ids, attention_mask=None, logits_to_keep=0, decoder_input_ids=None,
                 decoder_attention_mask=None, **kwargs):
         k, (batch, length) = len(self.prompts), input_ids.shape

@@ -255,3 +255,26 @@ def test_plan_time_refusals(models_cache):
     with pytest.raises(BenchError, match=r"bitfit needs bias terms: t5 models have none"):
         check_cells([cell("bitfit", "t5-xl-lm-adapt")])  # a hub model: planning loads nothing
     check_cells([cell("lora", "bart-large"), cell("prompt_tuning", "t5-xl-lm-adapt")])
+
+
+@pytest.mark.parametrize("name, encoder_prefix", [("tiny-t5", ("encoder.block.", "encoder.final_layer_norm.")),
+                                                  ("tiny-bart", ("model.encoder.embed_positions.", "model.encoder.layers.",
+                                                                 "model.encoder.layernorm_embedding."))])
+def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, models_cache):
+    from bench.flops import encoder_parameters, flops_per_step, lm_head_parameters, token_path_parameters, train_flops
+
+    model, _, _ = _load(name, models_cache)
+    encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(encoder_prefix))
+    model.requires_grad_(False)
+    assert encoder_parameters(model) == (encoder, 0)
+    model.requires_grad_(True)
+    assert encoder_parameters(model) == (encoder, encoder)
+    total, _ = token_path_parameters(model)
+    head = lm_head_parameters(model)
+    # 100 encoder tokens, 20 decoder tokens, 30 head positions, full fine-tuning: 6 FLOPs per weight and position
+    assert train_flops(model, True, 120, 100, 0, 4, 30) == 6 * (encoder * 100 + (total - encoder - head) * 20 + head * 30)
+    llama, _, _ = _load("tiny-llama", models_cache)
+    assert encoder_parameters(llama) == (0, 0)
+    llama_total, llama_trainable = token_path_parameters(llama)
+    assert train_flops(llama, False, 50, 0, 2, 4, 5) == flops_per_step(llama_total, False, 50, 2, 4, llama_trainable,
+                                                                       lm_head_parameters(llama), 5)
