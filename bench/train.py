@@ -27,7 +27,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     diverged_at_step: int | None = None
     train_s: float = 0.0
-    tokens: int = 0  # non-padding input tokens seen
+    tokens: int = 0  # non-padding input tokens seen (encoder-decoder models: the encoder's and the decoder's)
     head_positions: int = 0  # positions at which the LM head ran (causal LMs; 0 for encoders)
     encoder_tokens: int = 0  # of `tokens`, those an encoder-decoder's encoder read (0 for other models)
 
