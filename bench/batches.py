@@ -81,7 +81,7 @@ LENGTH_WINDOW = 8  # batches per window that `group_by_length` sorts
 
 
 def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int, max_len: int,
-                     seed: int, group_by_length: bool = True) -> Iterator[dict]:
+                     seed: int, group_by_length: bool = True, with_index: bool = False) -> Iterator[dict]:
     """Endless batches: each epoch is a fresh seeded shuffle of the training examples.
 
     group_by_length (as Hugging Face Trainer's): the shuffled stream is cut into windows of
@@ -91,7 +91,8 @@ def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int
     and padding costs as much compute as text). Off, batches are the plain shuffled stream.
 
     Each example is tokenised once, when the first window that holds it is formed (one batched tokenizer
-    call per window), and every batch is padded from those cached ids.
+    call per window), and every batch is padded from those cached ids. `with_index`: each batch also holds
+    `example_index`, its rows' indices into `examples` (for Method.training_loss).
     """
     if model_kind == "causal_lm":
         def encode(batch):
@@ -143,4 +144,10 @@ def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int
             ready = [window[start:start + batch_size] for start in range(0, size, batch_size)]
             if group_by_length:
                 rng.shuffle(ready)
-        yield collate([encoded[i] for i in ready.pop(0)])
+        rows = ready.pop(0)
+        batch = collate([encoded[i] for i in rows])
+        if with_index:
+            import torch
+
+            batch["example_index"] = torch.tensor(rows, dtype=torch.long)
+        yield batch

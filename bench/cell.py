@@ -128,6 +128,7 @@ def plan_cell(config: CellConfig) -> Plan:
     spec = get_model_spec(config.model)
     method = get_method(config.method)
     hp = resolve_hparams(method, config.hp)
+    task = task.with_template(hp["template"])
     if spec.kind not in method.model_kinds:
         raise BenchError(f"method {method.name} does not support {spec.kind} models like {spec.name}: "
                          f"it supports {', '.join(method.model_kinds)}")
@@ -304,7 +305,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
 
     result = train(model, method, hp, training_batches(tokenizer, prompted, ctx.model_kind, train_set,
                                                        hp["batch_size"], hp["max_len"], config.seed,
-                                                       hp["group_by_length"]),
+                                                       hp["group_by_length"], with_index=True),
                    progress=f"{config.method} {config.task} n={config.train_size}") if trains else None
     record = {
         "schema": RECORD_SCHEMA,

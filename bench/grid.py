@@ -123,10 +123,11 @@ def method_variants(label: str, entry: dict | None) -> list[tuple[str, str, dict
     return variants
 
 
-# hp that name another cell of the grid: a method entry's `<ref>_method` (that cell's method label) and optional
-# `<ref>_model` (default: this cell's model) become hp `<ref>` = that cell's dir, for the same task, train size
-# and seed (e.g. distill's teacher); the cell then `needs` it.
-CELL_REFS = ("teacher",)
+# hp that name other cells of the grid: a method entry's `<ref>_method` (that cell's method label; for `patterns`,
+# several labels separated by commas) and optional `<ref>_model` (default: this cell's model) become hp `<ref>` =
+# those cells' dirs (comma-separated), for the same task, train size and seed (distill's teacher, PET's pattern
+# models); the cell then `needs` them.
+CELL_REFS = ("teacher", "patterns")
 
 
 def _cell_refs(name: str, task: str, model: str, size, seed: int, hp: dict) -> tuple[dict, tuple[str, ...]]:
@@ -137,8 +138,10 @@ def _cell_refs(name: str, task: str, model: str, size, seed: int, hp: dict) -> t
             if f"{ref}_method" not in hp:
                 raise BenchError(f"grid {name}: a method entry has {ref}_model but no {ref}_method: add "
                                  f"{ref}_method (the {ref} cell's method label in this grid)")
-            hp[ref] = Cell(name, task, str(other), str(hp.pop(f"{ref}_method")), size, seed, {}, None, None).dir
-            needs.append(hp[ref])
+            dirs = [Cell(name, task, str(other), label.strip(), size, seed, {}, None, None).dir
+                    for label in str(hp.pop(f"{ref}_method")).split(",")]
+            hp[ref] = ",".join(dirs)
+            needs += dirs
     return hp, tuple(needs)
 
 
@@ -211,7 +214,7 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
     dirs = {cell.dir for cell in cells}
     for cell in cells:
         for need in cell.needs:
-            ref = next((k for k, v in cell.hp.items() if v == need), "needed")
+            ref = next((k for k, v in cell.hp.items() if need in str(v).split(",")), "needed")
             if need == cell.dir or need not in dirs:
                 problem = "is the cell itself" if need == cell.dir else "is not in the grid"
                 raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "

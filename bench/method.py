@@ -32,6 +32,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "group_by_length": True,  # training batches of similar length (bench/batches.py: training_batches)
     "eval_batch_size": 16,
     "num_beams": 1,
+    "template": "",  # one of the task's `templates` in config/tasks.yaml (its template + verbalizer); "" = the task's own
 }
 
 
@@ -76,6 +77,12 @@ class Method:
         import torch.nn.functional as F
 
         return F.cross_entropy(logits.float(), targets)
+
+    def training_loss(self, logits, targets, example_index):
+        """The training loss where it depends on which training example each target row belongs to:
+        `example_index` (one per batch row, into `ctx.train_examples`; a batch row's target rows are
+        consecutive, in batch order) -- e.g. per-example soft labels (methods/pet.py). Default: `target_loss`."""
+        return self.target_loss(logits, targets)
 
     def check_hparams(self, hp: dict, task, model_kind: str) -> None:
         """Raise BenchError, one line naming the valid choices, for hyperparameters (or a task) the method

@@ -20,6 +20,7 @@ from bench.report_summary import PER_SEED, add_intervals, load, paired_differenc
 from bench.report_tables import (ablation_tables, cost_tables, dev_selection_tables, ensemble_tables,
                                  generation_tables, interpretability_tables, lowdata_tables, md_table, shift_tables,
                                  size_tables, tex_table)
+from bench.report_templates import template_tables
 
 INTERVALS = (f"Intervals: percentile bootstrap, each replicate drawing the seeds and, once for every method on an "
              f"eval set, its examples (with replacement); {RESAMPLES:,} replicates for accuracy, ROUGE, BLEU, NIST, "
@@ -48,7 +49,8 @@ def write_report(grid: str) -> list[Path]:
     S = S[S["eval_set"] != "dev"] if len(S) else S  # dev is for selection only: not a shift in tables, plots, claims
     tables = [*generation_tables(S), *size_tables(S), *shift_tables(S, paired_difference(cells, S)),
               *lowdata_tables(S),
-              *ablation_tables(S, hp_cols), *selection, *ensemble_tables(S), *cost_tables(S, hp_cols),
+              *ablation_tables(S, hp_cols), *template_tables(S, hp_cols), *selection, *ensemble_tables(S),
+              *cost_tables(S, hp_cols),
               *interpretability_tables(cells)] if len(S) else []
     plots = make_plots(S, plots_dir) if len(S) else []
     claims = evaluate_claims(S, cells, hp_cols, yaml.safe_load(CLAIMS.read_text())["claims"])

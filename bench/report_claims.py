@@ -22,6 +22,7 @@ from bench.errors import BenchError
 from bench.report_stats import BOOTSTRAP_SEED, LEVEL, bootstrap, needed
 from bench.report_summary import KEYS, _num, system
 from bench.report_tables import fmt, human
+from bench.report_templates import spread_bootstrap, spread_comparisons
 
 CLAIMS = Path(__file__).resolve().parent.parent / "config" / "claims.yaml"
 ALIGN = ["task", "model", "train_size", "eval_set", "metric"]
@@ -86,6 +87,7 @@ class Comparison:
     margin: float
     side: int
     text: str
+    interval: object = None  # (systems, weights, level, seed) -> Interval; default: the weighted sum's bootstrap
 
 
 def decide(comparisons: list[Comparison], make_system, failed: bool = False,
@@ -100,7 +102,7 @@ def decide(comparisons: list[Comparison], make_system, failed: bool = False,
             found.append("inconclusive (no per-example outputs)")
             lines.append(f"{c.label}: {c.text}; no per-example outputs: cannot be paired")
             continue
-        interval = bootstrap(systems, c.weights, level=level, seed=seed)
+        interval = (c.interval or bootstrap)(systems, c.weights, level=level, seed=seed)
         if interval is None:
             found.append("inconclusive")
             lines.append(f"{c.label}: {c.text}; the two sides share no eval examples")
@@ -244,9 +246,17 @@ def check_plateau(S, cells, hp_cols, c):
     return comparisons, [], gone, False
 
 
+def check_spread(S, cells, hp_cols, c):
+    """The spread of `left`'s scores across templates minus `right`'s (bench/report_templates.py) beyond the margin."""
+    def comparison(label, rows, weights, text):
+        return Comparison(label, rows, weights, _margin(c), SIDE[c.get("op", ">=")], text, spread_bootstrap)
+
+    return spread_comparisons(S, cells, hp_cols, c, comparison)
+
+
 # each: (summary, cells, hp columns, the claim's check) -> (comparisons, notes, missing cells, failed)
 CHECKS = {"compare": check_compare, "gap_shrinks": check_gap_shrinks, "ordering": check_ordering,
-          "plateau": check_plateau}
+          "plateau": check_plateau, "spread": check_spread}
 
 
 def evaluate_claims(S, cells, hp_cols, claims: list[dict]) -> list[dict]:

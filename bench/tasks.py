@@ -16,7 +16,7 @@ import io
 import json
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -32,7 +32,9 @@ TASKS_ENV = "PEFT_REPRO_TASKS"  # a user's tasks file, merged over config/tasks.
 USER_KEYS = ("data_roots", "datasets", "tasks")
 DATASET_KEYS = {"files", "loader", "fields", "label", "labels", "references", "group", "explode", "clean", "squash",
                 "holdout", "scorer"}
-TASK_KEYS = {"kind", "template", "verbalizer", "text_fields", "metrics", "train", "eval", "shifts", "max_new_tokens"}
+TASK_KEYS = {"kind", "template", "verbalizer", "text_fields", "metrics", "train", "eval", "shifts", "max_new_tokens",
+             "templates", "unlabelled"}
+DEFAULT_TEMPLATE = "default"  # the name of a task's own template + verbalizer among its `templates`
 REQUIRED = {"datasets": ("files", "loader", "fields"), "tasks": ("kind", "template", "text_fields", "metrics", "eval")}
 
 
@@ -165,6 +167,22 @@ class Task:
     eval_split: str
     shifts: dict[str, str] = field(hash=False)
     max_new_tokens: int = 0
+    templates: dict[str, dict] = field(default_factory=dict, hash=False)  # name -> {template, verbalizer, source}
+    unlabelled_split: str | None = None  # where unlabelled pools are drawn from (default: the training split)
+
+    def template_names(self) -> list[str]:
+        return [DEFAULT_TEMPLATE, *self.templates]
+
+    def with_template(self, name: str) -> Task:
+        """The task with one of its alternative templates (and that template's verbalizer, else the task's): hp
+        `template`; "" or "default" is the task's own."""
+        if name in ("", DEFAULT_TEMPLATE):
+            return self
+        if name not in self.templates:
+            raise BenchError(f"template {name!r} is not one of task {self.name}'s templates: choose one of "
+                             f"{', '.join(self.template_names())} (config/tasks.yaml: tasks.{self.name}.templates)")
+        alt = self.templates[name]
+        return replace(self, template=alt["template"], verbalizer=tuple(alt.get("verbalizer") or self.verbalizer))
 
     def prompt(self, ex: Example) -> str:
         try:
@@ -247,7 +265,7 @@ def _merged(user_file: str | None) -> dict:
     cfg["user"] = _merge_user_file(cfg, Path(user_file)) if user_file else None
     declared = "config/tasks.yaml" + (f" or {user_file}" if user_file else "")
     for name, t in cfg["tasks"].items():
-        for ds in [t.get("train"), t["eval"], *(t.get("shifts") or {}).values()]:
+        for ds in [t.get("train"), t.get("unlabelled"), t["eval"], *(t.get("shifts") or {}).values()]:
             if ds is not None and ds not in cfg["datasets"]:
                 raise BenchError(f"task {name} uses undeclared dataset '{ds}': declare it under datasets in {declared}")
         clash = {name, "dev"} & set(t.get("shifts") or {})
@@ -301,7 +319,22 @@ def _task(name: str, user_file: str | None) -> Task:
     return Task(name=name, kind=t["kind"], template=t["template"], verbalizer=tuple(t.get("verbalizer") or ()),
                 text_fields=tuple(t["text_fields"]), metrics=tuple(t["metrics"]), train_split=t.get("train"),
                 eval_split=t["eval"], shifts=dict(t.get("shifts") or {}),
-                max_new_tokens=int(t.get("max_new_tokens") or 0))
+                max_new_tokens=int(t.get("max_new_tokens") or 0), templates=_templates(name, t),
+                unlabelled_split=t.get("unlabelled"))
+
+
+def _templates(name: str, t: dict) -> dict[str, dict]:
+    """A task's alternative templates, checked: each a template over the task's fields and, for classification, a
+    verbalizer with one word per label."""
+    templates = t.get("templates") or {}
+    for label, alt in templates.items():
+        words = alt.get("verbalizer") if isinstance(alt, dict) else None
+        if (not isinstance(alt, dict) or not isinstance(alt.get("template"), str) or label == DEFAULT_TEMPLATE
+                or set(alt) - {"template", "verbalizer", "source"}
+                or (words is not None and len(words) != len(t.get("verbalizer") or ()))):
+            raise BenchError(f"task {name}: templates.{label} must be {{template: str, verbalizer: [one word per "
+                             f"label], source: str}} and not be named {DEFAULT_TEMPLATE!r}: fix config/tasks.yaml")
+    return dict(templates)
 
 
 # --------------------------------------------------------------------------- splits
@@ -408,9 +441,13 @@ def sample(examples: list[Example], size: int | str, seed: int) -> list[Example]
     if not 1 <= n <= len(examples):
         raise BenchError(f"sample size {n} is out of range for a split of {len(examples)} examples: "
                          f"use 'full' or an integer from 1 to {len(examples)}")
-    order = list(range(len(examples)))
+    return [examples[i] for i in _permutation(len(examples), seed)[:n]]
+
+
+def _permutation(count: int, seed: int) -> list[int]:
+    order = list(range(count))
     random.Random(seed).shuffle(order)
-    return [examples[i] for i in order[:n]]
+    return order
 
 
 def _dev_split(task: Task, n, root) -> tuple[list[Example], list[Example]]:
@@ -447,6 +484,36 @@ def train_examples(task: Task, size, seed, root=None, holdout: int | None = None
     return sample(pool, size, seed)
 
 
+def unlabelled_pool(task: Task, labelled: list[Example], pool_size: int, seed, root=None,
+                    holdout: int | None = None) -> list[Example]:
+    """`pool_size` examples of the task's `unlabelled` split (default: its training split, less the dev hold-out)
+    whose fields are those of no labelled example, with every label removed (None): the first of a seeded
+    permutation (the permutation `train_examples` draws from when it is the training split), so a smaller pool is
+    a prefix of a larger one (semi-supervised methods: PET's unlabelled set)."""
+    source = task.unlabelled_split or task.train_split
+    if source is None:
+        raise BenchError(f"task {task.name} has no training or unlabelled split to draw an unlabelled pool from: "
+                         "give it `unlabelled: <dataset>` in config/tasks.yaml or choose another task")
+    examples = _dev_split(task, holdout, root)[1] if holdout is not None and source == task.train_split \
+        else load_split(source, root)
+    taken = {_fields_key(ex) for ex in labelled}
+    pool = []
+    for i in _permutation(len(examples), seed):
+        if len(pool) == pool_size:
+            break
+        if _fields_key(examples[i]) not in taken:
+            pool.append(replace(examples[i], label=None))
+    if len(pool) < pool_size or pool_size < 1:
+        raise BenchError(f"unlabelled pool of {pool_size} does not fit task {task.name}: {source} holds "
+                         f"{len(pool)} examples beside the {len(labelled)} labelled ones; use a pool_size from 1 to "
+                         f"{len(pool)}")
+    return pool
+
+
+def _fields_key(ex: Example) -> tuple:
+    return tuple(sorted(ex.fields.items()))
+
+
 def eval_dataset(task: Task, eval_set: str) -> str:
     """Dataset id of an eval set: the task name (in-domain) or one of its shift names."""
     if eval_set == task.name:
@@ -477,7 +544,8 @@ def eval_examples(task: Task, eval_set: str, limit: int | None, root=None) -> li
 
 
 def _datasets_read(task: Task, eval_sets: list[str]) -> list[str]:
-    return ([task.train_split] if task.train_split else []) + [eval_dataset(task, s) for s in eval_sets]
+    return ([task.train_split] if task.train_split else []) + ([task.unlabelled_split] if task.unlabelled_split else []) \
+        + [eval_dataset(task, s) for s in eval_sets]
 
 
 def file_sha256s(task: Task, eval_sets: list[str], root=None) -> dict[str, str]:

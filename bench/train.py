@@ -61,6 +61,8 @@ def target_positions(labels, extra_positions: int = 0):
 
 def step_loss(model, method, hp: dict, batch: dict):
     """(loss, positions at which the LM head ran) of one training batch."""
+    batch = dict(batch)
+    index = batch.pop("example_index", None)  # where the batch came from (training_batches with_index)
     labels = batch["labels"]
     if labels.dim() == 1:  # a class per sequence (encoders): the classification head's own loss
         return model(**batch).loss, 0
@@ -70,7 +72,8 @@ def step_loss(model, method, hp: dict, batch: dict):
         return seq2seq_step_loss(model, method, batch)
     keep, targets = target_positions(labels, method.extra_positions(hp))
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=keep).logits
-    return method.target_loss(logits, targets), logits.shape[0]
+    loss = method.target_loss(logits, targets) if index is None else method.training_loss(logits, targets, index)
+    return loss, logits.shape[0]
 
 
 def train(model, method, hp: dict, batches, progress: str = "train") -> TrainResult:

@@ -70,7 +70,7 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     from bench import evaluation
     from bench.cell import FormattedTask, seq2seq_outputs
     from bench.models import get_model_spec, load_model
-    from bench.tasks import train_examples
+    from bench.tasks import get_task, train_examples
 
     config = teacher_config(teacher, task)
     method = get_method(config["method"])
@@ -78,6 +78,7 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
         raise BenchError(f"distill teacher {teacher} uses method {method.name}, which scores with its own "
                          "evaluate hook: its predictions are not rank scores; choose a teacher of another method")
     hp = resolve_hparams(method, config["hp"])
+    task = get_task(task.name).with_template(hp["template"])  # the teacher's own prompt, not the student's
     spec = get_model_spec(config["model"])
     model, tokenizer, _ = load_model(config["model"], num_labels=len(task.verbalizer) or None)
     # the teacher's own training examples: a method may read them (prompt_design's demonstrations)

@@ -26,6 +26,7 @@ METHOD_HP = {  # small prompts and prefixes: 2-step cells on tiny models
     "prompt_ensemble": {"num_virtual_tokens": 2, "k": 2},
     "p_tuning": {"num_virtual_tokens": 2, "encoder_hidden_size": 8},
     "prefix_tuning": {"prefix_length": 2, "mlp_hidden": 8},
+    "pet": {"template": "symbols"},  # PET needs one-token label words: one byte each for the tiny tokenizers
 }
 
 
