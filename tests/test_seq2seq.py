@@ -3,7 +3,7 @@ own, rank scoring against one (example, label) pair at a time, batched and KV-ca
 and recomputed decoding, and every method's closed-form parameter counts, frozen base and delta round trip."""
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from bench.batches import prompt_ids, training_batches
 from bench.errors import BenchError
@@ -319,3 +319,28 @@ def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, m
     llama_total, llama_trainable = token_path_parameters(llama)
     assert train_flops(llama, False, 50, 0, 2, 4, 5) == flops_per_step(llama_total, False, 50, 2, 4, llama_trainable,
                                                                        lm_head_parameters(llama), 5)
+
+
+def test_untied_t5_head_loads_untied(models_cache, tmp_path, monkeypatch):
+    """A T5 v1.1 / LM-adapt checkpoint (untied lm_head, as Lester et al.'s) keeps its own head through our loader
+    (the hub source's save + load_model), although transformers 5.24's T5Config sets tie_word_embeddings."""
+    import dataclasses
+
+    from transformers import T5ForConditionalGeneration
+
+    import bench.models as models
+
+    tiny, tokenizer, _ = _load("tiny-t5", models_cache)
+    config = type(tiny.config).from_dict(tiny.config.to_dict() | {"tie_word_embeddings": False})
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "hub")
+    tokenizer.save_pretrained(tmp_path / "hub")
+    weights = tmp_path / "hub" / "model.safetensors"
+    tensors = load_file(str(weights))
+    head = torch.randn(tensors["shared.weight"].shape, generator=torch.Generator().manual_seed(3))
+    save_file(tensors | {"lm_head.weight": head}, str(weights), metadata={"format": "pt"})  # as v1.1 checkpoints hold
+    spec = dataclasses.replace(models.get_model_spec("t5-xl-lm-adapt"), hub_id=str(tmp_path / "hub"))
+    monkeypatch.setattr(models, "get_model_spec", lambda name: spec)
+    loaded, _, _ = models.load_model("t5-xl-lm-adapt", cache=tmp_path / "cache")
+    assert torch.equal(loaded.lm_head.weight, head)
+    assert not torch.equal(loaded.lm_head.weight, loaded.shared.weight)
+    assert loaded.lm_head.weight.data_ptr() != loaded.shared.weight.data_ptr()
