@@ -26,13 +26,13 @@ Initialisation (`init`):
   float precision; this needs mlp_hidden >= p.
 - `random`: peft's default init (FEASIBILITY.md pitfall 4: collapsed to chance on SmolLM2-135M).
 
-Encoder-decoder models (T5, BART) use peft's SEQ_2_SEQ_LM prefix tuning. In peft 0.21.2 that is a prefix on
-the decoder's self-attention only: its table has the same p*L*2*d_kv values as for a causal LM, the encoder
-gets no prefix, and the cross-attention prefix peft builds is discarded before the forward
-(`PeftModel.get_prompt` empties the cross-attention cache, since prompt tuning lengthens the encoder's output). Li & Liang's BART setting has
-prefixes in the encoder and the decoder; that is not what peft implements, and own code for it is left out
-here. init=real_tokens is refused on them (one table for the decoder has no real-token activations that the
-frozen model would give it); use init=random.
+Encoder-decoder models (T5, BART): Li & Liang's BART setting, own code (methods/_seq2seq_prefix.py): three
+prefix sets, in the encoder's self-attention, the decoder's self-attention and the decoder's cross-attention, each
+with its own MLP while training (mlp_hidden > 0) and init=random (E ~ N(0, 1), torch's Linear init; without the
+MLP the table ~ N(0, 0.02^2)). peft 0.21.2's SEQ_2_SEQ_LM prefix reaches the decoder's self-attention only, so
+the delta is not a peft checkpoint: it is a safetensors file of the three tables (MLPs evaluated and dropped),
+p*2*d_kv*(L_enc + 2*L_dec) values, and `load_delta` rebuilds plain tables from it. init=real_tokens is refused
+there (not implemented for three prefix sets).
 
 Encoders (BERT, RoBERTa, MPNet) are refused when the cell is planned (`past_key_values: false` in
 config/models.yaml): under transformers 5 they take no past key/values, the only way peft passes prefixes.
@@ -53,6 +53,7 @@ from bench.method import PeftMethod, peft_generation_compat
 from methods._common import model_architecture, model_label, peft_task_type
 
 INITS = ("real_tokens", "random")
+SEQ2SEQ_FAMILIES = ("t5", "bart")  # whose attention modules methods/_seq2seq_prefix.py knows
 
 
 class PrefixTuning(PeftMethod):
@@ -69,14 +70,16 @@ class PrefixTuning(PeftMethod):
         if h < 0:
             raise BenchError(f"prefix_tuning mlp_hidden={h} invalid: use 0 (no MLP) or a positive width (paper: 512)")
         if hp["init"] == "real_tokens" and model_kind == "seq2seq":
-            raise BenchError("prefix_tuning init=real_tokens needs a causal LM: on encoder-decoder models peft feeds "
-                             "one prefix table to the decoder's self-attention, which no run of real tokens through "
-                             "the frozen model gives; use init=random")
+            raise BenchError("prefix_tuning init=real_tokens needs a causal LM: the encoder-decoder prefixes (encoder, "
+                             "decoder and cross-attention) have no real-token init here; use init=random")
         if hp["init"] == "real_tokens" and 0 < h < p:
             raise BenchError(f"prefix_tuning mlp_hidden={h} cannot reproduce {p} real-token prefixes: use "
                              f"mlp_hidden >= {p}, mlp_hidden=0 (no MLP), or init=random")
 
     def check_architecture(self, hp: dict, arch) -> None:
+        if arch.encoder_decoder and arch.model_type not in SEQ2SEQ_FAMILIES:
+            raise BenchError(f"prefix_tuning on encoder-decoder models knows {' and '.join(SEQ2SEQ_FAMILIES)} "
+                             f"attention, not {arch.model_type}: use lora or prompt_tuning")
         if not arch.past_key_values:
             raise BenchError(f"prefix_tuning passes its prefixes as past key/values, which {arch.model_type} models "
                              "do not take (transformers 5): use p_tuning or prompt_tuning (a soft prompt on the "
@@ -88,6 +91,10 @@ class PrefixTuning(PeftMethod):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         self.check_architecture(hp, model_architecture(model))
         p, h = hp["prefix_length"], hp["mlp_hidden"]
+        if ctx.model_kind == "seq2seq":
+            import methods._seq2seq_prefix as seq2seq_prefix  # torch/transformers: not at planning time
+
+            return seq2seq_prefix.attach(model, p, h)
         target = real_token_prefix(model, init_token_ids(hp, ctx, p)) if hp["init"] == "real_tokens" else None
         config = PrefixTuningConfig(task_type=peft_task_type(ctx), num_virtual_tokens=p,
                                     prefix_projection=h > 0, encoder_hidden_size=h or None)
@@ -97,10 +104,26 @@ class PrefixTuning(PeftMethod):
         return adapted
 
     def delta_parameters(self, model) -> int:
+        if model.config.is_encoder_decoder:  # own prefixes (methods/_seq2seq_prefix.py), no peft model
+            return sum(table.numel() for table in model.prompt_encoder.tables().values())
         config = model.peft_config["default"]
         prefix = config.num_virtual_tokens * config.num_layers * 2 * config.token_dim
         head = sum(p.numel() for n, p in model.named_parameters() if ".modules_to_save.default." in n)
         return prefix + head
+
+    def save_delta(self, model, path) -> None:
+        if model.config.is_encoder_decoder:
+            import methods._seq2seq_prefix as seq2seq_prefix
+
+            return seq2seq_prefix.save_tables(model, path)
+        return super().save_delta(model, path)
+
+    def load_delta(self, base, hp, ctx, path):
+        if ctx.model_kind == "seq2seq":
+            import methods._seq2seq_prefix as seq2seq_prefix
+
+            return seq2seq_prefix.load_tables(base, hp["prefix_length"], path)
+        return super().load_delta(base, hp, ctx, path)
 
 
 def init_token_ids(hp: dict, ctx, length: int) -> list[int]:

@@ -123,7 +123,7 @@ def test_the_family_entry_is_what_the_stand_in_is(model, models_cache):
     assert arch.bias == any(name.endswith(".bias") for name, _ in model_obj.named_parameters()
                             if name.split(".")[0] not in HEAD_NAMES)
     # peft's own test before it hands prefixes to a classifier; language models get them unchecked (the matrix runs
-    # them; tests/test_seq2seq.py checks that an encoder-decoder's decoder reads its prefix)
+    # them; tests/test_seq2seq.py checks that an encoder-decoder's three attention kinds read theirs)
     takes_cache = any("past_key_values" in inspect.signature(m.forward).parameters
                       for m in (model_obj, model_obj.base_model))
     assert arch.past_key_values == (spec.kind in ("causal_lm", "seq2seq") or takes_cache)

@@ -3,7 +3,7 @@ own, rank scoring against one (example, label) pair at a time, batched and KV-ca
 and recomputed decoding, and every method's closed-form parameter counts, frozen base and delta round trip."""
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from bench.batches import prompt_ids, training_batches
 from bench.errors import BenchError
@@ -16,6 +16,10 @@ from bench.train import train
 MODELS = ["tiny-t5", "tiny-bart"]
 # both: d 32, 2 encoder + 2 decoder blocks, 4 heads of 8 (d_kv 32), d_ff 64 (config/models.yaml)
 D, LE, LD, D_KV, D_FF = 32, 2, 2, 32, 64
+
+
+SMALL = {"prompt_tuning": {"num_virtual_tokens": 3}, "p_tuning": {"num_virtual_tokens": 3, "encoder_hidden_size": 8},
+         "prefix_tuning": {"prefix_length": 3, "mlp_hidden": 0, "init": "random"}}
 
 
 def _load(name, cache):
@@ -89,12 +93,12 @@ def _one_pair_at_a_time(model, tokenizer, task, examples):
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("method_name", ["full_ft", "prompt_tuning"])
+@pytest.mark.parametrize("method_name", ["full_ft", "prompt_tuning", "prefix_tuning"])
 def test_rank_scores_equal_scoring_one_pair_at_a_time(name, method_name, models_cache, sst2):
     model, tokenizer, _ = _load(name, models_cache)
     examples = train_examples(sst2, 5, 0, data_root(None))
     method = get_method(method_name)
-    hp = resolve_hparams(method, {"num_virtual_tokens": 3} if method_name == "prompt_tuning" else {})
+    hp = resolve_hparams(method, SMALL.get(method_name, {}))
     adapted = method.apply(model, hp, _ctx(tokenizer, sst2)).eval()
     _perturb(adapted)
     batched = rank_scores(adapted, tokenizer, sst2, examples, batch_size=4, max_len=512)  # padded rows, none cut
@@ -102,10 +106,11 @@ def test_rank_scores_equal_scoring_one_pair_at_a_time(name, method_name, models_
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_batched_generation_equals_one_at_a_time(name, models_cache, e2e):
+@pytest.mark.parametrize("method_name", ["prompt_tuning", "prefix_tuning"])
+def test_batched_generation_equals_one_at_a_time(name, method_name, models_cache, e2e):
     model, tokenizer, _ = _load(name, models_cache)
-    method = get_method("prompt_tuning")
-    adapted = method.apply(model, resolve_hparams(method, {"num_virtual_tokens": 3}), _ctx(tokenizer, e2e)).eval()
+    method = get_method(method_name)
+    adapted = method.apply(model, resolve_hparams(method, SMALL[method_name]), _ctx(tokenizer, e2e)).eval()
     _perturb(adapted)
     prompts = [e2e.prompt(ex) for ex in train_examples(e2e, 5, 0, data_root(None))]
     for beams in (1, 2):
@@ -122,9 +127,7 @@ def test_kv_cached_generation_equals_recomputing_every_step(name, method_name, m
     far (prompt or prefix inserted once, never dropped: bench.method.peft_generation_compat); also reloaded."""
     model, tokenizer, _ = _load(name, models_cache)
     method = get_method(method_name)
-    hp = resolve_hparams(method, {"prompt_tuning": {"num_virtual_tokens": 3},
-                                  "p_tuning": {"num_virtual_tokens": 3, "encoder_hidden_size": 8},
-                                  "prefix_tuning": {"prefix_length": 3, "mlp_hidden": 0, "init": "random"}}[method_name])
+    hp = resolve_hparams(method, SMALL[method_name])
     ctx = _ctx(tokenizer, sst2)
     adapted = method.apply(model, hp, ctx)
     _perturb(adapted)
@@ -157,24 +160,55 @@ def test_kv_cached_generation_equals_recomputing_every_step(name, method_name, m
     assert torch.allclose(cached(reloaded), scores, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_prefixes_reach_all_three_attention_kinds(name, models_cache, sst2):
+    """Li & Liang's three prefix sets (methods/_seq2seq_prefix.py): the encoder's changes the encoder's output, the
+    decoder's self-attention and cross-attention prefixes change the logits but not the encoder's output; the
+    decoder stays causal with its prefix (a position's logits do not see later positions)."""
+    model, tokenizer, _ = _load(name, models_cache)
+    base_encoder = _encoded(model, tokenizer)
+    method = get_method("prefix_tuning")
+    adapted = method.apply(model, resolve_hparams(method, SMALL["prefix_tuning"]), _ctx(tokenizer, sst2)).eval()
+    assert not torch.allclose(_encoded(adapted, tokenizer), base_encoder, atol=1e-4)
+    generator = torch.Generator().manual_seed(2)
+    for kind in ("encoder", "decoder", "cross"):
+        encoded, logits = _encoded(adapted, tokenizer), _logits(adapted, tokenizer)
+        table = adapted.prompt_encoder.sets[kind].table
+        with torch.no_grad():
+            table.add_(torch.randn(table.shape, generator=generator))
+        assert torch.allclose(_encoded(adapted, tokenizer), encoded, atol=1e-6) == (kind != "encoder"), kind
+        assert not torch.allclose(_logits(adapted, tokenizer), logits, atol=1e-6, rtol=0), kind  # tiny-bart: ~1e-5
+    full, shorter = _logits(adapted, tokenizer), _logits(adapted, tokenizer, decoder=2)
+    assert torch.allclose(full[:, :2], shorter, atol=1e-5, rtol=0)
+
+
+def _encoded(model, tokenizer):
+    ids = torch.tensor([prompt_ids(tokenizer, "the food was fine")])
+    with torch.no_grad():
+        return model.get_encoder()(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+
 P, H, R, K = 3, 8, 4, 1
 CASES = {  # method -> (overrides, trainable while training, parameters in the delta), in closed form
     "lora": ({"r": R}, (2 * LE + 4 * LD) * R * (D + D_KV)),  # q, v of self-attention and the decoder's cross-attention
     "ia3": ({}, LE * (2 * D_KV + D_FF) + LD * (4 * D_KV + D_FF)),  # k, v (+ cross k, v) and the d_ff activations
     "adapter": ({}, (LE + LD) * 2 * (2 * D * (D // 16) + D + D // 16)),  # after self-attention and feed-forward
     "prompt_tuning": ({"num_virtual_tokens": P}, P * D),  # one p x d table, before the encoder's input
+    # encoder self-, decoder self- and cross-attention prefixes, each with its MLP (E, Linear, tanh, Linear) while
+    # training; the delta keeps the three tables (Li & Liang)
     "prefix_tuning": ({"prefix_length": P, "mlp_hidden": H, "init": "random"},
-                      (P * D + D * H + H + H * LD * 2 * D_KV + LD * 2 * D_KV, P * LD * 2 * D_KV)),
+                      (sum(P * D + D * H + H + H * L * 2 * D_KV + L * 2 * D_KV for L in (LE, LD, LD)),
+                       P * 2 * D_KV * (LE + 2 * LD))),
     "p_tuning": ({"num_virtual_tokens": P, "encoder": "MLP", "encoder_hidden_size": H},
                  (P * D + (D * H + H) + (H * H + H) + (H * D + D), P * D)),
 }
 
 
-def _logits(model, tokenizer):
+def _logits(model, tokenizer, decoder=3):
     ids = torch.tensor([prompt_ids(tokenizer, "the food was fine")])
+    decoder_ids = torch.tensor([[model.config.decoder_start_token_id, 70, 71][:decoder]])
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                     decoder_input_ids=torch.tensor([[model.config.decoder_start_token_id, 70, 71]])).logits
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=decoder_ids).logits
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -220,7 +254,7 @@ def test_counts_frozen_base_and_delta_round_trip(name, method_name, models_cache
     assert torch.allclose(after, _logits(reloaded, tokenizer), atol=1e-6, rtol=0)
     base = _load(name, models_cache)[0]
     assert not torch.allclose(after, _logits(base, tokenizer), atol=1e-4)
-    if method_name in CASES and method_name != "adapter":  # peft's deltas are plain peft seq2seq checkpoints
+    if method_name in CASES and method_name not in ("adapter", "prefix_tuning"):  # peft's: plain peft checkpoints
         from peft import PeftModel
 
         plain = PeftModel.from_pretrained(base, str(tmp_path)).eval()
@@ -255,6 +289,13 @@ def test_plan_time_refusals(models_cache):
     with pytest.raises(BenchError, match=r"bitfit needs bias terms: t5 models have none"):
         check_cells([cell("bitfit", "t5-xl-lm-adapt")])  # a hub model: planning loads nothing
     check_cells([cell("lora", "bart-large"), cell("prompt_tuning", "t5-xl-lm-adapt")])
+    import dataclasses
+
+    from bench.models import architecture
+
+    pegasus = dataclasses.replace(architecture("bart"), model_type="pegasus")  # a family added to models.yaml
+    with pytest.raises(BenchError, match=r"knows t5 and bart attention, not pegasus: use lora or prompt_tuning$"):
+        get_method("prefix_tuning").check_architecture({}, pegasus)
 
 
 @pytest.mark.parametrize("name, encoder_prefix", [("tiny-t5", ("encoder.block.", "encoder.final_layer_norm.")),
@@ -278,3 +319,28 @@ def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, m
     llama_total, llama_trainable = token_path_parameters(llama)
     assert train_flops(llama, False, 50, 0, 2, 4, 5) == flops_per_step(llama_total, False, 50, 2, 4, llama_trainable,
                                                                        lm_head_parameters(llama), 5)
+
+
+def test_untied_t5_head_loads_untied(models_cache, tmp_path, monkeypatch):
+    """A T5 v1.1 / LM-adapt checkpoint (untied lm_head, as Lester et al.'s) keeps its own head through our loader
+    (the hub source's save + load_model), although transformers 5.24's T5Config sets tie_word_embeddings."""
+    import dataclasses
+
+    from transformers import T5ForConditionalGeneration
+
+    import bench.models as models
+
+    tiny, tokenizer, _ = _load("tiny-t5", models_cache)
+    config = type(tiny.config).from_dict(tiny.config.to_dict() | {"tie_word_embeddings": False})
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "hub")
+    tokenizer.save_pretrained(tmp_path / "hub")
+    weights = tmp_path / "hub" / "model.safetensors"
+    tensors = load_file(str(weights))
+    head = torch.randn(tensors["shared.weight"].shape, generator=torch.Generator().manual_seed(3))
+    save_file(tensors | {"lm_head.weight": head}, str(weights), metadata={"format": "pt"})  # as v1.1 checkpoints hold
+    spec = dataclasses.replace(models.get_model_spec("t5-xl-lm-adapt"), hub_id=str(tmp_path / "hub"))
+    monkeypatch.setattr(models, "get_model_spec", lambda name: spec)
+    loaded, _, _ = models.load_model("t5-xl-lm-adapt", cache=tmp_path / "cache")
+    assert torch.equal(loaded.lm_head.weight, head)
+    assert not torch.equal(loaded.lm_head.weight, loaded.shared.weight)
+    assert loaded.lm_head.weight.data_ptr() != loaded.shared.weight.data_ptr()
