@@ -2,6 +2,8 @@
 adapted models each scoring its own task (bench.evaluation.rank_scores, the cells' own path): examples/s and the
 bytes of weights each setup holds (and k full fine-tuned copies'), as ratios measured in one run. Correctness:
 every example's label scores equal its own cell's outputs and the separate models' scores."""
+import os
+
 import pytest
 
 from bench.benchmarks import Paired, bench_threads, record
@@ -11,13 +13,20 @@ CELL_HP = {"lora": {"lr": 1e-3, "r": 8, "alpha": 16},
            "prompt_tuning": {"num_virtual_tokens": 20, "optimizer": "adamw", "lr": 3e-2}}
 
 
+GIVEN = {"lora": "PEFT_REPRO_SERVE_LORA", "prompt_tuning": "PEFT_REPRO_SERVE_PROMPT"}  # comma lists of cell folders
+
+
 @pytest.fixture(scope="module")
 def cells(settings, tmp_path_factory):
-    """k = 2 trained cells (SST-2, QQP) per delta kind: a few steps, enough for deltas that differ."""
+    """Per delta kind, cells trained elsewhere (the folders named by GIVEN's environment variables, e.g. a grid's
+    seed-0 cells), else k = 2 cells (SST-2, QQP) trained here for a few steps: enough for deltas that differ."""
     from bench.cell import CellConfig, run_cell
 
     root, out = tmp_path_factory.mktemp("serve"), {}
     for method, hp in CELL_HP.items():
+        if os.environ.get(GIVEN[method]):
+            out[method] = os.environ[GIVEN[method]].split(",")
+            continue
         for task in TASKS:
             config = CellConfig(task=task, model=settings.model, method=method, train_size=16, seed=0,
                                 hp={"steps": settings.serve_steps, "batch_size": 4, "max_len": 80, **hp},
@@ -34,7 +43,7 @@ def test_serve_mixed(benchmark, settings, cells, method):
     from bench.models import load_model
     from bench.serve import BATCH, TOLERANCE, compare, held_bytes, score_mixed, setup
 
-    s = setup(cells[method])
+    s = setup(cells[method], settings.serve_examples)
     adapter = get_method(method)
     separate = [adapter.load_delta(load_model(c.record["config"]["model"])[0], c.hp, None, c.dir / "delta").eval()
                 for c in s.cells]
