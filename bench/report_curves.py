@@ -248,6 +248,11 @@ def _decide(comparisons, margin: float, side: int) -> tuple[str, list[str]]:
     """comparisons: (label, interval, seeds, items, text); Bonferroni over them as bench/report_claims.py does."""
     found, lines = [], []
     for label, interval, seeds, items, text in comparisons:
+        if not np.isfinite(interval.estimate):
+            found.append("inconclusive")
+            lines.append(f"{label}: {text}: no gain over the step-0 score on a side (final <= start in every seed), "
+                         "so no time to quality to compare → inconclusive")
+            continue
         if not np.isfinite(interval.low):
             found.append("inconclusive")
             lines.append(f"{label}: {text}: Δ {interval.estimate:+.3g}; {interval.method} → inconclusive")
