@@ -318,7 +318,8 @@ def check_retention(cells, check) -> tuple[str, list[str], list[str]]:
         interval = bootstrap([lg, rg], [1, -1], stat, level, item_key=key)
         ones = lambda g: (np.ones(_n_seeds(g)), np.ones(g.arrays[key].shape[-1] if key else g.items))  # noqa: E731
         text = f"{measure} {stat(lg, *ones(lg)):+.3f} vs {stat(rg, *ones(rg)):+.3f}"
-        comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), lg.items, text))
+        items = lg.arrays[key].shape[-1] if key else lg.items  # zero-shot examples, or passages
+        comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), items, text))
     verdict, lines = _decide(comparisons, float(check["margin"]), side)
     return verdict, lines, gone
 
