@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -107,8 +108,15 @@ def cmd_lock(args) -> None:
     moved = write_lock(upgrade=args.upgrade)
     for name, (old, new) in moved.items():
         print(f"  {name}: {old} -> {new}")
-    print(f"{LOCK.relative_to(Path.cwd()) if LOCK.is_relative_to(Path.cwd()) else LOCK}: "
-          f"{len(moved)} pin(s) changed")
+    print(f"{os.path.relpath(LOCK)}: {len(moved)} pin(s) changed")
+
+
+def cmd_serve_mixed(args) -> None:
+    from bench.serve import main as serve_main
+
+    status = serve_main(args.serve_args)
+    if status:
+        sys.exit(status)
 
 
 def cmd_compat(args) -> None:
@@ -179,6 +187,11 @@ def main(argv=None) -> int:
                                            "allows (finds the next upstream break; not part of CI)")
     compat.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (e.g. -x -m 'not slow')")
     compat.set_defaults(func=cmd_compat)
+
+    serve = sub.add_parser("serve-mixed", help="one frozen base + several cells' deltas scoring mixed-task batches, "
+                                               "checked against each cell's own scores (bench/serve.py; --help there)")
+    serve.add_argument("serve_args", nargs=argparse.REMAINDER, help="cell folders, --limit N, --batch-size N")
+    serve.set_defaults(func=cmd_serve_mixed)
 
     args = parser.parse_args(argv)
     try:

@@ -79,13 +79,17 @@ class Settings:
     warmup_rounds: int = 1
     packing_cells: int = 2  # item 8: cells run one at a time, then side by side on the device
     packing_steps: int = 3
+    serve_steps: int = 2  # item 9: training steps of each cell whose delta joins the mix
+    serve_examples: int = 12  # eval examples per cell (task) in the mixed batches
+    serve_rounds: int = 2
 
 
 MODES = {
     "full": Settings("full", "smollm2-135m", train_steps=3, train_rounds=4, decode_examples=16, decode_batch=16,
                      max_new_tokens=40, decode_rounds=1, rank_examples=16, rank_rounds=2, memory_steps=3,
                      memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
-                     planning_cells=(100, 1000, 10000), packing_cells=8, packing_steps=20),
+                     planning_cells=(100, 1000, 10000), packing_cells=8, packing_steps=20,
+                     serve_steps=5, serve_examples=48, serve_rounds=3),
     "quick": Settings("quick", "tiny-llama", train_steps=3, train_rounds=3, decode_examples=6, decode_batch=6,
                       max_new_tokens=16, decode_rounds=2, rank_examples=16, rank_rounds=3, memory_steps=2,
                       memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
@@ -101,6 +105,8 @@ GOALS = {  # item -> (ratio label, comparison, threshold)
     "planning_growth": ("per-cell planning cost, last decade / previous decade", "<=", 1.5),
     "planning_overhead": ("ours / bare Snakemake `-n` time, as many jobs", None, None),  # attributes time, no goal
     "packing": ("cells per hour, side by side / one at a time", ">=", 4.0),
+    "serve_mixed_lora": ("k separate models / mixed batches time", None, None),
+    "serve_mixed_prompt": ("k separate models / mixed batches time", None, None),
 }
 
 
@@ -722,7 +728,12 @@ def write_report(json_path: Path, md_path: Path) -> None:
             ("4", "memory_truth", "test_memory_truth", "peak memory increase vs analytic estimate (per method)"),
             ("6", "planning_growth", "test_planning_growth", "`snakemake -n` time vs grid size"),
             ("6", "planning_overhead", "test_planning_overhead", "`snakemake -n`, largest grid, vs bare Snakemake"),
-            ("8", "packing", "test_packing", "cells per hour on one device: side by side vs one at a time")]
+            ("8", "packing", "test_packing", "cells per hour on one device: side by side vs one at a time"),
+
+            ("9", "serve_mixed_lora", "test_serve_mixed[lora]",
+             "one base + k LoRA adapters, mixed-task batches, vs k adapted models (examples/s)"),
+            ("9", "serve_mixed_prompt", "test_serve_mixed[prompt_tuning]",
+             "one base + k soft prompts, mixed-task batches, vs k adapted models (examples/s)")]
     for number, item, test, what in rows:
         info = by_item.get(item)
         outcome = outcomes.get(test, "not run")
@@ -913,7 +924,31 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                 "device-agnostic (CUDA when available, the models in bf16 there, memory from "
                 "`torch.cuda.max_memory_allocated`, the matmul peak in bf16); run `python -m bench benchmarks` on a "
                 "GPU machine to fill this in.", ""]
-    return out
+    return out + serve_mixed_details(by_item)
+
+
+def serve_mixed_details(by_item: dict) -> list[str]:
+    """Section 9 (item 9, tests/benchmarks/test_9_serve_mixed.py), also pasted alone where a run measured only it."""
+    found = [(by_item[k], name) for k, name in (("serve_mixed_lora", "LoRA adapters (peft `adapter_names=`)"),
+                                               ("serve_mixed_prompt", "soft prompts (own mixed batch)"))
+             if k in by_item]
+    if not found:
+        return []
+    out = ["## 9. One base, many tasks: mixed-task batches", "",
+           "`bench/serve.py`: one frozen base with k trained deltas (cells of SST-2 and QQP) rank-scores batches that "
+           "alternate the tasks' examples, each row under its own delta; baseline: k separately adapted models (each "
+           "its own copy of the base plus its delta), each scoring its own task with `bench.evaluation.rank_scores` "
+           "(batches of one task, sorted by length). Weights held: bytes of the distinct tensors of each setup; k "
+           "full fine-tuned copies: k × the base's.", "",
+           "| deltas | k | examples | mixed ex/s | separate ex/s | time: separate / mixed | weights: separate / mixed "
+           "| weights: k full-FT copies / mixed | max score diff vs own cells | equal |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for info, name in found:
+        out.append(f"| {name} | {len(info['cells'])} | {info['examples']} | {info['mixed_examples_per_s']:.1f} | "
+                   f"{info['separate_examples_per_s']:.1f} | {info['ratio']:.2f}× (rounds "
+                   f"{', '.join(f'{r:.2f}' for r in info['per_round'])}) | {info['separate_over_mixed_bytes']:.2f}× | "
+                   f"{info['full_ft_over_mixed_bytes']:.2f}× | {info['max_diff_vs_own_cells']:.1e} | "
+                   f"{'yes' if info['scores_equal'] else '**no**'} |")
+    return out + [""]
 
 
 def _overhead_miss(info: dict) -> str:

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import lock
+from bench import curves, lock, retention
 from bench.errors import BenchError
 from bench.flops import matmul_peak_flops, train_flops
 from bench.method import CellContext, get_method, method_files, resolve_hparams, total_parameters, trainable_parameters
@@ -45,7 +45,7 @@ class CellConfig:
 
 
 # they read records, plan cells or check the install; they make no record
-NOT_HARNESS = {"report.py", "plots.py", "grid.py", "gpu_memory.py", "benchmarks.py", "lock.py"}
+NOT_HARNESS = {"report.py", "plots.py", "grid.py", "gpu_memory.py", "benchmarks.py", "lock.py", "serve.py"}
 NOT_HARNESS_PREFIX = "report_"  # the report's parts (bench/report_*.py)
 
 
@@ -136,6 +136,8 @@ def plan_cell(config: CellConfig) -> Plan:
         raise BenchError(f"encoder {spec.name} cannot do generation task {task.name}: use a causal LM")
     method.check_hparams(hp, task, spec.kind)
     method.check_architecture(hp, architecture(spec.architecture))
+    curves.check(hp)
+    retention.check(hp, task, spec.kind)
     root = data_root(config.data_root)
     if task.train_split is None and hp["steps"] > 0:
         raise BenchError(f"task {task.name} has no training split (evaluation only): use steps=0 or another task")
@@ -276,7 +278,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     from bench.batches import training_batches
     from bench.evaluation import Timer
     from bench.models import load_model, model_fingerprint
-    from bench.tasks import data_root, dev_examples, eval_examples, file_sha256s, train_examples, user_inputs
+    from bench.tasks import (data_root, dataset_sha256s, dev_examples, eval_examples, file_sha256s, train_examples,
+                             user_inputs)
     from bench.train import train
 
     if threads:
@@ -299,14 +302,23 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
             torch.cuda.reset_peak_memory_stats()
     model, tokenizer, manifest = load_model(config.model, num_labels=len(task.verbalizer) or None)
     ctx.tokenizer = tokenizer
+    retained = retention.Retention(tokenizer, hp, root) if hp["retention"] else None
+    retained_base = retained.measure(model.to(device)) if retained else None  # before the method touches it
     seed_everything(config.seed)
     model = method.apply(model, hp, ctx).to(device)
     prompted = FormattedTask(task, method, hp, ctx)
+    curve = None
+    if hp["eval_every"] > 0:
+        curve_set, curve_subset = curves.curve_examples(eval_sets, task.name, hp["curve_limit"])
+        curve = curves.LearningCurve(
+            lambda m, examples: evaluate_set(plan, m, tokenizer, examples, None, prompted,
+                                             eval_scorer(plan.task, curve_set)),
+            curve_set, curve_subset, task.metrics[0])
 
     result = train(model, method, hp, training_batches(tokenizer, prompted, ctx.model_kind, train_set,
                                                        hp["batch_size"], hp["max_len"], config.seed,
                                                        hp["group_by_length"], with_index=True),
-                   progress=f"{config.method} {config.task} n={config.train_size}") if trains else None
+                   progress=f"{config.method} {config.task} n={config.train_size}", on_eval=curve) if trains else None
     record = {
         "schema": RECORD_SCHEMA,
         "config": {**{k: v for k, v in asdict(config).items() if k != "dev_limit" or v is not None},  # opt-in key
@@ -353,11 +365,18 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         "eval_s": round(time.perf_counter() - eval_start, 3),
         "eval_tokens_per_s": round(eval_timer.tokens / eval_timer.seconds, 2) if eval_timer.seconds else 0.0,
     }
+    if curve:  # opt-in keys: cells without eval_every / retention are as before
+        record["curve"] = curve.record(result.curve_eval_s)
+        record["cost"]["curve_eval_s"] = round(result.curve_eval_s, 3)
+    if retained and record["status"] == "ok":
+        record["retention"] = retained.record(retained_base, retained.measure(model, method.extra_positions(hp)))
+        record["cost"]["retention_s"] = record["retention"]["seconds"]
     record["env"] = environment(device)
     if own := user_inputs(task, plan.eval_sets, root):  # opt-in key: cells reading only shared data are as before
         record["config"]["tasks_file"] = {"path": own[0],
                                           "sha256": hashlib.sha256(Path(own[0]).read_bytes()).hexdigest()}
-    record["inputs"] = {"data": file_sha256s(task, plan.eval_sets, root),
+    record["inputs"] = {"data": {**file_sha256s(task, plan.eval_sets, root),
+                                 **(dataset_sha256s(retention.datasets(hp), root) if retained else {})},
                         "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
                         "method_sha256": files_sha256(method_files(config.method))}
     write_json_atomic(out_dir / "record.json", record)

@@ -33,6 +33,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_batch_size": 16,
     "num_beams": 1,
     "template": "",  # one of the task's `templates` in config/tasks.yaml (its template + verbalizer); "" = the task's own
+    "eval_every": 0,  # > 0: score a fixed eval subset every K steps during training (bench/curves.py)
+    "curve_limit": 64,  # examples of that subset
+    "retention": False,  # measure what training did to general ability (bench/retention.py)
+    "retention_task": "",  # the other task scored zero-shot for retention ("" = held-out text only)
 }
 
 

@@ -173,3 +173,24 @@ def make_plots(S, out: Path) -> list[Path]:
             if path is not None:
                 paths.append(path)
     return paths
+
+
+def plot_curves(P: pd.DataFrame, out: Path) -> list[Path]:
+    """Learning curves (bench/report_curves.py: curve_points): score vs training step and vs training seconds, one
+    line per method variant (mean over seeds), its 95% interval as a band; one figure per task, model, train size."""
+    paths = []
+    for (task, model, size), D in (P.groupby(["task", "model", "train_size"], sort=False) if len(P) else []):
+        styles = _styles(D)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for variant, g in D.groupby("variant", sort=False):
+            color, marker = styles[variant]
+            for ax, x in zip(axes, ("step", "train_s")):
+                ax.plot(g[x], g["mean"], marker=marker, color=color, label=variant)
+                ax.fill_between(g[x], g["ci_low"], g["ci_high"], color=color, alpha=0.15, linewidth=0)
+        axes[0].set_xlabel("training step")
+        axes[1].set_xlabel("training seconds (evaluations excluded; mean over seeds)")
+        paths.append(_save(fig, axes, out / f"curve-{task}.png" if P[["model", "train_size"]].drop_duplicates().shape[0]
+                           == 1 else out / f"curve-{task}-{model}-n{size}.png",
+                           f"{task}: learning curves ({model}, n={size}; band: 95% interval)", "",
+                           "accuracy on the curve's eval set (%)"))
+    return paths

@@ -15,6 +15,7 @@ import yaml
 from bench.cell import harness_hash, write_atomic
 from bench.grid import load_grid_file
 from bench.report_claims import CHECKS, CLAIMS, claims_md, evaluate_claims, select  # noqa: F401 (the report API)
+from bench.report_curves import curve_points, curve_tables, records, retention_tables
 from bench.report_stats import CORPUS_RESAMPLES, RESAMPLES
 from bench.report_summary import PER_SEED, add_intervals, load, paired_difference, summarize  # noqa: F401
 from bench.report_tables import (ablation_tables, cost_tables, dev_selection_tables, ensemble_tables,
@@ -31,7 +32,7 @@ INTERVALS = (f"Intervals: percentile bootstrap, each replicate drawing the seeds
 
 
 def write_report(grid: str) -> list[Path]:
-    from bench.plots import make_plots
+    from bench.plots import make_plots, plot_curves
 
     name, data = load_grid_file(grid)
     current, (cells, frame, hp_cols) = harness_hash(), load(grid)
@@ -52,7 +53,9 @@ def write_report(grid: str) -> list[Path]:
               *ablation_tables(S, hp_cols), *template_tables(S, hp_cols), *selection, *ensemble_tables(S),
               *cost_tables(S, hp_cols),
               *interpretability_tables(cells)] if len(S) else []
-    plots = make_plots(S, plots_dir) if len(S) else []
+    found = records(cells) if len(cells) else []  # records with a learning curve or retention
+    tables += [*curve_tables(found), *retention_tables(found)]
+    plots = [*(make_plots(S, plots_dir) if len(S) else []), *plot_curves(curve_points(found), plots_dir)]
     claims = evaluate_claims(S, cells, hp_cols, yaml.safe_load(CLAIMS.read_text())["claims"])
     counts = cells["status"].value_counts()
     parts = [f"# Report: grid `{name}`", "", *([data["description"], ""] if data.get("description") else []),

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.report_curves import OWN_CHECKS
 from bench.report_stats import BOOTSTRAP_SEED, LEVEL, bootstrap, needed
 from bench.report_summary import KEYS, _num, system
 from bench.report_tables import fmt, human
@@ -268,6 +269,10 @@ def evaluate_claims(S, cells, hp_cols, claims: list[dict]) -> list[dict]:
         if "margin" not in claim["check"]:
             raise BenchError(f"claim {claim.get('id')} in {CLAIMS} declares no margin: add `margin: <points>` to "
                              "its check (the practical difference that decides it; see the file's header)")
+        if claim["check"]["kind"] in OWN_CHECKS:  # decided on the records' curves / retention, not the summary
+            verdict, lines, gone = OWN_CHECKS[claim["check"]["kind"]](cells, claim["check"])
+            out.append({**claim, "verdict": verdict, "ours": lines, "missing": gone})
+            continue
         comparisons, notes, gone, failed = CHECKS[claim["check"]["kind"]](S, cells, hp_cols, claim["check"])
         verdict, lines = decide(comparisons, make, failed)
         out.append({**claim, "verdict": verdict, "ours": lines + notes, "missing": gone})
@@ -278,7 +283,7 @@ def claims_md(grid: str, results: list[dict]) -> str:
     def paper(p):
         return "<br>".join(f"{k}: {v}" for k, v in p.items()) if isinstance(p, dict) else str(p).strip()
     lines = [f"# Claims: grid `{grid}`", "", "Checks are declared in `config/claims.yaml`; kinds: "
-             + ", ".join(CHECKS) + ". Each claim is decided on the difference it names, paired on the same eval "
+             + ", ".join([*CHECKS, *OWN_CHECKS]) + ". Each claim is decided on the difference it names, paired on the same eval "
              "examples and pooled over seeds: its 95% bootstrap interval (seeds and examples resampled; with k "
              "comparisons in one claim, each at 1 − 0.05/k, Bonferroni) must lie wholly beyond the claim's margin "
              "on the claim's side (**reproduced**) or wholly on the other side (**contradicted**); otherwise "

@@ -551,9 +551,14 @@ def _datasets_read(task: Task, eval_sets: list[str]) -> list[str]:
 def file_sha256s(task: Task, eval_sets: list[str], root=None) -> dict[str, str]:
     """Verified sha256 of every file a cell of `task` reads (training + given eval sets), by path relative to the
     shared root, or by full path for a file in a user's root."""
+    return dataset_sha256s(_datasets_read(task, eval_sets), root)
+
+
+def dataset_sha256s(dataset_ids: list[str], root=None) -> dict[str, str]:
+    """Verified sha256 of every file of the given datasets, keyed as `file_sha256s` keys them."""
     root_path = data_root(root)
     out = {}
-    for ds in _datasets_read(task, eval_sets):
+    for ds in dataset_ids:
         for rel in _dataset_spec(ds)["files"]:
             found, own = _file_root(ds, rel, root_path)
             out[str(found / rel) if own else rel] = _checksums(found)[rel]

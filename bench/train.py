@@ -30,6 +30,7 @@ class TrainResult:
     tokens: int = 0  # non-padding input tokens seen (encoder-decoder models: the encoder's and the decoder's)
     head_positions: int = 0  # positions at which the LM head ran (causal LMs; 0 for encoders)
     encoder_tokens: int = 0  # of `tokens`, those an encoder-decoder's encoder read (0 for other models)
+    curve_eval_s: float = 0.0  # seconds in the periodic evaluations (`on_eval`), not part of train_s
 
     @property
     def tokens_per_s(self) -> float:
@@ -76,7 +77,9 @@ def step_loss(model, method, hp: dict, batch: dict):
     return loss, logits.shape[0]
 
 
-def train(model, method, hp: dict, batches, progress: str = "train") -> TrainResult:
+def train(model, method, hp: dict, batches, progress: str = "train", on_eval=None) -> TrainResult:
+    """`on_eval(model, steps_done, train_s)`, where given and hp eval_every = K > 0, is called before the first step,
+    after every K steps and after the last; its time is kept in `curve_eval_s`, outside `train_s`."""
     result = TrainResult()
     if hp["steps"] <= 0:
         return result
@@ -87,6 +90,17 @@ def train(model, method, hp: dict, batches, progress: str = "train") -> TrainRes
     device = next(model.parameters()).device
     model.train()
     start = time.perf_counter()
+
+    def periodic_eval(done: int) -> None:
+        every = hp.get("eval_every", 0)
+        if on_eval is None or every <= 0 or (done % every and done != hp["steps"]):
+            return
+        began = time.perf_counter()
+        on_eval(model, done, began - start - result.curve_eval_s)
+        model.train()
+        result.curve_eval_s += time.perf_counter() - began
+
+    periodic_eval(0)
     bar = tqdm(range(hp["steps"]), desc=progress, leave=False, mininterval=2)
     for step in bar:
         batch = {key: value.to(device) for key, value in next(batches).items()}
@@ -106,6 +120,7 @@ def train(model, method, hp: dict, batches, progress: str = "train") -> TrainRes
         result.encoder_tokens += int(batch["attention_mask"].sum()) if "decoder_attention_mask" in batch else 0
         result.steps_done = step + 1
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    result.train_s = time.perf_counter() - start
+        periodic_eval(result.steps_done)
+    result.train_s = time.perf_counter() - start - result.curve_eval_s
     model.eval()
     return result

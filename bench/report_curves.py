@@ -1,0 +1,327 @@
+"""Records' `curve` and `retention` (bench/curves.py, bench/retention.py) -> tables, plot data and claim verdicts.
+
+Time to quality: a cell reaches fraction f of its final score at the first curve point whose score is at least
+start + f · (final − start), start being the step-0 score and final the last point's: a fraction of the gain
+training made. (f of the final score itself would be met at or near step 0 by any model whose untrained score is
+close to f · final — SmolLM2's zero-shot SST-2 accuracy, 74.0 in the methods grid, is 86–91% of the trained
+methods' — so it could not tell methods apart.) A cell with no gain (final <= start) has no time to quality and is left out of the means.
+
+Intervals: percentile bootstrap as in bench/report_stats.py: each replicate draws the seeds of every method (with
+replacement) and, once per task (so every method's curve or retention measurement sees the same draw: paired),
+the curve's eval examples or the retention passages and zero-shot examples; the statistic is recomputed from the
+drawn examples (each point's score from its per-example `correct` string, a loss from per-passage sums).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.report_stats import BOOTSTRAP_SEED, LEVEL, Interval, _interval, needed
+from bench.report_tables import Table
+
+FRACTIONS = (0.9, 0.95)
+REPLICATES = 2000
+KEYS = ["task", "model", "variant", "train_size"]
+
+
+@dataclass
+class Seeds:
+    """One group's per-seed measurements (rows: seeds) and how to turn drawn items into its statistic."""
+
+    arrays: dict  # name -> np.ndarray (seeds x ...)
+    items: int  # eval examples / passages shared by every group of the task
+
+
+def records(cells: pd.DataFrame) -> list[tuple[dict, dict]]:
+    """(cell row, record) of every ok cell whose record has a curve or retention."""
+    out = []
+    for cell in cells.to_dict("records"):
+        if cell["status"] != "ok":
+            continue
+        record = json.loads((Path(cell["dir"]) / "record.json").read_text())
+        if "curve" in record or "retention" in record:
+            out.append((cell, record))
+    return out
+
+
+def _bits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+
+
+# ------------------------------------------------------------------ per-group arrays
+def curve_groups(found) -> dict[tuple, Seeds]:
+    groups: dict[tuple, list] = {}
+    for cell, record in found:
+        if "curve" in record and all("correct" in p for p in record["curve"]["points"]):
+            groups.setdefault(tuple(cell[k] for k in KEYS), []).append(record["curve"])
+    out = {}
+    for key, curves in groups.items():
+        steps = [p["step"] for p in curves[0]["points"]]
+        curves = [c for c in curves if [p["step"] for p in c["points"]] == steps]  # same schedule only
+        out[key] = Seeds({"correct": np.stack([np.stack([_bits(p["correct"]) for p in c["points"]]) for c in curves]),
+                          "seconds": np.array([[p["train_s"] for p in c["points"]] for c in curves]),
+                          "steps": np.array(steps), "eval_s": np.array([c["eval_s"] for c in curves])},
+                         len(curves[0]["ids"]))
+    return out
+
+
+def retention_groups(found) -> dict[tuple, Seeds]:
+    groups: dict[tuple, list] = {}
+    for cell, record in found:
+        if "retention" in record:
+            groups.setdefault(tuple(cell[k] for k in KEYS), []).append(record["retention"])
+    out = {}
+    for key, kept in groups.items():
+        arrays = {"base_nll": np.array([r["lm"]["base_nll"] for r in kept]),
+                  "adapted_nll": np.array([r["lm"]["adapted_nll"] for r in kept]),
+                  "tokens": np.array([r["lm"]["tokens"] for r in kept], dtype=float)}
+        if all("zero_shot" in r for r in kept):
+            arrays["base_correct"] = np.stack([_bits(r["zero_shot"]["base_correct"]) for r in kept])
+            arrays["adapted_correct"] = np.stack([_bits(r["zero_shot"]["adapted_correct"]) for r in kept])
+            arrays["zero_shot_task"] = kept[0]["zero_shot"]["task"]
+        out[key] = Seeds(arrays, arrays["tokens"].shape[1])
+    return out
+
+
+# ------------------------------------------------------------------ statistics: (Seeds, seed weights, item weights)
+def scores(g: Seeds, w_items: np.ndarray) -> np.ndarray:
+    """Per seed, per curve point: accuracy (%) on the drawn examples."""
+    return 100.0 * (g.arrays["correct"] @ w_items) / w_items.sum()
+
+
+def reach(curve: np.ndarray, fraction: float) -> np.ndarray:
+    """Per seed (rows of `curve`: points), the index of the first point at start + fraction · gain; -1: no gain."""
+    start, final = curve[:, :1], curve[:, -1:]
+    hit = (curve >= start + fraction * (final - start) - 1e-9) & (final > start)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+
+
+def to_fraction(g: Seeds, w_seeds: np.ndarray, w_items: np.ndarray, fraction: float, what: str = "steps") -> float:
+    """Mean over drawn seeds (those with a gain) of the steps (or training seconds) to reach the fraction."""
+    at = reach(scores(g, w_items), fraction)
+    ok = at >= 0
+    if not (w_seeds * ok).sum():
+        return np.nan
+    values = g.arrays["steps"][np.maximum(at, 0)] if what == "steps" else \
+        g.arrays["seconds"][np.arange(len(at)), np.maximum(at, 0)]
+    return float((w_seeds * ok * values).sum() / (w_seeds * ok).sum())
+
+
+def final_score(g, w_seeds, w_items) -> float:
+    return float(w_seeds @ scores(g, w_items)[:, -1] / w_seeds.sum())
+
+
+def loss_increase(g, w_seeds, w_items) -> float:
+    """Mean over drawn seeds of (adapted − base) LM loss per token on the drawn passages (nats)."""
+    a = g.arrays
+    per_seed = ((a["adapted_nll"] - a["base_nll"]) @ w_items) / (a["tokens"] @ w_items)
+    return float(w_seeds @ per_seed / w_seeds.sum())
+
+
+def lm_loss(side: str):
+    def stat(g, w_seeds, w_items):
+        a = g.arrays
+        return float(w_seeds @ ((a[f"{side}_nll"] @ w_items) / (a["tokens"] @ w_items)) / w_seeds.sum())
+    return stat
+
+
+def zero_shot(side: str):
+    def stat(g, w_seeds, w_items):
+        return float(w_seeds @ (100.0 * (g.arrays[f"{side}_correct"] @ w_items) / w_items.sum()) / w_seeds.sum())
+    return stat
+
+
+def zero_shot_change(g, w_seeds, w_items) -> float:
+    return zero_shot("adapted")(g, w_seeds, w_items) - zero_shot("base")(g, w_seeds, w_items)
+
+
+def bootstrap(groups: list[Seeds], weights: list[float], stat, level: float = LEVEL,
+              seed: int = BOOTSTRAP_SEED, item_key: str | None = None) -> Interval:
+    """Σ weights · stat(group) with its percentile interval: seeds drawn per group, items once for all (paired).
+    `item_key`: the array whose last axis is the items, when not every statistic's items are `Seeds.items`."""
+    rng = np.random.default_rng(seed)
+    n_items = groups[0].arrays[item_key].shape[-1] if item_key else groups[0].items
+    ones = [np.ones(_n_seeds(g)) for g in groups]
+    estimate = sum(w * stat(g, o, np.ones(n_items)) for g, w, o in zip(groups, weights, ones))
+    draws = np.empty(REPLICATES)
+    for r in range(REPLICATES):
+        w_items = np.bincount(rng.integers(0, n_items, n_items), minlength=n_items).astype(float)
+        draws[r] = sum(w * stat(g, np.bincount(rng.integers(0, _n_seeds(g), _n_seeds(g)),
+                                               minlength=_n_seeds(g)).astype(float), w_items)
+                       for g, w in zip(groups, weights))
+    finite = draws[np.isfinite(draws)]
+    if not np.isfinite(estimate) or len(finite) < REPLICATES / 2:
+        return Interval(estimate, np.nan, np.nan, "bootstrap: too few replicates with a value", draws)
+    return _interval(estimate, finite, level, f"{REPLICATES} replicates over seeds and examples")
+
+
+def _n_seeds(g: Seeds) -> int:
+    return len(next(v for v in g.arrays.values() if isinstance(v, np.ndarray) and v.ndim >= 2))
+
+
+def _cell(interval: Interval, seeds: int, digits: int = 1) -> str:
+    if not np.isfinite(interval.estimate):
+        return "– (no gain)"
+    shown = f"{interval.estimate:.{digits}f}"
+    if np.isfinite(interval.low):
+        shown += f" [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    return f"{shown} (n={seeds})"
+
+
+# ------------------------------------------------------------------ tables
+def curve_tables(found) -> list[Table]:
+    groups = curve_groups(found)
+    if not groups:
+        return []
+    rows = []
+    for key, g in groups.items():
+        n = _n_seeds(g)
+        cells = [_cell(bootstrap([g], [1], final_score), n)]
+        for f in FRACTIONS:
+            cells += [_cell(bootstrap([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f)), n, 0),
+                      _cell(bootstrap([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f, "seconds")), n)]
+        rows.append([*key, f"{g.arrays['steps'][-1]} (every {g.arrays['steps'][1] - g.arrays['steps'][0]})",
+                     *cells, f"{g.arrays['eval_s'].mean():.1f}"])
+    header = [*KEYS, "steps (eval every)", "final score",
+              *(x for f in FRACTIONS for x in (f"steps to {f:.0%}", f"train s to {f:.0%}")), "curve eval s"]
+    return [Table("Time to quality (learning curves)", header, rows,
+                  "Steps and training seconds (evaluations excluded) until a cell's curve first reaches its step-0 "
+                  "score plus 90% / 95% of the gain to its final score, mean over seeds [95% bootstrap interval over "
+                  "seeds and the curve's eval examples]; final score: the curve's last point (%). Curve eval s: "
+                  "seconds spent in the periodic evaluations, per cell (not in train s). bench/report_curves.py.")]
+
+
+def retention_tables(found) -> list[Table]:
+    groups = retention_groups(found)
+    if not groups:
+        return []
+    rows = []
+    for key, g in groups.items():
+        n = _n_seeds(g)
+        base, adapted = bootstrap([g], [1], lm_loss("base")), bootstrap([g], [1], lm_loss("adapted"))
+        row = [*key, _cell(base, n, 3), _cell(adapted, n, 3), _cell(bootstrap([g], [1], loss_increase), n, 3),
+               f"{np.exp(base.estimate):.2f} → {np.exp(adapted.estimate):.2f}"]
+        if "base_correct" in g.arrays:
+            row += [g.arrays["zero_shot_task"],
+                    _cell(bootstrap([g], [1], zero_shot("base"), item_key="base_correct"), n),
+                    _cell(bootstrap([g], [1], zero_shot("adapted"), item_key="base_correct"), n),
+                    _cell(bootstrap([g], [1], zero_shot_change, item_key="base_correct"), n)]
+        else:
+            row += ["–"] * 4
+        rows.append(row)
+    first = next(iter(groups.values()))
+    return [Table("Retention (forgetting)", [*KEYS, "LM loss base", "LM loss adapted", "Δ loss", "perplexity",
+                                             "zero-shot task", "base acc", "adapted acc", "Δ acc"], rows,
+                  f"Language-modelling loss per token (nats; pooled over tokens) on {first.items} held-out XSum "
+                  "articles (first 128 tokens each; text no task here trains on), of the base model (before the "
+                  "method is applied) and of the adapted model (as evaluated: a soft prompt prepended), and the "
+                  "zero-shot accuracy (%) on another task's eval examples, rank-scored with that task's template. "
+                  "Mean over seeds [95% bootstrap interval over seeds and passages / examples]. Δ > 0 in loss, "
+                  "or < 0 in accuracy: general ability lost. bench/retention.py.")]
+
+
+def curve_points(found) -> pd.DataFrame:
+    """Plot data: per group and curve point, step, mean training seconds, mean score and its 95% interval."""
+    rows = []
+    for key, g in curve_groups(found).items():
+        for p, step in enumerate(g.arrays["steps"]):
+            interval = bootstrap([g], [1], lambda g, s, i, p=p: float(s @ scores(g, i)[:, p] / s.sum()))
+            rows.append({**dict(zip(KEYS, key)), "step": int(step), "train_s": float(g.arrays["seconds"][:, p].mean()),
+                         "mean": interval.estimate, "ci_low": interval.low, "ci_high": interval.high})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ claims (kinds decided here, on these bootstraps)
+def _select(groups: dict, sel: dict) -> dict:
+    def match(key, value):
+        return str(value) in {str(v) for v in (sel[key] if isinstance(sel[key], list) else [sel[key]])}
+    return {k: g for k, g in groups.items()
+            if all(match(name, value) for name, value in zip(KEYS, k) if name in sel)
+            and ("method" not in sel or match("method", k[2]))}
+
+
+def _decide(comparisons, margin: float, side: int) -> tuple[str, list[str]]:
+    """comparisons: (label, interval, seeds, items, text); Bonferroni over them as bench/report_claims.py does."""
+    found, lines = [], []
+    for label, interval, seeds, items, text in comparisons:
+        if not np.isfinite(interval.estimate):
+            found.append("inconclusive")
+            lines.append(f"{label}: {text}: no gain over the step-0 score on a side (final <= start in every seed), "
+                         "so no time to quality to compare → inconclusive")
+            continue
+        if not np.isfinite(interval.low):
+            found.append("inconclusive")
+            lines.append(f"{label}: {text}: Δ {interval.estimate:+.3g}; {interval.method} → inconclusive")
+            continue
+        low, high = interval.low - margin, interval.high - margin
+        verdict = ("reproduced" if side * low > 0 and side * high > 0 else
+                   "contradicted" if side * low < 0 and side * high < 0 else "inconclusive")
+        found.append(verdict)
+        level = 1 - (1 - LEVEL) / len(comparisons)
+        lines.append(f"{label}: {text}: Δ {interval.estimate:+.3g} [{interval.low:+.3g}, {interval.high:+.3g}] "
+                     f"({100 * level:.1f}% interval, {interval.method}; claim: {'>' if side > 0 else '<'} "
+                     f"{margin:+g}) → {verdict}" + (f"; {needed(interval, margin, seeds, items)}"
+                                                      if verdict == "inconclusive" else ""))
+    if not found:
+        return "not run", lines
+    if "contradicted" in found:
+        return "contradicted", lines
+    return ("reproduced" if all(v == "reproduced" for v in found) else "inconclusive"), lines
+
+
+def _pairs(groups: dict, check: dict):
+    """(label, left group, right group) aligned on task, model and train size; and what is missing."""
+    where = check.get("where", {})
+    left, right = _select(groups, {**where, **check["left"]}), _select(groups, {**where, **check["right"]})
+    out = []
+    for lk, lg in left.items():
+        for rk, rg in right.items():
+            if (lk[0], lk[1], lk[3]) == (rk[0], rk[1], rk[3]):
+                out.append((f"{lk[0]} {lk[2]} − {rk[2]}", lg, rg))
+    gone = [] if out else [f"the grid has no records with a curve / retention for {check['left']} and "
+                           f"{check['right']} on one task (where {where})"]
+    return out, gone
+
+
+def check_time_to_fraction(cells, check) -> tuple[str, list[str], list[str]]:
+    """left needs more (op '>') or fewer (op '<') steps than right to reach `fraction` of its own gain."""
+    pairs, gone = _pairs(curve_groups(records(cells)), check)
+    side, fraction, what = (1 if check.get("op", ">") in (">", ">=") else -1), check.get("fraction", 0.9), \
+        check.get("unit", "steps")
+    level = 1 - (1 - LEVEL) / max(1, len(pairs))
+    comparisons = []
+    for label, lg, rg in pairs:
+        interval = bootstrap([lg, rg], [1, -1], lambda g, s, i: to_fraction(g, s, i, fraction, what), level)
+        text = (f"{what} to {fraction:.0%} of the gain "
+                f"{to_fraction(lg, np.ones(_n_seeds(lg)), np.ones(lg.items), fraction, what):.1f} vs "
+                f"{to_fraction(rg, np.ones(_n_seeds(rg)), np.ones(rg.items), fraction, what):.1f}")
+        comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), lg.items, text))
+    verdict, lines = _decide(comparisons, float(check["margin"]), side)
+    return verdict, lines, gone
+
+
+def check_retention(cells, check) -> tuple[str, list[str], list[str]]:
+    """measure `lm_loss_increase` (left − right, op '<': left loses less) or `zero_shot_change` (op '>')."""
+    pairs, gone = _pairs(retention_groups(records(cells)), check)
+    measure = check.get("measure", "lm_loss_increase")
+    stat, key = {"lm_loss_increase": (loss_increase, None),
+                 "zero_shot_change": (zero_shot_change, "base_correct")}[measure]
+    pairs = [p for p in pairs if key is None or all(key in g.arrays for g in p[1:])]
+    side = 1 if check.get("op", "<") in (">", ">=") else -1
+    level = 1 - (1 - LEVEL) / max(1, len(pairs))
+    comparisons = []
+    for label, lg, rg in pairs:
+        interval = bootstrap([lg, rg], [1, -1], stat, level, item_key=key)
+        ones = lambda g: (np.ones(_n_seeds(g)), np.ones(g.arrays[key].shape[-1] if key else g.items))  # noqa: E731
+        text = f"{measure} {stat(lg, *ones(lg)):+.3f} vs {stat(rg, *ones(rg)):+.3f}"
+        items = lg.arrays[key].shape[-1] if key else lg.items  # zero-shot examples, or passages
+        comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), items, text))
+    verdict, lines = _decide(comparisons, float(check["margin"]), side)
+    return verdict, lines, gone
+
+
+OWN_CHECKS = {"time_to_fraction": check_time_to_fraction, "retention": check_retention}

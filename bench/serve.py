@@ -1,0 +1,257 @@
+"""One frozen base, many trained deltas, one forward pass: `python -m bench.serve CELL_DIR ...` (Lester et al. 2021:
+mixed-task batches; a deployed base model serves every task's delta at once).
+
+Given cells of a grid (each a task's LoRA adapter or soft prompt, saved in DIR/delta/), it loads the base model
+once, attaches every delta, and rank-scores a batch that mixes the cells' eval examples, each row under its own
+delta: LoRA rows through peft's mixed-adapter batches (`adapter_names=` in the forward, one adapter name per
+row), soft-prompt rows by prepending each row's own prompt embedding to its input embeddings (peft prompt tuning
+prepends one prompt to a whole batch, so the mixed batch is built here, as peft's PeftModel builds a single-prompt
+one). Each example's label scores must equal those its own cell computed alone (DIR/outputs.jsonl.gz): the
+command prints the largest difference and fails when a prediction differs or a score differs by more than
+TOLERANCE (float sums in other batch shapes differ by ~1e-6).
+
+The deltas of one mix must be of one kind (all LoRA or all soft prompts) on one base model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.errors import BenchError
+
+TOLERANCE = 1e-3  # nats; the cells' outputs keep 5 decimals
+BATCH = 16
+
+
+@dataclass
+class Cell:
+    """One trained cell whose delta joins the mix."""
+
+    dir: Path
+    record: dict
+    name: str  # its adapter name in the mix: task, method, seed
+
+    @property
+    def hp(self) -> dict:
+        return self.record["config"]["hp"]
+
+    @property
+    def method(self) -> str:
+        return self.record["config"]["method"]
+
+
+def read_cells(dirs: list[str]) -> list[Cell]:
+    from bench.method import get_method
+
+    cells = []
+    for d in dirs:
+        path = Path(d)
+        if not (path / "record.json").is_file() or not (path / "delta").is_dir():
+            raise BenchError(f"{d} has no record.json and delta/: name cell folders of a grid that was run here "
+                             "(deltas are not committed; rerun the grid to make them)")
+        record = json.loads((path / "record.json").read_text())
+        config = record["config"]
+        cells.append(Cell(path, record, f"{config['task']}-{config['method']}-s{config['seed']}"))
+    kinds = {kind(get_method(c.method)) for c in cells}
+    models = {c.record["config"]["model"] for c in cells}
+    if len(kinds) != 1 or len(models) != 1 or None in kinds:
+        raise BenchError(f"cells mix delta kinds {sorted(map(str, kinds))} or models {sorted(models)}: give LoRA "
+                         "cells or prompt-tuning cells of one model")
+    if len({c.name for c in cells}) != len(cells):
+        raise BenchError("two cells share task, method and seed: give each once")
+    return cells
+
+
+def kind(method) -> str | None:
+    """'lora' or 'prompt' (what a mixed batch can carry), None for other methods."""
+    from methods.lora import LoRA
+    from methods.prompt_tuning import PromptTuning
+
+    return "lora" if isinstance(method, LoRA) else "prompt" if isinstance(method, PromptTuning) else None
+
+
+def requests(tokenizer, task, examples, max_len: int, owner: int) -> list[tuple]:
+    """Rank scoring's rows, as bench.evaluation.rank_scores builds them (one row per distinct input sequence):
+    (owner cell, token ids of prompt + label word less its last token, [(example, label, first scored position,
+    label word ids), ...])."""
+    from bench.batches import continuation_ids, prompt_ids
+
+    label_ids = [continuation_ids(tokenizer, word) for word in task.verbalizer]
+    room = max_len - max(len(ids) for ids in label_ids)
+    rows: dict[tuple, list] = {}
+    for i, ex in enumerate(examples):
+        prompt = prompt_ids(tokenizer, task.prompt(ex))[-room:]
+        for j, ids in enumerate(label_ids):
+            rows.setdefault(tuple(prompt + ids[:-1]), []).append((i, j, len(prompt) - 1, ids))
+    return [(owner, list(sequence), scored) for sequence, scored in rows.items()]
+
+
+class Mixed:
+    """The base model with every cell's delta attached; `logits(rows)` runs rows of different cells in one pass."""
+
+    def __init__(self, base, cells: list[Cell]):
+        from peft import PeftModel
+        from peft.utils import load_peft_weights
+
+        from bench.method import get_method
+
+        self.cells, self.kind = cells, kind(get_method(cells[0].method))
+        if self.kind == "lora":
+            self.model = PeftModel.from_pretrained(base, str(cells[0].dir / "delta"), adapter_name=cells[0].name)
+            for c in cells[1:]:
+                self.model.load_adapter(str(c.dir / "delta"), adapter_name=c.name)
+            self.prompts = []
+        else:
+            self.model = base
+            self.prompts = [load_peft_weights(str(c.dir / "delta"))["prompt_embeddings"] for c in cells]
+        self.model.eval()
+
+    @torch.no_grad()
+    def logits(self, rows: list[tuple], pad_id: int) -> tuple[torch.Tensor, list[int]]:
+        """(logits, each row's offset of its first token): rows right-padded; a soft prompt row's positions are
+        shifted by its prompt's length."""
+        from bench.batches import pad
+
+        device = next(self.model.parameters()).device
+        if self.kind == "lora":
+            ids, mask = pad([r[1] for r in rows], pad_id)
+            names = [self.cells[r[0]].name for r in rows]
+            out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), adapter_names=names)
+            return out.logits.float().cpu(), [0] * len(rows)
+        embed = self.model.get_input_embeddings()
+        sequences = [torch.cat([self.prompts[r[0]].to(device, embed.weight.dtype),
+                                embed(torch.tensor(r[1], device=device))]) for r in rows]
+        width = max(len(s) for s in sequences)
+        inputs = torch.zeros(len(rows), width, embed.weight.shape[1], dtype=embed.weight.dtype, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for b, s in enumerate(sequences):
+            inputs[b, :len(s)], mask[b, :len(s)] = s, 1
+        out = self.model(inputs_embeds=inputs, attention_mask=mask)
+        return out.logits.float().cpu(), [self.prompts[r[0]].shape[0] for r in rows]
+
+
+def score_mixed(mixed: Mixed, pad_id: int, rows: list[tuple], batch_size: int = BATCH) -> dict:
+    """{(owner, example): [label scores]}: every row scored in batches that mix the cells (in the given order)."""
+    scores: dict[tuple, dict] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        logits, offsets = mixed.logits(chunk, pad_id)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for b, (owner, _, scored) in enumerate(chunk):
+            for i, j, first, ids in scored:
+                value = sum(logprobs[b, offsets[b] + first + k, t].item() for k, t in enumerate(ids))
+                scores.setdefault((owner, i), {})[j] = value
+    return {key: [labels[j] for j in sorted(labels)] for key, labels in scores.items()}
+
+
+def interleave(per_cell: list[list[tuple]]) -> list[tuple]:
+    """Rows of the cells alternated (a, b, a, b, ...), as requests for different tasks would arrive: every batch
+    mixes tasks."""
+    out, longest = [], max(len(rows) for rows in per_cell)
+    for k in range(longest):
+        out += [rows[k] for rows in per_cell if k < len(rows)]
+    return out
+
+
+def cell_examples(cell: Cell, limit: int | None = None):
+    """The cell's task, in-domain eval examples (as its record's eval_limit chose them) and its own outputs."""
+    from bench.cell import read_outputs
+    from bench.tasks import eval_examples, get_task
+
+    config = cell.record["config"]
+    task = get_task(config["task"])
+    examples = eval_examples(task, task.name, config.get("eval_limit"), config.get("data_root"))
+    outputs = read_outputs(cell.dir, cell.record)
+    if outputs is None:
+        raise BenchError(f"{cell.dir} has no per-example outputs matching its record: rerun the cell")
+    n = len(examples) if limit is None else min(limit, len(examples))
+    return task, examples[:n], outputs[task.name][:n]
+
+
+@dataclass
+class Setup:
+    """Everything a mixed run needs: the cells, the mixed model, its tokenizer, the interleaved rows and each
+    (cell, example)'s own output row."""
+
+    cells: list[Cell]
+    mixed: Mixed
+    tokenizer: object
+    rows: list[tuple]
+    own: dict
+    tasks: list  # per cell: (task, examples)
+
+
+def setup(dirs: list[str], limit: int | None = None) -> Setup:
+    from bench.models import load_model
+
+    cells = read_cells(dirs)
+    base, tokenizer, _ = load_model(cells[0].record["config"]["model"])
+    mixed = Mixed(base, cells)
+    per_cell, own, tasks = [], {}, []
+    for owner, cell in enumerate(cells):
+        task, examples, outputs = cell_examples(cell, limit)
+        per_cell.append(requests(tokenizer, task, examples, cell.hp["max_len"], owner))
+        own.update({(owner, i): row for i, row in enumerate(outputs)})
+        tasks.append((task, examples))
+    return Setup(cells, mixed, tokenizer, interleave(per_cell), own, tasks)
+
+
+def compare(s: Setup, scores: dict) -> tuple[float, list[str]]:
+    """(largest |score − the cell's own score|, examples whose prediction differs)."""
+    worst, wrong = 0.0, []
+    for key, values in scores.items():
+        reference = s.own[key]
+        worst = max(worst, max(abs(a - b) for a, b in zip(values, reference["logprobs"])))
+        if max(range(len(values)), key=values.__getitem__) != reference["pred"]:
+            wrong.append(f"{s.cells[key[0]].name} example {reference['id']}")
+    return worst, wrong
+
+
+def serve(dirs: list[str], limit: int | None = None, batch_size: int = BATCH) -> dict:
+    """Score the cells' eval examples in mixed batches; compare with each cell's own outputs."""
+    s = setup(dirs, limit)
+    start = time.perf_counter()
+    scores = score_mixed(s.mixed, s.tokenizer.pad_token_id, s.rows, batch_size)
+    seconds = time.perf_counter() - start
+    worst, wrong = compare(s, scores)
+    return {"cells": [c.name for c in s.cells], "kind": s.mixed.kind, "examples": len(scores), "rows": len(s.rows),
+            "batch_size": batch_size, "seconds": round(seconds, 3), "max_abs_diff": worst, "pred_differs": wrong,
+            "equal": not wrong and worst <= TOLERANCE}
+
+
+def held_bytes(*objects) -> int:
+    """Bytes of the distinct tensor storages the given modules (parameters and buffers) and tensors hold."""
+    seen, total = set(), 0
+    for obj in objects:
+        tensors = [*obj.parameters(), *obj.buffers()] if isinstance(obj, torch.nn.Module) else [obj]
+        for t in tensors:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("cells", nargs="+", help="cell folders (record.json + delta/), e.g. results/curves/...")
+    parser.add_argument("--limit", type=int, help="eval examples per cell (default: all the cell evaluated)")
+    parser.add_argument("--batch-size", type=int, default=BATCH)
+    args = parser.parse_args(argv)
+    try:
+        result = serve(args.cells, args.limit, args.batch_size)
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0 if result["equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

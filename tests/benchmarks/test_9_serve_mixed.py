@@ -1,0 +1,78 @@
+"""Item 9: one frozen base with k trained deltas scoring mixed-task batches (bench/serve.py) against k separately
+adapted models each scoring its own task (bench.evaluation.rank_scores, the cells' own path): examples/s and the
+bytes of weights each setup holds (and k full fine-tuned copies'), as ratios measured in one run. Correctness:
+every example's label scores equal its own cell's outputs and the separate models' scores."""
+import os
+
+import pytest
+
+from bench.benchmarks import Paired, bench_threads, record
+
+TASKS = ("sst2", "qqp")
+CELL_HP = {"lora": {"lr": 1e-3, "r": 8, "alpha": 16},
+           "prompt_tuning": {"num_virtual_tokens": 20, "optimizer": "adamw", "lr": 3e-2}}
+
+
+GIVEN = {"lora": "PEFT_REPRO_SERVE_LORA", "prompt_tuning": "PEFT_REPRO_SERVE_PROMPT"}  # comma lists of cell folders
+
+
+@pytest.fixture(scope="module")
+def cells(settings, tmp_path_factory):
+    """Per delta kind, cells trained elsewhere (the folders named by GIVEN's environment variables, e.g. a grid's
+    seed-0 cells), else k = 2 cells (SST-2, QQP) trained here for a few steps: enough for deltas that differ."""
+    from bench.cell import CellConfig, run_cell
+
+    root, out = tmp_path_factory.mktemp("serve"), {}
+    for method, hp in CELL_HP.items():
+        if os.environ.get(GIVEN[method]):
+            out[method] = os.environ[GIVEN[method]].split(",")
+            continue
+        for task in TASKS:
+            config = CellConfig(task=task, model=settings.model, method=method, train_size=16, seed=0,
+                                hp={"steps": settings.serve_steps, "batch_size": 4, "max_len": 80, **hp},
+                                eval_limit=settings.serve_examples, shifts=())
+            run_cell(config, root / f"{method}-{task}", threads=bench_threads())
+            out.setdefault(method, []).append(str(root / f"{method}-{task}"))
+    return out
+
+
+@pytest.mark.parametrize("method", sorted(CELL_HP))
+def test_serve_mixed(benchmark, settings, cells, method):
+    from bench.evaluation import rank_scores
+    from bench.method import get_method
+    from bench.models import load_model
+    from bench.serve import BATCH, TOLERANCE, compare, held_bytes, score_mixed, setup
+
+    s = setup(cells[method], settings.serve_examples)
+    adapter = get_method(method)
+    separate = [adapter.load_delta(load_model(c.record["config"]["model"])[0], c.hp, None, c.dir / "delta").eval()
+                for c in s.cells]
+    extra = [adapter.extra_positions(c.hp) for c in s.cells]
+
+    def one_model_per_task():
+        return [rank_scores(m, s.tokenizer, task, examples, BATCH, c.hp["max_len"], x)
+                for m, c, (task, examples), x in zip(separate, s.cells, s.tasks, extra)]
+
+    paired = Paired({"separate": one_model_per_task},
+                    lambda: score_mixed(s.mixed, s.tokenizer.pad_token_id, s.rows, BATCH),
+                    settings.warmup_rounds).run(benchmark, settings.serve_rounds)
+    mixed_scores = paired.ours_outs[-1]
+    worst_own, wrong = compare(s, mixed_scores)
+    worst_separate = max(abs(a - b) for owner, per_task in enumerate(paired.base_outs["separate"][-1])
+                         for i, row in enumerate(per_task) for a, b in zip(mixed_scores[(owner, i)], row.tolist()))
+    base_bytes = held_bytes(load_model(s.cells[0].record["config"]["model"])[0])
+    mixed_bytes = held_bytes(s.mixed.model, *s.mixed.prompts)
+    separate_bytes = sum(held_bytes(m) for m in separate)
+    timing = paired.ratio("separate", ours_over_base=False)  # separate time / mixed time = mixed examples/s ratio
+    examples = len(mixed_scores)
+    record(benchmark, f"serve_mixed_{'lora' if method == 'lora' else 'prompt'}", **timing, model=settings.model,
+           cells=[c.name for c in s.cells], examples=examples, rows=len(s.rows), batch_size=BATCH,
+           mixed_examples_per_s=examples / min(paired.timed()),
+           separate_examples_per_s=examples / min(paired.timed("separate")),
+           mixed_bytes=mixed_bytes, separate_bytes=separate_bytes, full_ft_copies_bytes=len(s.cells) * base_bytes,
+           separate_over_mixed_bytes=separate_bytes / mixed_bytes,
+           full_ft_over_mixed_bytes=len(s.cells) * base_bytes / mixed_bytes,
+           max_diff_vs_own_cells=worst_own, max_diff_vs_separate=worst_separate, scores_equal=not wrong
+           and worst_own <= TOLERANCE and worst_separate <= TOLERANCE)
+    assert not wrong, f"predictions differ from the cells' own: {wrong[:3]}"
+    assert worst_own <= TOLERANCE and worst_separate <= TOLERANCE
