@@ -240,12 +240,12 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
                                  f"task, train sizes and seeds) or fix {ref}_model/{ref}_method")
     seen = set()
     for cell in cells:
-        if cell_resources(cell)["gpu_mem_mb"] > _resource_rules()["gpu"]["memory_mb"]:
+        need, one_gpu = cell_resources(cell)["gpu_mem_mb"], _resource_rules()["gpu"]["memory_mb"]
+        if need > one_gpu:  # the harness trains on one device
             raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}: {cell.method} on "
-                             f"{cell.model} needs ~{cell_resources(cell)['gpu_mem_mb'] // 1024} GiB for weights and "
-                             f"training states, more than one GPU's {_resource_rules()['gpu']['memory_mb'] // 1024} "
-                             "GiB (config/resources.yaml), and the harness trains on one device: use a "
-                             "parameter-efficient method or a smaller model")
+                             f"{cell.model} needs ~{need // 1024} GiB for weights and training states, more than one "
+                             f"GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains on one "
+                             "device: use a parameter-efficient method or a smaller model")
         key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts,
                cell.dev_limit, cell.data_seed is None)
         if key in seen:
