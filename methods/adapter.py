@@ -27,6 +27,7 @@ Houlsby et al. also train the layer norms, which this follows the issue in leavi
 classification head for encoders. Defaults: reduction_factor 16 (m = d/16), lr 3e-4 (the middle of
 Houlsby et al.'s grid {3e-5, 3e-4, 3e-3}). `bottleneck: m` sets m directly (0: d / reduction_factor), for
 the papers' parameter budgets that no divisor of d gives (Hu et al.'s AdapterL 0.37M on GPT-2 M: m 6).
+The delta is a safetensors file of the adapter (and head) weights (the base `Method.save_delta`).
 
 Placement (`placement`), the two designs Hu et al. compare (LoRA arXiv v2 §5.1, Baselines; Table 3):
 - `houlsby` (AdapterH, default): after the attention and after the feed-forward sublayer, as above.
@@ -35,8 +36,7 @@ Placement (`placement`), the two designs Hu et al. compare (LoRA arXiv v2 §5.1,
   h -> h + W_up act(W_down LN(h) + b_down) + b_up, 2*d*m + d + m + 2*d parameters per block (use
   `activation: relu`, Lin et al.'s). Lin et al. apply it to the block's output after the residual add; here it
   sits on the feed-forward projection's output before the add (the hook of Houlsby's second adapter); the
-  parameter count is the same. The delta is a safetensors file of the adapter (and head)
-weights (the base `Method.save_delta`).
+  parameter count is the same.
 """
 from __future__ import annotations
 
