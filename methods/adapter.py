@@ -114,7 +114,8 @@ class Adapter(Method):
         freeze(model)
         for projection in projections:
             weight = projection.weight
-            projection.add_module("adapter", BottleneckAdapter(d, m, hp["activation"], lin).to(weight.device, weight.dtype))
+            adapter = BottleneckAdapter(d, m, hp["activation"], layer_norm=lin)
+            projection.add_module("adapter", adapter.to(weight.device, weight.dtype))
             projection.register_forward_hook(_apply_adapter)
         train_head(model, ctx)
         return model
