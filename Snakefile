@@ -116,6 +116,8 @@ rule cell:
         mem_mb=resource("mem_mb"),
         runtime=resource("runtime"),
         gpu=resource("gpu"),
+        gpu_mem_mb=resource("gpu_mem_mb"),  # --resources gpu_mem_mb=<MiB> runs as many cells on one GPU as fit
+        gres=resource("gres"),  # SLURM: shards of a GPU that small cells share (config/resources.yaml gpu_mem.share)
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m bench run-cell {params.args} {DATA_ROOT} --threads {threads}"
         " --out $(dirname {output}) 2>&1 | tee {log}"

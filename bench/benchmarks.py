@@ -21,6 +21,9 @@ What is measured (tests/benchmarks/, one file per item):
 5. FLOPs and MFU: bench.flops on the runs of items 1 and 4, against this machine's measured matmul peak.
 6. planning: `snakemake -n` on generated grids of 100 / 1,000 / 10,000 cells; on the largest, against bare
    Snakemake planning as many jobs from a static Snakefile of the same shape (its per-job cost is the floor).
+8. packing: cells per hour on one device, K cells (`python -m bench run-cell`, one process each) all side by side
+   (on a GPU: all on device 0, as `--resources gpu_mem_mb=...` lets Snakemake run them; on CPU: as many at once
+   as there are cores) against the same cells one at a time; the side-by-side records must hold the same metrics.
 
 Modes: `full` (default; SmolLM2-135M, the settings of the default grid) and `--quick` (tiny random
 models, fewer rounds; the CI mode). Threads: one torch thread unless `--threads`.
@@ -74,13 +77,15 @@ class Settings:
     memory_methods: tuple[str, ...]
     planning_cells: tuple[int, ...]  # item 6
     warmup_rounds: int = 1
+    packing_cells: int = 2  # item 8: cells run one at a time, then side by side on the device
+    packing_steps: int = 3
 
 
 MODES = {
     "full": Settings("full", "smollm2-135m", train_steps=3, train_rounds=4, decode_examples=16, decode_batch=16,
                      max_new_tokens=40, decode_rounds=1, rank_examples=16, rank_rounds=2, memory_steps=3,
                      memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
-                     planning_cells=(100, 1000, 10000)),
+                     planning_cells=(100, 1000, 10000), packing_cells=8, packing_steps=20),
     "quick": Settings("quick", "tiny-llama", train_steps=3, train_rounds=3, decode_examples=6, decode_batch=6,
                       max_new_tokens=16, decode_rounds=2, rank_examples=16, rank_rounds=3, memory_steps=2,
                       memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
@@ -95,6 +100,7 @@ GOALS = {  # item -> (ratio label, comparison, threshold)
     "memory_truth": ("measured / estimated peak increase", "within", (0.67, 1.5)),
     "planning_growth": ("per-cell planning cost, last decade / previous decade", "<=", 1.5),
     "planning_overhead": ("ours / bare Snakemake `-n` time, as many jobs", None, None),  # attributes time, no goal
+    "packing": ("cells per hour, side by side / one at a time", ">=", 4.0),
 }
 
 
@@ -353,6 +359,8 @@ def analytic_memory(config, n_params: int, trainable: list, tunes_base: bool, op
     whose next token is a target; None: every computed position) and the loss keeps their log-probabilities;
     when backward starts, the log-probabilities, their gradient and the logits' gradient coexist with every
     block's saved tensors: 3V per head position, plus the final norm at every computed position."""
+    from bench.gpu_memory import saved_values_per_position_layer
+
     h, i = config.hidden_size, config.intermediate_size
     layers, vocab = config.num_hidden_layers, config.vocab_size
     sizes = trainable_bytes or [4] * len(trainable)
@@ -361,9 +369,7 @@ def analytic_memory(config, n_params: int, trainable: list, tunes_base: bool, op
         states = 2 * gradients
     else:  # adafactor, factored second moment, beta1 None
         states = sum(b * ((s[0] + s[1]) if len(s) == 2 else shape_numel(s)) for s, b in zip(trainable, sizes))
-    per_position_layer = (11 * h + 4 * i) if tunes_base else (6 * h + 3 * i)
-    if method == "lora":
-        per_position_layer += h + 2 * hp["r"]
+    per_position_layer = saved_values_per_position_layer(h, i, tunes_base, method, hp)
     extra_kv = 2 * h * hp["prefix_length"] * sequences * layers if method == "prefix_tuning" else 0
     head_positions = batch_positions if head_positions is None else head_positions
     final_norm = 3 * h if tunes_base else h
@@ -590,6 +596,51 @@ def time_dry_run(workdir: Path, grid: Path | None = None, snakefile: Path = PROJ
     return {"seconds": seconds, "cell_jobs": jobs}
 
 
+# ----------------------------------------------------------------------------- item 8: packing
+def packing_cells(settings: Settings) -> list[list[str]]:
+    """`run-cell` arguments (without --out) of the item's cells: SST-2 as in the default grid, LoRA and full FT,
+    seeds 0, 1, ... until there are `packing_cells` of them."""
+    tiny = settings.mode == "quick"
+    shape = ["--hp", "max_len=48", "--hp", "batch_size=4"] if tiny else ["--hp", "max_len=64", "--hp", "batch_size=8"]
+    methods = [("lora", ["--hp", "lr=1e-2" if tiny else "lr=1e-3"]),
+               ("full_ft", ["--hp", "lr=1e-3" if tiny else "lr=2e-5"])]
+    cells = []
+    for i in range(settings.packing_cells):
+        method, hp = methods[i % 2]
+        cells.append(["--task", "sst2", "--model", settings.model, "--method", method, "--train-size", "200",
+                      "--seed", str(i // 2), "--hp", f"steps={settings.packing_steps}", *hp, *shape,
+                      "--eval-limit", "16" if tiny else "64", "--shifts", "", "--threads", "1"])
+    return cells
+
+
+def run_cells(cells: list[list[str]], out: Path, at_once: int) -> float:
+    """Run every cell as its own `python -m bench run-cell` process, `at_once` at a time (each on device 0 when
+    there is a GPU); the wall seconds until the last one finished."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    pending = [(i, args) for i, args in enumerate(cells)]
+    running: list[tuple[int, subprocess.Popen]] = []
+    start = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < at_once:
+            i, args = pending.pop(0)
+            log = open(out / f"cell{i}.log", "w")
+            running.append((i, subprocess.Popen([sys.executable, "-m", "bench", "run-cell", *args, "--out",
+                                                 str(out / f"cell{i}")], cwd=PROJECT_ROOT, env=env, stdout=log,
+                                                stderr=subprocess.STDOUT)))
+        time.sleep(0.05)
+        for i, process in list(running):
+            if process.poll() is not None:
+                running.remove((i, process))
+                if process.returncode != 0:
+                    raise RuntimeError(f"cell {i} failed:\n{(out / f'cell{i}.log').read_text()[-3000:]}")
+    return time.perf_counter() - start
+
+
+def packed_parallelism(cells: int) -> int:
+    """Cells side by side: all of them on a GPU (they share device 0); on CPU one per core (one thread each)."""
+    return cells if device() == "cuda" else max(1, min(cells, os.cpu_count() or 1))
+
+
 # ----------------------------------------------------------------------------- report
 def machine() -> dict:
     import torch
@@ -670,7 +721,8 @@ def write_report(json_path: Path, md_path: Path) -> None:
             ("3", "rank_speedup", "test_rank_speedup", "`rank_scores` (labels in one pass) vs one pass per label"),
             ("4", "memory_truth", "test_memory_truth", "peak memory increase vs analytic estimate (per method)"),
             ("6", "planning_growth", "test_planning_growth", "`snakemake -n` time vs grid size"),
-            ("6", "planning_overhead", "test_planning_overhead", "`snakemake -n`, largest grid, vs bare Snakemake")]
+            ("6", "planning_overhead", "test_planning_overhead", "`snakemake -n`, largest grid, vs bare Snakemake"),
+            ("8", "packing", "test_packing", "cells per hour on one device: side by side vs one at a time")]
     for number, item, test, what in rows:
         info = by_item.get(item)
         outcome = outcomes.get(test, "not run")
@@ -817,6 +869,21 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                        f"{row['step_s']:.2f} | "
                        f"{row['flops_per_s'] / 1e9:.1f} | {_pct(row['mfu'])} |")
         out += ["", _flops_explanation(info), ""]
+    info = by_item.get("packing")
+    if info:
+        where = info["devices"]
+        out += ["## 8. Several cells per device", "",
+                f"{info['cells']} cells ({info['model']}, SST-2, LoRA and full FT, {info['steps']} steps; each a "
+                f"`python -m bench run-cell` process) one at a time, then {info['at_once']} at once on "
+                f"{', '.join(where)} "
+                "(as `snakemake --resources gpu_mem_mb=...` runs them on one GPU). The side-by-side records hold "
+                "the same metrics and losses (checked).", "",
+                "| run | seconds | cells per hour |", "|---|---|---|"]
+        for name in ("one_at_a_time", "packed"):
+            out.append(f"| {name.replace('_', ' ')} | {info['seconds'][name]:.1f} | "
+                       f"{info['cells_per_hour'][name]:.0f} |")
+        out += ["", f"Ratio {info['ratio']:.2f}× (goal ≥ 4× on a GPU; on CPU the cores bound it)." +
+                ("" if "cuda" in where else " GPU: not measured in this run."), ""]
     info = by_item.get("planning_growth")
     if info:
         out += ["## 6. Planning: `snakemake -n`", "",

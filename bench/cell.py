@@ -46,7 +46,8 @@ class CellConfig:
 
 
 # they read records, plan cells or check the install; they make no record
-NOT_HARNESS = {"report.py", "plots.py", "grid.py", "grid_derive.py", "benchmarks.py", "lock.py"}
+NOT_HARNESS = {"report.py", "plots.py", "grid.py", "grid_derive.py", "gpu_memory.py", "benchmarks.py",
+               "lock.py"}
 NOT_HARNESS_PREFIX = "report_"  # the report's parts (bench/report_*.py)
 
 

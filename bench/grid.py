@@ -240,12 +240,13 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
                                  f"task, train sizes and seeds) or fix {ref}_model/{ref}_method")
     seen = set()
     for cell in cells:
-        need, one_gpu = cell_resources(cell)["gpu_mem_mb"], _resource_rules()["gpu"]["memory_mb"]
-        if need > one_gpu:  # the harness trains on one device
+        need, one_gpu = cell_resources(cell)["gpu_mem_mb"], _resource_rules()["gpu_mem"]["share"]["gpu_mb"]
+        if one_gpu and need > one_gpu:  # the harness trains on one device
             raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}: {cell.method} on "
-                             f"{cell.model} needs ~{need // 1024} GiB for weights and training states, more than one "
-                             f"GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains on one "
-                             "device: use a parameter-efficient method or a smaller model")
+                             f"{cell.model} needs ~{need // 1024} GiB of GPU memory (bench/gpu_memory.py), more "
+                             f"than one GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains on one "
+                             "device: use a parameter-efficient method, a smaller batch_size or max_len, or a smaller "
+                             "model")
         key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts,
                cell.dev_limit, cell.data_seed is None)
         if key in seen:
@@ -273,29 +274,36 @@ def _resource_rules() -> dict:
 
 
 def cell_resources(cell: Cell) -> dict:
-    """Cluster resources of a cell from config/resources.yaml, its model's size, its method and whether it
-    trains; `runtime` also orders the jobs (Snakefile: priority, the longest first)."""
-    return _resources(cell.model, cell.method, cell.hp.get("steps"))
+    """Cluster resources of a cell from config/resources.yaml, its model's size, its method and hyperparameters:
+    `mem_mb`, `runtime` (which also orders the jobs: Snakefile priority, the longest first), `gpu_mem_mb` (the
+    analytic estimate of bench/gpu_memory.py), and on SLURM either `gres` (shards of a GPU that other cells
+    share) or `gpu` (1: a GPU of its own)."""
+    if cell.dir not in _BY_CELL:  # Snakemake asks once per job and resource: 10,000-cell grids plan in seconds
+        _BY_CELL[cell.dir] = _resources(cell.model, cell.method, json.dumps(cell.hp, sort_keys=True, default=str))
+    return _BY_CELL[cell.dir]
 
 
-@functools.lru_cache(maxsize=None)  # Snakemake asks once per job and resource: 10,000-cell grids plan in seconds
-def _resources(model: str, method: str, steps) -> dict:
+_BY_CELL: dict[str, dict] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _resources(model: str, method: str, hp_json: str) -> dict:
+    from bench.gpu_memory import cell_gpu_memory
     from bench.method import get_method, resolve_hparams
     from bench.models import get_model_spec
 
     rules = _resource_rules()
     params = get_model_spec(model).params or 0
     spec = get_method(method)
-    trains = resolve_hparams(spec, {} if steps is None else {"steps": steps})["steps"] > 0
+    hp = resolve_hparams(spec, json.loads(hp_json))
     per_param = rules["mem"]["bytes_per_param"]["tunes_base" if spec.tunes_base else "frozen_base"]
     runtime = rules["runtime_min"]["base"] + rules["runtime_min"]["per_billion_params"] * params / 1e9
     if spec.tunes_base:
         runtime *= rules["runtime_min"]["tunes_base_factor"]
-    if not trains:
+    if hp["steps"] <= 0:
         runtime *= rules["runtime_min"]["eval_only_factor"]
-    state_mb = int(per_param * params / 2**20)
-    return {"mem_mb": rules["mem"]["overhead_mb"] + state_mb, "runtime": int(runtime),
-            "gpu": int(params >= float(rules["gpu"]["min_params"])), "gpu_mem_mb": state_mb}
+    return {"mem_mb": int(rules["mem"]["overhead_mb"] + per_param * params / 2**20), "runtime": int(runtime),
+            **cell_gpu_memory(model, method, hp, rules["gpu_mem"])}
 
 
 def cell_threads() -> int:

@@ -112,8 +112,8 @@ def test_data_seeds_cross_seeds_and_name_the_subsample(tmp_path):
 def test_a_cell_larger_than_one_gpu_is_refused_when_planned(tmp_path):
     grid = _grid(tmp_path, "g", {**SOURCE, "models": ["t5-xxl-lm-adapt"], "methods": {"full_ft": None},
                                  "train_sizes": [50]})
-    with pytest.raises(BenchError, match=r"full_ft on t5-xxl-lm-adapt needs ~207 GiB for weights and training "
-                                         r"states, more than one GPU's 80 GiB"):
+    with pytest.raises(BenchError, match=r"full_ft on t5-xxl-lm-adapt needs ~182 GiB of GPU memory "
+                                         r"\(bench/gpu_memory.py\), more than one GPU's 78 GiB"):
         check_cells(grid_cells(grid))
 
 

@@ -1,21 +1,25 @@
 """The grid through a real single-node SLURM (Debian's slurmctld/slurmd/munge) and the Snakemake SLURM executor.
 
-Needs root and apt (CI has both); installs the daemons when missing, starts them on localhost, runs the
-tiny grid with `--executor slurm`, checks the records, and stops the daemons by PID.
+Needs root and apt (CI has both); installs the daemons when missing, starts them on localhost with one stand-in
+GPU cut into 80 shards, runs a 4-cell tiny grid with `--executor slurm` and the SLURM profile, checks the records
+and that the cells asked for GPU shards and ran side by side on the one GPU, and stops the daemons by PID.
 See ../shared/CLUSTER.md for the two traps handled here: the config must be /etc/slurm/slurm.conf, and
 without accounting the plugin must poll squeue (`--slurm-status-command squeue --slurm-no-account`).
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.tasks import data_root
 
@@ -45,8 +49,9 @@ def _config(state: Path) -> str:
         "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
         f"StateSaveLocation={state}/ctld", f"SlurmdSpoolDir={state}/d", f"SlurmctldPidFile={state}/ctld.pid",
         f"SlurmdPidFile={state}/d.pid", f"SlurmctldLogFile={state}/ctld.log", f"SlurmdLogFile={state}/d.log",
-        "ReturnToService=2",
-        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=16000 State=UNKNOWN",
+        "ReturnToService=2", "GresTypes=gpu,shard",
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=16000 Gres=gpu:1,shard:80 "
+        "State=UNKNOWN",
         f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""])
 
 
@@ -60,6 +65,10 @@ def slurm(tmp_path):
     conf.parent.mkdir(parents=True, exist_ok=True)
     backup = conf.read_text() if conf.exists() else None
     conf.write_text(_config(state))
+    gres = conf.with_name("gres.conf")  # a stand-in GPU (/dev/null) in 80 shards: SLURM counts and allocates them
+    gres_backup = gres.read_text() if gres.exists() else None
+    gres.write_text(f"NodeName={socket.gethostname()} Name=gpu File=/dev/null\n"
+                    f"NodeName={socket.gethostname()} Name=shard Count=80 File=/dev/null\n")
     Path("/run/munge").mkdir(exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
     pids = []
@@ -85,29 +94,52 @@ def slurm(tmp_path):
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        if backup is None:
-            conf.unlink(missing_ok=True)
-        else:
-            conf.write_text(backup)
+        for path, text in ((conf, backup), (gres, gres_backup)):
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
 
 
-def test_tiny_grid_through_slurm(slurm, models_cache, tmp_path):
+def _job_intervals(ctld_log: str) -> dict[str, list[datetime]]:
+    """JobId -> [allocated, completed] from slurmctld's log (no accounting needed)."""
+    jobs: dict[str, list[datetime]] = {}
+    for stamp, event, job in re.findall(r"^\[([\d\-T:.]+)\] (sched: Allocate|_job_complete:) JobId=(\d+)(?! WEXIT)",
+                                        ctld_log, flags=re.M):
+        jobs.setdefault(job, []).append(datetime.fromisoformat(stamp))
+    return jobs
+
+
+def test_grid_shares_a_gpu_through_slurm(slurm, models_cache, tmp_path):
+    """Four tiny cells, each estimated far below half a GPU, ask for GPU shards (not a GPU each) and run side by
+    side on the node's one GPU; every record ok."""
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="install config/requirements.lock (it holds the cluster extra)")
     work = tmp_path / "work"
     work.mkdir()
+    grid = yaml.safe_load((REPO / "config/grids/tiny.yaml").read_text())
+    grid["seeds"] = [0, 1]
+    (work / "shared.yaml").write_text(yaml.safe_dump(grid))
     env = {**os.environ, "PEFT_REPRO_MODELS": str(models_cache), "PEFT_REPRO_DATA": str(data_root())}
     done = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-         "--workflow-profile", str(REPO / "profiles/slurm"), "--jobs", "2", "--config", "grid=tiny",
+         "--workflow-profile", str(REPO / "profiles/slurm"), "--jobs", "4", "--config", f"grid={work / 'shared.yaml'}",
          "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
-         "--default-resources", "slurm_partition=main"],
+         "--default-resources", "slurm_partition=main", "--verbose"],  # verbose: the sbatch calls
         cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    records = sorted(work.glob("results/tiny/**/record.json"))
-    assert len(records) == 2
+    records = sorted(work.glob("results/shared/**/record.json"))
+    assert len(records) == 4
     for path in records:
         record = json.loads(path.read_text())
         assert record["status"] == "ok" and set(record["metrics"]) == {"sst2", "imdb"}
-    assert (work / "reports/tiny/README.md").exists()
-    allocated = (slurm / "ctld.log").read_text().count("sched: Allocate JobId")
-    assert allocated >= 3  # the two cells and the report each ran as a SLURM job (+ prepare_model if needed)
+    assert (work / "reports/shared/README.md").exists()
+    calls = [line for line in (done.stdout + done.stderr).splitlines()
+             if "sbatch call:" in line and "rule_cell" in line]
+    assert len(calls) == 4, calls
+    for call in calls:  # a shard of the GPU, not a GPU each
+        assert "--gres=shard:1" in call and "--gpus" not in call, call
+    jobs = _job_intervals((slurm / "ctld.log").read_text())
+    assert len(jobs) >= 5 and all(len(v) == 2 for v in jobs.values()), jobs  # 4 cells + the report (+ the model)
+    # cells ran at the same time on the node's one GPU (prepare_model runs before them, the report after)
+    overlapping = [(a, b) for a in jobs for b in jobs if a < b and jobs[a][0] < jobs[b][1] and jobs[b][0] < jobs[a][1]]
+    assert overlapping, jobs
