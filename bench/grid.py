@@ -244,9 +244,9 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
         if one_gpu and need > one_gpu:  # the harness trains on one device
             raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}: {cell.method} on "
                              f"{cell.model} needs ~{need // 1024} GiB of GPU memory (bench/gpu_memory.py), more "
-                             f"than one GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains on one "
-                             "device: use a parameter-efficient method, a smaller batch_size or max_len, or a smaller "
-                             "model")
+                             f"than one GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains "
+                             "on one device: use a parameter-efficient method, a smaller batch_size or max_len, or a "
+                             "smaller model")
         key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts,
                cell.dev_limit, cell.data_seed is None)
         if key in seen:
