@@ -102,6 +102,17 @@ def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int
 
         def collate(items) -> dict:
             return collate_causal_lm(items, tokenizer.pad_token_id)
+    elif model_kind == "seq2seq":
+        from bench.seq2seq import collate_seq2seq, seq2seq_pairs
+
+        def encode(batch):
+            return seq2seq_pairs(tokenizer, task, batch, max_len)
+
+        def length(pair) -> int:
+            return len(pair[0]) + len(pair[1])
+
+        def collate(items) -> dict:
+            return collate_seq2seq(items, tokenizer.pad_token_id)
     else:
         def encode(batch):
             return encoder_features(tokenizer, task, batch, max_len)

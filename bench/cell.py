@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import lock
 from bench.errors import BenchError
-from bench.flops import flops_per_step, lm_head_parameters, matmul_peak_flops, token_path_parameters
+from bench.flops import matmul_peak_flops, train_flops
 from bench.method import CellContext, get_method, method_files, resolve_hparams, total_parameters, trainable_parameters
 
 RECORD_SCHEMA = 1
@@ -204,6 +204,8 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
 
     task, hp = task or plan.task, plan.hp
     rows = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
+    if rows is None and plan.model_spec.kind == "seq2seq":
+        rows = seq2seq_outputs(model, tokenizer, task, examples, hp, timer)
     if rows is None and task.kind == "classification":
         if plan.model_spec.kind == "encoder":
             scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
@@ -221,6 +223,18 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
     if task.kind != "classification":
         metrics["samples"] = [{"input": task.prompt(ex), "output": r["hyp"]} for ex, r in zip(examples[:3], rows)]
     return metrics, rows
+
+
+def seq2seq_outputs(model, tokenizer, task, examples, hp: dict, timer) -> list[dict]:
+    """Per-example outputs of an encoder-decoder model: rank scores through the decoder, or generations."""
+    from bench import evaluation, seq2seq
+
+    if task.kind == "classification":
+        scores = seq2seq.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer)
+        return evaluation.classification_outputs(scores, examples)
+    hypotheses = seq2seq.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
+                                  hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer)
+    return evaluation.generation_outputs(hypotheses, examples)
 
 
 OUTPUTS = "outputs.jsonl.gz"  # beside record.json: every eval set's per-example outputs, one JSON line each
@@ -327,11 +341,9 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         if trains and (analysis := method.analyse(model, hp, ctx)):
             record["analysis"] = analysis
     peak_mem = peak_memory_bytes(device)  # before matmul_peak_flops: its benchmark matrices would count
-    path_params, path_trainable = token_path_parameters(model)
-    train_flops = flops_per_step(path_params, method.tunes_base, result.tokens, method.extra_positions(hp),
-                                 result.steps_done * hp["batch_size"], path_trainable, lm_head_parameters(model),
-                                 result.head_positions) if result else 0.0
-    peak_flops = matmul_peak_flops(torch.get_num_threads(), device) if train_flops and result.train_s > 0 else 0.0
+    run_flops = train_flops(model, method.tunes_base, result.tokens, result.encoder_tokens, method.extra_positions(hp),
+                            result.steps_done * hp["batch_size"], result.head_positions) if result else 0.0
+    peak_flops = matmul_peak_flops(torch.get_num_threads(), device) if run_flops and result.train_s > 0 else 0.0
     record["cost"] = {
         "trainable_params": trainable_parameters(model) if trains else 0,
         "delta_params": method.delta_parameters(model) if trains else 0,
@@ -341,9 +353,9 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         "peak_mem_kind": "cuda_max_allocated" if device == "cuda" else "process_max_rss",
         "train_s": round(result.train_s, 3) if result else 0.0,
         "train_tokens_per_s": round(result.tokens_per_s, 2) if result else 0.0,
-        "flops_per_step": round(train_flops / result.steps_done) if result and result.steps_done else 0,
-        "train_flops_per_s": round(train_flops / result.train_s) if peak_flops else 0.0,
-        "mfu": round(train_flops / result.train_s / peak_flops, 4) if peak_flops else 0.0,
+        "flops_per_step": round(run_flops / result.steps_done) if result and result.steps_done else 0,
+        "train_flops_per_s": round(run_flops / result.train_s) if peak_flops else 0.0,
+        "mfu": round(run_flops / result.train_s / peak_flops, 4) if peak_flops else 0.0,
         "matmul_peak_flops": round(peak_flops),
         "eval_s": round(time.perf_counter() - eval_start, 3),
         "eval_tokens_per_s": round(eval_timer.tokens / eval_timer.seconds, 2) if eval_timer.seconds else 0.0,

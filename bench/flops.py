@@ -19,6 +19,11 @@ so it counts at those `head_positions`, not at every position. Prefix tuning's p
 attention keys/values: it adds attention-score FLOPs, which this approximation leaves out like the
 attention term of every sequence (at 64-128 tokens and d_model 576 it is a few percent of 2N).
 
+Encoder-decoder models: each position runs through one stack, so the encoder's parameters
+(`encoder_parameters`) count at the encoder's positions (text + virtual tokens) and the rest (decoder, LM head at
+its positions) at the decoder's (`train_flops`). The decoder's cross-attention key/value projections run over
+the encoder's positions but are counted at the decoder's, like the attention scores this approximation leaves out.
+
 N is the number of parameters used as matmul weights per position (`token_path_parameters`): with tied
 input/output embeddings (SmolLM2, GPT-2) the shared matrix counts once (looked up, no FLOPs; multiplied
 once as the LM head); an untied input embedding is only looked up and is left out, as are peft's
@@ -181,3 +186,27 @@ def matmul_peak_flops(threads: int = 1, device: str = "cpu") -> float:
 def mfu(flops_per_s: float, threads: int = 1, device: str = "cpu") -> float:
     """Achieved FLOP/s as a fraction of the measured matmul peak."""
     return flops_per_s / matmul_peak_flops(threads, device)
+
+
+def encoder_parameters(model) -> tuple[int, int]:
+    """(parameters, trainable parameters) of an encoder-decoder model's encoder used as matmul weights at every
+    encoder position (its input embedding, a lookup, left out); (0, 0) for other models."""
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return 0, 0
+    lookup = model.get_input_embeddings().weight
+    weights = [p for p in model.get_encoder().parameters() if p is not lookup]
+    return sum(p.numel() for p in weights), sum(p.numel() for p in weights if p.requires_grad)
+
+
+def train_flops(model, tunes_base: bool, tokens: int, encoder_tokens: int, extra_positions: int, sequences: int,
+                head_positions: int) -> float:
+    """≈ training FLOPs of a run of `flops_per_step`'s counts (bench.train.TrainResult: `tokens` all real tokens,
+    `encoder_tokens` those of an encoder-decoder's encoder, 0 for other models)."""
+    path_params, path_trainable = token_path_parameters(model)
+    encoder, encoder_trainable = encoder_parameters(model)
+    flops = flops_per_step(path_params - encoder, tunes_base, tokens - encoder_tokens,
+                           0 if encoder else extra_positions, sequences, path_trainable - encoder_trainable,
+                           lm_head_parameters(model), head_positions)
+    if encoder:  # virtual tokens (a soft prompt) run through the encoder only
+        flops += flops_per_step(encoder, tunes_base, encoder_tokens, extra_positions, sequences, encoder_trainable)
+    return flops

@@ -28,7 +28,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0,
     "schedule": "constant",  # constant | linear (decay to 0 at the last step)
     "grad_clip": 1.0,
-    "max_len": 128,  # tokens of prompt + target; prompts are cut from the left
+    "max_len": 128,  # tokens of prompt + target (seq2seq: of each); prompts are cut from the left
     "group_by_length": True,  # training batches of similar length (bench/batches.py: training_batches)
     "eval_batch_size": 16,
     "num_beams": 1,
@@ -40,7 +40,7 @@ class CellContext:
     """What a method may look at when it adapts a model (besides the model itself)."""
 
     task: Any  # bench.tasks.Task
-    model_kind: str  # "causal_lm" | "encoder"
+    model_kind: str  # "causal_lm" | "encoder" | "seq2seq"
     tokenizer: Any
     train_examples: list = field(default_factory=list)
     seed: int = 0
@@ -53,7 +53,7 @@ class Method:
     description = ""
     defaults: dict[str, Any] = {}
     tunes_base = False  # True where base weights train (then the frozen-base check does not apply)
-    model_kinds = ("causal_lm", "encoder")
+    model_kinds = ("causal_lm", "encoder", "seq2seq")
 
     def apply(self, model, hp: dict, ctx: CellContext):
         """Return the model to train, with exactly the method's parameters requiring grad."""
@@ -64,13 +64,15 @@ class Method:
         return trainable_parameters(model)
 
     def extra_positions(self, hp: dict) -> int:
-        """Virtual tokens the method prepends to every sequence (shifts logit positions)."""
+        """Virtual tokens the method prepends to every sequence: a causal LM's logits are that much longer; on an
+        encoder-decoder model they go before the encoder's input and shift no decoder position (FLOPs count them)."""
         return 0
 
     def target_loss(self, logits, targets):
         """A causal LM's training loss from its logits at the target positions (positions × vocabulary, one row
-        per position of bench.train.target_positions) and the target ids there: the mean token cross-entropy
-        (transformers' ForCausalLMLoss: fp32 logits, mean over target tokens)."""
+        per position of bench.train.target_positions; an encoder-decoder model's: one row per decoder label) and
+        the target ids there: the mean token cross-entropy (transformers' ForCausalLMLoss: fp32 logits, mean over
+        target tokens)."""
         import torch.nn.functional as F
 
         return F.cross_entropy(logits.float(), targets)
@@ -180,7 +182,10 @@ def peft_generation_compat(model):
     a prefix was silently dropped when generating, and a soft prompt re-inserted at every decoding step.
     Here peft's own `prepare_inputs_for_generation` sees the cache under the name it reads, and the model
     gets it back under the name it expects. Where transformers still says `past_key_values` nothing is
-    renamed. Other models are returned unchanged."""
+    renamed. Other models are returned unchanged. Encoder-decoder prefix tuning needs it too: without it the
+    decoder's prefix was dropped after the first step (on tiny-t5 the cached greedy scores differed from
+    recomputed ones by up to 14; tests/test_seq2seq.py checks them equal with it); a soft prompt on the encoder's
+    input does not need it (the encoder runs once), and passes through it unchanged."""
     inner = getattr(model, "base_model_prepare_inputs_for_generation", None)
     if inner is None:
         return model

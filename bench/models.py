@@ -63,6 +63,21 @@ class Architecture:
     linear: tuple[str, ...]
     bias: bool
     past_key_values: bool
+    stacks: tuple[str, ...] = ()            # encoder-decoder models: the block lists, encoder first
+    decoder: dict = field(default_factory=dict, hash=False, compare=False)  # a decoder block's differing fields
+    decoder_final_norm: str | None = None
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return bool(self.stacks)
+
+    def stack(self, index: int) -> "Architecture":
+        """The facts of the blocks of stack `index` (0 = encoder): the decoder's own module paths applied."""
+        import dataclasses
+
+        if index == 0 or not self.decoder:
+            return self
+        return dataclasses.replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in self.decoder.items()})
 
 
 @lru_cache(maxsize=None)
@@ -328,6 +343,11 @@ def _byte_level_tokenizer(options: dict):
     tok.add_special_tokens(specials)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    if "template" in options:  # encoder-decoder: own pad, end token appended to every input (T5, BART)
+        tok.post_processor = processors.TemplateProcessing(
+            single=options["template"], special_tokens=[(t, vocab[t]) for t in specials if t in options["template"]])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=options["eos"], pad_token=options["pad"],
+                                       bos_token=options.get("bos"), unk_token=options.get("unk"), model_max_length=512)
     if "eos" in options:
         eos = options["eos"]
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos,
@@ -340,16 +360,20 @@ def _byte_level_tokenizer(options: dict):
 def _convert_tiny(spec: ModelSpec, out: Path, work: Path) -> str:
     """Tiny randomly initialised model (torch.manual_seed(0)) plus a byte-level tokenizer, built in code."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     tokenizer = _byte_level_tokenizer(spec.tokenizer)
     special = {"pad_token_id": tokenizer.pad_token_id}
     if spec.kind == "causal_lm":
         special.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    if spec.kind == "seq2seq":  # the decoder starts from T5's pad or BART's end token, as the real models do
+        special.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                       decoder_start_token_id=tokenizer.pad_token_id if tokenizer.bos_token_id is None
+                       else tokenizer.eos_token_id)
     config = AutoConfig.for_model(**spec.config, vocab_size=len(tokenizer), **special)
     torch.manual_seed(0)
-    model = (AutoModelForCausalLM if spec.kind == "causal_lm" else AutoModel).from_config(config,
-                                                                                          dtype=torch.float32)
+    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(spec.kind, AutoModel)
+    model = auto.from_config(config, dtype=torch.float32)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     blob = json.dumps({"config": spec.config, "tokenizer": spec.tokenizer}, sort_keys=True).encode()

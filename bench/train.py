@@ -8,7 +8,8 @@ Causal LMs compute logits only where the loss reads them: the positions whose ne
 matmul, about a fifth of the forward FLOPs per position) runs on one position per SST-2 example instead
 of every position. The loss is then the method's `target_loss` of those logits: by default the mean token
 cross-entropy, as transformers' ForCausalLMLoss computes it from all logits. Encoders (a class per
-sequence) keep their head's own loss.
+sequence) keep their head's own loss; encoder-decoder models (bench/seq2seq.py) the method's `target_loss` at
+the decoder's label positions.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     diverged_at_step: int | None = None
     train_s: float = 0.0
-    tokens: int = 0  # non-padding input tokens seen
+    tokens: int = 0  # non-padding input tokens seen (encoder-decoder models: the encoder's and the decoder's)
     head_positions: int = 0  # positions at which the LM head ran (causal LMs; 0 for encoders)
+    encoder_tokens: int = 0  # of `tokens`, those an encoder-decoder's encoder read (0 for other models)
 
     @property
     def tokens_per_s(self) -> float:
@@ -62,6 +64,10 @@ def step_loss(model, method, hp: dict, batch: dict):
     labels = batch["labels"]
     if labels.dim() == 1:  # a class per sequence (encoders): the classification head's own loss
         return model(**batch).loss, 0
+    if "decoder_attention_mask" in batch:  # encoder-decoder: the target is the decoder's whole input
+        from bench.seq2seq import step_loss as seq2seq_step_loss
+
+        return seq2seq_step_loss(model, method, batch)
     keep, targets = target_positions(labels, method.extra_positions(hp))
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=keep).logits
     return method.target_loss(logits, targets), logits.shape[0]
@@ -92,8 +98,9 @@ def train(model, method, hp: dict, batches, progress: str = "train") -> TrainRes
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(round(loss.item(), 5))
-        result.tokens += int(batch["attention_mask"].sum())
+        result.tokens += sum(int(batch[key].sum()) for key in ("attention_mask", "decoder_attention_mask") if key in batch)
         result.head_positions += head_positions
+        result.encoder_tokens += int(batch["attention_mask"].sum()) if "decoder_attention_mask" in batch else 0
         result.steps_done = step + 1
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     result.train_s = time.perf_counter() - start

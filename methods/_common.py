@@ -21,8 +21,11 @@ def model_architecture(model):
     return architecture(model.config.model_type)
 
 
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS"}
+
+
 def peft_task_type(ctx) -> str:
-    return "CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS"
+    return PEFT_TASK_TYPES[ctx.model_kind]
 
 
 def freeze(model) -> None:
@@ -43,8 +46,18 @@ def train_head(model, ctx) -> None:
             parameter.requires_grad_(True)
 
 
+def block_stacks(model) -> list:
+    """(qualified name, ModuleList, Architecture of its blocks) of every stack of transformer blocks: the one stack
+    of a decoder-only model or encoder, an encoder-decoder's encoder then decoder (config/models.yaml `stacks`)."""
+    arch = model_architecture(model)
+    if not arch.encoder_decoder:
+        return [(*transformer_blocks(model), arch)]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [(path, base.get_submodule(path), arch.stack(index)) for index, path in enumerate(arch.stacks)]
+
+
 def transformer_blocks(model):
-    """(qualified name, ModuleList) of the model's stack of transformer blocks, bottom first."""
+    """(qualified name, ModuleList) of the model's stack of transformer blocks, bottom first (one stack)."""
     layers = getattr(model.config, "num_hidden_layers", None)
     found = [(name, module) for name, module in model.named_modules()
              if type(module).__name__ == "ModuleList" and len(module) == layers]

@@ -13,6 +13,12 @@ blocks these outputs are what is added to the residual stream (after GPT-2's res
 post-sublayer norms, which follow the adapter); in BERT the adapter sits after the dense projection, before
 dropout and the add & LayerNorm (the paper's Figure 2: after the projection, before the skip connection is
 added).
+Encoder-decoder models (T5, BART): two adapters in every block of both stacks, after self-attention and after
+the feed-forward sublayer; none after the decoder's cross-attention (as the `adapters` library's Houlsby
+configuration for encoder-decoders, `cross_adapter=False`: Houlsby et al. placed adapters per sublayer of an
+encoder, so the two-per-block form is what carries over), so the closed form below holds with blocks = encoder +
+decoder blocks. T5's feed-forward output is `layer.1.DenseReluDense.wo` in the encoder and `layer.2...` in the
+decoder (config/models.yaml `decoder`).
 The adapter is attached as a child `adapter` of the wrapped projection and applied by a forward
 hook, so base parameter names do not change.
 
@@ -44,7 +50,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.method import Method
-from methods._common import freeze, model_architecture, model_label, train_head, transformer_blocks
+from methods._common import block_stacks, freeze, model_label, train_head
 
 ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU, "swish": torch.nn.SiLU, "tanh": torch.nn.Tanh}
 
@@ -104,11 +110,10 @@ class Adapter(Method):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         d, label = model.config.hidden_size, model_label(model)
         m = self.bottleneck(hp, d, label)
-        arch = model_architecture(model)
-        _, blocks = transformer_blocks(model)
         lin = hp["placement"] == "lin"
-        sublayers = (arch.feed_forward_output,) if lin else (arch.attention_output, arch.feed_forward_output)
-        projections = [block.get_submodule(name) for block in blocks for name in sublayers]
+        sublayers = ("feed_forward_output",) if lin else ("attention_output", "feed_forward_output")
+        projections = [block.get_submodule(getattr(arch, name)) for _, blocks, arch in block_stacks(model)
+                       for block in blocks for name in sublayers]
         if any(hasattr(projection, "adapter") for projection in projections):
             raise BenchError(f"adapter: {label} already has adapters: apply the method to a fresh base model")
         freeze(model)

@@ -68,7 +68,7 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     import torch
 
     from bench import evaluation
-    from bench.cell import FormattedTask
+    from bench.cell import FormattedTask, seq2seq_outputs
     from bench.models import get_model_spec, load_model
     from bench.tasks import train_examples
 
@@ -88,7 +88,10 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     model = method.load_delta(model, hp, ctx, Path(teacher) / "delta").to(device).eval()
     prompted = FormattedTask(task, method, hp, ctx)
     size, max_len, extra = hp["eval_batch_size"], hp["max_len"], method.extra_positions(hp)
-    if task.kind == "generation":
+    if spec.kind == "seq2seq":  # the harness's rank scores or greedy outputs, through the decoder
+        rows = seq2seq_outputs(model, tokenizer, prompted, examples, {**hp, "num_beams": 1}, None)
+        out = [row["pred"] if "pred" in row else row["hyp"] for row in rows]
+    elif task.kind == "generation":
         out = evaluation.generate(model, tokenizer, [prompted.prompt(ex) for ex in examples], task.max_new_tokens,
                                   size, max_len, 1, None, extra)
     elif spec.kind == "encoder":

@@ -12,21 +12,24 @@ paper: for Qwen2 and Gemma peft rescales q_proj instead of k_proj, for BERT/RoBE
 `output.dense` also catches the attention output projection (`attention.output.dense`), and for MPNet it
 has none. GPT-2 fuses q, k and v into one Conv1D (`c_attn`), whose output vector (3d) rescales the
 queries too (as peft's GPT-2 default does): there IA3 trains d more values per block than the paper's.
-So per block 2*d_kv + d_ff trainable values (+ the classification head for encoders).
+Encoder-decoder models (T5, BART; the T-Few setting): every block of both stacks, and in the decoder the
+cross-attention's keys and values too (config/models.yaml `decoder.key_value`), as peft's T5 default and the
+paper's T0 do: per encoder block 2*d_kv + d_ff values, per decoder block 4*d_kv + d_ff.
+So per (decoder-only) block 2*d_kv + d_ff trainable values (+ the classification head for encoders).
 lr 3e-3 (the paper's T-Few recipe uses 3e-3 with Adafactor; `--hp optimizer=adafactor` gives that).
 """
 from __future__ import annotations
 
 from bench.method import PeftMethod
-from methods._common import model_architecture, peft_task_type, transformer_blocks
+from methods._common import block_stacks, peft_task_type
 
 
 def paper_targets(model) -> tuple[list[str], list[str]]:
     """Full names of the key/value projections and feed-forward output projections of every block."""
-    arch = model_architecture(model)
-    prefix, blocks = transformer_blocks(model)
-    feed_forward = [f"{prefix}.{index}.{arch.feed_forward_output}" for index in range(len(blocks))]
-    key_value = [f"{prefix}.{index}.{name}" for index in range(len(blocks)) for name in arch.key_value]
+    key_value, feed_forward = [], []
+    for prefix, blocks, arch in block_stacks(model):
+        feed_forward += [f"{prefix}.{index}.{arch.feed_forward_output}" for index in range(len(blocks))]
+        key_value += [f"{prefix}.{index}.{name}" for index in range(len(blocks)) for name in arch.key_value]
     return key_value + feed_forward, feed_forward
 
 

@@ -13,12 +13,14 @@ Defaults: 20 virtual tokens, encoder hidden size 128, lr 1e-3 and weight decay 0
 guide (RoBERTa on MRPC); AdamW. The paper inserts a few prompt tokens around anchor tokens of a template
 (e.g. 3 per slot) and uses an LSTM encoder; here the prompt is prepended to the input, like prompt tuning,
 so 20 tokens (peft's example) stand in for the paper's slots. The encoder's input embedding starts as
-peft initialises it (N(0, 1), drawn after the cell's seed is set).
+peft initialises it (N(0, 1), drawn after the cell's seed is set). Encoder-decoder models: the prompt goes before
+the encoder's input only (peft SEQ_2_SEQ_LM with `num_transformer_submodules=1`, as in prompt tuning).
 """
 from __future__ import annotations
 
 from bench.errors import BenchError
 from bench.method import PeftMethod, peft_generation_compat
+from methods._common import peft_task_type
 
 ENCODERS = ("LSTM", "MLP")
 
@@ -46,7 +48,7 @@ class PTuning(PeftMethod):
         config = PromptEncoderConfig(num_virtual_tokens=hp["num_virtual_tokens"],
                                      encoder_reparameterization_type=hp["encoder"].upper(),
                                      encoder_hidden_size=hp["encoder_hidden_size"],
-                                     task_type="CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS")
+                                     task_type=peft_task_type(ctx), num_transformer_submodules=1)
         return peft_generation_compat(get_peft_model(model, config))
 
     def delta_parameters(self, model) -> int:

@@ -26,6 +26,14 @@ Initialisation (`init`):
   float precision; this needs mlp_hidden >= p.
 - `random`: peft's default init (FEASIBILITY.md pitfall 4: collapsed to chance on SmolLM2-135M).
 
+Encoder-decoder models (T5, BART) use peft's SEQ_2_SEQ_LM prefix tuning. In peft 0.21.2 that is a prefix on
+the decoder's self-attention only: its table has the same p*L*2*d_kv values as for a causal LM, the encoder
+gets no prefix, and the cross-attention prefix peft builds is discarded before the forward
+(`PeftModel.get_prompt` empties the cross-attention cache, since prompt tuning lengthens the encoder's output). Li & Liang's BART setting has
+prefixes in the encoder and the decoder; that is not what peft implements, and own code for it is left out
+here. init=real_tokens is refused on them (one table for the decoder has no real-token activations that the
+frozen model would give it); use init=random.
+
 Encoders (BERT, RoBERTa, MPNet) are refused when the cell is planned (`past_key_values: false` in
 config/models.yaml): under transformers 5 they take no past key/values, the only way peft passes prefixes.
 
@@ -60,6 +68,10 @@ class PrefixTuning(PeftMethod):
             raise BenchError(f"prefix_tuning init={hp['init']!r} unknown: choose one of {', '.join(INITS)}")
         if h < 0:
             raise BenchError(f"prefix_tuning mlp_hidden={h} invalid: use 0 (no MLP) or a positive width (paper: 512)")
+        if hp["init"] == "real_tokens" and model_kind == "seq2seq":
+            raise BenchError("prefix_tuning init=real_tokens needs a causal LM: on encoder-decoder models peft feeds "
+                             "one prefix table to the decoder's self-attention, which no run of real tokens through "
+                             "the frozen model gives; use init=random")
         if hp["init"] == "real_tokens" and 0 < h < p:
             raise BenchError(f"prefix_tuning mlp_hidden={h} cannot reproduce {p} real-token prefixes: use "
                              f"mlp_hidden >= {p}, mlp_hidden=0 (no MLP), or init=random")

@@ -8,7 +8,8 @@ each written `prompt + target` (the task's template and verbalizer word or first
 by a blank line before the test prompt. The same k demonstrations, in the same order, serve every test
 example of the cell (a fixed prompt per seed, as in Zhao et al. 2021); other seeds draw other ones.
 `max_len` cuts prompts from the left, so with long demonstrations the earliest are cut first: raise
-`max_len` to keep all k. Causal LMs only (encoders do not read a text prompt). `steps` must stay 0.
+`max_len` to keep all k. Causal LMs and encoder-decoder models (the encoder reads the prompt); not encoders (they
+read the text fields, not a prompt). `steps` must stay 0.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from bench.method import Method
 class PromptDesign(Method):
     description = __doc__
     defaults = {"steps": 0, "shots": 0}
-    model_kinds = ("causal_lm",)
+    model_kinds = ("causal_lm", "seq2seq")
 
     def check_hparams(self, hp, task, model_kind):
         name = self.name or "prompt_design"

@@ -20,7 +20,9 @@ prompts (`logprobs`), and `score_outputs` turns rows into metrics: `accuracy` (a
 majority vote over the k prompts' predictions, ties broken by the mean log-prob over prompts; the record also holds `<metric>_avg_single` (mean over the k prompts),
 `<metric>_best_single` (best prompt on that eval set, an oracle choice as in Lester's table),
 `<metric>_mean_logprob` (argmax of the mean log-prob) and `<metric>_singles` (each prompt's).
-Classification with causal LMs only: a generation task is refused when the cell is planned.
+Classification only: a generation task is refused when the cell is planned. Encoder-decoder models (Lester's T5
+setting): the prompts go before the encoder's input, every copy decodes the same label sequences, and the scores
+come from the decoder's rank scoring (bench/seq2seq.py), still one batched pass.
 
 Delta: k peft prompt-tuning adapters, `prompt_<i>/` (adapter_config.json + adapter_model.safetensors with
 `prompt_embeddings`), each of which loads on its own with `peft.PeftModel.from_pretrained`.
@@ -55,13 +57,21 @@ class PromptEnsembleModel(torch.nn.Module):
     def num_prompts(self) -> int:
         return len(self.prompts)
 
+    @property
+    def config(self):
+        return self.base.config
+
     def get_input_embeddings(self):
         return self.base.get_input_embeddings()
 
     def get_output_embeddings(self):
         return self.base.get_output_embeddings()
 
-    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
+    def get_encoder(self):
+        return self.base.get_encoder()
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, decoder_input_ids=None,
+                decoder_attention_mask=None, **kwargs):
         k, (batch, length) = len(self.prompts), input_ids.shape
         text = self.base.get_input_embeddings()(input_ids)
         prompts = torch.stack(list(self.prompts)).to(text.dtype)
@@ -71,6 +81,10 @@ class PromptEnsembleModel(torch.nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1).repeat(k, 1)
+        if self.base.config.is_encoder_decoder:  # the prompts go before the encoder's input; each copy decodes alike
+            return self.base(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids.repeat(k, 1),
+                             decoder_attention_mask=None if decoder_attention_mask is None
+                             else decoder_attention_mask.repeat(k, 1), **kwargs)
         if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() == 2:  # per input row: per copy
             logits_to_keep = logits_to_keep.repeat(k, 1)
         return self.base(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=logits_to_keep, **kwargs)
@@ -88,7 +102,7 @@ class PromptEnsemble(Method):
     description = __doc__
     defaults = {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "grad_clip": 0.0,
                 "num_virtual_tokens": 100, "init": "class_label", "k": 5}
-    model_kinds = ("causal_lm",)
+    model_kinds = ("causal_lm", "seq2seq")
 
     def check_hparams(self, hp, task, model_kind):
         name = self.name or "prompt_ensemble"
@@ -121,10 +135,16 @@ class PromptEnsemble(Method):
         return k * loss - ((k - 1) * loss).detach()
 
     def evaluate(self, model, tokenizer, task, examples, hp, timer=None):
+        from bench import seq2seq
         from bench.evaluation import classification_outputs, rank_scores
 
-        scores = rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"],
-                             self.extra_positions(hp), timer, copies=model.num_prompts).reshape(
+        if model.config.is_encoder_decoder:
+            scores = seq2seq.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer,
+                                         copies=model.num_prompts)
+        else:
+            scores = rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"],
+                                 self.extra_positions(hp), timer, copies=model.num_prompts)
+        scores = scores.reshape(
                                  model.num_prompts, len(examples), len(task.verbalizer))
         rows = classification_outputs(scores.mean(dim=0), examples)  # logprobs: the mean over prompts
         for row, voted, singles in zip(rows, vote(scores), scores.argmax(dim=-1).T.tolist()):
@@ -154,8 +174,9 @@ class PromptEnsemble(Method):
         for i, prompt in enumerate(model.prompts):
             folder = path / f"prompt_{i}"
             folder.mkdir(parents=True, exist_ok=True)
-            PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.shape[0],
-                               token_dim=prompt.shape[1]).save_pretrained(str(folder))
+            task_type = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
+            PromptTuningConfig(task_type=task_type, num_virtual_tokens=prompt.shape[0], token_dim=prompt.shape[1],
+                               num_transformer_submodules=1).save_pretrained(str(folder))
             save_file({"prompt_embeddings": prompt.detach().cpu().contiguous()},
                       str(folder / "adapter_model.safetensors"))
 

@@ -31,6 +31,9 @@ Draws use a generator seeded with the cell's seed. Causal LMs classify by rank s
 logits `num_virtual_tokens` positions longer, hence `extra_positions`. Encoders (BERT) use peft's SEQ_CLS
 prompt tuning: the prompt goes before [CLS], so the pooler reads the first virtual token, and the
 classification head trains too (peft's modules_to_save), so it counts in trainable and delta parameters.
+Encoder-decoder models (T5, BART: Lester's own setting) use peft's SEQ_2_SEQ_LM prompt tuning: the prompt goes
+before the encoder's input only (`num_transformer_submodules=1`; peft's seq2seq default, 2, would allocate and
+save a second p × d table that its forward never reads), so decoder positions do not move.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import re
 
 from bench.errors import BenchError
 from bench.method import PeftMethod, peft_generation_compat
+from methods._common import peft_task_type
 
 INITS = ("random", "vocab", "class_label")
 NEIGHBOURS = 5
@@ -141,8 +145,8 @@ class PromptTuning(PeftMethod):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         prompt = initial_prompt(model.get_input_embeddings().weight, ctx.tokenizer, ctx.task, hp["init"],
                                 hp["num_virtual_tokens"], ctx.seed)
-        config = PromptTuningConfig(num_virtual_tokens=hp["num_virtual_tokens"],
-                                    task_type="CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS")
+        config = PromptTuningConfig(num_virtual_tokens=hp["num_virtual_tokens"], task_type=peft_task_type(ctx),
+                                    num_transformer_submodules=1)
         adapted = peft_generation_compat(get_peft_model(model, config))
         weight = adapted.prompt_encoder["default"].embedding.weight
         with torch.no_grad():

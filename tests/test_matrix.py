@@ -49,11 +49,15 @@ def test_the_readme_matrix_covers_every_method_and_family():
     assert families == set(architectures()) and len(families) == len(STAND_INS)  # one stand-in per family
     for name in model_names():  # every registry model that a method can run on is of a described family
         spec = get_model_spec(name)
-        assert spec.architecture in architectures() or spec.kind == "seq2seq", name
+        assert spec.architecture in architectures(), name
+
+
+SEQ2SEQ_HP = {"prefix_tuning": {"init": "random"}}  # README note 7: real-token prefixes are for causal LMs
 
 
 def _cell(method: str, model: str, **hp) -> Cell:
-    return Cell("matrix", "sst2", model, method, 4, 0, {**HP, **METHOD_HP.get(method, {}), **hp}, 2, ())
+    kind_hp = SEQ2SEQ_HP.get(method, {}) if get_model_spec(model).kind == "seq2seq" else {}
+    return Cell("matrix", "sst2", model, method, 4, 0, {**HP, **METHOD_HP.get(method, {}), **kind_hp, **hp}, 2, ())
 
 
 def _run(cell: Cell, out: Path) -> dict:
@@ -89,7 +93,7 @@ def test_the_family_entry_is_what_the_stand_in_is(model, models_cache):
     from safetensors.torch import load_file
 
     from bench.models import architecture, load_model, prepare_model
-    from methods._common import HEAD_NAMES, transformer_blocks
+    from methods._common import HEAD_NAMES, block_stacks
 
     spec = get_model_spec(model)
     arch = architecture(spec.architecture)
@@ -97,25 +101,31 @@ def test_the_family_entry_is_what_the_stand_in_is(model, models_cache):
     saved = load_file(str(prepare_model(model, models_cache) / "model.safetensors"))
     assert sum(t.numel() for t in saved.values()) == spec.params
     config = model_obj.config
-    d_ff = getattr(config, "intermediate_size", None) or config.n_inner
-    _, blocks = transformer_blocks(model_obj)
-    for block in blocks:
-        attention = block.get_submodule(arch.attention_output)
-        feed_forward = block.get_submodule(arch.feed_forward_output)
-        assert _shape(attention)[1] == _shape(feed_forward)[1] == config.hidden_size  # both write the residual
-        assert _shape(feed_forward)[0] == d_ff  # IA3 rescales its input: the inner activations
-        for name in arch.key_value:
-            assert _shape(block.get_submodule(name))[0] == config.hidden_size
+    d_ff = next(getattr(config, key) for key in ("intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim")
+                if getattr(config, key, None))
+    stacks = block_stacks(model_obj)
+    assert len(stacks) == (2 if spec.kind == "seq2seq" else 1) and arch.encoder_decoder == (spec.kind == "seq2seq")
+    for _, blocks, block_arch in stacks:
+        for block in blocks:
+            attention = block.get_submodule(block_arch.attention_output)
+            feed_forward = block.get_submodule(block_arch.feed_forward_output)
+            assert _shape(attention)[1] == _shape(feed_forward)[1] == config.hidden_size  # both write the residual
+            assert _shape(feed_forward)[0] == d_ff  # IA3 rescales its input: the inner activations
+            for name in block_arch.key_value:
+                assert _shape(block.get_submodule(name))[0] == config.hidden_size
+    if arch.decoder_final_norm:  # ft_top_k trains it: the norm the decoder's last block feeds
+        assert type(model_obj.get_submodule(arch.decoder_final_norm)).__name__.endswith("LayerNorm")
     body = [(name, module) for name, module in model_obj.named_modules() if name.split(".")[0] not in HEAD_NAMES]
     assert set(arch.linear) == {name.rsplit(".", 1)[-1] for name, module in body
                                 if type(module).__name__ in ("Linear", "Conv1D")}
     assert set(arch.query_value) <= set(arch.linear)
     assert arch.bias == any(name.endswith(".bias") for name, _ in model_obj.named_parameters()
                             if name.split(".")[0] not in HEAD_NAMES)
-    # peft's own test before it hands prefixes to a classifier; causal LMs get them unchecked (the matrix runs them)
+    # peft's own test before it hands prefixes to a classifier; language models get them unchecked (the matrix runs
+    # them; tests/test_seq2seq.py checks that an encoder-decoder's decoder reads its prefix)
     takes_cache = any("past_key_values" in inspect.signature(m.forward).parameters
                       for m in (model_obj, model_obj.base_model))
-    assert arch.past_key_values == (spec.kind == "causal_lm" or takes_cache)
+    assert arch.past_key_values == (spec.kind in ("causal_lm", "seq2seq") or takes_cache)
 
 
 def _shape(module) -> tuple[int, int]:

@@ -222,7 +222,7 @@ def test_rank_scoring_and_generation_run(method_name, models_cache, sst2, e2e):
     ("ft_top_k", "tiny-llama", {"k": 3}, r"k=3 invalid for tiny-llama with 2 blocks: choose 1\.\.2"),
     ("ft_top_k", "tiny-bert", {"k": 0}, r"k=0 must be at least 1"),
     ("bitfit", "tiny-llama", {}, r"bitfit needs bias terms: llama models have none; use ia3 or lora, or a model with "
-                                 r"biases \(qwen2, gpt2, bert, roberta, mpnet\)$"),
+                                 r"biases \(qwen2, gpt2, bert, roberta, mpnet, bart\)$"),
 ])
 def test_bad_hyperparameters_are_one_clear_error(method_name, model_name, overrides, message, models_cache, sst2):
     method, hp, model, _, ctx = _setup(method_name, model_name, overrides, models_cache, sst2, n_train=1)
