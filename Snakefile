@@ -86,7 +86,7 @@ onstart:
 
 wildcard_constraints:
     size=r"\d+|full",
-    seed=r"\d+",
+    seed=r"\d+(-d\d+)?",  # init seed, and `-d<data seed>` where the block has data_seeds
 
 
 rule all:  # the report needs every record

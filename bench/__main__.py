@@ -37,6 +37,7 @@ def cmd_run_cell(args) -> None:
     config = CellConfig(task=args.task, model=args.model, method=args.method,
                         train_size=parse_train_size(args.train_size), seed=args.seed, hp=parse_hp(args.hp),
                         eval_limit=args.eval_limit, grid=args.grid, data_root=args.data_root, dev_limit=args.dev_limit,
+                        data_seed=args.data_seed,
                         shifts=tuple(s for s in args.shifts.split(",") if s) if args.shifts is not None else None)
     record = run_cell(config, Path(args.out), threads=args.threads)
     scores = {name: {k: round(v, 2) for k, v in m.items() if isinstance(v, float)}
@@ -136,7 +137,9 @@ def main(argv=None) -> int:
     run.add_argument("--model", required=True)
     run.add_argument("--method", required=True)
     run.add_argument("--train-size", required=True, help="integer or 'full'")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seeds init and batch order (and the training subsample)")
+    run.add_argument("--data-seed", type=int, default=None,
+                     help="seed of the training subsample when it differs from --seed (default: --seed)")
     run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     run.add_argument("--eval-limit", type=int, default=None, help="examples per eval set (default: all)")
     run.add_argument("--dev-limit", type=int, default=None,

@@ -42,10 +42,12 @@ class CellConfig:
     grid: str | None = None
     data_root: str | None = None
     dev_limit: int | None = None  # hold this many training examples out as eval set `dev` (lr selection); None = no dev
+    data_seed: int | None = None  # seed of the training subsample; None = `seed` (which always seeds init and order)
 
 
 # they read records, plan cells or check the install; they make no record
-NOT_HARNESS = {"report.py", "plots.py", "grid.py", "gpu_memory.py", "benchmarks.py", "lock.py", "serve.py"}
+NOT_HARNESS = {"report.py", "plots.py", "grid.py", "grid_derive.py", "gpu_memory.py", "benchmarks.py",
+               "lock.py", "serve.py"}
 NOT_HARNESS_PREFIX = "report_"  # the report's parts (bench/report_*.py)
 
 
@@ -150,6 +152,10 @@ def plan_cell(config: CellConfig) -> Plan:
         size = config.train_size
         if size != "full" and not (isinstance(size, int) and 0 < size <= available):
             raise BenchError(f"train size {size!r} invalid for {task.name}{held}: use 'full' or 1..{available}")
+    if config.data_seed is not None and (task.train_split is None or config.train_size == "full"):
+        raise BenchError(f"data seed {config.data_seed} set for {task.name} at train size {config.train_size}: a data "
+                         "seed draws a subsample of the training split: drop data_seeds from this block, or use "
+                         "integer train sizes on a task with a training split")
     shifts = list(task.shifts) if config.shifts is None else list(config.shifts)
     unknown = [s for s in shifts if s not in task.shifts]
     if unknown:
@@ -290,7 +296,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     seed_everything(config.seed)
     trains = hp["steps"] > 0
     # loaded also when nothing trains: a method may read them (in-context demonstrations)
-    train_set = train_examples(task, config.train_size, config.seed, root, config.dev_limit) if task.train_split else []
+    data_seed = config.seed if config.data_seed is None else config.data_seed
+    train_set = train_examples(task, config.train_size, data_seed, root, config.dev_limit) if task.train_split else []
     eval_sets = {name: eval_examples(task, name, config.eval_limit, root) for name in plan.eval_sets}
     if config.dev_limit is not None:  # the selection split first, then in-domain and shifts
         eval_sets = {"dev": dev_examples(task, config.dev_limit, root), **eval_sets}
@@ -321,7 +328,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
                    progress=f"{config.method} {config.task} n={config.train_size}", on_eval=curve) if trains else None
     record = {
         "schema": RECORD_SCHEMA,
-        "config": {**{k: v for k, v in asdict(config).items() if k != "dev_limit" or v is not None},  # opt-in key
+        "config": {**{k: v for k, v in asdict(config).items()
+                      if k not in ("dev_limit", "data_seed") or v is not None},  # opt-in keys
                    "shifts": plan.eval_sets[1:], "hp": hp, "hp_overrides": dict(config.hp)},
         "status": "diverged" if result and result.diverged_at_step is not None else "ok",
         "diverged_at_step": result.diverged_at_step if result else None,

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from bench.errors import BenchError
+from bench.grid_derive import derive_grid
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "config" / "grids"
 SCHEMA = GRIDS_DIR.parent / "grid.schema.yaml"
@@ -36,14 +37,20 @@ class Cell:
     variant: str = ""  # the label in the grid (and the cell's folder); defaults to the method
     needs: tuple[str, ...] = ()  # dirs of cells of the grid this one reads (e.g. distill's teacher): run first
     dev_limit: int | None = None  # training examples held out as eval set `dev` (lr selection); None = no dev
+    data_seed: int | None = None  # the training subsample's seed when it differs from the init seed (`data_seeds`)
 
     @property
     def label(self) -> str:
         return self.variant or self.method
 
     @property
+    def replicate(self) -> str:
+        """The seed part of the cell's folder: `3`, or `3-d1` (init seed 3 on data subsample 1)."""
+        return f"{self.seed}" if self.data_seed is None else f"{self.seed}-d{self.data_seed}"
+
+    @property
     def dir(self) -> str:
-        return f"results/{self.grid}/{self.task}/{self.model}/{self.label}/n{self.train_size}/s{self.seed}"
+        return f"results/{self.grid}/{self.task}/{self.model}/{self.label}/n{self.train_size}/s{self.replicate}"
 
     def cli_args(self) -> str:
         """The `python -m bench run-cell` arguments (all but --out) that reproduce this cell."""
@@ -57,6 +64,8 @@ class Cell:
             args += ["--shifts", ",".join(self.shifts)]
         if self.dev_limit is not None:
             args += ["--dev-limit", str(self.dev_limit)]
+        if self.data_seed is not None:
+            args += ["--data-seed", str(self.data_seed)]
         return shlex.join(args)
 
 
@@ -99,10 +108,17 @@ def validate_schema(name: str, data, definition: str | None = None, where: str =
         raise BenchError(f"grid {name}: {where}: {error.message}{allowed} (see config/grid.schema.yaml)")
 
 
-def blocks(name: str, data: dict) -> list[dict]:
-    """The grid's blocks, each completed from the top-level keys and schema-checked."""
+def blocks(name: str, data: dict, derived_from: tuple[str, ...] = ()) -> list[dict]:
+    """The grid's blocks, each completed from the top-level keys and schema-checked; a grid that says `derive:`
+    has those of its source grid, cut (bench/grid_derive.py)."""
     validate_schema(name, data)
-    shared = {k: v for k, v in data.items() if k not in ("blocks", "description")}
+    if "derive" in data:
+        source_name, source = load_grid_file(data["derive"]["from"])
+        if source_name in (name, *derived_from):
+            raise BenchError(f"grid {name}: derive.from {data['derive']['from']} derives from itself: name a grid "
+                             "that lists its blocks")
+        return blocks(name, derive_grid(data["derive"], blocks(source_name, source, (name, *derived_from))))
+    shared = {k: v for k, v in data.items() if k not in ("blocks", "description", "derive")}
     listed = data.get("blocks") or [{}]
     merged = [{**shared, **block} for block in listed]
     for i, block in enumerate(merged):
@@ -146,7 +162,8 @@ def _cell_refs(name: str, task: str, model: str, size, seed: int, hp: dict) -> t
 
 
 def grid_cells(name_or_path: str) -> list[Cell]:
-    """Expand a schema-valid grid: per block, tasks x models x methods (x sweeps) x train sizes x seeds."""
+    """Expand a schema-valid grid: per block, tasks x models x methods (x sweeps) x train sizes x seeds (x data
+    seeds, where the block names `data_seeds`)."""
     name, data = load_grid_file(name_or_path)
     cells = {}
     for block in blocks(name, data):
@@ -154,14 +171,18 @@ def grid_cells(name_or_path: str) -> list[Cell]:
             settings = settings or {}
             shifts = settings.get("shifts")
             variants = [v for label, entry in block["methods"].items() for v in method_variants(label, entry)]
-            for model, (label, method, method_hp), size, seed in itertools.product(
-                    block["models"], variants, block["train_sizes"], block.get("seeds", [0])):
+            for model, (label, method, method_hp), size, seed, data_seed in itertools.product(
+                    block["models"], variants, block["train_sizes"], block.get("seeds", [0]),
+                    block.get("data_seeds", [None])):
                 hp, needs = _cell_refs(name, task, model, size, seed,
                                        {**(block.get("hp") or {}), **(settings.get("hp") or {}), **method_hp})
                 cell = Cell(name, task, model, method, size, seed, hp, settings.get("eval_limit"),
                             tuple(shifts) if shifts is not None else None, "" if label == method else label, needs,
-                            settings.get("dev_limit"))
-                cells.setdefault(cell.dir, cell)
+                            settings.get("dev_limit"), data_seed)
+                if cells.setdefault(cell.dir, cell) != cell:  # two blocks, one folder, different settings
+                    raise BenchError(f"grid {name}: two blocks make cell {cell.dir} with different settings "
+                                     f"({cells[cell.dir].cli_args()} vs {cell.cli_args()}): give one of the method "
+                                     "entries another label")
     return list(cells.values())
 
 
@@ -222,14 +243,21 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
                                  f"task, train sizes and seeds) or fix {ref}_model/{ref}_method")
     seen = set()
     for cell in cells:
+        need, one_gpu = cell_resources(cell)["gpu_mem_mb"], _resource_rules()["gpu_mem"]["share"]["gpu_mb"]
+        if one_gpu and need > one_gpu:  # the harness trains on one device
+            raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}: {cell.method} on "
+                             f"{cell.model} needs ~{need // 1024} GiB of GPU memory (bench/gpu_memory.py), more "
+                             f"than one GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains "
+                             "on one device: use a parameter-efficient method, a smaller batch_size or max_len, or a "
+                             "smaller model")
         key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts,
-               cell.dev_limit)
+               cell.dev_limit, cell.data_seed is None)
         if key in seen:
             continue
         seen.add(key)
         try:
             plan_cell(CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp,
-                                 cell.eval_limit, cell.shifts, cell.grid, data_root, cell.dev_limit))
+                                 cell.eval_limit, cell.shifts, cell.grid, data_root, cell.dev_limit, cell.data_seed))
         except BenchError as error:
             raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "
                              f"{error}") from None

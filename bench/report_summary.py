@@ -33,7 +33,7 @@ PRIMARY_ORDER = ("accuracy", "bleu", "rouge_l", "rouge_1", "f1")
 def _read(cell) -> tuple[dict | None, str, str]:
     path = Path(cell.dir) / "record.json"
     label = getattr(cell, "label", cell.method)  # the Snakefile's log path
-    log = Path(f"results/{cell.grid}/logs/{cell.task}/{cell.model}/{label}/n{cell.train_size}_s{cell.seed}.log")
+    log = Path(f"results/{cell.grid}/logs/{cell.task}/{cell.model}/{label}/n{cell.train_size}_s{cell.replicate}.log")
     if not path.exists():
         if not log.exists():
             return None, "not run", "no record, no log"
@@ -55,7 +55,7 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     for cell in grid_cells(grid):
         base = {"task": cell.task, "model": cell.model, "method": cell.method,
                 "variant": getattr(cell, "label", cell.method), "train_size": str(cell.train_size),
-                "seed": cell.seed, "dir": cell.dir}
+                "seed": cell.replicate, "dir": cell.dir}  # init seed, and data seed where the grid has them
         record, status, detail = _read(cell)
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
         made_under = None if record is None else other_lock(record.get("env", {}))

@@ -10,8 +10,8 @@ import pandas as pd
 
 from bench.report_summary import COST, _num
 
-GEN_METRICS = {"bleu": "BLEU", "nist": "NIST", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
-               "ter": "TER"}
+GEN_METRICS = {"bleu": "BLEU", "nist": "NIST", "meteor": "METEOR", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2",
+               "rouge_l": "ROUGE-L", "cider": "CIDEr", "ter": "TER"}
 EVAL_SHORT = {"webnlg": "A", "test_seen": "S", "test_unseen": "U"}
 ENSEMBLE = {"accuracy_avg_single": "average prompt", "accuracy_best_single": "best prompt", "accuracy": "ensemble"}
 Table = namedtuple("Table", "title header rows note")
@@ -65,7 +65,8 @@ def generation_tables(S):
         rows = pivot(T, ["model", "variant", "train_size"], "col", order,
                       lead=lambda g: [human(g["trainable_params"].iloc[0]), f"{g['trainable_pct'].iloc[0]:.3f}"])
         note = "S/U/A: seen / unseen categories / all." if "test_unseen" in sets else ""
-        out.append(Table(f"Table-to-text: {task}", ["model", "method", "train size", "trainable params",
+        kind = "Summarization" if "rouge_1" in set(T["metric"]) else "Table-to-text"  # Li & Liang Table 3 vs Table 2
+        out.append(Table(f"{kind}: {task}", ["model", "method", "train size", "trainable params",
                                                     "trainable %", *order], rows, note))
     return out
 

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,9 +32,9 @@ _ROOT_FIX = "set PEFT_REPRO_DATA or pass --data-root to the folder holding share
 TASKS_ENV = "PEFT_REPRO_TASKS"  # a user's tasks file, merged over config/tasks.yaml (`--tasks` sets it)
 USER_KEYS = ("data_roots", "datasets", "tasks")
 DATASET_KEYS = {"files", "loader", "fields", "label", "labels", "references", "group", "explode", "clean", "squash",
-                "holdout", "scorer"}
+                "holdout", "scorer", "where", "hub"}
 TASK_KEYS = {"kind", "template", "verbalizer", "text_fields", "metrics", "train", "eval", "shifts", "max_new_tokens",
-             "templates", "unlabelled"}
+             "templates", "unlabelled", "offline"}
 DEFAULT_TEMPLATE = "default"  # the name of a task's own template + verbalizer among its `templates`
 REQUIRED = {"datasets": ("files", "loader", "fields"), "tasks": ("kind", "template", "text_fields", "metrics", "eval")}
 
@@ -310,6 +311,21 @@ def get_task(name: str) -> Task:
     return _task(name, user_tasks_file())
 
 
+def task_offline_twin(name: str) -> str | None:
+    """The task that stands in for `name` where the hub cannot be reached (its `offline` key: the same kind,
+    template, metrics and shift names, on local files); None for a task without one."""
+    tasks = _config()["tasks"]
+    twin = (tasks.get(name) or {}).get("offline")
+    if twin is None:
+        return None
+    task, other = get_task(name), get_task(twin)
+    if (other.kind, other.template, other.metrics, set(other.shifts)) != (task.kind, task.template, task.metrics,
+                                                                          set(task.shifts)):
+        raise BenchError(f"task {name}: its offline twin {twin} differs in kind, template, metrics or shift names: "
+                         "make them equal in config/tasks.yaml")
+    return twin
+
+
 @functools.lru_cache(maxsize=None)
 def _task(name: str, user_file: str | None) -> Task:
     tasks = _merged(user_file)["tasks"]
@@ -390,17 +406,35 @@ def _file_root(dataset_id: str, rel: str, root: Path) -> tuple[Path, bool]:
     return root, False
 
 
+def _hub_records(dataset_id: str, hub: dict) -> list[dict]:
+    """A split of a hub dataset (cluster users: full XSum), through the `datasets` library; needs the network."""
+    try:
+        import datasets
+
+        return [dict(row) for row in datasets.load_dataset(hub["id"], split=hub["split"])]
+    except Exception as error:  # offline, or the hub refused: one line, before any model loads
+        raise BenchError(f"dataset {dataset_id} is {hub['id']} ({hub['split']}) on the hub and could not be loaded "
+                         f"({type(error).__name__}: {' '.join(str(error).split())[:160]}): run where the hub is "
+                         "reachable (unset HF_HUB_OFFLINE), or use the task's offline twin (config/tasks.yaml "
+                         "`offline`)") from None
+
+
 @functools.lru_cache(maxsize=64)
 def _load_split_cached(dataset_id: str, root: Path, user_file: str | None) -> tuple[Example, ...]:
     spec = _dataset_spec(dataset_id)
-    loader = LOADERS.get(spec["loader"])
-    if loader is None:
-        raise BenchError(f"dataset {dataset_id} names unknown loader '{spec['loader']}': "
-                         f"use one of {', '.join(LOADERS)} in config/tasks.yaml")
-    records = [rec for rel in spec["files"] for rec in loader(_file_root(dataset_id, rel, root)[0] / rel)]
+    if "hub" in spec:
+        records = _hub_records(dataset_id, spec["hub"])
+    else:
+        loader = LOADERS.get(spec["loader"])
+        if loader is None:
+            raise BenchError(f"dataset {dataset_id} names unknown loader '{spec['loader']}': "
+                             f"use one of {', '.join(LOADERS)} in config/tasks.yaml")
+        records = [rec for rel in spec["files"] for rec in loader(_file_root(dataset_id, rel, root)[0] / rel)]
     if "holdout" in spec:
         h = spec["holdout"]
         records = _holdout(records, int(h["seed"]), int(h["size"]), h["part"])
+    for key, pattern in (spec.get("where") or {}).items():  # e.g. XSum's BBC section: records whose value matches
+        records = [r for r in records if re.match(pattern, str(r.get(key, "")))]
     try:
         examples = [_to_example(rec, spec) for rec in records]
     except (KeyError, ValueError, IndexError) as err:
@@ -423,6 +457,10 @@ def load_split(dataset_id: str, root: Path | None = None) -> list[Example]:
 
 
 def split_size(dataset_id: str, root=None) -> int:
+    """Examples in a split; a hub split's declared `rows` (planning reads no network)."""
+    hub = _dataset_spec(dataset_id).get("hub")
+    if hub is not None:
+        return int(hub["rows"])
     return len(_load_split_cached(dataset_id, data_root(root), user_tasks_file()))
 
 
@@ -559,7 +597,10 @@ def dataset_sha256s(dataset_ids: list[str], root=None) -> dict[str, str]:
     root_path = data_root(root)
     out = {}
     for ds in dataset_ids:
-        for rel in _dataset_spec(ds)["files"]:
+        if "hub" in _dataset_spec(ds):  # no file to hash: the record names the hub split it read
+            hub = _dataset_spec(ds)["hub"]
+            out[f"hub:{hub['id']}/{hub['split']}"] = "not checked (hub dataset)"
+        for rel in _dataset_spec(ds).get("files") or ():
             found, own = _file_root(ds, rel, root_path)
             out[str(found / rel) if own else rel] = _checksums(found)[rel]
     return dict(sorted(out.items()))

@@ -1,4 +1,4 @@
-"""Bottleneck adapters (Houlsby et al. 2019) after the attention and feed-forward sublayers of every block; own code.
+"""Bottleneck adapters (Houlsby et al. 2019; Lin et al. 2020 with `placement: lin`) in every block; own code.
 
 Library: our own small module (torch only). The `adapters` library implements Houlsby adapters but
 requires transformers 4.x, and peft has no bottleneck adapter; the method is ~40 lines.
@@ -31,8 +31,18 @@ identity, as LoRA does with B = 0.) Activation: GELU, as in that code; hp `activ
 Trained: the adapters only, 2 x (2*d*m + d + m) parameters per block (the closed form of the issue;
 Houlsby et al. also train the layer norms, which this follows the issue in leaving frozen), plus the
 classification head for encoders. Defaults: reduction_factor 16 (m = d/16), lr 3e-4 (the middle of
-Houlsby et al.'s grid {3e-5, 3e-4, 3e-3}). The delta is a safetensors file of the adapter (and head)
-weights (the base `Method.save_delta`).
+Houlsby et al.'s grid {3e-5, 3e-4, 3e-3}). `bottleneck: m` sets m directly (0: d / reduction_factor), for
+the papers' parameter budgets that no divisor of d gives (Hu et al.'s AdapterL 0.37M on GPT-2 M: m 6).
+The delta is a safetensors file of the adapter (and head) weights (the base `Method.save_delta`).
+
+Placement (`placement`), the two designs Hu et al. compare (LoRA arXiv v2 §5.1, Baselines; Table 3):
+- `houlsby` (AdapterH, default): after the attention and after the feed-forward sublayer, as above.
+- `lin` (AdapterL, Lin et al. 2020, also Li & Liang's adapter baseline): one adapter per block, after the
+  feed-forward sublayer only, with its own trained LayerNorm on its input:
+  h -> h + W_up act(W_down LN(h) + b_down) + b_up, 2*d*m + d + m + 2*d parameters per block (use
+  `activation: relu`, Lin et al.'s). Lin et al. apply it to the block's output after the residual add; here it
+  sits on the feed-forward projection's output before the add (the hook of Houlsby's second adapter); the
+  parameter count is the same.
 """
 from __future__ import annotations
 
@@ -45,9 +55,13 @@ from methods._common import block_stacks, freeze, model_label, train_head
 ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU, "swish": torch.nn.SiLU, "tanh": torch.nn.Tanh}
 
 
+PLACEMENTS = ("houlsby", "lin")
+
+
 class BottleneckAdapter(torch.nn.Module):
-    def __init__(self, d: int, m: int, activation: str):
+    def __init__(self, d: int, m: int, activation: str, layer_norm: bool = False):
         super().__init__()
+        self.norm = torch.nn.LayerNorm(d) if layer_norm else torch.nn.Identity()
         self.down = torch.nn.Linear(d, m)
         self.act = ACTIVATIONS[activation]()
         self.up = torch.nn.Linear(m, d)
@@ -56,7 +70,7 @@ class BottleneckAdapter(torch.nn.Module):
         torch.nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden):
-        return hidden + self.up(self.act(self.down(hidden)))
+        return hidden + self.up(self.act(self.down(self.norm(hidden))))
 
 
 def _apply_adapter(module, args, output):
@@ -66,16 +80,24 @@ def _apply_adapter(module, args, output):
 
 class Adapter(Method):
     description = __doc__
-    defaults = {"lr": 3e-4, "reduction_factor": 16, "activation": "gelu"}
+    defaults = {"lr": 3e-4, "reduction_factor": 16, "bottleneck": 0, "activation": "gelu", "placement": "houlsby"}
 
     def check_hparams(self, hp: dict, task=None, model_kind=None) -> None:
         if hp["reduction_factor"] <= 0:
             raise BenchError(f"adapter reduction_factor={hp['reduction_factor']} must be a positive divisor of the "
                              "hidden size (m = d / reduction_factor; e.g. 16)")
+        if hp["bottleneck"] < 0:
+            raise BenchError(f"adapter bottleneck={hp['bottleneck']} invalid: use a positive width m, or 0 for "
+                             "d / reduction_factor")
+        if hp["placement"] not in PLACEMENTS:
+            raise BenchError(f"adapter placement={hp['placement']!r} unknown: choose one of {', '.join(PLACEMENTS)} "
+                             "(houlsby: after attention and feed-forward; lin: after feed-forward, with a LayerNorm)")
         if hp["activation"] not in ACTIVATIONS:
             raise BenchError(f"adapter activation={hp['activation']!r} unknown: choose one of {', '.join(ACTIVATIONS)}")
 
     def bottleneck(self, hp: dict, d: int, label: str) -> int:
+        if hp["bottleneck"]:
+            return hp["bottleneck"]
         factor = hp["reduction_factor"]
         if d % factor:
             valid = [f for f in range(1, d + 1) if d % f == 0]
@@ -88,14 +110,17 @@ class Adapter(Method):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         d, label = model.config.hidden_size, model_label(model)
         m = self.bottleneck(hp, d, label)
-        projections = [block.get_submodule(name) for _, blocks, arch in block_stacks(model) for block in blocks
-                       for name in (arch.attention_output, arch.feed_forward_output)]
+        lin = hp["placement"] == "lin"
+        sublayers = ("feed_forward_output",) if lin else ("attention_output", "feed_forward_output")
+        projections = [block.get_submodule(getattr(arch, name)) for _, blocks, arch in block_stacks(model)
+                       for block in blocks for name in sublayers]
         if any(hasattr(projection, "adapter") for projection in projections):
             raise BenchError(f"adapter: {label} already has adapters: apply the method to a fresh base model")
         freeze(model)
         for projection in projections:
             weight = projection.weight
-            projection.add_module("adapter", BottleneckAdapter(d, m, hp["activation"]).to(weight.device, weight.dtype))
+            adapter = BottleneckAdapter(d, m, hp["activation"], layer_norm=lin)
+            projection.add_module("adapter", adapter.to(weight.device, weight.dtype))
             projection.register_forward_hook(_apply_adapter)
         train_head(model, ctx)
         return model

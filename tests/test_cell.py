@@ -27,6 +27,7 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path, rescor
     assert record == first
     assert record["status"] == "ok" and record["config"]["hp"]["r"] == 4
     assert "dev_limit" not in record["config"]  # opt-in: records without a dev split are as before
+    assert "data_seed" not in record["config"]  # opt-in: records whose seed draws their subsample are as before
     assert set(record["metrics"]) == {"sst2", "imdb"}
     assert record["metrics"]["sst2"]["n"] == 8 and 0 <= record["metrics"]["sst2"]["accuracy"] <= 100
     cost = record["cost"]
@@ -48,6 +49,19 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path, rescor
     row = read_outputs(tmp_path / "a", record)["sst2"][0]
     assert set(row) == {"id", "gold", "pred", "logprobs"} and len(row["logprobs"]) == 2
     assert row["pred"] == max(range(2), key=row["logprobs"].__getitem__)
+
+
+def test_data_seed_draws_the_subsample_and_seed_the_rest(models_cache, tmp_path, monkeypatch):
+    import bench.tasks
+
+    drawn, sample = [], bench.tasks.train_examples
+    monkeypatch.setattr(bench.tasks, "train_examples", lambda task, size, seed, *rest: drawn.append(seed) or
+                        sample(task, size, seed, *rest))
+    record = run_cell(_cell(seed=1, data_seed=3), tmp_path / "a", threads=1)
+    same_data = run_cell(_cell(seed=2, data_seed=3), tmp_path / "b", threads=1)
+    assert drawn == [3, 3] and record["config"]["data_seed"] == 3 and record["config"]["seed"] == 1
+    assert record["train"]["losses"] != same_data["train"]["losses"]  # the init seed still differs
+    assert sample(bench.tasks.get_task("sst2"), 16, 3) != sample(bench.tasks.get_task("sst2"), 16, 1)
 
 
 def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):

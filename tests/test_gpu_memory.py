@@ -77,7 +77,7 @@ def test_paper_grid_shares_gpus_between_small_cells_only():
             assert res["gpu_mem_mb"] <= shards * shard_mb < res["gpu_mem_mb"] + shard_mb
             assert shards <= share["shards_per_gpu"] // 2
         requests[(cell.model, cell.method)] = res["gpu"]
-    assert requests[("gpt2-xl", "full_ft")] == 1
+    assert requests[("t5-xl-lm-adapt", "full_ft")] == 1
     assert requests[("gpt2-medium", "lora")] == 0
 
 

@@ -25,6 +25,7 @@ CASES = [  # (method, model, hyperparameter overrides)
     ("adapter", "tiny-llama", {}),
     ("adapter", "tiny-bert", {}),
     ("adapter", "tiny-gpt2", {}),
+    ("adapter", "tiny-gpt2", {"placement": "lin", "bottleneck": 3, "activation": "relu"}),  # Hu et al.'s AdapterL
     ("ia3", "tiny-llama", {}),
     ("ia3", "tiny-bert", {}),
     ("ia3", "tiny-gpt2", {}),
@@ -44,7 +45,10 @@ def expected_counts(method: str, model: str, hp: dict) -> tuple[int, int]:
         prefix = p * L * 2 * d_kv
         mlp = p * d_kv + (d_kv * h + h) + (h * L * 2 * d_kv + L * 2 * d_kv)  # E, Linear(d_kv,h), Linear(h,L2d_kv)
         return mlp + head, prefix + head
-    if method == "adapter":
+    if method == "adapter" and hp.get("placement") == "lin":  # one per block, after the FFN, with a LayerNorm
+        m = hp["bottleneck"]
+        n = L * (2 * d * m + d + m + 2 * d) + head
+    elif method == "adapter":
         m = d // hp["reduction_factor"]
         n = L * 2 * (2 * d * m + d + m) + head
     elif method == "ia3":
@@ -214,6 +218,7 @@ def test_rank_scoring_and_generation_run(method_name, models_cache, sst2, e2e):
     ("adapter", "tiny-llama", {"reduction_factor": 5},
      r"reduction_factor=5 does not divide the hidden size 32 of tiny-llama: valid: 1, 2, 4, 8, 16, 32$"),
     ("adapter", "tiny-bert", {"activation": "elu"}, r"activation='elu' unknown: choose one of gelu, relu"),
+    ("adapter", "tiny-gpt2", {"placement": "pfeiffer"}, r"placement='pfeiffer' unknown: choose one of houlsby, lin"),
     ("ft_top_k", "tiny-llama", {"k": 3}, r"k=3 invalid for tiny-llama with 2 blocks: choose 1\.\.2"),
     ("ft_top_k", "tiny-bert", {"k": 0}, r"k=0 must be at least 1"),
     ("bitfit", "tiny-llama", {}, r"bitfit needs bias terms: llama models have none; use ia3 or lora, or a model with "

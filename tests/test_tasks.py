@@ -34,6 +34,8 @@ SIZES = [
     ("webnlg/train", 18102, 18102), ("webnlg/dev", 871, 2268), ("webnlg/test_all", 1862, 4928),
     ("webnlg/test_seen", 971, 2495), ("webnlg/test_unseen", 891, 2433),
     ("dart/dev", 2768, 6980), ("dart/test", 5097, 12551), ("xsum/test", 321, 321),
+    ("xsum/sports", 90, 90), ("xsum/news", 223, 223), ("xsum/sample_train", 221, 221), ("xsum/sample_test", 100, 100),
+    ("xsum/sample_test_sports", 31, 31), ("xsum/sample_test_news", 66, 66),
     ("sst2/train", 67349, 0), ("sst2/dev", 872, 0), ("imdb/test", 25000, 0),
     ("amazon/books", 2000, 0), ("amazon/dvd", 2000, 0), ("amazon/electronics", 2000, 0),
     ("amazon/kitchen", 2000, 0), ("amazon/airline", 2000, 0),
@@ -47,14 +49,15 @@ SIZES = [
 # positives (label 1) from the READMEs where stated
 POSITIVES = {"sst2/train": 37569, "sst2/dev": 444, "imdb/test": 12500, "amazon/books": 1000,
              "amazon/airline": 1000, "mrpc/train": 2474, "mrpc/dev": 279, "mrpc/test": 1147}
-EXPECTED_TASKS = {"e2e", "webnlg", "xsum", "sst2", "mrpc", "qqp", "rte", "cb", "copa", "wic", "wsc",
-                  "multirc", "boolq"}
+EXPECTED_TASKS = {"e2e", "webnlg", "xsum", "xsum_full", "xsum_full_offline", "sst2", "mrpc", "qqp", "rte", "cb",
+                  "copa", "wic", "wsc", "multirc", "boolq"}
+HUB = {"xsum/hub_train": 204045, "xsum/hub_test": 11334}  # declared rows; read from the hub when a cell runs
 
 
 # ----------------------------------------------------------------------------- registry (no data)
 def test_registry_declares_all_tasks_and_datasets():
     assert set(T.task_names()) == EXPECTED_TASKS
-    assert {d for d, _, _ in SIZES} == set(T.dataset_ids())
+    assert {d for d, _, _ in SIZES} | set(HUB) == set(T.dataset_ids())
     for name in T.task_names():
         task = T.get_task(name)
         assert task.kind in ("classification", "generation")
@@ -226,7 +229,7 @@ def test_multireference_grouping():
 @needs_data
 def test_every_task_renders_first_examples():
     for name in T.task_names():
-        task = T.get_task(name)
+        task = T.get_task(T.task_offline_twin(name) or name)  # a task on hub data: its twin, on local files
         batches = [T.eval_examples(task, s, 3) for s in task.eval_sets]
         if task.train_split:
             batches.append(T.train_examples(task, 3, seed=0))
@@ -314,3 +317,18 @@ def test_dev_split_errors():
         T.train_examples(cb, 201, 0, holdout=50)
     with pytest.raises(BenchError, match="task boolq has no training split to hold a dev set out of"):
         T.dev_examples(T.get_task("boolq"), 10)
+
+
+def test_hub_splits_plan_offline_and_stop_in_one_line_when_read(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert {d: T.split_size(d) for d in HUB} == HUB  # planning reads the declared rows, no network
+    with pytest.raises(BenchError, match=r"dataset xsum/hub_test is EdinburghNLP/xsum \(test\) on the hub and could not "
+                                         r"be loaded \(.*\): run where the hub is reachable .* offline twin"):
+        T.load_split("xsum/hub_test")
+    full = T.get_task("xsum_full")
+    assert T.task_offline_twin("xsum_full") == "xsum_full_offline" and T.task_offline_twin("xsum") is None
+    assert set(T.file_sha256s(full, ["xsum_full"])) == {"hub:EdinburghNLP/xsum/train", "hub:EdinburghNLP/xsum/test"}
+    # the sections are disjoint BBC topics of the local sample, and the twin's eval part never meets its train part
+    sports, news = T.load_split("xsum/sample_test_sports"), T.load_split("xsum/sample_test_news")
+    train = {ex.fields["document"] for ex in T.load_split("xsum/sample_train")}
+    assert not train & {ex.fields["document"] for ex in T.load_split("xsum/sample_test") + sports + news}
