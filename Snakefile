@@ -12,7 +12,7 @@ from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
 from bench.errors import BenchError
-from bench.grid import (cell_resources, cell_threads, cell_user_inputs, check_cells, grid_cells,
+from bench.grid import (cell_resources, cell_threads, cell_user_inputs, check_cells, grid_cells, load_grid_file,
                         made_from_current_methods)
 from bench.method import method_files
 from bench.models import cache_dir
@@ -26,7 +26,7 @@ try:  # a malformed grid stops here, before any job is planned, with one line na
     check_cells(list(CELLS.values()), config.get("data_root"))
 except BenchError as error:
     sys.exit(f"error: {error}")
-GRID_NAME = next(iter(CELLS.values())).grid
+GRID_NAME = load_grid_file(GRID)[0]  # a grid of parts: its cells sit in their parts' folders, its report in its own
 PY = sys.executable
 MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO_MODELS overrides)
 DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else ""
@@ -133,6 +133,8 @@ rule report:  # records only, never trains; `snakemake --report reports/<grid>/r
         readme=report(f"reports/{GRID_NAME}/README.md", category="Tables", labels={"file": "README.md (all tables)"}),
         tex=report(f"reports/{GRID_NAME}/tables.tex", category="Tables", labels={"file": "tables.tex (LaTeX)"}),
         claims=report(f"reports/{GRID_NAME}/claims.md", category="Claims", labels={"file": "claims.md (verdicts)"}),
+        headline=report(f"reports/{GRID_NAME}/headline.md", category="Claims",
+                        labels={"file": "headline.md (claim | paper | ours | verdict)"}),
         summary=report(f"results/{GRID_NAME}/summary.csv", category="Tables",
                        labels={"file": "summary.csv (mean, std, seeds)"}),
         cells=report(f"results/{GRID_NAME}/cells.csv", category="Tables", labels={"file": "cells.csv (status)"}),

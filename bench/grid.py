@@ -161,10 +161,17 @@ def _cell_refs(name: str, task: str, model: str, size, seed: int, hp: dict) -> t
     return hp, tuple(needs)
 
 
-def grid_cells(name_or_path: str) -> list[Cell]:
+def grid_cells(name_or_path: str, within: tuple[str, ...] = ()) -> list[Cell]:
     """Expand a schema-valid grid: per block, tasks x models x methods (x sweeps) x train sizes x seeds (x data
-    seeds, where the block names `data_seeds`)."""
+    seeds, where the block names `data_seeds`). A grid of `parts` is the union of its parts' cells, each in its
+    own part's folder (results/<part>/...): parts run one at a time, the whole reports once."""
     name, data = load_grid_file(name_or_path)
+    if "parts" in data:
+        validate_schema(name, data)
+        if name in within:
+            raise BenchError(f"grid {name}: its parts include itself (through {' -> '.join(within)}): list grids of "
+                             "blocks in `parts`")
+        return [cell for part in data["parts"] for cell in grid_cells(part, (*within, name))]
     cells = {}
     for block in blocks(name, data):
         for task, settings in block["tasks"].items():

@@ -14,13 +14,14 @@ import yaml
 
 from bench.cell import harness_hash, write_atomic
 from bench.grid import load_grid_file
-from bench.report_claims import CHECKS, CLAIMS, claims_md, evaluate_claims, select  # noqa: F401 (the report API)
+from bench.report_claims import (CHECKS, CLAIMS, HEADLINE_END, HEADLINE_START, claims_md,  # noqa: F401 (the API)
+                                 evaluate_claims, headline_md, readme_with_headline, select)
 from bench.report_curves import curve_points, curve_tables, records, retention_tables
 from bench.report_stats import CORPUS_RESAMPLES, RESAMPLES
 from bench.report_summary import PER_SEED, add_intervals, load, paired_difference, summarize  # noqa: F401
 from bench.report_tables import (ablation_tables, cost_tables, dev_selection_tables, ensemble_tables,
-                                 generation_tables, interpretability_tables, lowdata_tables, md_table, shift_tables,
-                                 size_tables, tex_table)
+                                 generation_tables, interpretability_tables, interval_tables, lowdata_tables, md_table,
+                                 shift_tables, size_tables, tex_table)
 from bench.report_templates import template_tables
 
 INTERVALS = (f"Intervals: percentile bootstrap, each replicate drawing the seeds and, once for every method on an "
@@ -32,9 +33,12 @@ INTERVALS = (f"Intervals: percentile bootstrap, each replicate drawing the seeds
 
 
 def write_report(grid: str) -> list[Path]:
+    """The grid's report; where the grid names a `readme` (the study: README.md), also that file's study-claims
+    block (the claims table, linked to this report's claims.md)."""
     from bench.plots import make_plots, plot_curves
 
     name, data = load_grid_file(grid)
+    readme = Path(data["readme"]) if data.get("readme") else None
     current, (cells, frame, hp_cols) = harness_hash(), load(grid)
     S = add_intervals(summarize(frame, hp_cols), cells) if len(frame) else pd.DataFrame()
     res, rep = Path("results") / name, Path("reports") / name
@@ -51,7 +55,7 @@ def write_report(grid: str) -> list[Path]:
     tables = [*generation_tables(S), *size_tables(S), *shift_tables(S, paired_difference(cells, S)),
               *lowdata_tables(S),
               *ablation_tables(S, hp_cols), *template_tables(S, hp_cols), *selection, *ensemble_tables(S),
-              *cost_tables(S, hp_cols),
+              *cost_tables(S, hp_cols), *interval_tables(S),
               *interpretability_tables(cells)] if len(S) else []
     found = records(cells) if len(cells) else []  # records with a learning curve or retention
     tables += [*curve_tables(found), *retention_tables(found)]
@@ -87,10 +91,15 @@ def write_report(grid: str) -> list[Path]:
                   "exactly these cells by deleting their records, then run the grid:", "", "```bash",
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
-    paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md"]
+    paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md",
+             rep / "headline.md"]
     texts = {paths[3]: "% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
              + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims),
-             paths[2]: "\n".join(parts)}  # README.md last: the file `rule all` asks for
+             paths[5]: headline_md(claims)}
+    if readme is not None:
+        texts[readme] = readme_with_headline(readme.read_text(), headline_md(claims, f"{rep}/claims.md"))
+        paths.append(readme)
+    texts[paths[2]] = "\n".join(parts)  # README.md last: the file `rule all` asks for
     for path, text in texts.items():  # atomically: a killed report never leaves a partial file to be trusted
         write_atomic(path, lambda handle, text=text: handle.write(text))
     return paths + plots

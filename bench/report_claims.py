@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from bench.report_tables import fmt, human
 from bench.report_templates import spread_bootstrap, spread_comparisons
 
 CLAIMS = Path(__file__).resolve().parent.parent / "config" / "claims.yaml"
-ALIGN = ["task", "model", "train_size", "eval_set", "metric"]
+ALIGN = ["grid", "task", "model", "train_size", "eval_set", "metric"]  # grid: a grid of parts pairs within a part
 
 
 # ------------------------------------------------------------------ claims (config/claims.yaml)
@@ -91,22 +92,36 @@ class Comparison:
     interval: object = None  # (systems, weights, level, seed) -> Interval; default: the weighted sum's bootstrap
 
 
+def deciding(found: list[str], shorts: list[str]) -> str:
+    """The comparison that decides a claim, in short, for the README's table: the first that contradicts it, else
+    the first left inconclusive, else the first (all reproduce); `(i of k)` where there are several."""
+    if not shorts:
+        return ""
+    i = next((i for i, v in enumerate(found) if v == "contradicted"),
+             next((i for i, v in enumerate(found) if v.startswith("inconclusive")), 0))
+    return shorts[i] + (f" ({i + 1} of {len(shorts)} comparisons)" if len(shorts) > 1 else "")
+
+
 def decide(comparisons: list[Comparison], make_system, failed: bool = False,
-           seed: int = BOOTSTRAP_SEED) -> tuple[str, list[str]]:
-    """The claim's verdict and one line per comparison; `make_system(row, suffix)` -> bench.report_stats.System;
-    `failed`: a condition of the claim that needs no statistics does not hold (a parameter budget)."""
+           seed: int = BOOTSTRAP_SEED) -> tuple[str, list[str], str]:
+    """The claim's verdict, one line per comparison and the deciding one in short (`deciding`);
+    `make_system(row, suffix)` -> bench.report_stats.System; `failed`: a condition of the claim that needs no
+    statistics does not hold (a parameter budget)."""
     level = 1 - (1 - LEVEL) / max(1, len(comparisons))
-    found, lines = [], []
+    found, lines, shorts = [], [], []
     for c in comparisons:
         systems = [make_system(row, suffix) for row, suffix in c.rows]
+        models = "/".join(dict.fromkeys(str(row.get("model", row.get("model" + suffix))) for row, suffix in c.rows))
         if any(s.outputs is None for s in systems):
             found.append("inconclusive (no per-example outputs)")
             lines.append(f"{c.label}: {c.text}; no per-example outputs: cannot be paired")
+            shorts.append(f"{c.text}; {models}; no per-example outputs")
             continue
         interval = (c.interval or bootstrap)(systems, c.weights, level=level, seed=seed)
         if interval is None:
             found.append("inconclusive")
             lines.append(f"{c.label}: {c.text}; the two sides share no eval examples")
+            shorts.append(f"{c.text}; {models}; no shared eval examples")
             continue
         low, high = interval.low - c.margin, interval.high - c.margin
         verdict = ("reproduced" if c.side * low > 0 and c.side * high > 0 else
@@ -118,14 +133,16 @@ def decide(comparisons: list[Comparison], make_system, failed: bool = False,
                      f"({100 * level:.1f}% interval, {interval.method}; claim: {'>' if c.side > 0 else '<'} "
                      f"{c.margin:+g}) → {verdict}"
                      + (f"; {needed(interval, c.margin, seeds, examples)}" if verdict == "inconclusive" else ""))
+        shorts.append(f"{c.label}: {c.text}: Δ {interval.estimate:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}]; "
+                      f"{models}; n = {seeds} seeds × {examples} examples")
     if not found:
-        return "not run", lines
+        return "not run", lines, ""
     if failed or "contradicted" in found:
-        return "contradicted", lines
+        return "contradicted", lines, deciding(found, shorts)
     if all(v == "reproduced" for v in found):
-        return "reproduced", lines
+        return "reproduced", lines, deciding(found, shorts)
     return ("inconclusive (no per-example outputs)" if all(v.endswith("outputs)") for v in found)
-            else "inconclusive"), lines
+            else "inconclusive"), lines, deciding(found, shorts)
 
 
 def _pairs(S, cells, c):
@@ -270,13 +287,40 @@ def evaluate_claims(S, cells, hp_cols, claims: list[dict]) -> list[dict]:
             raise BenchError(f"claim {claim.get('id')} in {CLAIMS} declares no margin: add `margin: <points>` to "
                              "its check (the practical difference that decides it; see the file's header)")
         if claim["check"]["kind"] in OWN_CHECKS:  # decided on the records' curves / retention, not the summary
-            verdict, lines, gone = OWN_CHECKS[claim["check"]["kind"]](cells, claim["check"])
-            out.append({**claim, "verdict": verdict, "ours": lines, "missing": gone})
+            verdict, lines, short, gone = OWN_CHECKS[claim["check"]["kind"]](cells, claim["check"])
+            out.append({**claim, "verdict": verdict, "ours": lines, "short": short, "missing": gone})
             continue
         comparisons, notes, gone, failed = CHECKS[claim["check"]["kind"]](S, cells, hp_cols, claim["check"])
-        verdict, lines = decide(comparisons, make, failed)
-        out.append({**claim, "verdict": verdict, "ours": lines + notes, "missing": gone})
+        verdict, lines, short = decide(comparisons, make, failed)
+        out.append({**claim, "verdict": verdict, "ours": lines + notes, "short": short, "missing": gone})
     return out
+
+
+HEADLINE_START, HEADLINE_END = "<!-- study claims: start (python -m bench report study) -->", \
+    "<!-- study claims: end -->"
+
+
+def headline_md(results: list[dict], claims_link: str = "claims.md") -> str:
+    """One row per claim: the paper's number (version, table), ours (the comparison that decides the verdict: the
+    two sides' means [95% intervals] (n = seeds), the difference's interval, models, seeds × examples), verdict."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ").strip()
+    def absent(r: dict) -> str:  # a claim without comparisons: why this machine cannot run it, or what is missing
+        parts = sorted(set(re.findall(r"results/([^/]+)/", " ".join(r["missing"]))))
+        return r.get("not_here") or (f"not run yet: {', '.join(parts)} lack(s) its cells" if parts
+                                     else "; ".join(r["missing"])[:200] or "–")
+    rows = [f"| [{r['id']}]({claims_link}#{r['id']}) | {cell(r.get('headline', '–'))} | "
+            f"{cell(r.get('short') or absent(r))} | **{r['verdict']}** |" for r in results]
+    return "\n".join(["| claim | paper | ours | verdict |", "|---|---|---|---|", *rows]) + "\n"
+
+
+def readme_with_headline(readme: str, table: str) -> str:
+    """README.md with the block between the study-claims markers replaced by `table`."""
+    if HEADLINE_START not in readme or HEADLINE_END not in readme:
+        raise BenchError(f"README.md has no study-claims block: add the lines {HEADLINE_START} and {HEADLINE_END} "
+                         "where the table goes")
+    head, rest = readme.split(HEADLINE_START, 1)
+    return head + HEADLINE_START + "\n" + table + HEADLINE_END + rest.split(HEADLINE_END, 1)[1]
 
 
 def claims_md(grid: str, results: list[dict]) -> str:

@@ -25,7 +25,8 @@ from bench.report_tables import Table
 
 FRACTIONS = (0.9, 0.95)
 REPLICATES = 2000
-KEYS = ["task", "model", "variant", "train_size"]
+KEYS = ["task", "model", "variant", "train_size"]  # a group's label in tables and plots
+GROUP = (*KEYS, "method", "grid")  # a group: claims select on its method and pair within its grid (part)
 
 
 @dataclass
@@ -57,7 +58,7 @@ def curve_groups(found) -> dict[tuple, Seeds]:
     groups: dict[tuple, list] = {}
     for cell, record in found:
         if "curve" in record and all("correct" in p for p in record["curve"]["points"]):
-            groups.setdefault(tuple(cell[k] for k in KEYS), []).append(record["curve"])
+            groups.setdefault(tuple(cell[k] for k in GROUP), []).append(record["curve"])
     out = {}
     for key, curves in groups.items():
         steps = [p["step"] for p in curves[0]["points"]]
@@ -73,7 +74,7 @@ def retention_groups(found) -> dict[tuple, Seeds]:
     groups: dict[tuple, list] = {}
     for cell, record in found:
         if "retention" in record:
-            groups.setdefault(tuple(cell[k] for k in KEYS), []).append(record["retention"])
+            groups.setdefault(tuple(cell[k] for k in GROUP), []).append(record["retention"])
     out = {}
     for key, kept in groups.items():
         arrays = {"base_nll": np.array([r["lm"]["base_nll"] for r in kept]),
@@ -184,7 +185,7 @@ def curve_tables(found) -> list[Table]:
         for f in FRACTIONS:
             cells += [_cell(bootstrap([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f)), n, 0),
                       _cell(bootstrap([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f, "seconds")), n)]
-        rows.append([*key, f"{g.arrays['steps'][-1]} (every {g.arrays['steps'][1] - g.arrays['steps'][0]})",
+        rows.append([*key[:len(KEYS)], f"{g.arrays['steps'][-1]} (every {g.arrays['steps'][1] - g.arrays['steps'][0]})",
                      *cells, f"{g.arrays['eval_s'].mean():.1f}"])
     header = [*KEYS, "steps (eval every)", "final score",
               *(x for f in FRACTIONS for x in (f"steps to {f:.0%}", f"train s to {f:.0%}")), "curve eval s"]
@@ -203,7 +204,7 @@ def retention_tables(found) -> list[Table]:
     for key, g in groups.items():
         n = _n_seeds(g)
         base, adapted = bootstrap([g], [1], lm_loss("base")), bootstrap([g], [1], lm_loss("adapted"))
-        row = [*key, _cell(base, n, 3), _cell(adapted, n, 3), _cell(bootstrap([g], [1], loss_increase), n, 3),
+        row = [*key[:len(KEYS)], _cell(base, n, 3), _cell(adapted, n, 3), _cell(bootstrap([g], [1], loss_increase), n, 3),
                f"{np.exp(base.estimate):.2f} → {np.exp(adapted.estimate):.2f}"]
         if "base_correct" in g.arrays:
             row += [g.arrays["zero_shot_task"],
@@ -240,22 +241,26 @@ def _select(groups: dict, sel: dict) -> dict:
     def match(key, value):
         return str(value) in {str(v) for v in (sel[key] if isinstance(sel[key], list) else [sel[key]])}
     return {k: g for k, g in groups.items()
-            if all(match(name, value) for name, value in zip(KEYS, k) if name in sel)
-            and ("method" not in sel or match("method", k[2]))}
+            if all(match(name, value) for name, value in zip(GROUP, k) if name in sel)}
 
 
-def _decide(comparisons, margin: float, side: int) -> tuple[str, list[str]]:
-    """comparisons: (label, interval, seeds, items, text); Bonferroni over them as bench/report_claims.py does."""
-    found, lines = [], []
+def _decide(comparisons, margin: float, side: int) -> tuple[str, list[str], str]:
+    """comparisons: (label, interval, seeds, items, text); Bonferroni over them as bench/report_claims.py does;
+    the verdict, a line per comparison and the deciding one in short (bench.report_claims.deciding)."""
+    from bench.report_claims import deciding  # it imports this module's OWN_CHECKS
+
+    found, lines, shorts = [], [], []
     for label, interval, seeds, items, text in comparisons:
         if not np.isfinite(interval.estimate):
             found.append("inconclusive")
             lines.append(f"{label}: {text}: no gain over the step-0 score on a side (final <= start in every seed), "
                          "so no time to quality to compare → inconclusive")
+            shorts.append(f"{label}: {text}: no gain over the step-0 score")
             continue
         if not np.isfinite(interval.low):
             found.append("inconclusive")
             lines.append(f"{label}: {text}: Δ {interval.estimate:+.3g}; {interval.method} → inconclusive")
+            shorts.append(f"{label}: {text}: Δ {interval.estimate:+.3g}; n = {seeds} seeds")
             continue
         low, high = interval.low - margin, interval.high - margin
         verdict = ("reproduced" if side * low > 0 and side * high > 0 else
@@ -266,11 +271,13 @@ def _decide(comparisons, margin: float, side: int) -> tuple[str, list[str]]:
                      f"({100 * level:.1f}% interval, {interval.method}; claim: {'>' if side > 0 else '<'} "
                      f"{margin:+g}) → {verdict}" + (f"; {needed(interval, margin, seeds, items)}"
                                                       if verdict == "inconclusive" else ""))
+        shorts.append(f"{label}: {text}: Δ {interval.estimate:+.3g} [{interval.low:+.3g}, {interval.high:+.3g}]; "
+                      f"n = {seeds} seeds × {items} items")
     if not found:
-        return "not run", lines
+        return "not run", lines, ""
     if "contradicted" in found:
-        return "contradicted", lines
-    return ("reproduced" if all(v == "reproduced" for v in found) else "inconclusive"), lines
+        return "contradicted", lines, deciding(found, shorts)
+    return ("reproduced" if all(v == "reproduced" for v in found) else "inconclusive"), lines, deciding(found, shorts)
 
 
 def _pairs(groups: dict, check: dict):
@@ -280,14 +287,14 @@ def _pairs(groups: dict, check: dict):
     out = []
     for lk, lg in left.items():
         for rk, rg in right.items():
-            if (lk[0], lk[1], lk[3]) == (rk[0], rk[1], rk[3]):
+            if (lk[0], lk[1], lk[3], lk[5]) == (rk[0], rk[1], rk[3], rk[5]):  # task, model, train size, grid
                 out.append((f"{lk[0]} {lk[2]} − {rk[2]}", lg, rg))
     gone = [] if out else [f"the grid has no records with a curve / retention for {check['left']} and "
                            f"{check['right']} on one task (where {where})"]
     return out, gone
 
 
-def check_time_to_fraction(cells, check) -> tuple[str, list[str], list[str]]:
+def check_time_to_fraction(cells, check) -> tuple[str, list[str], str, list[str]]:
     """left needs more (op '>') or fewer (op '<') steps than right to reach `fraction` of its own gain."""
     pairs, gone = _pairs(curve_groups(records(cells)), check)
     side, fraction, what = (1 if check.get("op", ">") in (">", ">=") else -1), check.get("fraction", 0.9), \
@@ -300,11 +307,11 @@ def check_time_to_fraction(cells, check) -> tuple[str, list[str], list[str]]:
                 f"{to_fraction(lg, np.ones(_n_seeds(lg)), np.ones(lg.items), fraction, what):.1f} vs "
                 f"{to_fraction(rg, np.ones(_n_seeds(rg)), np.ones(rg.items), fraction, what):.1f}")
         comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), lg.items, text))
-    verdict, lines = _decide(comparisons, float(check["margin"]), side)
-    return verdict, lines, gone
+    verdict, lines, short = _decide(comparisons, float(check["margin"]), side)
+    return verdict, lines, short, gone
 
 
-def check_retention(cells, check) -> tuple[str, list[str], list[str]]:
+def check_retention(cells, check) -> tuple[str, list[str], str, list[str]]:
     """measure `lm_loss_increase` (left − right, op '<': left loses less) or `zero_shot_change` (op '>')."""
     pairs, gone = _pairs(retention_groups(records(cells)), check)
     measure = check.get("measure", "lm_loss_increase")
@@ -320,8 +327,8 @@ def check_retention(cells, check) -> tuple[str, list[str], list[str]]:
         text = f"{measure} {stat(lg, *ones(lg)):+.3f} vs {stat(rg, *ones(rg)):+.3f}"
         items = lg.arrays[key].shape[-1] if key else lg.items  # zero-shot examples, or passages
         comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), items, text))
-    verdict, lines = _decide(comparisons, float(check["margin"]), side)
-    return verdict, lines, gone
+    verdict, lines, short = _decide(comparisons, float(check["margin"]), side)
+    return verdict, lines, short, gone
 
 
 OWN_CHECKS = {"time_to_fraction": check_time_to_fraction, "retention": check_retention}

@@ -1,6 +1,6 @@
 """Records -> the tidy frame and the summary table (results/<grid>/summary.csv), with a 95% interval per row.
 
-summary.csv is tidy: one row per cell minus its seed -- task, model, method, variant (the grid's label: the method,
+summary.csv is tidy: one row per cell minus its seed -- grid (the part, in a grid of parts), task, model, method, variant (the grid's label: the method,
 or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size, eval set, metric -- with the mean, std and
 count of seeds, the 95% interval (`ci_low`, `ci_high`, how: `interval`; bench/report_stats.py) and the examples per
 seed (`examples`), cost means, `stale` (made by other harness code, method files, converted model or dependency
@@ -52,9 +52,11 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(cells: one row per grid cell, its status, its record's `analysis` and per-example `outputs` (None where the
     record has none); rows: one per ok record x eval set x metric; hp columns)."""
     current, cells, rows = harness_hash(), [], []
-    for cell in grid_cells(grid):
-        base = {"task": cell.task, "model": cell.model, "method": cell.method,
-                "variant": getattr(cell, "label", cell.method), "train_size": str(cell.train_size),
+    found = grid_cells(grid)
+    variants = part_variants(found)
+    for cell in found:
+        base = {"grid": cell.grid, "task": cell.task, "model": cell.model, "method": cell.method,
+                "variant": variants[cell.dir], "train_size": str(cell.train_size),
                 "seed": cell.replicate, "dir": cell.dir}  # init seed, and data seed where the grid has them
         record, status, detail = _read(cell)
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
@@ -98,8 +100,21 @@ def _num(value):
         return (1, math.inf, str(value))
 
 
+def part_variants(cells) -> dict[str, str]:
+    """Cell dir -> its variant label in tables and plots: the grid's label for it, and where a grid of parts has
+    one label for the same task, model and train size in several parts (another grid's full FT, say), the part
+    too, e.g. `full_ft [curves]`."""
+    label = lambda cell: getattr(cell, "label", cell.method)  # noqa: E731
+    parts: dict[tuple, set] = {}
+    for cell in cells:
+        parts.setdefault((cell.task, cell.model, label(cell), str(cell.train_size)), set()).add(cell.grid)
+    return {cell.dir: label(cell) + (f" [{cell.grid}]" if len(parts[(cell.task, cell.model, label(cell),
+                                                                       str(cell.train_size))]) > 1 else "")
+            for cell in cells}
+
+
 def summarize(frame: pd.DataFrame, hp_cols: list[str]) -> pd.DataFrame:
-    group = KEYS[:3] + ["variant", "train_size"] + hp_cols + ["eval_set", "metric"]
+    group = ["grid"] + KEYS[:3] + ["variant", "train_size"] + hp_cols + ["eval_set", "metric"]
     for col in COST:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     cost = {col: (col, "mean") for col in COST if frame[col].notna().any()}

@@ -202,6 +202,23 @@ def cost_tables(S, hp_cols):
                   "Delta params < trainable params where training uses a reparametrisation (prefix tuning's MLP).")]
 
 
+def interval_tables(S):
+    """How wide a row's 95% interval typically is, per task, eval set and primary metric: what a difference must
+    exceed to be told from noise at these seeds and eval sizes (a paired difference's interval is usually narrower:
+    both sides share the examples)."""
+    T = S[S["primary"] & S["ci_low"].notna()].assign(width=lambda t: t["ci_high"] - t["ci_low"])
+    if T.empty:
+        return []
+    G = T.groupby(["task", "eval_set", "metric"], sort=False).agg(
+        rows=("width", "size"), median=("width", "median"), low=("width", "min"), high=("width", "max"),
+        seeds=("seeds", "median"), examples=("examples", "median")).reset_index()
+    rows = [[r["task"], r["eval_set"], GEN_METRICS.get(r["metric"], r["metric"]), r["rows"], f"{r['seeds']:g}",
+             f"{r['examples']:g}", f"{r['median']:.1f}", f"{r['low']:.1f}–{r['high']:.1f}"] for r in G.to_dict("records")]
+    return [Table("Interval widths", ["task", "eval set", "metric", "rows", "seeds", "examples per seed",
+                                      "median width", "range"], rows,
+                  "Width (high − low) of each summary row's 95% interval, in the metric's points.")]
+
+
 NEIGHBOUR_ROWS = 10  # prompt rows listed per cell in the nearest-token table
 
 

@@ -26,7 +26,7 @@ def test_claims_name_known_tasks_eval_sets_methods_and_metrics():
     known_metrics = {m + suffix for name in task_names() for m in get_task(name).metrics
                      for suffix in ENSEMBLE_SUFFIXES}
     for claim in CLAIMS:
-        assert {"id", "source", "statement", "paper", "check"} <= set(claim), claim["id"]
+        assert {"id", "source", "headline", "statement", "paper", "check"} <= set(claim), claim["id"]
         assert "unverified" not in yaml.safe_dump(claim["paper"]), claim["id"]
         for selector in _selectors(claim):
             tasks = _values(selector, "task")

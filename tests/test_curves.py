@@ -232,8 +232,8 @@ def _synthetic_cell(root, method, seed, reach_step, loss_increase, rng, items=60
     cell_dir = root / method / f"s{seed}"
     cell_dir.mkdir(parents=True)
     (cell_dir / "record.json").write_text(json.dumps(record))
-    return {"task": "sst2", "model": "m", "method": method, "variant": method, "train_size": "200", "seed": seed,
-            "dir": str(cell_dir), "status": "ok"}
+    return {"grid": "g", "task": "sst2", "model": "m", "method": method, "variant": method, "train_size": "200",
+            "seed": seed, "dir": str(cell_dir), "status": "ok"}
 
 
 def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
@@ -249,19 +249,19 @@ def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
     # the first point at start + f · (final − start); none where the score never rises
     assert list(reach(np.array([[50.0, 60, 86, 90], [50, 95, 90, 90], [70, 60, 50, 50]]), 0.9)) == [2, 1, -1]
     groups = curve_groups(records(cells))
-    pt = groups[("sst2", "m", "prompt_tuning", "200")]
+    pt = groups[("sst2", "m", "prompt_tuning", "200", "prompt_tuning", "g")]
     assert to_fraction(pt, np.ones(3), np.ones(60), 0.9) == 32.0
     assert to_fraction(pt, np.ones(3), np.ones(60), 0.9, "seconds") == 16.0
     slower = {"left": {"method": "prompt_tuning"}, "right": {"method": "full_ft"}, "fraction": 0.9, "margin": 0}
-    verdict, lines, gone = OWN_CHECKS["time_to_fraction"](cells, {**slower, "op": ">"})
-    assert verdict == "reproduced" and not gone and "Δ +24" in lines[0]
+    verdict, lines, short, gone = OWN_CHECKS["time_to_fraction"](cells, {**slower, "op": ">"})
+    assert verdict == "reproduced" and not gone and "Δ +24" in lines[0] and "Δ +24" in short
     assert OWN_CHECKS["time_to_fraction"](cells, {**slower, "op": "<"})[0] == "contradicted"
     forgets_less = {"left": {"method": "prompt_tuning"}, "right": {"method": "full_ft"}, "margin": 0,
                     "measure": "lm_loss_increase"}
     assert OWN_CHECKS["retention"](cells, {**forgets_less, "op": "<"})[0] == "reproduced"
     assert OWN_CHECKS["retention"](cells, {**forgets_less, "op": ">"})[0] == "contradicted"
     missing = OWN_CHECKS["retention"](cells, {**forgets_less, "left": {"method": "lora"}})
-    assert missing[0] == "not run" and missing[2]
+    assert missing[0] == "not run" and missing[3] and not missing[2]
     found = records(cells)
     assert len(curve_tables(found)[0].rows) == 2 and len(retention_tables(found)[0].rows) == 2
 

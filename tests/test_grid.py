@@ -142,3 +142,26 @@ def test_block_errors_name_the_block(tmp_path):
     data = {"tasks": {"sst2": None}, "models": ["tiny-llama"], "blocks": [{"methods": {"lora": None}}]}
     with pytest.raises(BenchError, match=r"blocks.0: 'train_sizes' is a required property"):
         grid_cells(_write(tmp_path, data))
+
+
+def test_a_grid_of_parts_is_the_union_of_its_parts_cells_in_their_folders(tmp_path):
+    one = _write(tmp_path, VALID, "one")
+    two = _write(tmp_path, {**VALID, "methods": {"lora": {"r": 4}}, "train_sizes": [16], "seeds": [0]}, "two")
+    cells = grid_cells(_write(tmp_path, {"description": "both", "parts": [one, two]}, "both"))
+    assert len(cells) == len(grid_cells(one)) + len(grid_cells(two)) == 9
+    assert {c.dir.split("/")[1] for c in cells} == {"one", "two"}  # each cell in its part's folder, none in both/
+    assert next(c for c in cells if c.grid == "two").hp["r"] == 4  # a part keeps its own settings
+    check_cells(cells)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"parts": ["SELF"]}, r"grid loop: its parts include itself \(through loop\)"),
+    ({"parts": ["smoke"], "models": ["tiny-llama"]}, r"grid loop: .*Additional properties are not allowed"),
+    ({"parts": []}, r"grid loop: .*(should be non-empty|too short)"),
+])
+def test_a_bad_grid_of_parts_is_one_line(tmp_path, data, message):
+    path = tmp_path / "loop.yaml"
+    data = {k: [str(path) if p == "SELF" else p for p in v] if k == "parts" else v for k, v in data.items()}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(BenchError, match=message):
+        grid_cells(str(path))

@@ -20,6 +20,7 @@ SIZES = {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}
 TRAINABLE = {"full_ft": lambda total: total, "lora": lambda total: total * 0.0034, "prompt_tuning": lambda _: 11_520,
              "prompt_ensemble": lambda _: 57_600, "prefix_tuning": lambda _: 1_000_000}
 PNG = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_grid(tmp_path, name="g", **data) -> str:
@@ -482,3 +483,46 @@ def test_snakemake_report_rule_and_html_report_offline(tmp_path, monkeypatch):
     page = (project / "reports/mini/report.html").read_text()
     for label in ("Tables", "Plots", "Claims", "README.md (all tables)", "trainsize"):
         assert label in page, label
+
+
+def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_path, monkeypatch, no_plots):
+    """Part a: prompt tuning 2 points below full FT out of domain; part b: the same labels on the same task, model
+    and train size, 10 points below. The study's report keeps them apart (labels name the part where two parts share
+    one) and pairs each claim's cells within a part, never a's prompt with b's full FT."""
+    monkeypatch.chdir(tmp_path)
+    methods = {"full_ft": {"lr": 2e-5}, "prompt_tuning": {"lr": 3e-2}}
+    a, b = (write_grid(tmp_path, name, methods=methods, seeds=[0, 1]) for name in ("a", "b"))
+    for grid, gap in ((a, 2.0), (b, 10.0)):
+        for cell in grid_cells(grid):
+            imdb = 80.0 - (gap if cell.method == "prompt_tuning" else 0.0) + cell.seed
+            write_record(cell, {"sst2": {"accuracy": 85.0}, "imdb": {"accuracy": imdb}})
+    study, top = tmp_path / "study.yaml", tmp_path / "README.md"
+    top.write_text(f"# Suite\n\n{report.HEADLINE_START}\nold table\n{report.HEADLINE_END}\n\n## Next\n")
+    study.write_text(yaml.safe_dump({"description": "a and b", "parts": [a, b], "readme": str(top)}))
+    report.write_report(str(study))
+    readme, summary, claims = read(tmp_path, "study")
+    assert set(summary["grid"]) == {"a", "b"} and len(summary) == 2 * 2 * 2  # parts x methods x eval sets
+    assert {"full_ft [a]", "prompt_tuning [b]"} <= set(summary["variant"])
+    widths = readme.split("### Interval widths")[1].split("###")[0]
+    assert "| sst2 | imdb | accuracy | 4 | 2 | 100 |" in widths and "| sst2 | sst2 | accuracy | 4 | 2 | 100 |" in widths
+    shift = claims.split("## prompt_tuning_robust_to_domain_shift\n")[1].split("\n## ")[0]
+    pairs = re.findall(r"prompt_tuning \[(\w)\] ([\d.]+) \[[^\]]*\] \(n=2\) vs full_ft \[(\w)\] ([\d.]+)", shift)
+    assert sorted(pairs) == [("a", "78.5", "a", "80.5"), ("b", "70.5", "b", "80.5")]
+    assert "mean over 2 pairs: 74.5 vs 80.5" in shift
+    headline = (tmp_path / "reports/study/headline.md").read_text()
+    row = next(line for line in headline.splitlines() if line.startswith("| [prompt_tuning_robust_to_domain_shift]"))
+    assert "QQP->MRPC 76.3 vs 73.1" in row and "mean over 2 pairs: 74.5 vs 80.5" in row and "Δ -6.00 [" in row
+    assert "smollm2-135m; n = 2 seeds × 100 examples" in row and row.endswith("| **contradicted** |")
+    written = top.read_text()
+    assert "old table" not in written and written.startswith("# Suite\n") and written.endswith("\n\n## Next\n")
+    assert headline.replace("](claims.md#", "](reports/study/claims.md#") in written
+
+
+def test_readme_claims_table_is_the_study_reports():
+    """README's study table is reports/study/headline.md (both written by `python -m bench report study`)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(report.HEADLINE_START)[1].split(report.HEADLINE_END)[0]
+    table = (REPO / "reports/study/headline.md").read_text()
+    assert block.strip() == table.replace("](claims.md#", "](reports/study/claims.md#").strip()
+    with pytest.raises(BenchError, match="README.md has no study-claims block"):
+        report.readme_with_headline("# no block\n", table)

@@ -27,7 +27,7 @@ def classifier(rng, accuracy: float, seeds: int = SEEDS, examples: int = EXAMPLE
 
 def verdict(left: System, right: System, margin: float = 0.0, side: int = 1, seed: int = 0) -> tuple[str, str]:
     pair = {"_l": left, "_r": right}
-    found, lines = decide([Comparison("all", [(pair, "_l"), (pair, "_r")], [1, -1], margin, side, "left vs right")],
+    found, lines, _ = decide([Comparison("all", [(pair, "_l"), (pair, "_r")], [1, -1], margin, side, "left vs right")],
                           lambda row, suffix: row[suffix], seed=seed)
     return found, lines[0]
 
