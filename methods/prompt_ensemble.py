@@ -33,7 +33,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.method import Method
-from methods.prompt_tuning import check_prompt_hparams, initial_prompt
+from methods.prompt_tuning import check_prompt_hparams, initial_prompt, input_embeddings
 
 
 class PromptEnsembleModel(torch.nn.Module):
@@ -119,7 +119,7 @@ class PromptEnsemble(Method):
     def apply(self, model, hp, ctx):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         model.requires_grad_(False)
-        embeddings = model.get_input_embeddings().weight
+        embeddings = input_embeddings(model)
         prompts = [initial_prompt(embeddings, ctx.tokenizer, ctx.task, hp["init"], hp["num_virtual_tokens"],
                                   ctx.seed + i).to(embeddings.dtype) for i in range(hp["k"])]
         return PromptEnsembleModel(model, prompts)

@@ -92,8 +92,17 @@ def label_rows(embeddings, tokenizer, verbalizer) -> list:
     return [embeddings[continuation_ids(tokenizer, word)].mean(dim=0) for word in verbalizer]
 
 
+def input_embeddings(model):
+    """The input embedding matrix as the model's first layer receives it. Gemma (and BART with `scale_embedding`)
+    multiply by `embed_scale` (sqrt(d)) inside the embedding module, and the prompt is prepended after that module:
+    token inits read from the bare matrix would start sqrt(d) times smaller than the text beside them (25x on
+    Gemma-3-270M)."""
+    module = model.get_input_embeddings()
+    return module.weight.detach() * float(getattr(module, "embed_scale", 1.0))
+
+
 def initial_prompt(embeddings, tokenizer, task, init: str, length: int, seed: int):
-    """A (length, d) float32 prompt initialised as `init` says, from the model's input embedding matrix."""
+    """A (length, d) float32 prompt initialised as `init` says, from the model's `input_embeddings`."""
     import torch
 
     embeddings = embeddings.detach().float().cpu()
@@ -143,7 +152,7 @@ class PromptTuning(PeftMethod):
         from peft import PromptTuningConfig, get_peft_model
 
         self.check_hparams(hp, ctx.task, ctx.model_kind)
-        prompt = initial_prompt(model.get_input_embeddings().weight, ctx.tokenizer, ctx.task, hp["init"],
+        prompt = initial_prompt(input_embeddings(model), ctx.tokenizer, ctx.task, hp["init"],
                                 hp["num_virtual_tokens"], ctx.seed)
         config = PromptTuningConfig(num_virtual_tokens=hp["num_virtual_tokens"], task_type=peft_task_type(ctx),
                                     num_transformer_submodules=1)

@@ -160,6 +160,27 @@ def test_inits_produce_what_they_say(tiny_llama, sst2):
     assert from_frequent(labels[len(sst2.verbalizer):])
 
 
+def test_token_inits_carry_the_embedding_modules_scale(tiny_llama, sst2):
+    """Gemma multiplies by sqrt(d) inside its embedding module and peft prepends the prompt after that module: a
+    class-label row is the label word as the text beside it arrives (the module's output), not the bare matrix row."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _, tokenizer, _ = tiny_llama
+    torch.manual_seed(0)
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=32))
+    module = gemma.get_input_embeddings()
+    assert float(module.embed_scale) == pytest.approx(8.0)  # sqrt(64)
+    _, _, _, adapted = _adapt("prompt_tuning", (gemma, tokenizer, None), sst2, init="class_label")
+    rows = adapted.prompt_encoder["default"].embedding.weight.detach()
+    for row, word in zip(rows, sst2.verbalizer):
+        ids = torch.tensor(continuation_ids(tokenizer, word))
+        with torch.no_grad():
+            assert torch.allclose(row, module(ids).mean(dim=0), atol=1e-6)
+            assert not torch.allclose(row, module.weight[ids].mean(dim=0), atol=1e-3)  # the bare rows: 8x smaller
+
+
 def test_prompt_neighbours_find_the_tokens_a_prompt_is_made_of(sst2):
     from methods.prompt_tuning import prompt_neighbours
 
