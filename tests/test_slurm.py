@@ -102,12 +102,32 @@ def slurm(tmp_path):
 
 
 def _job_intervals(ctld_log: str) -> dict[str, list[datetime]]:
-    """JobId -> [allocated, completed] from slurmctld's log (no accounting needed)."""
+    """JobId -> [allocated, completed] from slurmctld's log (no accounting needed). A job starts either from the
+    main scheduler ("sched: Allocate JobId=3") or, on a busy machine, from the backfill scheduler
+    ("sched/backfill: _start_job: Started JobId=3 in main on host"; older Slurm logs no prefix)."""
     jobs: dict[str, list[datetime]] = {}
-    for stamp, event, job in re.findall(r"^\[([\d\-T:.]+)\] (sched: Allocate|_job_complete:) JobId=(\d+)(?! WEXIT)",
-                                        ctld_log, flags=re.M):
+    for stamp, job in re.findall(r"^\[([\d\-T:.]+)\] [^\n]*?(?:sched: Allocate|Started|_job_complete:) JobId=(\d+)(?! WEXIT)",
+                                 ctld_log, flags=re.M):
         jobs.setdefault(job, []).append(datetime.fromisoformat(stamp))
     return jobs
+
+
+def test_job_intervals_read_both_schedulers_starts():
+    """The CI run of 2026-12-01 failed here: two cells started from the backfill scheduler and had no start."""
+    log = "\n".join([
+        "[2026-12-01T05:29:01.433] sched: Allocate JobId=1 NodeList=n #CPUs=1 Partition=main",
+        "[2026-12-01T05:29:22.632] _job_complete: JobId=1 WEXITSTATUS 0",
+        "[2026-12-01T05:29:22.632] _job_complete: JobId=1 done",
+        "[2026-12-01T05:29:43.467] sched/backfill: _start_job: Started JobId=3 in main on n",
+        "[2026-12-01T05:29:44.001] Started JobId=4 in main on n",
+        "[2026-12-01T05:30:10.100] _job_complete: JobId=3 WEXITSTATUS 0",
+        "[2026-12-01T05:30:10.100] _job_complete: JobId=3 done",
+        "[2026-12-01T05:30:11.000] _job_complete: JobId=4 done", ""])
+    jobs = _job_intervals(log)
+    assert {job: [t.isoformat(timespec="milliseconds") for t in times] for job, times in jobs.items()} == {
+        "1": ["2026-12-01T05:29:01.433", "2026-12-01T05:29:22.632"],
+        "3": ["2026-12-01T05:29:43.467", "2026-12-01T05:30:10.100"],
+        "4": ["2026-12-01T05:29:44.001", "2026-12-01T05:30:11.000"]}
 
 
 def test_grid_shares_a_gpu_through_slurm(slurm, models_cache, tmp_path):
