@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import math
 import shutil
 import threading
@@ -152,7 +153,7 @@ def _decomposed(system: System, by_seed: list[list[dict]]) -> list | None:
             part = ("mean", _per_example(system, rows))
             whole = part[1].mean()
         elif system.metric == "bleu" and rows and "hyp" in rows[0]:
-            stats, score = _bleu_statistics(rows)
+            stats, score = _bleu_statistics(rows, system.scorer_name)
             part, whole = ("stats", stats, score), score(stats.sum(axis=0))
         elif system.metric in CORPUS_STATISTICS and rows and "hyp" in rows[0] and \
                 (system.metric not in NEEDS_JAVA or shutil.which("java")):
@@ -178,15 +179,29 @@ def _per_example(system: System, rows: list[dict]) -> np.ndarray:
     return np.array([system.scorer([r]) for r in rows])
 
 
-def _bleu_statistics(rows):
-    """Per-example BLEU statistics (n-gram matches and totals, lengths) from sacrebleu, lowercased and with every
-    reference, as bench.evaluation.generation_metrics scores BLEU; and BLEU of their sums."""
+def _bleu_statistics(rows, scorer_name: str = "e2e-metrics"):
+    """Per-example BLEU statistics (n-gram matches and totals, lengths) from sacrebleu, as bench.scorers scores BLEU
+    for `scorer_name`: e2e-metrics lowercased, 13a tokens, exp smoothing, every reference; webnlg-2017 and dart
+    (multi-bleu.perl) on their normalised text, no smoothing, a fixed number of reference slots (a missing reference
+    an empty one); and BLEU of their sums."""
     from sacrebleu.metrics import BLEU
 
-    bleu = BLEU(lowercase=True)
-    streams = max(len(r["gold"]) for r in rows)
-    references = [[r["gold"][k] if k < len(r["gold"]) else None for r in rows] for k in range(streams)]
-    stats = np.array(bleu._extract_corpus_statistics([r["hyp"] for r in rows], references), dtype=float)
+    from bench import scorers
+
+    hypotheses, golds = [r["hyp"] for r in rows], [list(r["gold"]) for r in rows]
+    if scorer_name in ("webnlg-2017", "dart"):
+        webnlg = scorer_name == "webnlg-2017"
+        slots = scorers.WEBNLG_REFERENCES if webnlg else scorers.DART_REFERENCES
+        hypothesis, reference = ((scorers._webnlg_hypothesis, scorers._webnlg_reference) if webnlg
+                                 else (scorers._dart_text, scorers._dart_text))
+        hypotheses = [hypothesis(h) for h in hypotheses]
+        golds = [[reference(g) for g in gold[:slots]] + [""] * (slots - len(gold[:slots])) for gold in golds]
+        bleu = BLEU(lowercase=webnlg, tokenize="none", smooth_method="none", force=True)
+    else:
+        bleu = BLEU(lowercase=True)
+    streams = max(len(gold) for gold in golds)
+    references = [[gold[k] if k < len(gold) else None for gold in golds] for k in range(streams)]
+    stats = np.array(bleu._extract_corpus_statistics(hypotheses, references), dtype=float)
     return stats, lambda total: bleu._compute_score_from_stats([int(round(x)) for x in total]).score
 
 
@@ -435,16 +450,30 @@ def _decomposed_draws(rng, systems, weights, ids, parts, count) -> np.ndarray:
         picked = examples[system.space]
         per_seed = np.zeros((count, len(by_seed)))
         for k, part in enumerate(by_seed):
-            # einsum, not @: BLAS's thread pool costs 30x more than these small products on a shared machine
-            if part[0] == "mean":
-                per_seed[:, k] = np.einsum("cn,n->c", picked, part[1])
-            elif part[0] == "corpus":
-                per_seed[:, k] = part[1](np.rint(picked * picked.shape[1]))
-            else:
-                totals = np.einsum("cn,nk->ck", picked * picked.shape[1], part[1])
-                per_seed[:, k] = [part[2](total) for total in totals]
+            per_seed[:, k] = _replicate_scores(part, picked)
         draws += w * (per_seed * seeds).sum(axis=1)
     return draws
+
+
+# Every interval starts its generator from BOOTSTRAP_SEED, so a system's summary interval and the comparisons it
+# enters (same eval set, same seeds) draw the same examples: a seed's corpus metric (BLEU, NIST, METEOR, CIDEr:
+# the report's slow part) is scored on a draw once, not once per comparison. Same inputs, same scores.
+_SCORED: dict[tuple, np.ndarray] = {}
+
+
+def _replicate_scores(part: tuple, picked: np.ndarray) -> np.ndarray:
+    """One seed's score in each replicate, from its per-example statistics and the drawn example weights."""
+    if part[0] == "mean":  # einsum, not @: BLAS's thread pool costs 30x more than these small products
+        return np.einsum("cn,n->c", picked, part[1])
+    statistics = part[1] if part[0] == "corpus" else (part[1].shape, part[1].tobytes())
+    key = (statistics, picked.shape, hashlib.blake2b(picked.tobytes(), digest_size=16).digest())
+    if key not in _SCORED:
+        if part[0] == "corpus":
+            _SCORED[key] = part[1](np.rint(picked * picked.shape[1]))
+        else:
+            totals = np.einsum("cn,nk->ck", picked * picked.shape[1], part[1])
+            _SCORED[key] = np.array([part[2](total) for total in totals])
+    return _SCORED[key]
 
 
 def _interval(estimate, draws, level, method) -> Interval:
