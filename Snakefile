@@ -2,16 +2,20 @@
 #   snakemake --cores all                       # the default grid
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
 #   ... --config tasks=FILE                     # your tasks file, merged over config/tasks.yaml (README: Add a dataset)
+#   ... --config forkserver=true                # many short cells on this machine: jobs fork an imported process
 import gc
 import inspect
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
 from bench.errors import BenchError
+from bench import launch
 from bench.grid import (cell_resources, cell_threads, cell_user_inputs, check_cells, grid_cells, load_grid_file,
                         made_from_current_methods)
 from bench.method import method_files
@@ -30,6 +34,11 @@ GRID_NAME = load_grid_file(GRID)[0]  # a grid of parts: its cells sit in their p
 PY = sys.executable
 MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO_MODELS overrides)
 DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else ""
+FORK_SOCKET = None  # bench/launch: ~4 s of imports saved per job; for local runs (a SLURM job runs on its own)
+FORK_SERVER = []  # its process, once onstart has started it
+if config.get("forkserver") in (True, "true", "1"):
+    PY = f"{PY} -m bench.launch run"  # without the server (not yet started, or gone) the same command runs plainly
+    FORK_SOCKET = os.environ[launch.SOCKET_ENV] = f"{tempfile.gettempdir()}/peft-repro-fork-{os.getpid()}.sock"
 
 
 def signed(function):  # Snakemake reads an input function's signature at every job: read it once (10k-cell plans)
@@ -82,6 +91,18 @@ def resource(key):
 
 onstart:
     gc.enable()
+    if FORK_SOCKET and not FORK_SERVER:
+        FORK_SERVER.append(launch.start(FORK_SOCKET))
+
+
+onsuccess:
+    for server in FORK_SERVER:
+        server.terminate()
+
+
+onerror:
+    for server in FORK_SERVER:
+        server.terminate()
 
 
 wildcard_constraints:
