@@ -34,9 +34,10 @@ ALIGN = ["grid", "task", "model", "train_size", "eval_set", "metric"]  # grid: a
 SIDE = {">=": 1, ">": 1, "<=": -1, "<": -1}  # the claim's side of the margin: above or below
 
 
-def select(S: pd.DataFrame, sel: dict) -> pd.DataFrame:
+def select(S: pd.DataFrame, sel: dict, by: str | None = None) -> pd.DataFrame:
     """Rows matching every key (a value or a list): a summary column or any resolved hyperparameter.
-    Default: the task's primary metric, in-domain eval set. model: smallest|largest picks by size."""
+    Default: the task's primary metric, in-domain eval set. model: smallest|largest picks by size, among the
+    models with more than one value of `by` where any has (an ablation's smallest model, not one it skipped)."""
     if S.empty:
         return S
     T = S if "metric" in sel else S[S["primary"]]
@@ -45,9 +46,18 @@ def select(S: pd.DataFrame, sel: dict) -> pd.DataFrame:
         if T.empty:
             return T
         if key == "model" and want in ("smallest", "largest"):
-            want = T.loc[T["model_params"].idxmin() if want == "smallest" else T["model_params"].idxmax(), "model"]
-        T = T[_isin(T[key] if key in T else T["hp"].map(lambda h: json.loads(h).get(key)), want)]  # or any hp
+            C = T
+            if by is not None:
+                ablated = C[_values(C, by).astype(str).groupby(C["model"]).transform("nunique") > 1]
+                C = C if ablated.empty else ablated
+            want = C.loc[C["model_params"].idxmin() if want == "smallest" else C["model_params"].idxmax(), "model"]
+        T = T[_isin(_values(T, key), want)]
     return T
+
+
+def _values(T: pd.DataFrame, key: str) -> pd.Series:
+    """A summary column, or a resolved hyperparameter read from `hp`."""
+    return T[key] if key in T else T["hp"].map(lambda h: json.loads(h).get(key))
 
 
 def _isin(values: pd.Series, want) -> pd.Series:
@@ -170,7 +180,7 @@ def check_compare(S, cells, hp_cols, c):
         return [], [], gone, False
     side, keys = SIDE[c.get("op", ">=")], _varying(P, on)
     pairs = P.to_dict("records")
-    texts = [f"{r['variant_l']} {fmt(_side(r, '_l'))} vs {r['variant_r']} {fmt(_side(r, '_r'))}" for r in pairs]
+    texts = [f"{_named(r, '_l', c)} {fmt(_side(r, '_l'))} vs {_named(r, '_r', c)} {fmt(_side(r, '_r'))}" for r in pairs]
     if c.get("reduce") == "mean":
         m = len(pairs)
         comparisons = [Comparison(f"mean over {m} pairs", [(r, s) for r in pairs for s in ("_l", "_r")],
@@ -186,6 +196,15 @@ def check_compare(S, cells, hp_cols, c):
         notes.append(f"left trainable % (max): {pct:.3f} (claim: < {c['trainable_pct_below']})")
         failed = bool(pct >= c["trainable_pct_below"])
     return comparisons, notes, [], failed
+
+
+def _named(r: dict, suffix: str, c: dict) -> str:
+    """A side's variant, and where both sides are one variant what tells them apart (e.g. the metric read)."""
+    if r["variant_l"] != r["variant_r"]:
+        return r[f"variant{suffix}"]
+    own, other = (c["left"], c["right"]) if suffix == "_l" else (c["right"], c["left"])
+    differ = [v if k == "metric" else f"{k}={v}" for k, v in own.items() if other.get(k) != v]
+    return f"{r[f'variant{suffix}']} ({', '.join(map(str, differ))})" if differ else r[f"variant{suffix}"]
 
 
 def check_gap_shrinks(S, cells, hp_cols, c):
@@ -216,14 +235,15 @@ def check_gap_shrinks(S, cells, hp_cols, c):
 
 def _groups(S, cells, hp_cols, c):
     """Per group of otherwise equal rows: its label and its rows by the value of `by`."""
-    T, by = select(S, c.get("where", {})), c["by"]
+    by = c["by"]
+    T = select(S, c.get("where", {}), by)
     if T.empty:
         return [], [missing(cells, c.get("where", {}))]
     if by not in T:  # a hyperparameter that does not vary in this grid: one value, read from `hp`
-        T = T.assign(**{by: T["hp"].map(lambda h: str(json.loads(h).get(by)))})
+        T = T.assign(**{by: _values(T, by).astype(str)})
     on = [k for k in ALIGN + ["method"] + hp_cols if k != by and (k not in hp_cols or (T[k] != "").all())]
     keys = _varying(T, on)
-    return [(" ".join(str(g[k].iloc[0]) for k in keys) or "all",
+    return [(" ".join(f"{k}={g[k].iloc[0]}" if k in hp_cols else str(g[k].iloc[0]) for k in keys) or "all",
              {str(v): rows.to_dict("records") for v, rows in g.groupby(by)}) for _, g in T.groupby(on, sort=False)], []
 
 

@@ -102,13 +102,13 @@ def _num(value):
 
 def part_variants(cells) -> dict[str, str]:
     """Cell dir -> its variant label in tables and plots: the grid's label for it, and where a grid of parts has
-    one label for the same task, model and train size in several parts (another grid's full FT, say), the part
-    too, e.g. `full_ft [curves]`."""
-    key = lambda cell: (cell.task, cell.model, getattr(cell, "label", cell.method), str(cell.train_size))  # noqa: E731
+    one label for the same task and train size in several parts (another grid's full FT, say), the part too, e.g.
+    `full_ft [curves]`, on every model: a part's variant keeps one name across its models (a size ladder's rows)."""
+    key = lambda cell: (cell.task, getattr(cell, "label", cell.method), str(cell.train_size))  # noqa: E731
     parts: dict[tuple, set] = {}
     for cell in cells:
         parts.setdefault(key(cell), set()).add(cell.grid)
-    return {cell.dir: key(cell)[2] + (f" [{cell.grid}]" if len(parts[key(cell)]) > 1 else "") for cell in cells}
+    return {cell.dir: key(cell)[1] + (f" [{cell.grid}]" if len(parts[key(cell)]) > 1 else "") for cell in cells}
 
 
 def summarize(frame: pd.DataFrame, hp_cols: list[str]) -> pd.DataFrame:

@@ -369,6 +369,9 @@ def test_prompt_ablations_and_ensembles(tmp_path, monkeypatch, no_plots):
     assert v["prompt_length_plateaus_after_20"] == "reproduced"
     assert "num_virtual_tokens=100 70.0 vs num_virtual_tokens=20 70.0: Δ +0.00 [+0.00, +0.00]" in claims
     assert v["prompt_ensemble_beats_average"] == "reproduced"
+    # one variant on both sides: the metric each side reads names it
+    assert re.search(r"prompt_ensemble \(accuracy\) 73\.0 \[[^]]*\] \(n=1\) vs prompt_ensemble \(accuracy_avg_single\) 70\.0 ",
+                     claims)
     assert v["prompt_tuning_gap_shrinks_with_scale"] == "not run"
 
     by_len[100], by_init["random"] = 80.0, 75.0  # gains continue after 20 tokens; random beats vocab
@@ -377,6 +380,18 @@ def test_prompt_ablations_and_ensembles(tmp_path, monkeypatch, no_plots):
     for claim in ("class_label_init_best_at_small_size", "prompt_length_plateaus_after_20",
                   "prompt_ensemble_beats_average"):
         assert result[claim]["verdict"] == "contradicted", claim
+
+
+def test_smallest_model_of_an_ablation_is_the_smallest_that_ran_it():
+    """`model: smallest` in an ordering over `init`: a smaller model that ran one init only (another part of a
+    grid of parts) does not hide the ablation run on a larger one."""
+    rows = [("small", 10, "class_label")] + [("large", 100, init) for init in ("class_label", "vocab", "random")]
+    S = pd.DataFrame([{"model": m, "model_params": p, "primary": True, "in_domain": True, "method": "prompt_tuning",
+                       "hp": json.dumps({"init": init})} for m, p, init in rows])
+    assert set(report.select(S, {"model": "smallest"}).model) == {"small"}
+    assert set(report.select(S, {"model": "smallest"}, by="init").model) == {"large"}
+    assert set(report.select(S, {"model": "largest"}, by="init").model) == {"large"}
+    assert set(report.select(S[S.model == "small"], {"model": "smallest"}, by="init").model) == {"small"}
 
 
 def test_ordering_with_a_missing_value_is_not_run(tmp_path, monkeypatch):
@@ -516,6 +531,28 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
     written = top.read_text()
     assert "old table" not in written and written.startswith("# Suite\n") and written.endswith("\n\n## Next\n")
     assert headline.replace("](claims.md#", "](reports/study/claims.md#") in written
+
+
+def test_a_part_names_a_variant_alike_on_every_model(tmp_path, monkeypatch, no_plots):
+    """Part b runs a size ladder, part a the smaller model only: b's full FT is `full_ft [b]` on both models, so the
+    ladder's gap is compared across them (not split into one-model groups by label)."""
+    monkeypatch.chdir(tmp_path)
+    methods = {"full_ft": {"lr": 2e-5}, "prompt_tuning": {"lr": 3e-2}}
+    a = write_grid(tmp_path, "a", methods=methods, seeds=[0, 1])
+    b = write_grid(tmp_path, "b", methods=methods, seeds=[0, 1], models=["smollm2-135m", "smollm2-360m"])
+    gaps = {"smollm2-135m": 20.0, "smollm2-360m": 5.0}
+    for grid in (a, b):
+        for cell in grid_cells(grid):
+            acc = 85.0 - (gaps[cell.model] if cell.method == "prompt_tuning" else 0.0)
+            write_record(cell, {"sst2": {"accuracy": acc}, "imdb": {"accuracy": acc - 5}})
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"description": "a and b", "parts": [a, b]}))
+    report.write_report(str(study))
+    _, summary, claims = read(tmp_path, "study")
+    assert set(summary[summary["grid"] == "b"].groupby("variant")["model"].nunique()) == {2}
+    assert set(summary["variant"]) == {"full_ft [a]", "prompt_tuning [a]", "full_ft [b]", "prompt_tuning [b]"}
+    ladder = claims.split("## prompt_tuning_gap_shrinks_with_scale\n")[1].split("\n## ")[0]
+    assert "gap smollm2-135m − gap smollm2-360m: +20.0 − +5.0: Δ +15.00 [" in ladder and "needs ≥ 2 model sizes" in ladder
 
 
 def test_readme_claims_table_is_the_study_reports():
