@@ -14,8 +14,8 @@ from pathlib import Path
 from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
-from bench.errors import BenchError
 from bench import launch
+from bench.errors import BenchError
 from bench.grid import (cell_resources, cell_threads, cell_user_inputs, check_cells, grid_cells, load_grid_file,
                         made_from_current_methods)
 from bench.method import method_files

@@ -25,8 +25,8 @@ import time
 SOCKET_ENV = "PEFT_REPRO_FORKSERVER"  # the server's socket path, for the clients
 PRELOAD = ("torch", "transformers", "peft", "bench.cell", "bench.models", "bench.train", "bench.batches",
            "bench.evaluation", "bench.scorers", "bench.seq2seq", "bench.retention", "bench.curves",
-           *(f"transformers.models.{arch}.modeling_{arch}" for arch in ("gpt2", "t5", "bart", "llama", "bert", "roberta",
-                                                                       "mpnet", "qwen2", "gemma3")))
+           *(f"transformers.models.{arch}.modeling_{arch}"
+             for arch in ("gpt2", "t5", "bart", "llama", "bert", "roberta", "mpnet", "qwen2", "gemma3")))
 MAX_MESSAGE = 1 << 20
 
 
