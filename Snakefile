@@ -91,8 +91,8 @@ def resource(key):
 
 onstart:
     gc.enable()
-    if FORK_SOCKET and not FORK_SERVER:
-        FORK_SERVER.append(launch.start(FORK_SOCKET))
+    if FORK_SOCKET and not FORK_SERVER and (server := launch.start(FORK_SOCKET)):
+        FORK_SERVER.append(server)
 
 
 onsuccess:

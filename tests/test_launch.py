@@ -24,6 +24,7 @@ MEASURED = {"train_s", "train_tokens_per_s", "train_flops_per_s", "mfu", "eval_s
 def server(tmp_path, models_cache):
     path = str(tmp_path / "fork.sock")
     process = launch.start(path)
+    assert process is not None
     yield path
     process.terminate()
     process.wait(timeout=30)
@@ -64,6 +65,11 @@ def test_without_a_server_the_client_runs_the_command_itself(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), launch.SOCKET_ENV: str(tmp_path / "none.sock")}
     done = _run(["-m", "bench", "methods"], env, tmp_path)
     assert done.returncode == 0 and "prompt_tuning" in done.stdout
+
+
+def test_a_server_that_cannot_start_leaves_plain_processes(tmp_path, models_cache, capfd):
+    assert launch.start(str(tmp_path / "no such folder" / "fork.sock")) is None  # it cannot bind there
+    assert "warning: the fork server did not start" in capfd.readouterr().err
 
 
 def test_a_cancelled_job_ends_its_child(server, tmp_path):
