@@ -110,8 +110,9 @@ wildcard_constraints:
     seed=r"\d+(-d\d+)?",  # init seed, and `-d<data seed>` where the block has data_seeds
 
 
-rule all:  # the report needs every record
+rule all:  # every record, not only the report: Snakemake rebuilds no missing record for a report that exists
     input:
+        [f"{d}/record.json" for d in CELLS],
         f"reports/{GRID_NAME}/README.md",
 
 

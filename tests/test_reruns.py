@@ -126,6 +126,20 @@ def test_touching_every_file_trains_nothing_but_a_method_edit_reruns_its_cells(c
     assert len(cells) == 4 and all("/smollm2-135m/lora/" in cell for cell in cells)
 
 
+def test_a_deleted_record_reruns_its_cell_under_a_current_report(clone):
+    """The report's stale-cell commands: delete a record, run the grid. Snakemake 9 rebuilds no missing input of
+    a job whose outputs are newer than its inputs, so only the default target's asking for every record does it."""
+    now = time.time()
+    for name in filter(None, git(clone, "ls-files", "-z").split("\0")):  # the report newer than all it reads
+        os.utime(clone / name, (now - (60 if name.startswith("reports/") else 120),) * 2)
+    assert plan(clone) == ({}, [])
+    record = sorted(clone.glob("results/smoke/**/record.json"))[0]
+    record.unlink()
+    counts, cells = plan(clone)
+    assert counts == {"prepare_model": 1, "cell": 1, "report": 1}
+    assert cells == [str(record.relative_to(clone))]
+
+
 def test_kill_9_unlock_and_the_same_command_finishes(clone):
     command = ["--cores", "1", "--config", "grid=tiny"]  # config/grids/tiny.yaml: 2 cells, one at a time
     env = environment(clone)
