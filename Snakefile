@@ -30,6 +30,7 @@ try:  # a malformed grid stops here, before any job is planned, with one line na
     check_cells(list(CELLS.values()), config.get("data_root"))
 except BenchError as error:
     sys.exit(f"error: {error}")
+RECORDS = [f"{d}/record.json" for d in CELLS]
 GRID_NAME = load_grid_file(GRID)[0]  # a grid of parts: its cells sit in their parts' folders, its report in its own
 PY = sys.executable
 MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO_MODELS overrides)
@@ -112,7 +113,7 @@ wildcard_constraints:
 
 rule all:  # every record, not only the report: Snakemake rebuilds no missing record for a report that exists
     input:
-        [f"{d}/record.json" for d in CELLS],
+        RECORDS,
         f"reports/{GRID_NAME}/README.md",
 
 
@@ -147,7 +148,7 @@ rule cell:
 
 rule report:  # records only, never trains; `snakemake --report reports/<grid>/report.html` packs the outputs
     input:
-        records=[f"{d}/record.json" for d in CELLS],
+        records=RECORDS,
         harness=expand(f"{workflow.basedir}/bench/{{name}}.py",  # every bench/*.py: they decide what is stale
                        name=glob_wildcards(f"{workflow.basedir}/bench/{{name,[^/]+}}.py").name),
         claims=f"{workflow.basedir}/config/claims.yaml",

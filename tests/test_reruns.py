@@ -83,6 +83,13 @@ def records(project) -> dict[str, dict]:
             for p in sorted(project.glob("results/mini/**/record.json"))}
 
 
+def backdate(project, seconds_ago):
+    """Set every tracked file's times to `seconds_ago(path)` seconds before now."""
+    now = time.time()
+    for name in filter(None, git(project, "ls-files", "-z").split("\0")):
+        os.utime(project / name, (now - seconds_ago(name),) * 2)
+
+
 def add_readme_dora(project):
     """README "Add a method", word for word: its methods/dora.py and its grid line under `methods:` in smoke.yaml."""
     readme = (REPO / "README.md").read_text()
@@ -111,11 +118,7 @@ def test_readme_new_method_plans_exactly_its_cells(clone):
 
 
 def test_touching_every_file_trains_nothing_but_a_method_edit_reruns_its_cells(clone):
-    tracked = git(clone, "ls-files", "-z").split("\0")
-    now = time.time()
-    for name in filter(None, tracked):  # the worst order: every input newer than every output
-        old = name.startswith(("results/", "reports/"))
-        os.utime(clone / name, (now - (120 if old else 60),) * 2)
+    backdate(clone, lambda name: 120 if name.startswith(("results/", "reports/")) else 60)  # inputs newest: worst
     counts, cells = plan(clone)
     assert cells == [] and set(counts) <= {"report"}  # the report: harness files newer than it, no checksums
 
@@ -129,9 +132,7 @@ def test_touching_every_file_trains_nothing_but_a_method_edit_reruns_its_cells(c
 def test_a_deleted_record_reruns_its_cell_under_a_current_report(clone):
     """The report's stale-cell commands: delete a record, run the grid. Snakemake 9 rebuilds no missing input of
     a job whose outputs are newer than its inputs, so only the default target's asking for every record does it."""
-    now = time.time()
-    for name in filter(None, git(clone, "ls-files", "-z").split("\0")):  # the report newer than all it reads
-        os.utime(clone / name, (now - (60 if name.startswith("reports/") else 120),) * 2)
+    backdate(clone, lambda name: 60 if name.startswith("reports/") else 120)  # the report newer than all it reads
     assert plan(clone) == ({}, [])
     record = sorted(clone.glob("results/smoke/**/record.json"))[0]
     record.unlink()
