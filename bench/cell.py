@@ -23,7 +23,8 @@ from pathlib import Path
 from bench import curves, lock, retention
 from bench.errors import BenchError
 from bench.flops import matmul_peak_flops, train_flops
-from bench.method import CellContext, get_method, method_files, resolve_hparams, total_parameters, trainable_parameters
+from bench.method import (CellContext, check_precision, get_method, method_files, resolve_hparams, total_parameters,
+                          trainable_parameters)
 
 RECORD_SCHEMA = 1
 HARNESS_DIR = Path(__file__).resolve().parent
@@ -92,6 +93,19 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_description() -> str:
+    """The CPU's model name and the vector extensions that decide which matmul kernels run (fp32 results can differ
+    in the last bits between machines that differ in them; bf16 autocast is fast only with avx512_bf16/amx_bf16)."""
+    from bench.flops import device_name
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    present = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split()]
+    return " ".join([device_name("cpu"), *(f"+{f}" for f in present)])
+
+
 def environment(device: str) -> dict:
     import peft
     import torch
@@ -99,7 +113,7 @@ def environment(device: str) -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "git_commit": git_commit(),
-            "harness_sha256": harness_hash(), "device": device, "cpu": platform.processor() or platform.machine(),
+            "harness_sha256": harness_hash(), "device": device, "cpu": cpu_description(),
             "threads": torch.get_num_threads(), "host": platform.node(), **lock.environment()}
 
 
@@ -139,6 +153,7 @@ def plan_cell(config: CellConfig) -> Plan:
     method.check_hparams(hp, task, spec.kind)
     method.check_architecture(hp, architecture(spec.architecture))
     curves.check(hp)
+    check_precision(hp)
     retention.check(hp, task, spec.kind)
     root = data_root(config.data_root)
     if task.train_split is None and hp["steps"] > 0:
@@ -204,20 +219,22 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
     it; `scorer` the eval set's official scorer (generation; bench/scorers.py). The metrics are the method's
     `score_outputs` of the outputs, so re-scoring the kept outputs gives them."""
     from bench import evaluation
+    from bench.train import autocast
 
     task, hp = task or plan.task, plan.hp
-    rows = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
-    if rows is None and plan.model_spec.kind == "seq2seq":
-        rows = seq2seq_outputs(model, tokenizer, task, examples, hp, timer)
-    if rows is None and task.kind == "classification":
-        if plan.model_spec.kind == "encoder":
-            scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
-                                               hp["max_len"], timer).log_softmax(dim=-1)
-        else:
-            scores = evaluation.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"],
-                                            hp["max_len"], plan.method.extra_positions(hp), timer)
-        rows = evaluation.classification_outputs(scores, examples)
-    elif rows is None:
+    with autocast(hp, next(model.parameters()).device, enabled=task.kind == "classification"):
+        rows = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
+        if rows is None and plan.model_spec.kind == "seq2seq":
+            rows = seq2seq_outputs(model, tokenizer, task, examples, hp, timer)
+        if rows is None and task.kind == "classification":
+            if plan.model_spec.kind == "encoder":
+                scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
+                                                   hp["max_len"], timer).log_softmax(dim=-1)
+            else:
+                scores = evaluation.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"],
+                                                hp["max_len"], plan.method.extra_positions(hp), timer)
+            rows = evaluation.classification_outputs(scores, examples)
+    if rows is None:
         hypotheses = evaluation.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
                                          hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer,
                                          plan.method.extra_positions(hp))
@@ -356,7 +373,8 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     peak_mem = peak_memory_bytes(device)  # before matmul_peak_flops: its benchmark matrices would count
     run_flops = train_flops(model, method.tunes_base, result.tokens, result.encoder_tokens, method.extra_positions(hp),
                             result.steps_done * hp["batch_size"], result.head_positions) if result else 0.0
-    peak_flops = matmul_peak_flops(torch.get_num_threads(), device) if run_flops and result.train_s > 0 else 0.0
+    peak_flops = (matmul_peak_flops(torch.get_num_threads(), device, hp["precision"])
+                  if run_flops and result.train_s > 0 else 0.0)
     record["cost"] = {
         "trainable_params": trainable_parameters(model) if trains else 0,
         "delta_params": method.delta_parameters(model) if trains else 0,

@@ -105,7 +105,7 @@ def token_path_parameters(model) -> tuple[int, int]:
     return total, trainable
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     if device.startswith("cuda"):
         import torch
 
@@ -127,11 +127,13 @@ def _cache_file() -> Path:
     return cache_dir() / "matmul_peak.json"  # machine-local and git-ignored, like the converted models
 
 
-def measure_matmul_peak(threads: int = 1, device: str = "cpu", size: int | None = None, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of an n×n @ n×n matmul (2n³ FLOPs) over `repeats` timed runs."""
+def measure_matmul_peak(threads: int = 1, device: str = "cpu", size: int | None = None, repeats: int = 5,
+                        precision: str = "fp32") -> float:
+    """Best achieved FLOP/s of an n×n @ n×n matmul (2n³ FLOPs) over `repeats` timed runs: in bf16 on CUDA or where
+    `precision` is bf16 (cells that train under bf16 autocast), else fp32."""
     import torch
 
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = torch.bfloat16 if device.startswith("cuda") or precision == "bf16" else torch.float32
     size = size or (8192 if device.startswith("cuda") else 2048)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -154,12 +156,14 @@ def measure_matmul_peak(threads: int = 1, device: str = "cpu", size: int | None 
 
 
 @lru_cache(maxsize=None)
-def matmul_peak_flops(threads: int = 1, device: str = "cpu") -> float:
-    """This machine's dense matmul peak in FLOP/s (fp32 on CPU, bf16 on CUDA), measured once and cached
-    in results/models/matmul_peak.json (the model cache, $PEFT_REPRO_MODELS; or $PEFT_REPRO_PEAK_CACHE)."""
+def matmul_peak_flops(threads: int = 1, device: str = "cpu", precision: str = "fp32") -> float:
+    """This machine's dense matmul peak in FLOP/s (fp32 on CPU unless `precision` is bf16; bf16 on CUDA), measured
+    once and cached in results/models/matmul_peak.json (the model cache, $PEFT_REPRO_MODELS; or
+    $PEFT_REPRO_PEAK_CACHE)."""
     import torch
 
-    key = f"{device}|{_device_name(device)}|threads={threads}|torch={torch.__version__}"
+    cpu_bf16 = "|bf16" if precision == "bf16" and not device.startswith("cuda") else ""
+    key = f"{device}|{device_name(device)}|threads={threads}|torch={torch.__version__}{cpu_bf16}"
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
@@ -167,7 +171,7 @@ def matmul_peak_flops(threads: int = 1, device: str = "cpu") -> float:
         cached = {}
     if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
         return float(cached[key])
-    peak = measure_matmul_peak(threads, device)
+    peak = measure_matmul_peak(threads, device, precision=precision)
     try:  # re-read, merge, write atomically: two cells may measure at the same time
         try:
             cached = json.loads(path.read_text())

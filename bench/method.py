@@ -30,6 +30,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,
     "max_len": 128,  # tokens of prompt + target (seq2seq: of each); prompts are cut from the left
     "group_by_length": True,  # training batches of similar length (bench/batches.py: training_batches)
+    "precision": "fp32",  # fp32 | bf16 (autocast of training and classification scoring; bench/train.py)
     "eval_batch_size": 16,
     "num_beams": 1,
     "template": "",  # one of the task's `templates` in config/tasks.yaml (its template + verbalizer); "" = the task's own
@@ -38,6 +39,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "retention": False,  # measure what training did to general ability (bench/retention.py)
     "retention_task": "",  # the other task scored zero-shot for retention ("" = held-out text only)
 }
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(hp: dict) -> None:
+    if hp["precision"] not in PRECISIONS:
+        raise BenchError(f"precision '{hp['precision']}' unknown: use {' or '.join(PRECISIONS)}")
 
 
 @dataclass

@@ -110,6 +110,7 @@ def test_atomic_write_leaves_old_record_when_interrupted(tmp_path, monkeypatch):
     (["--train-size", "10000000"], "train size 10000000 invalid for sst2"),
     (["--train-size", "many"], "--train-size 'many'"),
     (["--hp", "lr"], "--hp 'lr' must look like key=value"),
+    (["--hp", "precision=fp16"], "precision 'fp16' unknown: use fp32 or bf16"),
     (["--shifts", "yelp"], "not defined for task sst2"),
     (["--data-root", "/nonexistent"], "data root"),
     (["--dev-limit", "67349"], "dev_limit 67349 is out of range for task sst2: its training split sst2/train has "
@@ -157,7 +158,7 @@ import bench.cell
 from tests.test_cell import _cell
 PROBE = 1 << 30  # 1 GiB, more than the whole tiny cell's process
 
-def matmul_peak_flops(threads, device):
+def matmul_peak_flops(threads, device, precision):
     torch.ones(PROBE // 4).add_(1)
     return 1e12
 

@@ -103,6 +103,42 @@ def test_train_counts_the_positions_where_the_head_ran(models_cache):
     assert result.head_positions == sum(int((b["labels"] != -100).sum()) for b in batches) > 0
 
 
+def _linear_output_dtypes(model) -> list:
+    seen = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda _module, _inputs, output: seen.append(output.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("precision, matmul_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_dtype_of_training_and_rank_scoring_not_of_generation(precision, matmul_dtype,
+                                                                                 models_cache):
+    """bf16: every Linear of a training step and of classification scoring runs in bfloat16 (autocast), generation
+    in fp32; the trainable weights stay fp32, and the loss is the fp32 loss up to bf16 rounding."""
+    from bench.cell import CellConfig, evaluate_set, plan_cell
+    from bench.tasks import eval_examples
+
+    task = get_task("sst2")
+    method, hp, model, tokenizer, examples = _adapted("lora", {"dropout": 0.0, "precision": precision}, task,
+                                                      models_cache)
+    batch = next(training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0))
+    with torch.no_grad():
+        reference, _ = step_loss(model, method, hp, batch)  # fp32: no autocast outside train()
+    seen = _linear_output_dtypes(model)
+    result = train(model, method, {**hp, "steps": 1, "grad_clip": 0.0}, iter([batch]), progress="test")
+    assert seen and set(seen) == {matmul_dtype}
+    assert result.losses[0] == pytest.approx(reference.item(), rel=1e-2 if precision == "bf16" else 1e-6)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+    for name, expected in (("sst2", matmul_dtype), ("e2e", torch.float32)):
+        plan = plan_cell(CellConfig(name, "tiny-llama", "lora", 16, 0, {"precision": precision}, 4))
+        seen.clear()
+        metrics, rows = evaluate_set(plan, model, tokenizer, eval_examples(get_task(name), name, 2), None)
+        assert seen and set(seen) == {expected}, name
+        assert len(rows) == 2
+
+
 # ------------------------------------------------------------------ batches from ids tokenised once
 def _per_batch_training_batches(tokenizer, task, model_kind, examples, batch_size, max_len, seed, group_by_length):
     """training_batches as it was before ids were cached (commit ea42e0f): every batch tokenised from its
