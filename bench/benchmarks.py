@@ -107,6 +107,8 @@ GOALS = {  # item -> (ratio label, comparison, threshold)
     "packing": ("cells per hour, side by side / one at a time", ">=", 4.0),
     "serve_mixed_lora": ("k separate models / mixed batches time", None, None),
     "serve_mixed_prompt": ("k separate models / mixed batches time", None, None),
+    "bf16_train": ("fp32 / bf16 time", ">=", 1.3),
+    "bf16_rank": ("fp32 / bf16 time", ">=", 1.3),
 }
 
 
@@ -733,7 +735,9 @@ def write_report(json_path: Path, md_path: Path) -> None:
             ("9", "serve_mixed_lora", "test_serve_mixed[lora]",
              "one base + k LoRA adapters, mixed-task batches, vs k adapted models (examples/s)"),
             ("9", "serve_mixed_prompt", "test_serve_mixed[prompt_tuning]",
-             "one base + k soft prompts, mixed-task batches, vs k adapted models (examples/s)")]
+             "one base + k soft prompts, mixed-task batches, vs k adapted models (examples/s)"),
+            ("10", "bf16_train", "test_bf16_training_steps", "prompt-tuning training steps, bf16 autocast vs fp32"),
+            ("10", "bf16_rank", "test_bf16_rank_scoring", "`rank_scores` under bf16 autocast vs fp32")]
     for number, item, test, what in rows:
         info = by_item.get(item)
         outcome = outcomes.get(test, "not run")
@@ -924,7 +928,7 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                 "device-agnostic (CUDA when available, the models in bf16 there, memory from "
                 "`torch.cuda.max_memory_allocated`, the matmul peak in bf16); run `python -m bench benchmarks` on a "
                 "GPU machine to fill this in.", ""]
-    return out + serve_mixed_details(by_item)
+    return out + serve_mixed_details(by_item) + precision_details(by_item)
 
 
 def serve_mixed_details(by_item: dict) -> list[str]:
@@ -948,6 +952,34 @@ def serve_mixed_details(by_item: dict) -> list[str]:
                    f"{', '.join(f'{r:.2f}' for r in info['per_round'])}) | {info['separate_over_mixed_bytes']:.2f}× | "
                    f"{info['full_ft_over_mixed_bytes']:.2f}× | {info['max_diff_vs_own_cells']:.1e} | "
                    f"{'yes' if info['scores_equal'] else '**no**'} |")
+    return out + [""]
+
+
+def precision_details(by_item: dict) -> list[str]:
+    """Section 10 (item 10, tests/benchmarks/test_10_precision.py), also pasted alone where a run measured only it."""
+    train, rank = by_item.get("bf16_train"), by_item.get("bf16_rank")
+    if not (train or rank):
+        return []
+    out = ["## 10. bf16 autocast vs fp32", "",
+           "hp `precision: bf16` (bench/train.py) runs training steps and classification scoring under bfloat16 "
+           "`torch.autocast`; the baseline is the same code with `precision: fp32`, on a model in the same state. "
+           "bf16 is fast only where the CPU has AVX512-BF16 or AMX (or on a GPU).", "",
+           "| what | model | fp32 (s, per round) | bf16 (s, per round) | fp32 / bf16 | check |",
+           "|---|---|---|---|---|---|"]
+
+    def rounds(times):
+        return ", ".join(f"{t:.2f}" for t in times)
+
+    if train:
+        out.append(f"| {train['steps']} prompt-tuning steps, batch {train['batch_size']} × {train['max_len']} + "
+                   f"{train['num_virtual_tokens']} virtual tokens | {train['model']} | {rounds(train['baseline_s'])} | "
+                   f"{rounds(train['ours_s'])} | {train['ratio']:.2f}× | first-step loss differs by "
+                   f"{train['first_loss_rel_diff']:.2%} |")
+    if rank:
+        out.append(f"| rank scoring of {rank['examples']} SST-2 sentences, batch {rank['batch_size']} | "
+                   f"{rank['model']} | {rounds(rank['baseline_s'])} | {rounds(rank['ours_s'])} | {rank['ratio']:.2f}× "
+                   f"| label log-probs within {rank['max_score_diff']:.3f} nats; {rank['prediction_agreement']:.0%} of "
+                   "predictions agree |")
     return out + [""]
 
 
