@@ -653,14 +653,9 @@ def packed_parallelism(cells: int) -> int:
 def machine() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.flops import device_name
+
+    cpu = device_name("cpu")
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
