@@ -167,6 +167,23 @@ def _pairs(S, cells, c):
     return P, on, gone
 
 
+def _once(P: pd.DataFrame, on: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """One pair per setting: where two parts of a grid of parts ran the same cells (same hyperparameters and seeds)
+    and got the same scores, the later part's pair repeats the first's and would count that setting twice. (A size
+    ladder keeps its repeats: each part's ladder is its own comparison.)"""
+    if "grid" not in on or P.empty:
+        return P, []
+    same = [k for k in on if k != "grid"] + [f"{k}{s}" for k in ("method", "hp", "seed_list", "values")
+                                             for s in ("_l", "_r")]
+    key = P[same].astype(str).agg("|".join, axis=1)
+    repeat = key.duplicated()
+    first = dict(zip(key[~repeat], P.loc[~repeat, "grid"]))
+    label = lambda r: " ".join(f"{k}={r[k]}" for k in _varying(P, on) if k != "grid") or "all"  # noqa: E731
+    notes = [f"{label(r)}: {r['grid']} ran the same cells as {first[k]} (same hyperparameters, seeds and scores): "
+             "counted once" for k, r in zip(key[repeat], P[repeat].to_dict("records"))]
+    return P[~repeat], notes
+
+
 def _margin(c: dict, metric: str | None = None) -> float:
     """A claim's margin in points: one number, or per metric (`{nist: -0.1, cider: -0.05, default: -1.0}`) where
     a claim compares metrics printed on different scales (NIST and CIDEr raw, the others ×100)."""
@@ -178,6 +195,7 @@ def check_compare(S, cells, hp_cols, c):
     P, on, gone = _pairs(S, cells, c)
     if gone:
         return [], [], gone, False
+    P, repeats = _once(P, on)
     side, keys = SIDE[c.get("op", ">=")], _varying(P, on)
     pairs = P.to_dict("records")
     texts = [f"{_named(r, '_l', c)} {fmt(_side(r, '_l'))} vs {_named(r, '_r', c)} {fmt(_side(r, '_r'))}" for r in pairs]
@@ -190,7 +208,7 @@ def check_compare(S, cells, hp_cols, c):
         comparisons = [Comparison(" ".join(str(r[k]) for k in keys) or "all", [(r, "_l"), (r, "_r")], [1, -1],
                                   _margin(c, r.get("metric", r.get("metric_l"))), side, text)  # left's metric
                        for r, text in zip(pairs, texts)]
-    notes, failed = [], False
+    notes, failed = repeats, False
     if "trainable_pct_below" in c:
         pct = P["trainable_pct_l"].max()
         notes.append(f"left trainable % (max): {pct:.3f} (claim: < {c['trainable_pct_below']})")

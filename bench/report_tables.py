@@ -84,13 +84,15 @@ def size_tables(S):
 
 def shift_tables(S, difference=None):
     """`difference(row, reference row)`: the paired interval of their difference (bench.report_stats.Interval), or
-    None where it cannot be computed."""
-    out = []
-    for task, T in S[S["primary"]].groupby("task", sort=False):
+    None where it cannot be computed. A grid of parts: one table per part, each method against the part's own full FT
+    (claims pair within a part too)."""
+    out, parts = [], S["grid"].nunique() > 1
+    for (task, part), T in S[S["primary"]].groupby(["task", "grid"], sort=False):
         if T["in_domain"].all():
             continue
         variants = list(dict.fromkeys(T["variant"]))
-        ref = "full_ft" if "full_ft" in variants else None
+        full = list(dict.fromkeys(T.loc[T["method"] == "full_ft", "variant"]))
+        ref = full[0] if len(full) == 1 else "full_ft" if "full_ft" in variants else None
         others = [v for v in variants if v != ref] if ref else []
         rows = []
         for (model, size, eval_set), g in T.groupby(["model", "train_size", "eval_set"], sort=False):
@@ -98,8 +100,8 @@ def shift_tables(S, difference=None):
             deltas = [_delta(by[v], by[ref], difference) if v in by and ref in by else "–" for v in others]
             rows.append([model, size, eval_set + (" (in-domain)" if eval_set == task else ""),
                          *(fmt(by.get(v)) for v in variants), *deltas])
-        out.append(Table(f"Domain shift: {task} ({T['metric'].iloc[0]})", ["model", "train size", "eval set",
-                         *variants, *(f"Δ {v}" for v in others)], rows,
+        out.append(Table(f"Domain shift: {task} ({T['metric'].iloc[0]})" + (f", {part}" if parts else ""),
+                         ["model", "train size", "eval set", *variants, *(f"Δ {v}" for v in others)], rows,
                          f"Δ = method − {ref} (points) [95% interval of the difference, paired on the same eval "
                          "examples]."
                          if ref else "No full_ft cells: no Δ column."))

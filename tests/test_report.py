@@ -520,6 +520,10 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
     assert {"full_ft [a]", "prompt_tuning [b]"} <= set(summary["variant"])
     widths = readme.split("### Interval widths")[1].split("###")[0]
     assert "| sst2 | imdb | accuracy | 4 | 2 | 100 |" in widths and "| sst2 | sst2 | accuracy | 4 | 2 | 100 |" in widths
+    for part, gap in (("a", 2.0), ("b", 10.0)):  # a shift table per part, each method against the part's full FT
+        shift = readme.split(f"### Domain shift: sst2 (accuracy), {part}\n")[1].split("###")[0]
+        assert f"| Δ prompt_tuning [{part}] |" in shift and f"Δ = method − full_ft [{part}] (points)" in shift
+        assert f"| imdb | 80.5 [" in shift and f"| -{gap:.1f} [" in shift
     shift = claims.split("## prompt_tuning_robust_to_domain_shift\n")[1].split("\n## ")[0]
     pairs = re.findall(r"prompt_tuning \[(\w)\] ([\d.]+) \[[^\]]*\] \(n=2\) vs full_ft \[(\w)\] ([\d.]+)", shift)
     assert sorted(pairs) == [("a", "78.5", "a", "80.5"), ("b", "70.5", "b", "80.5")]
@@ -531,6 +535,27 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
     written = top.read_text()
     assert "old table" not in written and written.startswith("# Suite\n") and written.endswith("\n\n## Next\n")
     assert headline.replace("](claims.md#", "](reports/study/claims.md#") in written
+
+
+def test_cells_two_parts_share_are_one_pair_in_a_claim(tmp_path, monkeypatch, no_plots):
+    """Part b repeats part a's n=50 cells (same hyperparameters and seeds, same scores) and adds n=100: a claim
+    averaging pairs counts n=50 once, and says so; the existing test above keeps pairs whose scores differ."""
+    monkeypatch.chdir(tmp_path)
+    methods = {"full_ft": {"lr": 2e-5}, "prompt_tuning": {"lr": 3e-2}}
+    a = write_grid(tmp_path, "a", methods=methods, seeds=[0, 1])
+    b = write_grid(tmp_path, "b", methods=methods, seeds=[0, 1], train_sizes=[50, 100])
+    for grid in (a, b):
+        for cell in grid_cells(grid):
+            gap = {50: 2.0, 100: 10.0}[cell.train_size] if cell.method == "prompt_tuning" else 0.0
+            write_record(cell, {"sst2": {"accuracy": 85.0}, "imdb": {"accuracy": 80.0 - gap + cell.seed}})
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"description": "a and b", "parts": [a, b]}))
+    report.write_report(str(study))
+    _, summary, claims = read(tmp_path, "study")
+    assert len(summary[(summary["train_size"] == 50) & (summary["eval_set"] == "imdb")]) == 4  # both parts kept
+    shift = claims.split("## prompt_tuning_robust_to_domain_shift\n")[1].split("\n## ")[0]
+    assert "mean over 2 pairs: 74.5 vs 80.5" in shift and "Δ -6.00 [" in shift
+    assert "train_size=50: b ran the same cells as a (same hyperparameters, seeds and scores): counted once" in shift
 
 
 def test_a_part_names_a_variant_alike_on_every_model(tmp_path, monkeypatch, no_plots):
