@@ -178,9 +178,12 @@ def _once(P: pd.DataFrame, on: list[str]) -> tuple[pd.DataFrame, list[str]]:
     key = P[same].astype(str).agg("|".join, axis=1)
     repeat = key.duplicated()
     first = dict(zip(key[~repeat], P.loc[~repeat, "grid"]))
-    label = lambda r: " ".join(f"{k}={r[k]}" for k in _varying(P, on) if k != "grid") or "all"  # noqa: E731
-    notes = [f"{label(r)}: {r['grid']} ran the same cells as {first[k]} (same hyperparameters, seeds and scores): "
-             "counted once" for k, r in zip(key[repeat], P[repeat].to_dict("records"))]
+    shown = [k for k in _varying(P, on) if k != "grid"]
+    notes = []
+    for k, r in zip(key[repeat], P[repeat].to_dict("records")):
+        setting = " ".join(f"{c}={r[c]}" for c in shown) or "all"
+        notes.append(f"{setting}: {r['grid']} ran the same cells as {first[k]} (same hyperparameters, seeds and "
+                     "scores): counted once")
     return P[~repeat], notes
 
 
