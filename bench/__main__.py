@@ -87,6 +87,12 @@ def cmd_report(args) -> None:
         print(path)
 
 
+def cmd_power(args) -> None:
+    from bench.report_power import power_report
+
+    print(power_report(args.grid, args.claim))
+
+
 def cmd_cells(args) -> None:
     from bench.grid import grid_cells
 
@@ -165,6 +171,12 @@ def main(argv=None) -> int:
     report = sub.add_parser("report", help="aggregate a grid's records into results/<grid>/summary.csv and reports/<grid>/")
     report.add_argument("grid")
     report.set_defaults(func=cmd_report)
+
+    power = sub.add_parser("power", help="seeds × eval examples that would decide each claim with 80%% power, and "
+                                         "their cost (cell-hours here, GPU-hours requested)")
+    power.add_argument("grid", help="a grid whose records give the variance components (e.g. study)")
+    power.add_argument("claim", nargs="?", default=None, help="one claim id (default: every claim)")
+    power.set_defaults(func=cmd_power)
 
     cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")
     cells.add_argument("grid")

@@ -194,3 +194,74 @@ def plot_curves(P: pd.DataFrame, out: Path) -> list[Path]:
                            f"{task}: learning curves ({model}, n={size}; band: 95% interval)", "",
                            "accuracy on the curve's eval set (%)"))
     return paths
+
+
+VERDICT_COLORS = {"reproduced": "#1a9850", "contradicted": "#d73027", "inconclusive": "#4575b4",
+                  "not decided": "#f28e2b", "not run": "#9e9e9e"}
+
+
+def plot_forest(claims: list[dict], out: Path, name: str = "forest-claims.png") -> Path | None:
+    """Every decided or undecided claim's deciding comparison as the distance of its estimate from the claim's
+    threshold, in the metric's units, with its 95% interval, signed so that right of 0 is the paper's side
+    (superiority: Δ − m; non-inferiority: Δ + m; equivalence: m − |Δ|), coloured by verdict; a claim without an
+    interval is a cross at 0, its reason beside it. Claims not run are counted in the title, not drawn. One row per
+    claim, symmetric-log x (units differ: BLEU and accuracy points, steps, nats). None when no claim has a
+    comparison (nothing ran that a claim reads)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    from bench.report_verdicts import deciding
+
+    if not any(r["found"] for r in claims):
+        return None
+    rows = []
+    for r in claims:
+        if r["verdict"] == "not run":
+            continue
+        f = deciding(r["found"]) if r["found"] else None
+        iv = f.interval if f is not None else None
+        label = f"{r['id']} ({f.comparison.unit})" if f is not None else r["id"]
+        why = r.get("why") or ""
+        if iv is None:
+            rows.append((label, None, r["verdict"], why))
+            continue
+        c, hypothesis = f.comparison, r["check"]["hypothesis"]
+        if hypothesis == "equivalence":
+            x = (c.margin - abs(iv.estimate), c.margin - max(abs(iv.low), abs(iv.high)),
+                 c.margin - (0 if iv.low < 0 < iv.high else min(abs(iv.low), abs(iv.high))))
+        else:
+            threshold = c.margin if hypothesis == "superiority" else -c.margin
+            ends = sorted((c.side * iv.low - threshold, c.side * iv.high - threshold))
+            x = (c.side * iv.estimate - threshold, *ends)
+        rows.append((label, x, r["verdict"], why if r["verdict"] in ("not decided", "inconclusive") else ""))
+    height = 0.3 * len(rows) + 1.9
+    fig, ax = plt.subplots(figsize=(12, height))
+    side_text = blended_transform_factory(ax.transAxes, ax.transData)
+    for y, (label, x, verdict, reason) in enumerate(rows):
+        color = VERDICT_COLORS.get(verdict, "#9e9e9e")
+        if x is None:
+            ax.plot([0], [y], marker="x", color=color, linestyle="")
+        else:
+            ax.errorbar([x[0]], [y], xerr=[[x[0] - x[1]], [x[2] - x[0]]], marker="o", color=color, capsize=3)
+        if reason:
+            ax.text(1.02, y, reason if len(reason) <= 70 else reason[:69] + "…", transform=side_text, fontsize=7,
+                    va="center", color=color)
+    reach = max([abs(v) for _, x, _, _ in rows if x is not None for v in x] + [2.0]) * 1.3
+    ax.set_xlim(-reach, reach)
+    ax.axvline(0, color="k", linewidth=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_yticks(range(len(rows)), [label for label, *_ in rows], fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel("estimate beyond the claim's threshold, in the claim's units (right of 0: the paper's side; "
+                  "bars: 95% interval)", fontsize=8)
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=v) for v, c in VERDICT_COLORS.items()
+               if any(verdict == v for _, _, verdict, _ in rows)]
+    fig.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.43, 0.0), ncol=len(handles),
+               frameon=False)
+    ax.grid(True, axis="x", alpha=0.3)
+    counts = pd.Series([r["verdict"] for r in claims]).value_counts()
+    ax.set_title("Claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()), fontsize=10)
+    fig.subplots_adjust(left=0.27, right=0.6, bottom=1.05 / height, top=1 - 0.45 / height)
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -7,6 +7,7 @@ summary.csv gains `selected_on_dev` (the lr chosen on it); dev is otherwise left
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -23,19 +24,20 @@ from bench.report_tables import (ablation_tables, cost_tables, dev_selection_tab
                                  generation_tables, interpretability_tables, interval_tables, lowdata_tables, md_table,
                                  shift_tables, size_tables, tex_table)
 from bench.report_templates import template_tables
+from bench.report_verdicts import Gate
 
-INTERVALS = (f"Intervals: percentile bootstrap, each replicate drawing the seeds and, once for every method on an "
-             f"eval set, its examples (with replacement); {RESAMPLES:,} replicates for accuracy, ROUGE, BLEU, NIST, "
-             "METEOR and CIDEr (each the corpus metric of the drawn examples, from per-example statistics), "
-             f"{CORPUS_RESAMPLES} for other corpus metrics (F1), re-scored on the drawn examples; records without "
-             "per-example outputs: over seeds only; none with one seed and no per-example outputs "
-             "(bench/report_stats.py).")
+INTERVALS = ("Intervals: seeds and eval examples as two levels -- Student's t over the per-seed values (seeds − 1 "
+             "df) plus the eval examples' shared sampling variance (analytic for accuracy and ROUGE, from "
+             f"{RESAMPLES:,} bootstrap replicates of the examples for BLEU, NIST, METEOR and CIDEr, "
+             f"{CORPUS_RESAMPLES} re-scored ones for F1), Welch–Satterthwaite df; records without per-example outputs: "
+             "t over seeds; one seed: examples only; none with one seed and no outputs (bench/report_stats.py, "
+             "docs/statistics.md).")
 
 
 def write_report(grid: str) -> list[Path]:
     """The grid's report; where the grid names a `readme` (the study: README.md), also that file's study-claims
     block (the claims table, linked to this report's claims.md)."""
-    from bench.plots import make_plots, plot_curves
+    from bench.plots import make_plots, plot_curves, plot_forest
 
     name, data = load_grid_file(grid)
     readme = Path(data["readme"]) if data.get("readme") else None
@@ -61,6 +63,10 @@ def write_report(grid: str) -> list[Path]:
     tables += [*curve_tables(found), *retention_tables(found)]
     plots = [*(make_plots(S, plots_dir) if len(S) else []), *plot_curves(curve_points(found), plots_dir)]
     claims = evaluate_claims(S, cells, hp_cols, yaml.safe_load(CLAIMS.read_text())["claims"])
+    forest = plot_forest(claims, plots_dir)
+    plots += [forest] if forest else []
+    before = rep / "verdicts-before.json"  # the verdicts under the statistics before these (shown before → after)
+    before = json.loads(before.read_text())["verdicts"] if before.exists() else None
     counts = cells["status"].value_counts()
     parts = [f"# Report: grid `{name}`", "", *([data["description"], ""] if data.get("description") else []),
              f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -72,8 +78,17 @@ def write_report(grid: str) -> list[Path]:
              f"`results/{name}/summary.csv`, `results/{name}/cells.csv`; LaTeX: `tables.tex`.", "",
              "## Tables", "", *(md_table(t) for t in tables), *([] if tables else ["(no results yet)", ""])]
     parts += ["## Plots", "", *(f"![{p.stem}](plots/{p.name})\n" for p in plots)] if plots else []
-    parts += ["## Claims", "", "| claim | verdict |", "|---|---|",
-              *(f"| [{r['id']}](claims.md#{r['id']}) | {r['verdict']} |" for r in claims), ""]
+    parts += ["## Claims", "", "| claim | test | verdict |", "|---|---|---|",
+              *(f"| [{r['id']}](claims.md#{r['id']}) | {r['test']} | {r['verdict']}"
+                + (f": {r['why']}".replace("|", "\\|") if r.get("why") else "") + " |" for r in claims), ""]
+    unlearned = Gate(S, dict(zip(cells["dir"], cells["outputs"]))).failures() if len(S) else []
+    if unlearned:
+        parts += ["## Cells that did not learn", "", "The learning gate (docs/statistics.md): these systems' in-domain "
+                  "accuracy does not clear the majority class of their eval examples at its one-sided 97.5% lower "
+                  "bound; claims reading them are not decided.", "",
+                  "| part | variant | task | model | train size | in-domain accuracy | majority class | what would fix "
+                  "it |", "|---|---|---|---|---|---|---|---|", *("| " + " | ".join(row) + " |" for row in unlearned),
+                  ""]
     bad = cells[cells["status"] != "ok"]
     if len(bad):
         parts += ["## Cells without a result", "", *(f"- `{r['dir']}`: {r['status']} — {r['detail']}"
@@ -94,10 +109,10 @@ def write_report(grid: str) -> list[Path]:
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md",
              rep / "headline.md"]
     texts = {paths[3]: "% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
-             + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims),
-             paths[5]: headline_md(claims)}
+             + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims, before),
+             paths[5]: headline_md(claims, before=before)}
     if readme is not None:
-        texts[readme] = readme_with_headline(readme.read_text(), headline_md(claims, f"{rep}/claims.md"))
+        texts[readme] = readme_with_headline(readme.read_text(), headline_md(claims, f"{rep}/claims.md", before))
         paths.append(readme)
     texts[paths[2]] = "\n".join(parts)  # README.md last: the file `rule all` asks for
     for path, text in texts.items():  # atomically: a killed report never leaves a partial file to be trusted

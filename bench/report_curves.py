@@ -1,4 +1,4 @@
-"""Records' `curve` and `retention` (bench/curves.py, bench/retention.py) -> tables, plot data and claim verdicts.
+"""Records' `curve` and `retention` (bench/curves.py, bench/retention.py) -> tables, plot data and claims' comparisons.
 
 Time to quality: a cell reaches fraction f of its final score at the first curve point whose score is at least
 start + f · (final − start), start being the step-0 score and final the last point's: a fraction of the gain
@@ -6,22 +6,25 @@ training made. (f of the final score itself would be met at or near step 0 by an
 close to f · final — SmolLM2's zero-shot SST-2 accuracy, 74.0 in the methods grid, is 86–91% of the trained
 methods' — so it could not tell methods apart.) A cell with no gain (final <= start) has no time to quality and is left out of the means.
 
-Intervals: percentile bootstrap as in bench/report_stats.py: each replicate draws the seeds of every method (with
-replacement) and, once per task (so every method's curve or retention measurement sees the same draw: paired),
-the curve's eval examples or the retention passages and zero-shot examples; the statistic is recomputed from the
-drawn examples (each point's score from its per-example `correct` string, a loss from per-passage sums).
+Intervals: two levels as in bench/report_stats.py: Student's t over the per-seed values (methods with as many seeds
+paired by seed), plus the sampling variance of the curve's eval examples or the retention passages and zero-shot
+examples, from example-only bootstrap replicates drawn once per task for every method (paired), the statistic
+recomputed from the drawn examples (each point's score from its per-example `correct` string, a loss from
+per-passage sums).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.report_stats import BOOTSTRAP_SEED, LEVEL, Interval, _interval, needed
+from bench.report_stats import BOOTSTRAP_SEED, LEVEL, Interval, from_replicates
 from bench.report_tables import Table
+from bench.report_verdicts import Comparison
 
 FRACTIONS = (0.9, 0.95)
 REPLICATES = 2000
@@ -140,24 +143,34 @@ def zero_shot_change(g, w_seeds, w_items) -> float:
     return zero_shot("adapted")(g, w_seeds, w_items) - zero_shot("base")(g, w_seeds, w_items)
 
 
-def bootstrap(groups: list[Seeds], weights: list[float], stat, level: float = LEVEL,
-              seed: int = BOOTSTRAP_SEED, item_key: str | None = None) -> Interval:
-    """Σ weights · stat(group) with its percentile interval: seeds drawn per group, items once for all (paired).
-    `item_key`: the array whose last axis is the items, when not every statistic's items are `Seeds.items`."""
+def curve_interval(groups: list[Seeds], weights: list[float], stat, level: float = LEVEL,
+                   seed: int = BOOTSTRAP_SEED, item_key: str | None = None) -> Interval:
+    """Σ weights · stat(group) with its t interval, two levels as bench/report_stats.py: per-seed values (groups
+    with as many seeds paired by seed index: seed i of each trained on the same sample) and example-only
+    replicates (the items drawn once for all groups, seeds fixed). A seed whose statistic has no value (no gain,
+    for time to quality) is left out of its group. `item_key`: the array whose last axis is the items, when not
+    every statistic's items are `Seeds.items`."""
     rng = np.random.default_rng(seed)
     n_items = groups[0].arrays[item_key].shape[-1] if item_key else groups[0].items
-    ones = [np.ones(_n_seeds(g)) for g in groups]
-    estimate = sum(w * stat(g, o, np.ones(n_items)) for g, w, o in zip(groups, weights, ones))
-    draws = np.empty(REPLICATES)
-    for r in range(REPLICATES):
-        w_items = np.bincount(rng.integers(0, n_items, n_items), minlength=n_items).astype(float)
-        draws[r] = sum(w * stat(g, np.bincount(rng.integers(0, _n_seeds(g), _n_seeds(g)),
-                                               minlength=_n_seeds(g)).astype(float), w_items)
-                       for g, w in zip(groups, weights))
-    finite = draws[np.isfinite(draws)]
-    if not np.isfinite(estimate) or len(finite) < REPLICATES / 2:
-        return Interval(estimate, np.nan, np.nan, "bootstrap: too few replicates with a value", draws)
-    return _interval(estimate, finite, level, f"{REPLICATES} replicates over seeds and examples")
+    ones = np.ones(n_items)
+    drawn = [np.bincount(rng.integers(0, n_items, n_items), minlength=n_items).astype(float)
+             for _ in range(REPLICATES)]
+    per_seed, replicates = {}, {}
+    for g, w in zip(groups, weights):
+        n = _n_seeds(g)
+        unit = np.eye(n)
+        values = np.array([stat(g, unit[k], ones) for k in range(n)])
+        kept = np.isfinite(values)
+        if not kept.any():
+            return Interval(math.nan, math.nan, math.nan, "no seed with a value")
+        reps = np.array([[stat(g, unit[k], d) for k in np.flatnonzero(kept)] for d in drawn])
+        reps = np.where(np.isfinite(reps), reps, values[kept][None, :])  # a replicate without a value: the seed's
+        key = tuple(np.flatnonzero(kept))
+        per_seed[key] = per_seed.get(key, 0.0) + w * values[kept]
+        replicates[key] = replicates.get(key, 0.0) + w * reps
+    estimate = float(sum(v.mean() for v in per_seed.values()))
+    return from_replicates(estimate, per_seed, replicates, n_items, level,
+                           f"seeds (t) + examples ({REPLICATES} bootstrap replicates)")
 
 
 def _n_seeds(g: Seeds) -> int:
@@ -181,10 +194,10 @@ def curve_tables(found) -> list[Table]:
     rows = []
     for key, g in groups.items():
         n = _n_seeds(g)
-        cells = [_cell(bootstrap([g], [1], final_score), n)]
+        cells = [_cell(curve_interval([g], [1], final_score), n)]
         for f in FRACTIONS:
-            cells += [_cell(bootstrap([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f)), n, 0),
-                      _cell(bootstrap([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f, "seconds")), n)]
+            cells += [_cell(curve_interval([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f)), n, 0),
+                      _cell(curve_interval([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f, "seconds")), n)]
         rows.append([*key[:len(KEYS)], f"{g.arrays['steps'][-1]} (every {g.arrays['steps'][1] - g.arrays['steps'][0]})",
                      *cells, f"{g.arrays['eval_s'].mean():.1f}"])
     header = [*KEYS, "steps (eval every)", "final score",
@@ -203,14 +216,14 @@ def retention_tables(found) -> list[Table]:
     rows = []
     for key, g in groups.items():
         n = _n_seeds(g)
-        base, adapted = bootstrap([g], [1], lm_loss("base")), bootstrap([g], [1], lm_loss("adapted"))
-        row = [*key[:len(KEYS)], _cell(base, n, 3), _cell(adapted, n, 3), _cell(bootstrap([g], [1], loss_increase), n, 3),
+        base, adapted = curve_interval([g], [1], lm_loss("base")), curve_interval([g], [1], lm_loss("adapted"))
+        row = [*key[:len(KEYS)], _cell(base, n, 3), _cell(adapted, n, 3), _cell(curve_interval([g], [1], loss_increase), n, 3),
                f"{np.exp(base.estimate):.2f} → {np.exp(adapted.estimate):.2f}"]
         if "base_correct" in g.arrays:
             row += [g.arrays["zero_shot_task"],
-                    _cell(bootstrap([g], [1], zero_shot("base"), item_key="base_correct"), n),
-                    _cell(bootstrap([g], [1], zero_shot("adapted"), item_key="base_correct"), n),
-                    _cell(bootstrap([g], [1], zero_shot_change, item_key="base_correct"), n)]
+                    _cell(curve_interval([g], [1], zero_shot("base"), item_key="base_correct"), n),
+                    _cell(curve_interval([g], [1], zero_shot("adapted"), item_key="base_correct"), n),
+                    _cell(curve_interval([g], [1], zero_shot_change, item_key="base_correct"), n)]
         else:
             row += ["–"] * 4
         rows.append(row)
@@ -230,13 +243,13 @@ def curve_points(found) -> pd.DataFrame:
     rows = []
     for key, g in curve_groups(found).items():
         for p, step in enumerate(g.arrays["steps"]):
-            interval = bootstrap([g], [1], lambda g, s, i, p=p: float(s @ scores(g, i)[:, p] / s.sum()))
+            interval = curve_interval([g], [1], lambda g, s, i, p=p: float(s @ scores(g, i)[:, p] / s.sum()))
             rows.append({**dict(zip(KEYS, key)), "step": int(step), "train_s": float(g.arrays["seconds"][:, p].mean()),
                          "mean": interval.estimate, "ci_low": interval.low, "ci_high": interval.high})
     return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------------ claims (kinds decided here, on these bootstraps)
+# ------------------------------------------------------------------ claims (kinds whose comparisons are read here)
 def _select(groups: dict, sel: dict) -> dict:
     def match(key, value):
         return str(value) in {str(v) for v in (sel[key] if isinstance(sel[key], list) else [sel[key]])}
@@ -244,91 +257,66 @@ def _select(groups: dict, sel: dict) -> dict:
             if all(match(name, value) for name, value in zip(GROUP, k) if name in sel)}
 
 
-def _decide(comparisons, margin: float, side: int) -> tuple[str, list[str], str]:
-    """comparisons: (label, interval, seeds, items, text); Bonferroni over them as bench/report_claims.py does;
-    the verdict, a line per comparison and the deciding one in short (bench.report_claims.deciding)."""
-    from bench.report_claims import deciding  # it imports this module's OWN_CHECKS
-
-    found, lines, shorts = [], [], []
-    for label, interval, seeds, items, text in comparisons:
-        if not np.isfinite(interval.estimate):
-            found.append("inconclusive")
-            lines.append(f"{label}: {text}: no gain over the step-0 score on a side (final <= start in every seed), "
-                         "so no time to quality to compare → inconclusive")
-            shorts.append(f"{label}: {text}: no gain over the step-0 score")
-            continue
-        if not np.isfinite(interval.low):
-            found.append("inconclusive")
-            lines.append(f"{label}: {text}: Δ {interval.estimate:+.3g}; {interval.method} → inconclusive")
-            shorts.append(f"{label}: {text}: Δ {interval.estimate:+.3g}; n = {seeds} seeds")
-            continue
-        low, high = interval.low - margin, interval.high - margin
-        verdict = ("reproduced" if side * low > 0 and side * high > 0 else
-                   "contradicted" if side * low < 0 and side * high < 0 else "inconclusive")
-        found.append(verdict)
-        level = 1 - (1 - LEVEL) / len(comparisons)
-        lines.append(f"{label}: {text}: Δ {interval.estimate:+.3g} [{interval.low:+.3g}, {interval.high:+.3g}] "
-                     f"({100 * level:.1f}% interval, {interval.method}; claim: {'>' if side > 0 else '<'} "
-                     f"{margin:+g}) → {verdict}" + (f"; {needed(interval, margin, seeds, items)}"
-                                                      if verdict == "inconclusive" else ""))
-        shorts.append(f"{label}: {text}: Δ {interval.estimate:+.3g} [{interval.low:+.3g}, {interval.high:+.3g}]; "
-                      f"n = {seeds} seeds × {items} items")
-    if not found:
-        return "not run", lines, ""
-    if "contradicted" in found:
-        return "contradicted", lines, deciding(found, shorts)
-    return ("reproduced" if all(v == "reproduced" for v in found) else "inconclusive"), lines, deciding(found, shorts)
-
-
 def _pairs(groups: dict, check: dict):
-    """(label, left group, right group) aligned on task, model and train size; and what is missing."""
+    """(label, left key, left group, right key, right group) aligned on task, model, train size and part; and what
+    is missing."""
     where = check.get("where", {})
     left, right = _select(groups, {**where, **check["left"]}), _select(groups, {**where, **check["right"]})
     out = []
     for lk, lg in left.items():
         for rk, rg in right.items():
             if (lk[0], lk[1], lk[3], lk[5]) == (rk[0], rk[1], rk[3], rk[5]):  # task, model, train size, grid
-                out.append((f"{lk[0]} {lk[2]} − {rk[2]}", lg, rg))
+                out.append((f"{lk[0]} {lk[2]} − {rk[2]}", lk, lg, rk, rg))
     gone = [] if out else [f"the grid has no records with a curve / retention for {check['left']} and "
                            f"{check['right']} on one task (where {where})"]
     return out, gone
 
 
-def check_time_to_fraction(cells, check) -> tuple[str, list[str], str, list[str]]:
+def _row(key: tuple) -> dict:
+    """A group's key as the row the learning gate reads (bench.report_verdicts.Gate)."""
+    return dict(zip(GROUP, key))
+
+
+def check_time_to_fraction(cells, check, margin: float):
     """left needs more (op '>') or fewer (op '<') steps than right to reach `fraction` of its own gain."""
     pairs, gone = _pairs(curve_groups(records(cells)), check)
     side, fraction, what = (1 if check.get("op", ">") in (">", ">=") else -1), check.get("fraction", 0.9), \
         check.get("unit", "steps")
-    level = 1 - (1 - LEVEL) / max(1, len(pairs))
     comparisons = []
-    for label, lg, rg in pairs:
-        interval = bootstrap([lg, rg], [1, -1], lambda g, s, i: to_fraction(g, s, i, fraction, what), level)
-        text = (f"{what} to {fraction:.0%} of the gain "
-                f"{to_fraction(lg, np.ones(_n_seeds(lg)), np.ones(lg.items), fraction, what):.1f} vs "
-                f"{to_fraction(rg, np.ones(_n_seeds(rg)), np.ones(rg.items), fraction, what):.1f}")
-        comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), lg.items, text))
-    verdict, lines, short = _decide(comparisons, float(check["margin"]), side)
-    return verdict, lines, short, gone
+    for label, lk, lg, rk, rg in pairs:
+        def stat(g, s, i):
+            return to_fraction(g, s, i, fraction, what)
+        text = (f"{what} to {fraction:.0%} of the gain {stat(lg, np.ones(_n_seeds(lg)), np.ones(lg.items)):.1f} vs "
+                f"{stat(rg, np.ones(_n_seeds(rg)), np.ones(rg.items)):.1f}")
+        comparisons.append(Comparison(label, [(_row(lk), ""), (_row(rk), "")], margin, side, text,
+                                      lambda lg=lg, rg=rg, stat=stat: curve_interval([lg, rg], [1, -1], stat),
+                                      unit=what))
+    return comparisons, [], gone
 
 
-def check_retention(cells, check) -> tuple[str, list[str], str, list[str]]:
-    """measure `lm_loss_increase` (left − right, op '<': left loses less) or `zero_shot_change` (op '>')."""
+def check_retention(cells, check, margin: float):
+    """measure `lm_loss_increase` (left − right, op '<': left loses less) or `zero_shot_change` (op '>'). A
+    zero-shot probe that the base model answers at its majority class (every prediction one label) measures
+    nothing: such pairs are left out, and said so."""
     pairs, gone = _pairs(retention_groups(records(cells)), check)
     measure = check.get("measure", "lm_loss_increase")
     stat, key = {"lm_loss_increase": (loss_increase, None),
                  "zero_shot_change": (zero_shot_change, "base_correct")}[measure]
-    pairs = [p for p in pairs if key is None or all(key in g.arrays for g in p[1:])]
+    pairs = [p for p in pairs if key is None or all(key in g.arrays for g in (p[2], p[4]))]
     side = 1 if check.get("op", "<") in (">", ">=") else -1
-    level = 1 - (1 - LEVEL) / max(1, len(pairs))
-    comparisons = []
-    for label, lg, rg in pairs:
-        interval = bootstrap([lg, rg], [1, -1], stat, level, item_key=key)
+    comparisons, notes = [], []
+    for label, lk, lg, rk, rg in pairs:
+        if key and not any((g.arrays["base_correct"] != g.arrays["adapted_correct"]).any() for g in (lg, rg)):
+            comparisons.append(Comparison(label, [], margin, side, "", undecided=(
+                f"the zero-shot probe ({lg.arrays['zero_shot_task']}) gave the same answers before and after "
+                "adapting, in every seed of both methods: it measures nothing here")))
+            continue
         ones = lambda g: (np.ones(_n_seeds(g)), np.ones(g.arrays[key].shape[-1] if key else g.items))  # noqa: E731
         text = f"{measure} {stat(lg, *ones(lg)):+.3f} vs {stat(rg, *ones(rg)):+.3f}"
-        items = lg.arrays[key].shape[-1] if key else lg.items  # zero-shot examples, or passages
-        comparisons.append((label, interval, min(_n_seeds(lg), _n_seeds(rg)), items, text))
-    verdict, lines, short = _decide(comparisons, float(check["margin"]), side)
-    return verdict, lines, short, gone
+        comparisons.append(Comparison(label, [(_row(lk), ""), (_row(rk), "")], margin, side, text,
+                                      lambda lg=lg, rg=rg: curve_interval([lg, rg], [1, -1], stat, item_key=key),
+                                      unit="nats" if key is None else "points"))
+    return comparisons, notes, gone
 
 
 OWN_CHECKS = {"time_to_fraction": check_time_to_fraction, "retention": check_retention}

@@ -1,25 +1,29 @@
-"""Bootstrap intervals for the report: one system's score, or a weighted sum of systems' scores (a paired difference,
-a difference of differences), resampled over seeds and over eval examples.
+"""Confidence intervals for the report: one system's score, or a weighted sum of systems' scores (a paired
+difference, a difference of differences), with seeds and eval examples as two levels of sampling
+(docs/statistics.md gives the model, the choices and the simulation that checks them).
 
-Design. A *system* is one summary row: a method variant's cells (one per seed) on one eval set and metric. One
-bootstrap replicate draws the eval examples once (n of n, with replacement) per eval set -- the same draw for
-every system on that eval set, which pairs the systems by example id -- and each system's seeds (s of s); the
-system's score in the replicate is the mean over the drawn seeds of its metric on the drawn examples. Eval
-examples and seeds are crossed (every seed is scored on the same examples), so both are drawn once per replicate;
-systems with the same seeds draw them jointly (seed i of both trained on the same sample). Intervals are percentile
-intervals of 10,000 replicates where the metric follows from per-example statistics, checked to give the record's
-value: means over examples (accuracy, an ensemble's average prompt, ROUGE as rouge-score and coco-caption average
-it) and the corpus metrics of the drawn examples, as re-scoring them would give: BLEU (sacrebleu's per-sentence
-n-gram statistics, summed: as sacrebleu's own paired bootstrap computes it), NIST and CIDEr (per-example n-gram
-counts; the information weights and IDF from the drawn examples' references) and METEOR (each segment's statistics
-from the jar, summed per replicate and scored by the jar); of 200 replicates for other corpus metrics (F1, an
-ensemble's best prompt, or a metric whose statistics no longer give the record's value), each re-scored by the
-method's own `score_outputs` on the drawn examples -- except NIST, METEOR and CIDEr, too slow to re-score (a JVM
-per score for METEOR and CIDEr), which then get intervals over seeds only (so do METEOR and CIDEr without Java), as
-do all records without per-example outputs (older records); with one seed and no outputs there is no interval.
-
-scipy.stats.bootstrap (paired, BCa) resamples one level: it cannot draw examples and seeds together, which is why
-this is our own (a few array operations). The generator is seeded: the same records give the same intervals.
+A *system* is one summary row: a method variant's cells (one per seed) on one eval set and metric. The estimate is
+the weighted sum of the systems' seed means. Its variance has two parts:
+- seeds: systems with the same seeds are paired by seed (seed i of each trained on the same sample); per seed group
+  the sample variance s² of the per-seed values of the weighted sum, over n: s²/n, with n - 1 degrees of freedom.
+  With 3-10 seeds this is where a percentile bootstrap under-covers (3 seeds: it spans the min-max of 3 values at
+  any level), and why the interval uses Student's t.
+- examples: every seed is scored on the same eval examples, so the example draw is shared by all seeds (and by
+  every system on one eval set: paired by example id). Its variance is that of the estimate over draws of the
+  examples with the seeds held fixed: analytic (sample variance / m) for metrics that are means over examples
+  (accuracy, an ensemble's average prompt, ROUGE as rouge-score and coco-caption average it), else from bootstrap
+  replicates that re-score the drawn examples' corpus metric: 10,000 where it follows from per-example statistics,
+  checked to give the record's value -- BLEU (sacrebleu's per-sentence n-gram statistics, summed), NIST and CIDEr
+  (per-example n-gram counts; the information weights and IDF from the drawn examples' references) and METEOR (each
+  segment's statistics from the jar, summed and scored by the jar) -- and 200 for other corpus metrics (F1, an
+  ensemble's best prompt), re-scored by the method's own `score_outputs`.
+Both parts contain the seed-by-example interaction once (s² sees each seed's own example noise; the example draw
+sees it averaged over seeds), so it is subtracted once: (mean over seeds of each seed's example variance - the
+variance of the seed mean) / (n - 1), per group. The interval is estimate ± t(df) · se with Welch-Satterthwaite
+df. NIST, METEOR and CIDEr whose statistics do not give the record's value, and records without per-example
+outputs, get the seed part only (t over seeds); with one seed the seed variance cannot be estimated (the interval
+is over examples only, and says so); with one seed and no outputs there is no interval. Replicates start from a
+fixed generator seed: the same records give the same intervals.
 """
 from __future__ import annotations
 
@@ -70,7 +74,24 @@ class Interval:
     low: float
     high: float
     method: str  # how it was computed, for the report
-    draws: np.ndarray  # the bootstrap distribution
+    draws: np.ndarray | None = None  # a bootstrap distribution, where one gave the interval (curves, spreads)
+    se: float = math.nan  # standard error (t intervals)
+    df: float = math.inf  # its degrees of freedom
+    variance: "Variance | None" = None  # its components, for the power planner
+
+    def bound(self, alpha: float, side: int) -> float:
+        """The one-sided (1 - alpha) confidence bound on the claim's side: lower (side +1) or upper (side -1)."""
+        from scipy import stats
+
+        if not math.isfinite(self.se):  # a percentile interval: its own (two-sided) ends
+            return self.low if side > 0 else self.high
+        q = stats.t.ppf(1 - alpha, self.df) if math.isfinite(self.df) else stats.norm.ppf(1 - alpha)
+        return self.estimate - side * q * self.se
+
+    def at(self, level: float) -> tuple[float, float]:
+        """The two-sided interval at another level."""
+        alpha = (1 - level) / 2
+        return self.bound(alpha, 1), self.bound(alpha, -1)
 
 
 def _aligned(systems: list[System]) -> dict[str, list[str]] | None:
@@ -91,23 +112,15 @@ def _weights(rng, n: int, count: int) -> np.ndarray:
     return np.bincount(drawn.ravel(), minlength=count * n).reshape(count, n) / n
 
 
-def _seed_weights(rng, systems, count) -> list[np.ndarray]:
-    """(count, seeds) multiplicities / seeds per system; systems with the same seeds share one draw."""
-    drawn: dict[tuple, np.ndarray] = {}
-    out = []
-    for system in systems:
-        if system.seeds not in drawn:
-            drawn[system.seeds] = _weights(rng, len(system.seeds), count)
-        out.append(drawn[system.seeds])
-    return out
-
-
-def bootstrap(systems: list[System], weights: list[float], level: float = LEVEL, seed: int = BOOTSTRAP_SEED,
-              resamples: int = RESAMPLES, corpus_resamples: int = CORPUS_RESAMPLES) -> Interval | None:
-    """The interval of sum_i weights[i] * score(systems[i]); None when it cannot be computed (one seed and no
-    per-example outputs, or no shared examples)."""
-    rng = np.random.default_rng(seed)
+def interval(systems: list[System], weights: list[float], level: float = LEVEL, seed: int = BOOTSTRAP_SEED,
+             resamples: int = RESAMPLES, corpus_resamples: int = CORPUS_RESAMPLES) -> Interval | None:
+    """The interval of sum_i weights[i] * score(systems[i]) at `level` (two-sided); None when it cannot be computed
+    (one seed and no per-example outputs, or no shared examples). Two levels, as the module docstring says: per-seed
+    values give the seed term (t, seeds - 1 df), the eval examples' sampling variance (analytic for means over
+    examples, else from example-only bootstrap replicates) the example term, less the seed-by-example part that both
+    contain; Satterthwaite's degrees of freedom combine them."""
     estimate = float(sum(w * s.values.mean() for s, w in zip(systems, weights)))
+    groups = _seed_groups(systems, weights)
     with_outputs = all(s.outputs is not None for s in systems)
     ids = _aligned(systems) if with_outputs else None
     if with_outputs and ids is None:
@@ -121,23 +134,157 @@ def bootstrap(systems: list[System], weights: list[float], level: float = LEVEL,
                             for rows in system.outputs])
         parts = [_decomposed(s, by_seed) for s, by_seed in zip(systems, aligned)]
     if not with_outputs or any(p is None and s.metric in SEEDS_ONLY for s, p in zip(systems, parts)):
-        if any(len(s.seeds) < 2 for s in systems):
+        if any(len(d) < 2 for d in groups.values()):
             return None
-        draws = np.zeros(resamples)
-        for system, w, seeds in zip(systems, weights, _seed_weights(rng, systems, resamples)):
-            draws += w * seeds @ system.values
-        return _interval(estimate, draws, level, "seeds")
-    if all(part is not None for part in parts):
-        draws = np.concatenate([_decomposed_draws(rng, systems, weights, ids, parts, count)
-                                for count in [CHUNK] * (resamples // CHUNK) + [resamples % CHUNK] if count])
-        return _interval(estimate, draws, level, f"seeds × examples, {resamples:,} resamples")
-    draws = np.zeros(corpus_resamples)
-    for b in range(corpus_resamples):
-        picks = {space: rng.integers(len(space_ids), size=len(space_ids)) for space, space_ids in ids.items()}
-        for system, w, by_seed, seeds in zip(systems, weights, aligned, _seed_weights(rng, systems, 1)):
-            draws[b] += w * sum(m * system.scorer([rows[j] for j in picks[system.space]])
-                                for rows, m in zip(by_seed, seeds[0]) if m)
-    return _interval(estimate, draws, level, f"seeds × examples, {corpus_resamples} resamples (corpus metric)")
+        return two_level(estimate, groups, 0.0, {}, 0, level, "t over seeds (no per-example outputs)")
+    examples = min(len(i) for i in ids.values())
+    if all(p is not None and all(part[0] == "mean" for part in p) for p in parts):
+        return interval_of_means([(s.seeds, s.space, np.stack([x[1] for x in p])) for s, p in zip(systems, parts)],
+                                 weights, level, estimate)  # the records' values: the parts were checked to give them
+    matrices, count = _replicate_example_variances(systems, weights, aligned, parts, ids, seed, resamples,
+                                                   corpus_resamples)
+    return from_replicates(estimate, groups, matrices, examples, level,
+                           f"seeds (t) + examples ({count:,} bootstrap replicates)")
+
+
+def two_level(estimate: float, groups: dict[tuple, np.ndarray], example_total: float, by_group: dict,
+              examples: int, level: float, how: str) -> Interval:
+    """The t interval from the two levels: `groups`, per seed group its per-seed values; `example_total`, the
+    estimate's variance over example draws (seeds fixed); `by_group`, per group (mean over its seeds of each seed's
+    example variance, the example variance of its seed mean), from which the seed-by-example part is removed."""
+    interactions, seed_terms = {}, []
+    for g, d in groups.items():
+        if len(d) > 1:
+            mean_var, var_of_mean = by_group.get(g, (0.0, 0.0))
+            interactions[g] = max(0.0, (mean_var - var_of_mean) / (len(d) - 1))
+            seed_terms.append((float(np.var(d, ddof=1)) / len(d), len(d) - 1))
+    if len(seed_terms) < len(groups):  # a one-seed group: its seed variance cannot be estimated
+        how += "; one seed: seed variance not estimated"
+    interaction = sum(interactions.values())
+    variance = Variance(seed_terms, max(0.0, example_total - interaction), interaction,
+                        min(map(len, groups.values())), examples)
+    return _t_interval(estimate, variance, level, how)
+
+
+def from_replicates(estimate: float, per_seed: dict[tuple, np.ndarray], replicates: dict[tuple, np.ndarray],
+                    examples: int, level: float, how: str) -> Interval:
+    """two_level from example-only replicates: per group its per-seed values and a (replicates, seeds) matrix of
+    the same statistic on drawn examples (seeds fixed), weights already applied."""
+    total = float(np.var(sum(x.mean(axis=1) for x in replicates.values()), ddof=1))
+    by_group = {g: (float(np.var(x, axis=0, ddof=1).mean()), float(np.var(x.mean(axis=1), ddof=1)))
+                for g, x in replicates.items()}
+    return two_level(estimate, per_seed, total, by_group, examples, level, how)
+
+
+@dataclass
+class Variance:
+    """The variance of a weighted sum of systems' scores, by part. `seed_terms`: per seed group (s²/n, n - 1 df),
+    s² the sample variance of its per-seed values, which holds the seed-by-example part too (each seed's own
+    example noise); `example`: the eval examples' shared part (the draw every seed sees) less that seed-by-example
+    part (`interaction`, also kept to plan other seed and example counts); `seeds`, `examples`: n and m."""
+
+    seed_terms: list
+    example: float
+    interaction: float
+    seeds: int
+    examples: int
+
+    @property
+    def seed(self) -> float:
+        return sum(v for v, _ in self.seed_terms)
+
+    @property
+    def total(self) -> float:
+        return self.seed + self.example
+
+    @property
+    def df(self) -> float:
+        """Welch-Satterthwaite over the seed terms (n - 1 df each) and the example part (m - 1 df). In the df only,
+        each seed term is taken at its upper 75% confidence value, s²/n · (n - 1) / χ²(0.25; n - 1): with 3-10 seeds
+        an s² small by chance would otherwise raise the df just where the variance is underestimated (the plain
+        Satterthwaite df covered 92-93% at 3 seeds in tests/test_coverage.py's simulation; this keeps 93-97%)."""
+        from scipy import stats
+
+        terms = [(v * df / stats.chi2.ppf(0.25, df), df) for v, df in self.seed_terms if df > 0]
+        terms.append((self.example, max(1, self.examples - 1)))
+        denominator = sum(v * v / df for v, df in terms if v > 0)
+        return sum(v for v, _ in terms) ** 2 / denominator if denominator > 0 else math.inf
+
+    def planned(self, seeds: int, examples: int | None = None) -> float:
+        """The variance at another number of seeds and eval examples: the seeds' own part scaled as 1/n, the
+        seed-by-example part as 1/(nm), the examples' shared part as 1/m."""
+        n, m = max(self.seeds, 1), max(self.examples, 1)
+        examples = examples or m
+        own = max(0.0, self.seed - self.interaction)
+        return own * n / seeds + self.interaction * n * m / (seeds * examples) + self.example * m / examples
+
+
+def _seed_groups(systems, weights) -> dict[tuple, np.ndarray]:
+    """Per seed tuple, the per-seed values of the weighted sum of the systems with those seeds: systems that share
+    seeds are paired by seed (seed i of each trained on the same sample); groups are independent."""
+    groups: dict[tuple, np.ndarray] = {}
+    for system, w in zip(systems, weights):
+        groups[system.seeds] = groups.get(system.seeds, 0.0) + w * np.asarray(system.values, dtype=float)
+    return groups
+
+
+def interval_of_means(arrays: list[tuple[tuple, str, np.ndarray]], weights: list[float], level: float = LEVEL,
+                      estimate: float | None = None) -> Interval:
+    """`interval` for metrics that are means over examples, from arrays: per system (its seeds, its space, a
+    (seeds, examples) matrix of per-example values, examples aligned by id within a space). The example parts are
+    analytic: per space, the sample variance over examples of the weighted sum's per-example values, over m."""
+    spaces: dict[str, dict[tuple, np.ndarray]] = {}  # per space, per seed group: the weighted sum's values
+    groups: dict[tuple, np.ndarray] = {}  # per seed group: the weighted sum's per-seed values
+    for (seeds, space, values), w in zip(arrays, weights):
+        by_group = spaces.setdefault(space, {})
+        by_group[seeds] = by_group.get(seeds, 0.0) + w * values
+        groups[seeds] = groups.get(seeds, 0.0) + w * values.mean(axis=1)
+    total, by_group = 0.0, {}
+    for space, parts in spaces.items():
+        m = next(iter(parts.values())).shape[1]
+        if m < 2:
+            continue
+        total += float(np.var(sum(x.mean(axis=0) for x in parts.values()), ddof=1)) / m
+        for g, x in parts.items():
+            mean_var, var_mean = by_group.get(g, (0.0, 0.0))
+            by_group[g] = (mean_var + float(np.var(x, axis=1, ddof=1).mean()) / m,
+                           var_mean + float(np.var(x.mean(axis=0), ddof=1)) / m)
+    estimate = float(sum(g.mean() for g in groups.values())) if estimate is None else estimate
+    examples = min(next(iter(p.values())).shape[1] for p in spaces.values())
+    return two_level(estimate, groups, total, by_group, examples, level, "seeds (t) + examples (analytic)")
+
+
+def _replicate_example_variances(systems, weights, aligned, parts, ids, seed, resamples, corpus_resamples):
+    """Corpus metrics: the same variances from bootstrap replicates of the eval examples (seeds fixed), each
+    replicate drawing every space's examples once for all systems (paired): from per-example statistics where the
+    metric decomposes, else re-scored on the drawn examples (`corpus_resamples` replicates)."""
+    rng = np.random.default_rng(seed)
+    count = resamples if all(p is not None for p in parts) else corpus_resamples
+    chunks: dict[tuple, list[np.ndarray]] = {}  # per seed group: (replicates, seeds) blocks of the weighted sum
+    for start in range(0, count, CHUNK):
+        picked = {space: _weights(rng, len(i), min(CHUNK, count - start)) for space, i in ids.items()}
+        block: dict[tuple, np.ndarray] = {}
+        for system, w, by_seed, part in zip(systems, weights, aligned, parts):
+            drawn = picked[system.space]
+            if part is not None:
+                scores = np.stack([_replicate_scores(p, drawn) for p in part], axis=1)
+            else:
+                n = drawn.shape[1]
+                draws = [np.repeat(np.arange(n), np.rint(row * n).astype(int)) for row in drawn]
+                scores = np.array([[system.scorer([rows[j] for j in d]) for rows in by_seed] for d in draws])
+            block[system.seeds] = block.get(system.seeds, 0.0) + w * scores
+        for g, x in block.items():
+            chunks.setdefault(g, []).append(x)
+    return {g: np.concatenate(xs) for g, xs in chunks.items()}, count
+
+
+def _t_interval(estimate: float, variance: Variance, level: float, how: str) -> Interval:
+    from scipy import stats
+
+    se, df = math.sqrt(variance.total), variance.df
+    q = stats.t.ppf(0.5 + level / 2, df) if math.isfinite(df) else stats.norm.ppf(0.5 + level / 2)
+    return Interval(estimate, estimate - q * se, estimate + q * se, f"{how}, df {df:.1f}" if math.isfinite(df)
+                    else how, se=se, df=df, variance=variance)
 
 
 def _decomposed(system: System, by_seed: list[list[dict]]) -> list | None:
@@ -441,20 +588,6 @@ def _corpus_statistics(metric, scorer_name, hypotheses: tuple, references: tuple
     return CORPUS_STATISTICS[metric](hypotheses, references, scorer_name)
 
 
-def _decomposed_draws(rng, systems, weights, ids, parts, count) -> np.ndarray:
-    """`count` replicates of the weighted sum from per-example statistics: example multiplicities (count, examples)
-    times each seed's statistics, then seed multiplicities."""
-    examples = {space: _weights(rng, len(i), count) for space, i in ids.items()}
-    draws = np.zeros(count)
-    for system, w, by_seed, seeds in zip(systems, weights, parts, _seed_weights(rng, systems, count)):
-        picked = examples[system.space]
-        per_seed = np.zeros((count, len(by_seed)))
-        for k, part in enumerate(by_seed):
-            per_seed[:, k] = _replicate_scores(part, picked)
-        draws += w * (per_seed * seeds).sum(axis=1)
-    return draws
-
-
 # Every interval starts its generator from BOOTSTRAP_SEED, so a system's summary interval and the comparisons it
 # enters (same eval set, same seeds) draw the same examples: a seed's corpus metric (BLEU, NIST, METEOR, CIDEr:
 # the report's slow part) is scored on a draw once, not once per comparison. Same inputs, same scores.
@@ -480,15 +613,3 @@ def _interval(estimate, draws, level, method) -> Interval:
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(draws, [tail, 100 - tail])
     return Interval(estimate, float(low), float(high), method, draws)
-
-
-def needed(interval: Interval, margin: float, seeds: int, examples: int | None) -> str:
-    """How many seeds (or examples) would put the interval beyond the margin, if it narrows as 1/sqrt(n) around
-    the observed estimate."""
-    distance = abs(interval.estimate - margin)
-    half = (interval.high - interval.low) / 2
-    if distance == 0 or not math.isfinite(half):
-        return "the observed difference equals the margin: no number of seeds or examples would decide it"
-    factor = max(1.0, (half / distance) ** 2)
-    about = f"about {math.ceil(seeds * factor)} seeds"
-    return about + (f" or {math.ceil(examples * factor)} examples per seed" if examples else "") + " would decide it"

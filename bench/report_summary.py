@@ -20,7 +20,7 @@ import pandas as pd
 from bench.cell import harness_hash, read_outputs
 from bench.grid import CELL_REFS, grid_cells, outdated_inputs
 from bench.lock import other_lock
-from bench.report_stats import System, bootstrap
+from bench.report_stats import System, interval
 
 KEYS = ["task", "model", "method", "train_size"]
 COST = ["trainable_params", "delta_params", "total_params", "delta_bytes", "peak_mem_bytes",
@@ -158,7 +158,7 @@ def add_intervals(S: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """S with each row's 95% interval (`ci_low`, `ci_high`) and how it was computed (`interval`)."""
     outputs = dict(zip(cells["dir"], cells["outputs"]))
     metrics = S.groupby("task")["metric"].agg(set).to_dict()
-    found = [bootstrap([system(r, outputs, metrics)], [1.0]) for r in S.to_dict("records")]
+    found = [interval([system(r, outputs, metrics)], [1.0]) for r in S.to_dict("records")]
     return S.assign(ci_low=[round(i.low, 4) if i else math.nan for i in found],
                     ci_high=[round(i.high, 4) if i else math.nan for i in found],
                     interval=[i.method if i else "n/a (one seed, no per-example outputs)" for i in found])
@@ -167,7 +167,7 @@ def add_intervals(S: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_difference(cells: pd.DataFrame, S: pd.DataFrame):
-    """A function (row, reference row) -> the bootstrap interval of row − reference on their shared eval examples."""
+    """A function (row, reference row) -> the 95% interval of row − reference on their shared eval examples."""
     outputs = dict(zip(cells["dir"], cells["outputs"]))
     metrics = S.groupby("task")["metric"].agg(set).to_dict()
-    return lambda row, ref: bootstrap([system(row, outputs, metrics), system(ref, outputs, metrics)], [1.0, -1.0])
+    return lambda row, ref: interval([system(row, outputs, metrics), system(ref, outputs, metrics)], [1.0, -1.0])

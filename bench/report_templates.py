@@ -1,12 +1,12 @@
 """Template sensitivity: per task x model x method, the score under every template (hp `template`), their spread, and
-the bootstrap of a spread difference (the claim kind `spread`: one method family's spread across templates minus
+the interval of a spread difference (the claim kind `spread`: one method family's spread across templates minus
 another's)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from bench.report_stats import MEAN_METRICS, Interval, _aligned, _interval
+from bench.report_stats import BOOTSTRAP_SEED, LEVEL, MEAN_METRICS, Interval, _aligned, _weights, from_replicates
 from bench.report_tables import Table, fmt
 from bench.tasks import DEFAULT_TEMPLATE
 
@@ -47,14 +47,17 @@ def template_tables(S: pd.DataFrame, hp_cols: list[str]) -> list[Table]:
     return [Table("Template sensitivity (in-domain, primary metric)", ["task", "model", "method", "train size",
                                                                        *others, *names, "max − min", "std"], body,
                   "Each template is a prompt + verbalizer of config/tasks.yaml (hp `template`); spread over the "
-                  "templates' means (std: sample std over templates). The claim `template_sensitivity` bootstraps "
-                  "the difference of spreads.")]
+                  "templates' means (std: sample std over templates). The claim `template_sensitivity` tests the "
+                  "difference of spreads, per seed.")]
 
 
-def spread_bootstrap(systems, weights, level: float, seed: int, resamples: int = 10_000) -> Interval | None:
-    """Interval of (max − min over the systems weighted +1) − (max − min over those weighted −1): per replicate the
-    eval examples (shared by all systems) and the seeds (shared by systems with the same seeds) are drawn with
-    replacement. Metrics that are means over examples only; None otherwise (or without shared examples)."""
+def spread_interval(systems, weights, level: float = LEVEL, seed: int = BOOTSTRAP_SEED,
+                    resamples: int = 2_000) -> Interval | None:
+    """Interval of the mean over seeds of each seed's (max − min over the systems weighted +1) − (max − min over
+    those weighted −1), two levels as bench/report_stats.py: t over the per-seed spreads, plus the eval examples'
+    variance from example-only bootstrap replicates (seeds fixed; the same draw for every system). Per seed, not of
+    the seed means: the spread is not linear, and a per-seed value is what t needs. Metrics that are means over
+    examples only; None otherwise (or without shared examples, or with systems of other seeds)."""
     if any(s.outputs is None or s.metric not in MEAN_METRICS for s in systems) or len(
             {s.seeds for s in systems}) != 1 or len({s.space for s in systems}) != 1:
         return None
@@ -75,23 +78,17 @@ def spread_bootstrap(systems, weights, level: float, seed: int, resamples: int =
         per_example.append(seeds)
     X = np.array(per_example)
     rng = np.random.default_rng(seed)
-    n_seeds, n_examples = X.shape[1], X.shape[2]
     up, down = np.array(weights) > 0, np.array(weights) < 0
 
-    def statistic(scores):  # systems x replicates
+    def statistic(scores):  # systems x seeds x replicates -> seeds x replicates
         return np.ptp(scores[up], axis=0) - np.ptp(scores[down], axis=0)
 
-    draws = []
-    for start in range(0, resamples, 500):
-        count = min(500, resamples - start)
-        seed_w = np.stack([np.bincount(rng.integers(n_seeds, size=n_seeds), minlength=n_seeds) / n_seeds
-                           for _ in range(count)])  # replicates x seeds
-        ex_w = np.stack([np.bincount(rng.integers(n_examples, size=n_examples), minlength=n_examples) / n_examples
-                         for _ in range(count)])  # replicates x examples
-        scores = np.einsum("kse,bs,be->kb", X, seed_w, ex_w)
-        draws.append(statistic(scores))
-    estimate = float(statistic(X.mean(axis=(1, 2))[:, None])[0])
-    return _interval(estimate, np.concatenate(draws), level, f"seeds × examples, {resamples:,} resamples (spread)")
+    per_seed = statistic(X.mean(axis=2)[..., None])[:, 0]
+    drawn = _weights(rng, X.shape[2], resamples)  # replicates x examples
+    replicates = statistic(np.einsum("kse,be->ksb", X, drawn)).T  # replicates x seeds
+    return from_replicates(float(per_seed.mean()), {systems[0].seeds: per_seed}, {systems[0].seeds: replicates},
+                           X.shape[2], level, f"seeds (t) + examples ({resamples:,} bootstrap replicates), per-seed "
+                           "spreads")
 
 
 def spread_comparisons(S, cells, hp_cols, c, comparison):

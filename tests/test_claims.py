@@ -43,6 +43,37 @@ def test_claims_name_known_tasks_eval_sets_methods_and_metrics():
 def test_a_claim_over_metrics_of_different_scales_has_a_margin_per_metric():
     from bench.report_claims import _margin
 
-    per_metric = {"margin": {"default": -1.0, "nist": -0.1, "cider": -0.05}}
-    assert [_margin(per_metric, m) for m in ("bleu", "nist", "cider")] == [-1.0, -0.1, -0.05]
-    assert _margin(per_metric) == -1.0 and _margin({"margin": 2}) == 2.0
+    per_metric = {"margin": {"default": 1.0, "nist": 0.1, "cider": 0.05}}
+    assert [_margin(per_metric, m) for m in ("bleu", "nist", "cider")] == [1.0, 0.1, 0.05]
+    assert _margin(per_metric) == 1.0 and _margin({"margin": 2}) == 2.0
+
+
+def test_every_claim_states_its_test_and_both_quantities():
+    """Each claim says what it tests (hypothesis, a margin >= 0 in the metric's units) and, side by side, the
+    paper's quantity and ours; a renamed claim keeps its old id in `was`."""
+    from bench.report_claims import _checked
+    from bench.report_verdicts import HYPOTHESES
+
+    ids = [claim["id"] for claim in CLAIMS]
+    assert len(ids) == len(set(ids))
+    for claim in CLAIMS:
+        check = _checked(claim)
+        assert check["hypothesis"] in HYPOTHESES, claim["id"]
+        assert set(claim["quantity"]) == {"paper", "ours"}, claim["id"]
+        if "matches" in claim["id"]:  # "matches" would claim equivalence: it must be tested as one
+            assert check["hypothesis"] == "equivalence", claim["id"]
+
+
+def test_a_claim_that_does_not_state_its_test_is_refused_in_one_line():
+    import pytest
+
+    from bench.errors import BenchError
+    from bench.report_claims import _checked
+
+    claim = {"id": "c", "check": {"kind": "compare", "margin": 1.0}}
+    with pytest.raises(BenchError, match="declares no hypothesis: add `hypothesis:`"):
+        _checked(claim)
+    with pytest.raises(BenchError, match="must be >= 0"):
+        _checked({"id": "c", "check": {"kind": "compare", "hypothesis": "superiority", "margin": -1.0}})
+    with pytest.raises(BenchError, match="unknown check kind"):
+        _checked({"id": "c", "check": {"kind": "nosuch", "hypothesis": "superiority", "margin": 1.0}})

@@ -240,8 +240,7 @@ def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from bench.report_curves import (OWN_CHECKS, curve_groups, curve_tables, reach, records, retention_tables,
-                                     to_fraction)
+    from bench.report_curves import curve_groups, curve_tables, reach, records, retention_tables, to_fraction
 
     rng = np.random.default_rng(0)
     cells = pd.DataFrame([_synthetic_cell(tmp_path, "prompt_tuning", s, 32, 0.0, rng) for s in range(3)]
@@ -253,15 +252,15 @@ def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
     assert to_fraction(pt, np.ones(3), np.ones(60), 0.9) == 32.0
     assert to_fraction(pt, np.ones(3), np.ones(60), 0.9, "seconds") == 16.0
     slower = {"left": {"method": "prompt_tuning"}, "right": {"method": "full_ft"}, "fraction": 0.9, "margin": 0}
-    verdict, lines, short, gone = OWN_CHECKS["time_to_fraction"](cells, {**slower, "op": ">"})
-    assert verdict == "reproduced" and not gone and "Δ +24" in lines[0] and "Δ +24" in short
-    assert OWN_CHECKS["time_to_fraction"](cells, {**slower, "op": "<"})[0] == "contradicted"
+    verdict, found, gone = _verdict("time_to_fraction", cells, {**slower, "op": ">"})
+    assert verdict == "reproduced" and not gone and round(found[0].interval.estimate) == 24
+    assert _verdict("time_to_fraction", cells, {**slower, "op": "<"})[0] == "contradicted"
     forgets_less = {"left": {"method": "prompt_tuning"}, "right": {"method": "full_ft"}, "margin": 0,
                     "measure": "lm_loss_increase"}
-    assert OWN_CHECKS["retention"](cells, {**forgets_less, "op": "<"})[0] == "reproduced"
-    assert OWN_CHECKS["retention"](cells, {**forgets_less, "op": ">"})[0] == "contradicted"
-    missing = OWN_CHECKS["retention"](cells, {**forgets_less, "left": {"method": "lora"}})
-    assert missing[0] == "not run" and missing[3] and not missing[2]
+    assert _verdict("retention", cells, {**forgets_less, "op": "<"})[0] == "reproduced"
+    assert _verdict("retention", cells, {**forgets_less, "op": ">"})[0] == "contradicted"
+    missing = _verdict("retention", cells, {**forgets_less, "left": {"method": "lora"}})
+    assert missing[0] == "not run" and missing[2] and not missing[1]
     found = records(cells)
     assert len(curve_tables(found)[0].rows) == 2 and len(retention_tables(found)[0].rows) == 2
 
@@ -271,11 +270,19 @@ def test_identical_methods_are_rarely_called_different(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from bench.report_curves import OWN_CHECKS
-
     rng = np.random.default_rng(1)
     cells = pd.DataFrame([_synthetic_cell(tmp_path, method, s, 16, 0.1, rng) for method in ("lora", "full_ft")
                           for s in range(3)])
     check = {"left": {"method": "lora"}, "right": {"method": "full_ft"}, "margin": 0}
-    assert OWN_CHECKS["time_to_fraction"](cells, {**check, "op": ">"})[0] != "reproduced"
-    assert OWN_CHECKS["retention"](cells, {**check, "op": "<"})[0] != "reproduced"
+    assert _verdict("time_to_fraction", cells, {**check, "op": ">"})[0] != "reproduced"
+    assert _verdict("retention", cells, {**check, "op": "<"})[0] != "reproduced"
+
+
+def _verdict(kind: str, cells, check: dict):
+    """A curves claim's verdict, its findings and what is missing (superiority at the check's margin)."""
+    from bench.report_curves import OWN_CHECKS
+    from bench.report_verdicts import decide, verdict_of
+
+    comparisons, _, gone = OWN_CHECKS[kind](cells, check, float(check["margin"]))
+    found = decide(comparisons, "superiority")
+    return verdict_of(found)[0], found, gone

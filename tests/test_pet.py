@@ -13,7 +13,7 @@ from bench.errors import BenchError
 from bench.grid import grid_cells
 from bench.method import CellContext, get_method, resolve_hparams
 from bench.report_stats import System
-from bench.report_templates import spread_bootstrap
+from bench.report_templates import spread_interval
 
 # label words of one byte each: the tiny models' tokenizer is byte-level, and PET needs one token per label word
 TASKS_FILE = """
@@ -220,18 +220,20 @@ def _system(correct: np.ndarray) -> System:
     return System("t/t", "accuracy", tuple(range(len(correct))), 100 * correct.mean(axis=1), outputs, None)
 
 
-def test_the_spread_interval_is_centred_on_the_difference_of_ranges():
+def test_the_spread_interval_is_centred_on_the_mean_per_seed_difference_of_ranges():
     rng = np.random.default_rng(0)
-    wide = [_system((rng.random((2, 200)) < p).astype(int)) for p in (0.5, 0.7, 0.9)]
-    narrow = [_system((rng.random((2, 200)) < p).astype(int)) for p in (0.80, 0.81, 0.82)]
-    interval = spread_bootstrap(wide + narrow, [1, 1, 1, -1, -1, -1], 0.95, 0, resamples=2000)
-    means = [s.values.mean() for s in wide + narrow]
-    assert interval.estimate == pytest.approx(np.ptp(means[:3]) - np.ptp(means[3:]))
+    wide = [_system((rng.random((3, 200)) < p).astype(int)) for p in (0.5, 0.7, 0.9)]
+    narrow = [_system((rng.random((3, 200)) < p).astype(int)) for p in (0.80, 0.81, 0.82)]
+    interval = spread_interval(wide + narrow, [1, 1, 1, -1, -1, -1], 0.95, 0, resamples=2000)
+    per_seed = np.array([s.values for s in wide + narrow])  # systems x seeds
+    expected = (np.ptp(per_seed[:3], axis=0) - np.ptp(per_seed[3:], axis=0)).mean()
+    assert interval.estimate == pytest.approx(expected)
     assert interval.low > 20  # 40 points of spread against ~2: far above zero
-    alike = [_system((rng.random((2, 200)) < p).astype(int)) for p in (0.80, 0.81, 0.82)]  # the same spread, drawn anew
-    same = spread_bootstrap(alike + narrow, [1, 1, 1, -1, -1, -1], 0.95, 0, resamples=2000)
+    alike = [_system((rng.random((3, 200)) < p).astype(int)) for p in (0.80, 0.81, 0.82)]  # the same spread, drawn anew
+    same = spread_interval(alike + narrow, [1, 1, 1, -1, -1, -1], 0.95, 0, resamples=2000)
     assert same.low < 2.0  # the claim's margin: a difference of spreads that does not exist is not reproduced
-    assert spread_bootstrap(narrow + narrow, [1, 1, 1, -1, -1, -1], 0.95, 0, resamples=200).high == 0  # paired
+    paired = spread_interval(narrow + narrow, [1, 1, 1, -1, -1, -1], 0.95, 0, resamples=200)
+    assert (paired.low, paired.high) == (0, 0)  # paired: the same systems on both sides differ by nothing
 
 
 def test_the_pet_report_has_the_template_table_and_claim():

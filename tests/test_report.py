@@ -132,8 +132,9 @@ def test_records_without_outputs_get_intervals_over_seeds_and_cells_without_resu
     imdb = summary[(summary.method == "lora") & (summary.eval_set == "imdb")].iloc[0]
     assert imdb["mean"] == 72.0 and imdb["std"] == pytest.approx(2.6458, abs=1e-4)
     assert summary[(summary.method == "full_ft") & (summary.eval_set == "sst2")]["seeds"].tolist() == [1]
-    # no per-example outputs: the interval is over the 3 seeds only, inside their range; none for one seed
-    assert lora["interval"] == "seeds" and 80 <= lora["ci_low"] < 82 < lora["ci_high"] <= 84
+    # no per-example outputs: t over the 3 seeds only (2 df: wider than their range); none for one seed
+    half = 4.302653 * 2.0 / 3 ** 0.5  # t(0.975; 2) · std / √3
+    assert lora["interval"].startswith("t over seeds") and lora["ci_low"] == pytest.approx(82 - half, abs=1e-3)
     assert f"82.0 [{lora['ci_low']:.1f}, {lora['ci_high']:.1f}] (n=3)" in readme and "85.0 (n=1)" in readme
     assert summary[(summary.method == "full_ft") & (summary.eval_set == "sst2")]["ci_low"].isna().all()
     cells = pd.read_csv(tmp_path / "results/g/cells.csv")
@@ -151,7 +152,7 @@ def test_records_without_outputs_get_intervals_over_seeds_and_cells_without_resu
         assert absent not in readme
     plots = sorted(p.name for p in (tmp_path / "reports/g/plots").iterdir())
     assert plots == ["pareto-sst2.png", "shift-sst2.png"]
-    assert verdicts(claims)["lora_e2e_matches_full_ft"] == "not run"
+    assert verdicts(claims)["lora_e2e_not_inferior_to_full_ft"] == "not run"
 
 
 def _neighbours(rows: list[list[str]], label_rows: int, task_rows: int) -> dict:
@@ -272,15 +273,15 @@ def test_tables_plots_and_claims_on_a_two_model_grid(tmp_path, monkeypatch):
     assert tex.count(r"\begin{tabular}") == readme.count("\n### ") and r"prompt\_tuning" in tex and "$\\pm$" not in tex
     plots = {p.name for p in paths if p.suffix == ".png"}
     assert plots == {f"{kind}-{task}.png" for kind in ("size", "trainsize", "pareto") for task in ("sst2", "e2e")} \
-        | {"shift-sst2.png"}
+        | {"shift-sst2.png", "forest-claims.png"}
     for name in plots:
         assert (tmp_path / "reports/g/plots" / name).read_bytes()[:8] == PNG
     v = verdicts(claims)
-    assert v["lora_e2e_matches_full_ft"] == "inconclusive (no per-example outputs)"  # BLEU records without outputs
+    assert v["lora_e2e_not_inferior_to_full_ft"] == "inconclusive"  # BLEU records without outputs, one seed
     assert v["prompt_tuning_gap_shrinks_with_scale"] == "reproduced"
     assert v["prompt_tuning_robust_to_domain_shift"] == "reproduced"
     for absent in ("prefix_unseen_webnlg", "prefix_low_data", "class_label_init_best_at_small_size",
-                   "prompt_length_plateaus_after_20", "prompt_ensemble_beats_average"):
+                   "prompt_length_plateaus_after_20", "prompt_ensemble_not_inferior_to_average"):
         assert v[absent] == "not run", absent
     assert "the grid has no cells with task=webnlg" in claims
     assert "200: gap by size smollm2-135m (135M) +20.0, smollm2-360m (362M) +5.0" in claims
@@ -295,12 +296,13 @@ def _claims(grid):
 
 
 def test_claims_that_fail_are_contradicted(tmp_path, monkeypatch):
+    """The gap grows with size, and prompt tuning drops 15-30 points more than full FT out of domain."""
     monkeypatch.chdir(tmp_path)
-    grid = _sweep_grid(tmp_path, lora_bleu=(55.0, 49.0), prompt_gap=(5.0, 20.0), pt_ood=-8.0)
+    grid = _sweep_grid(tmp_path, lora_bleu=(55.0, 49.0), prompt_gap=(5.0, 20.0), pt_ood=-35.0)
     result = _claims(grid)
-    assert result["lora_e2e_matches_full_ft"]["verdict"] == "inconclusive (no per-example outputs)"
-    lines = result["lora_e2e_matches_full_ft"]["ours"]
-    assert any("lora 51.0 (n=1) vs full_ft 54.0 (n=1); no per-example outputs" in line for line in lines)
+    assert result["lora_e2e_not_inferior_to_full_ft"]["verdict"] == "inconclusive"
+    lines = result["lora_e2e_not_inferior_to_full_ft"]["ours"]
+    assert any("lora 51.0 (n=1) vs full_ft 54.0 (n=1) → **inconclusive**: no interval" in line for line in lines)
     assert result["prompt_tuning_gap_shrinks_with_scale"]["verdict"] == "contradicted"
     assert result["prompt_tuning_robust_to_domain_shift"]["verdict"] == "contradicted"
 
@@ -309,7 +311,7 @@ def test_compare_needs_the_parameter_budget_and_names_missing_cells(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path, tasks={"sst2": None}, train_sizes=[50, 200])
     check = {"kind": "compare", "where": {"task": "sst2"}, "left": {"method": "lora"}, "op": ">=",
-             "right": {"method": "full_ft"}, "trainable_pct_below": 0.1, "margin": 0}
+             "right": {"method": "full_ft"}, "trainable_pct_below": 0.1, "hypothesis": "superiority", "margin": 0}
     for cell in grid_cells(grid):
         if cell.train_size == 50:
             write_record(cell, {"sst2": {"accuracy": 90.0 if cell.method == "lora" else 50.0}})
@@ -325,7 +327,7 @@ def test_compare_needs_the_parameter_budget_and_names_missing_cells(tmp_path, mo
     absent = claim(where={"task": "sst2", "train_size": 200})
     assert absent["verdict"] == "not run" and absent["ours"] == []
     assert "results/g/sst2/smollm2-135m/lora/n200/s0 (not run)" in absent["missing"][0]
-    with pytest.raises(BenchError, match="declares no margin: add `margin: <points>`"):
+    with pytest.raises(BenchError, match="declares no margin: add `margin: <units>`"):
         report.evaluate_claims(summary, cells, hp_cols, [{"id": "c", "source": "s", "statement": "t", "check": {
             k: v for k, v in check.items() if k != "margin"}}])
 
@@ -364,11 +366,11 @@ def test_prompt_ablations_and_ensembles(tmp_path, monkeypatch, no_plots):
     assert "| average prompt | best prompt | ensemble |" in ens and "| 70.0 (n=1) | 72.0 (n=1) | 73.0 (n=1) |" in ens
     v = verdicts(claims)
     assert v["class_label_init_best_at_small_size"] == "reproduced"
-    assert "init=class_label 70.0 vs init=vocab 65.0: Δ +5.00 [" in claims  # two steps: each at 97.5% (Bonferroni)
-    assert "init=vocab 65.0 vs init=random 60.0: Δ +5.00 [" in claims and "97.5% interval" in claims
+    assert "init=class_label 70.0 vs init=vocab 65.0: Δ +5.00 [" in claims  # two steps: a contradiction at α/2 each
+    assert "init=vocab 65.0 vs init=random 60.0: Δ +5.00 [" in claims and "contradiction at α/2 each" in claims
     assert v["prompt_length_plateaus_after_20"] == "reproduced"
     assert "num_virtual_tokens=100 70.0 vs num_virtual_tokens=20 70.0: Δ +0.00 [+0.00, +0.00]" in claims
-    assert v["prompt_ensemble_beats_average"] == "reproduced"
+    assert v["prompt_ensemble_not_inferior_to_average"] == "reproduced"
     # one variant on both sides: the metric each side reads names it
     assert re.search(r"prompt_ensemble \(accuracy\) 73\.0 \[[^]]*\] \(n=1\) "
                      r"vs prompt_ensemble \(accuracy_avg_single\) 70\.0 ", claims)
@@ -378,7 +380,7 @@ def test_prompt_ablations_and_ensembles(tmp_path, monkeypatch, no_plots):
     write_all(ensemble=60.0)  # and the ensemble falls below the average prompt
     result = _claims(grid)
     for claim in ("class_label_init_best_at_small_size", "prompt_length_plateaus_after_20",
-                  "prompt_ensemble_beats_average"):
+                  "prompt_ensemble_not_inferior_to_average"):
         assert result[claim]["verdict"] == "contradicted", claim
 
 
@@ -525,13 +527,13 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
         assert f"| Δ prompt_tuning [{part}] |" in shift and f"Δ = method − full_ft [{part}] (points)" in shift
         assert f"| imdb | 80.5 [" in shift and f"| -{gap:.1f} [" in shift
     shift = claims.split("## prompt_tuning_robust_to_domain_shift\n")[1].split("\n## ")[0]
-    pairs = re.findall(r"prompt_tuning \[(\w)\] ([\d.]+) \[[^\]]*\] \(n=2\) vs full_ft \[(\w)\] ([\d.]+)", shift)
-    assert sorted(pairs) == [("a", "78.5", "a", "80.5"), ("b", "70.5", "b", "80.5")]
-    assert "mean over 2 pairs: 74.5 vs 80.5" in shift
+    pairs = re.findall(r"prompt_tuning \[(\w)\] 85\.0 → ([\d.]+) \([-+\d.]+\) vs full_ft \[(\w)\] 85\.0 → ([\d.]+)", shift)
+    assert sorted(pairs) == [("a", "78.5", "a", "80.5"), ("b", "70.5", "b", "80.5")]  # each part's own drop
+    assert "mean over 2 setting(s)" in shift and "random effects over 2 settings (t, 1 df)" in shift
     headline = (tmp_path / "reports/study/headline.md").read_text()
     row = next(line for line in headline.splitlines() if line.startswith("| [prompt_tuning_robust_to_domain_shift]"))
-    assert "QQP->MRPC 76.3 vs 73.1" in row and "mean over 2 pairs: 74.5 vs 80.5" in row and "Δ -6.00 [" in row
-    assert "smollm2-135m; n = 2 seeds × 100 examples" in row and row.endswith("| **contradicted** |")
+    assert "QQP->MRPC 76.3 vs 73.1" in row and "mean over 2 setting(s)" in row and "Δ -6.00 [" in row
+    assert "2 seeds × 100 examples" in row and "| **inconclusive**" in row  # 2 settings: t on 1 df
     written = top.read_text()
     assert "old table" not in written and written.startswith("# Suite\n") and written.endswith("\n\n## Next\n")
     assert headline.replace("](claims.md#", "](reports/study/claims.md#") in written
@@ -554,7 +556,7 @@ def test_cells_two_parts_share_are_one_pair_in_a_claim(tmp_path, monkeypatch, no
     _, summary, claims = read(tmp_path, "study")
     assert len(summary[(summary["train_size"] == 50) & (summary["eval_set"] == "imdb")]) == 4  # both parts kept
     shift = claims.split("## prompt_tuning_robust_to_domain_shift\n")[1].split("\n## ")[0]
-    assert "mean over 2 pairs: 74.5 vs 80.5" in shift and "Δ -6.00 [" in shift
+    assert "mean over 2 setting(s)" in shift and "Δ -6.00 [" in shift
     assert "train_size=50: b ran the same cells as a (same hyperparameters, seeds and scores): counted once" in shift
 
 
@@ -578,7 +580,7 @@ def test_a_part_names_a_variant_alike_on_every_model(tmp_path, monkeypatch, no_p
     assert set(summary["variant"]) == {"full_ft [a]", "prompt_tuning [a]", "full_ft [b]", "prompt_tuning [b]"}
     ladder = claims.split("## prompt_tuning_gap_shrinks_with_scale\n")[1].split("\n## ")[0]
     assert "gap smollm2-135m − gap smollm2-360m: +20.0 − +5.0: Δ +15.00 [" in ladder
-    assert "needs ≥ 2 model sizes" in ladder  # part a: one model
+    assert "one model size (smollm2-135m (135M) +20.0): no ladder" in ladder  # part a: one model
 
 
 def test_readme_claims_table_is_the_study_reports():
@@ -589,3 +591,26 @@ def test_readme_claims_table_is_the_study_reports():
     assert block.strip() == table.replace("](claims.md#", "](reports/study/claims.md#").strip()
     with pytest.raises(BenchError, match="README.md has no study-claims block"):
         report.readme_with_headline("# no block\n", table)
+
+
+def test_power_planner_prints_a_plan_for_every_claim(tmp_path, monkeypatch, no_plots):
+    """`python -m bench power GRID`: every claim of claims.yaml gets a section; a comparison left inconclusive gets
+    the seeds × examples that would decide it (or why none would); one claim alone by its id (or its old id)."""
+    from bench.report_power import power_report
+
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, seeds=[0, 1, 2], methods={"full_ft": None, "prompt_tuning": None},
+                      tasks={"sst2": {"shifts": ["imdb"]}})
+    for cell in grid_cells(grid):
+        acc = 80.0 + cell.seed + (-3.0 if cell.method == "prompt_tuning" else 0.0)
+        drop = 10 + (2 * cell.seed if cell.method == "prompt_tuning" else -cell.seed)
+        write_record(cell, {"sst2": {"accuracy": acc}, "imdb": {"accuracy": acc - drop}})
+    text = power_report(grid)
+    claims = yaml.safe_load(report.CLAIMS.read_text())["claims"]
+    assert all(f"## {c['id']}: " in text for c in claims)
+    robust = text.split("## prompt_tuning_robust_to_domain_shift:")[1].split("\n## ")[0]
+    assert re.search(r"observed at Δ [-+][\d.]+: (\d+ seeds × \d+ examples to (reproduce|contradict)|.*no number|even)",
+                     robust), robust
+    assert power_report(grid, "prompt_ensemble_beats_average").count("\n## ") == 1  # the old id finds it
+    with pytest.raises(BenchError, match="no claim 'nosuch'"):
+        power_report(grid, "nosuch")

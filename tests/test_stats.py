@@ -1,13 +1,15 @@
 """Claim verdicts and intervals on synthetic per-example outputs with a known truth (bench/report_stats.py,
-bench/report_claims.py): a clear difference is reproduced, a reversed one contradicted, identical systems are
-inconclusive (and reproduced in at most 5% of simulated null pairs), verdicts do not depend on the bootstrap seed,
-corpus metrics (BLEU, NIST, METEOR, CIDEr) are resampled at corpus level and paired."""
+bench/report_verdicts.py): a clear difference is reproduced, a reversed one contradicted, a real gain short of a
+superiority margin "did not clear the margin" (not contradicted), identical systems are inconclusive (and
+reproduced in at most 5% of simulated null pairs), verdicts do not depend on the bootstrap seed, corpus metrics
+(BLEU, NIST, METEOR, CIDEr) are resampled at corpus level and paired. Coverage: tests/test_coverage.py."""
 import numpy as np
 import pytest
 
 from bench.evaluation import score_outputs
-from bench.report_claims import Comparison, decide
-from bench.report_stats import System, _bleu_statistics, _corpus_statistics, _end_meteor, bootstrap
+from bench.report_stats import System, _bleu_statistics, _corpus_statistics, _end_meteor
+from bench.report_stats import interval as bootstrap
+from bench.report_verdicts import Comparison, decide, verdict_of
 
 SEEDS, EXAMPLES = 3, 200
 
@@ -25,21 +27,28 @@ def classifier(rng, accuracy: float, seeds: int = SEEDS, examples: int = EXAMPLE
                   scorer=lambda rows: score_outputs(rows, ["accuracy"])["accuracy"])
 
 
-def verdict(left: System, right: System, margin: float = 0.0, side: int = 1, seed: int = 0) -> tuple[str, str]:
-    pair = {"_l": left, "_r": right}
-    found, lines, _ = decide([Comparison("all", [(pair, "_l"), (pair, "_r")], [1, -1], margin, side, "left vs right")],
-                          lambda row, suffix: row[suffix], seed=seed)
-    return found, lines[0]
+def verdict(left: System, right: System, margin: float = 0.0, side: int = 1, seed: int = 0,
+            hypothesis: str = "superiority") -> tuple[str, str]:
+    comparison = Comparison("all", [], margin, side, "left vs right",
+                            lambda: bootstrap([left, right], [1, -1], seed=seed))
+    found = decide([comparison], hypothesis)
+    f = found[0]
+    iv = f.interval
+    line = f.reason if iv is None else f"Δ {iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] ({iv.method}) {f.reason}"
+    return verdict_of(found)[0], line
 
 
 def test_clear_difference_is_reproduced_and_reversed_contradicted():
     rng = np.random.default_rng(1)
     strong, weak = classifier(rng, 0.85), classifier(rng, 0.65)
     found, line = verdict(strong, weak)
-    assert found == "reproduced" and "Δ +" in line and "seeds × examples, 10,000 resamples" in line
+    assert found == "reproduced" and "Δ +" in line and "seeds (t) + examples (analytic)" in line
     assert verdict(weak, strong)[0] == "contradicted"
-    assert verdict(strong, weak, margin=50)[0] == "contradicted"  # a 20-point gain is not a 50-point one
+    found, line = verdict(strong, weak, margin=50)  # a 20-point gain is not a 50-point one, but it is no reversal
+    assert found == "inconclusive" and "did not clear the margin" in line
     assert verdict(weak, strong, side=-1)[0] == "reproduced"  # claim: left below right
+    assert verdict(weak, strong, margin=5, hypothesis="non_inferiority")[0] == "contradicted"  # 20 points worse
+    assert verdict(strong, weak, margin=5, hypothesis="equivalence")[0] == "contradicted"  # 20 apart, not within 5
 
 
 def test_identical_systems_are_inconclusive_and_rarely_reproduced():
@@ -48,17 +57,24 @@ def test_identical_systems_are_inconclusive_and_rarely_reproduced():
     assert found.count("reproduced") <= 0.05 * len(found)
     assert found.count("inconclusive") >= 0.9 * len(found)
     same = classifier(rng, 0.75)
-    found, line = verdict(same, same)  # one system against itself: every replicate's difference is 0
+    found, line = verdict(same, same)  # one system against itself: the difference is 0 in every seed and example
     assert found == "inconclusive" and "Δ +0.00 [+0.00, +0.00]" in line
-    assert "the observed difference equals the margin" in line
+    assert verdict(same, same, margin=1, hypothesis="equivalence")[0] == "reproduced"
 
 
-def test_inconclusive_says_what_would_decide_it():
+def test_an_inconclusive_comparison_gets_a_plan_with_more_seeds():
+    """The power planner (bench/report_power.py) asks for more than a comparison has when it was inconclusive."""
+    from bench.report_power import plan
+
     rng = np.random.default_rng(3)
-    found, line = verdict(classifier(rng, 0.80, seeds=2, examples=60), classifier(rng, 0.74, seeds=2, examples=60))
-    assert found == "inconclusive"
-    seeds, examples = [int(word) for word in line.split("about ")[1].split() if word.isdigit()][:2]
-    assert seeds > 2 and examples > 60  # more than it has: it was not enough
+    left, right = classifier(rng, 0.80, seeds=3, examples=60), classifier(rng, 0.74, seeds=3, examples=60)
+    found = decide([Comparison("all", [], 0.0, 1, "", lambda: bootstrap([left, right], [1, -1]))], "superiority")
+    assert found[0].verdict == "inconclusive"
+    p = plan(found[0], "superiority", 0.025, 1, found[0].interval.estimate, cap=400,
+             rows_cost=lambda get: (60.0, 30.0, 10.0))
+    assert p["goal"] == "reproduce" and (p["seeds"] > 3 or p["examples"] > 60) and p["examples"] <= 400
+    beyond = plan(found[0], "superiority", 0.025, 1, 0.0, cap=400, rows_cost=lambda get: (60.0, 30.0, 10.0))
+    assert beyond["goal"] is None and "neither side" in beyond["why"]  # a true Δ of 0 never clears a superiority
 
 
 def test_verdicts_do_not_depend_on_the_bootstrap_seed():
@@ -79,7 +95,7 @@ def test_single_system_interval_covers_its_accuracy():
     assert interval.low < system.values.mean() < interval.high
     assert 60 < interval.low and interval.high < 80 and interval.high - interval.low < 12
     seeds_only = bootstrap([System(system.space, "accuracy", system.seeds, system.values, None, system.scorer)], [1.0])
-    assert seeds_only.method == "seeds" and seeds_only.high - seeds_only.low < interval.high - interval.low
+    assert seeds_only.method.startswith("t over seeds")
     one_seed = System(system.space, "accuracy", (0,), system.values[:1], None, system.scorer)
     assert bootstrap([one_seed], [1.0]) is None  # no outputs, one seed: no interval
 
@@ -102,7 +118,8 @@ def test_bleu_is_resampled_at_corpus_level_and_paired():
         drawn = rng.integers(30, size=30)
         assert score(stats[drawn].sum(axis=0)) == pytest.approx(noisy.scorer([noisy.outputs[0][i] for i in drawn]))
     interval = bootstrap([noisy], [1.0])
-    assert interval.method == "seeds × examples, 10,000 resamples" and interval.low < noisy.values[0] < interval.high
+    assert interval.method.startswith("seeds (t) + examples (10,000 bootstrap replicates)")
+    assert interval.low < noisy.values[0] < interval.high
     same = bootstrap([noisy, noisy], [1.0, -1.0])
     assert (same.low, same.high) == (0.0, 0.0)  # paired: both sides see the same drawn examples
     diff = bootstrap([good, noisy], [1.0, -1.0])
@@ -125,7 +142,7 @@ def test_multi_bleu_scorers_are_resampled_from_statistics(scorer):
     for _ in range(5):
         drawn = rng.integers(40, size=40)
         assert score(stats[drawn].sum(axis=0)) == pytest.approx(rescore([rows[i] for i in drawn]), abs=1e-9)
-    assert bootstrap([system], [1.0]).method == "seeds × examples, 10,000 resamples"
+    assert bootstrap([system], [1.0]).method.startswith("seeds (t) + examples (10,000 bootstrap replicates)")
 
 
 def test_metrics_without_statistics_are_rescored_on_every_replicate():
@@ -135,13 +152,13 @@ def test_metrics_without_statistics_are_rescored_on_every_replicate():
                 np.array([score_outputs(rows, ["f1"])["f1"] for rows in accurate.outputs]), accurate.outputs,
                 lambda rows: score_outputs(rows, ["f1"])["f1"])
     interval = bootstrap([f1], [1.0], corpus_resamples=100)
-    assert interval.method == "seeds × examples, 100 resamples (corpus metric)"
+    assert interval.method.startswith("seeds (t) + examples (100 bootstrap replicates)")
     assert interval.low < f1.values.mean() < interval.high
     words = "a b c d e f g h".split()
     references = [[" ".join(rng.choice(words, 6))] for _ in range(20)]
     changed = generator([" ".join(rng.choice(words, 6)) for _ in references], references)
     changed.values = changed.values + 1.0  # BLEU computed otherwise than sacrebleu's statistics give: re-scored
-    assert "corpus metric" in bootstrap([changed], [1.0], corpus_resamples=20).method
+    assert "(20 bootstrap replicates)" in bootstrap([changed], [1.0], corpus_resamples=20).method
 
 
 def test_systems_pair_only_on_shared_example_ids():
@@ -211,7 +228,7 @@ def test_nist_cider_meteor_are_resampled_at_corpus_level_with_one_seed(metric, s
     assert expected[0] != expected[1]  # the draws differ, and so do their scores
     assert score(counts) == pytest.approx(expected, rel=1e-12)
     interval = bootstrap([system], [1.0], resamples=2_000)
-    assert interval.method == "seeds × examples, 2,000 resamples"
+    assert interval.method.startswith("seeds (t) + examples (2,000 bootstrap replicates)")
     assert interval.low < system.values[0] < interval.high
     same = bootstrap([system, system], [1.0, -1.0], resamples=2_000)
     assert (same.low, same.high) == (0.0, 0.0)  # paired: both sides see the same drawn examples
@@ -225,7 +242,7 @@ def test_without_java_meteor_and_cider_fall_back_to_seeds(monkeypatch):
     system = corpus_system("cider", ["the eagle is a coffee shop", "a cheap shop", "a shop near the river"],
                            [["the eagle is a shop"], ["a shop", "a cheap shop"], ["a shop by the river"]])
     system.seeds, system.values, system.outputs = (0, 1), np.repeat(system.values, 2), system.outputs * 2
-    assert bootstrap([system], [1.0], resamples=1_000).method == "seeds × examples, 1,000 resamples"
+    assert bootstrap([system], [1.0], resamples=1_000).method.startswith("seeds (t) + examples (1,000 bootstrap")
     which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else which(name, *a, **k))
-    assert bootstrap([system], [1.0], resamples=1_000).method == "seeds"  # the report still runs, with less
+    assert bootstrap([system], [1.0], resamples=1_000).method.startswith("t over seeds")  # still runs, with less
