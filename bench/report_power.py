@@ -155,7 +155,7 @@ def claim_plans(result: dict) -> list[tuple[str, list[str]]]:
         if f.interval is None or f.verdict in ("reproduced", "not decided"):
             continue
         metric = next((row.get("metric" + s, row.get("metric")) for row, s in f.comparison.rows), None)
-        paper = effect.get(metric, effect.get("default")) if isinstance(effect, dict) else effect
+        paper = effect.get(metric) if isinstance(effect, dict) else effect  # per metric, or the claim's one number
         caps = [eval_set_size(row.get("task" + s, row.get("task")), row.get("eval_set" + s, row.get("eval_set")))
                 for row, s in f.comparison.rows if row.get("task" + s, row.get("task"))]
         cap = min((c for c in caps if c), default=None)
