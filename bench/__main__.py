@@ -87,6 +87,14 @@ def cmd_report(args) -> None:
         print(path)
 
 
+def cmd_restamp(args) -> None:
+    from bench.restamp import main as restamp_main
+
+    status = restamp_main(args.grids, args.against, args.check_all or [], Path(args.log), args.dry_run)
+    if status:
+        sys.exit(status)
+
+
 def cmd_cells(args) -> None:
     from bench.grid import grid_cells
 
@@ -165,6 +173,17 @@ def main(argv=None) -> int:
     report = sub.add_parser("report", help="aggregate a grid's records into results/<grid>/summary.csv and reports/<grid>/")
     report.add_argument("grid")
     report.set_defaults(func=cmd_report)
+
+    restamp = sub.add_parser("restamp", help="prove a harness change result-neutral on golden cells, then carry the "
+                                             "grids' records over to today's harness fingerprint (bench/restamp.py)")
+    restamp.add_argument("grids", nargs="+")
+    restamp.add_argument("--against", default="HEAD",
+                         help="git commit of the harness the records were made with (default: HEAD)")
+    restamp.add_argument("--check-all", action="append", metavar="GRID",
+                         help="rerun every record of GRID, not only its cheapest (repeatable)")
+    restamp.add_argument("--log", default="reports/identity/restamp.json", help="what was checked and written")
+    restamp.add_argument("--dry-run", action="store_true", help="check, and say what would be written")
+    restamp.set_defaults(func=cmd_restamp)
 
     cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")
     cells.add_argument("grid")
