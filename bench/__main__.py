@@ -90,7 +90,8 @@ def cmd_report(args) -> None:
 def cmd_restamp(args) -> None:
     from bench.restamp import main as restamp_main
 
-    status = restamp_main(args.grids, args.against, args.check_all or [], Path(args.log), args.dry_run)
+    status = restamp_main(args.grids, args.against, args.check_all or [], Path(args.log), args.dry_run,
+                          args.logged_only)
     if status:
         sys.exit(status)
 
@@ -183,6 +184,8 @@ def main(argv=None) -> int:
                          help="rerun every record of GRID, not only its cheapest (repeatable)")
     restamp.add_argument("--log", default="reports/identity/restamp.json", help="what was checked and written")
     restamp.add_argument("--dry-run", action="store_true", help="check, and say what would be written")
+    restamp.add_argument("--logged-only", action="store_true",
+                         help="run no golden cell: re-stamp what the checks already in --log prove")
     restamp.set_defaults(func=cmd_restamp)
 
     cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")

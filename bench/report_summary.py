@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.cell import read_outputs
+from bench.errors import BenchError
 from bench.grid import CELL_REFS, grid_cells, planned_identity, stale_fields
 from bench.lock import other_lock
 from bench.report_stats import System, bootstrap
@@ -64,7 +65,7 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
         made_under = None if record is None else other_lock(record.get("env", {}))
         made_from = [] if record is None else [
-            *stale_fields(record, planned_identity(cell, by_dir)),  # what differs from the cell as planned today
+            *_stale_fields(record, cell, by_dir),  # what differs from the cell as planned today
             *([made_under] if made_under else [])]  # the lock, and the packages whose versions differ
         stale = bool(made_from)
         cells.append({**base, "status": status, "stale": stale, "harness": harness[:12],
@@ -91,6 +92,13 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         for key in hp_cols:
             frame[key] = [h.get(key, "") for h in frame["hp"]]
     return pd.DataFrame(cells), frame.drop(columns="hp", errors="ignore"), hp_cols
+
+
+def _stale_fields(record: dict, cell, cells: dict) -> list[str]:
+    try:
+        return stale_fields(record, planned_identity(cell, cells))
+    except BenchError as error:  # e.g. no data root here: what the cell asks for cannot be known, so not "up to date"
+        return [f"cannot be planned here ({error})"]
 
 
 def _num(value):
