@@ -88,9 +88,9 @@ def write_report(grid: str) -> list[Path]:
                   "(`env.lock_sha256`; the packages whose versions differ from `config/requirements.lock` are "
                   "named):", "", "| cell | differs |", "|---|---|",
                   *(f"| `{r['dir']}` | {r['stale_because']} |" for r in stale.to_dict("records")),
-                  "", "Snakemake reruns a record whose spec differs by itself; a harness change proved result-neutral "
-                  "re-stamps them instead (`python -m bench restamp`). A record stale only by the lock is not "
-                  "rerun by itself: delete those records, then run the grid:", "", "```bash",
+                  "", "Snakemake reruns a record whose spec differs by itself (a harness change proved result-neutral "
+                  "re-stamps them instead: `python -m bench restamp`), one stale only by the lock it does not. To "
+                  "rerun exactly these cells, delete their records, then run the grid:", "", "```bash",
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md",

@@ -8,7 +8,7 @@ The proof is a golden check, run before anything is written:
 - committed cells: the cheapest training record of each grid (every record of the grids named by `--check-all`),
   and for records made before cell identity one record of each method whose code changed since, rerun under
   today's code and compared bit for bit with the committed record.
-"Bit for bit" is every field of the record but the measured ones (MEASURED: times, throughput, memory, the
+"Bit for bit" is every field of the record but the measured ones (NOT_COMPARED: times, throughput, memory, the
 environment) and the identity: metrics and samples, per-step losses, the per-example outputs' sha256, parameter
 counts, curves and retention scores. Cells run one at a time, with one torch thread, in a copy of the working tree.
 Only when every check passed are the grid's records re-stamped: each record whose spec differs from its cell's
@@ -34,10 +34,11 @@ from bench.errors import BenchError
 PROJECT = Path(__file__).resolve().parent.parent
 LOG = PROJECT / "reports" / "identity" / "restamp.json"
 GOLDEN_GRID = "golden"  # the tiny cells' folder (results/golden/ in a temporary copy; no grid file)
-MEASURED = {"env", "identity", "config.data_root", "cost.peak_mem_bytes", "cost.peak_mem_kind", "cost.train_s",
+NOT_COMPARED = {"env", "identity", "config.data_root", "cost.peak_mem_bytes", "cost.peak_mem_kind", "cost.train_s",
             "cost.train_tokens_per_s", "cost.train_flops_per_s", "cost.mfu", "cost.matmul_peak_flops", "cost.eval_s",
             "cost.eval_tokens_per_s", "cost.curve_eval_s", "cost.retention_s", "curve.eval_s", "retention.seconds",
-            "cost.delta_bytes"}  # the saved delta's config names the model cache's path: its size follows the path
+            "cost.delta_bytes",  # the saved delta's config names the model cache's path: its size follows the path
+            "inputs.method_sha256"}  # the method files' bytes: what a rerun of a changed method proves neutral
 # Runs cells one at a time in one process (imports once); only CellConfig and run_cell, which every harness has.
 RUNNER = """
 import json, sys
@@ -71,7 +72,7 @@ def _strip_point(value):
 
 def compared(record: dict) -> dict:
     """The fields of a record that a result-neutral change leaves bit for bit as they were."""
-    return {k: v for k, v in _flat(record).items() if not any(k == m or k.startswith(m + ".") for m in MEASURED)}
+    return {k: v for k, v in _flat(record).items() if not any(k == m or k.startswith(m + ".") for m in NOT_COMPARED)}
 
 
 def added_hp(expected: dict, got: dict) -> list[str]:
