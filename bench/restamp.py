@@ -8,9 +8,10 @@ The proof is a golden check, run before anything is written:
 - committed cells: the cheapest training record of each grid (every record of the grids named by `--check-all`),
   and for records made before cell identity one record of each method whose code changed since, rerun under
   today's code and compared bit for bit with the committed record.
-"Bit for bit" is every field of the record but the measured ones (NOT_COMPARED: times, throughput, memory, the
-environment) and the identity: metrics and samples, per-step losses, the per-example outputs' sha256, parameter
-counts, curves and retention scores. Cells run one at a time, with one torch thread, in a copy of the working tree.
+"Bit for bit" is every field of the record but those NOT_COMPARED (times, throughput, memory, the environment, the
+delta's size on disk, the identity and the method files' bytes) and hyperparameters the harness added since (at
+their defaults): metrics and samples, per-step losses, the per-example outputs' sha256, parameter counts, curves
+and retention scores. Cells run one at a time, with one torch thread, in a copy of the working tree.
 Only when every check passed are the grid's records re-stamped: each record whose spec differs from its cell's
 planned spec in nothing but the harness (or, made before cell identity, whose method files, model, data, hp and
 config are today's, by the fingerprints it carries) gains the planned `identity` and today's `env.harness_sha256`;
