@@ -309,20 +309,21 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
                 checks[cell.dir] = {"dir": cell.dir, "kind": f"tiny, {against} vs today's code", "harness": harness,
                                     "against": against, "differs": mismatches(a, b), "date": now(),
                                     "seconds": round((old_s + new_s) / len(tiny), 1)}
-        committed = []  # (order, cost, cell): --check-all grids, then each grid's cheapest, then methods to prove
+        committed = []  # (order, -records it can carry over per second, cell): --check-all grids first
         for grid, rows in plan.items():
             candidates = sorted(((not r["train"]["steps"], cost_s(r), c.dir, c, problems)
                                  for c, r, _, problems in rows if r.get("status") == "ok"
                                  and all(p.startswith(PROVE) for p in problems)), key=lambda t: t[:3])
             if grid in check_all:
                 committed += [(0, t[1], t[3]) for t in candidates]
-            committed += [(1, t[1], t[3]) for t in candidates[:1]]  # the cheapest that trains, where one does
-            for key in sorted({p for *_, problems in candidates for p in problems}):  # one per method to prove
+            if candidates:  # the cheapest that trains, where one does; then one cell per method to prove
+                plain = sum(not problems for *_, problems in rows)
+                committed.append((1, -plain / max(candidates[0][1], 1.0), candidates[0][3]))
+            for key in sorted({p for *_, problems in candidates for p in problems}):
                 t = next(t for t in candidates if key in t[-1])
-                committed.append((2, t[1], t[3]))
-        # past the --check-all grids, cheapest first: the most records proven per hour on a shared machine
-        committed = list({c.dir: c for *_, c in sorted(committed, key=lambda t: (t[0] > 0, t[1]))
-                          if c.dir not in checks}.values())
+                committed.append((1, -sum(key in problems for *_, problems in rows) / max(t[1], 1.0), t[3]))
+        # past the --check-all grids, the checks that carry the most records per second first (a shared machine)
+        committed = list({c.dir: c for *_, c in sorted(committed, key=lambda t: t[:2]) if c.dir not in checks}.values())
         if committed and logged_only:
             print(f"golden: {len(committed)} committed cell(s) not checked (--logged-only): their grids stay stale")
         elif committed:
@@ -348,23 +349,26 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
         in_grid = [checks[c.dir] for c, *_ in rows if c.dir in checks]
         ok = tiny_ok and bool(in_grid) and not any(c["differs"] for c in in_grid)
         proven = {f"{PROVE}{c.method}" for c, *_ in rows if c.dir in checks and not checks[c.dir]["differs"]}
-        written, left = 0, []
+        written, already, left = 0, 0, []
         for cell, record, planned, problems in rows:
             unproven = [p for p in problems if p not in proven]
-            if unproven or not ok:
+            current = (record.get("identity") or {}).get("sha256") == planned["sha256"] \
+                and record["env"].get("harness_sha256") == harness
+            if current:
+                already += 1
+            elif unproven or not ok:
                 left.append({"dir": cell.dir, "differs": unproven or ["golden check failed or not run"]})
-            elif (record.get("identity") or {}).get("sha256") != planned["sha256"] \
-                    or record["env"].get("harness_sha256") != harness:
+            else:
                 if dry_run:
                     written += 1
                 elif restamp_record(Path(cell.dir) / "record.json", planned, harness):
                     written += 1
                 else:
                     left.append({"dir": cell.dir, "differs": ["record text is not the harness's JSON layout"]})
-        restamped[grid] = {"harness": harness, "checked": [c["dir"] for c in in_grid], "restamped": written,
-                           "left_stale": left, "date": now(), "dry_run": dry_run}
+        restamped[grid] = {"harness": harness, "checked": [c["dir"] for c in in_grid], "restamped_now": written,
+                           "current": written + already, "left_stale": left, "date": now(), "dry_run": dry_run}
         print(f"{grid}: {'checked' if ok else 'NOT identical or not checked'}; {written} record(s) re-stamped"
-              f"{' (dry run)' if dry_run else ''}; {len(left)} left stale")
+              f"{' (dry run)' if dry_run else ''}, {already} already; {len(left)} left stale")
         status |= bool(left)
     _write_log(log, harness, cpu_description(), checks, restamped)
     return status
@@ -380,8 +384,10 @@ def _write_log(log: Path, harness: str, cpu: str, checks: dict, restamped: dict)
              "|---|---|---|---|---|",
              *(f"| `{c['dir']}` | {c['kind']} | {_result(c)} | {c['seconds']} | {c['date']} |"
                for c in payload["checks"]),
-             "", "| grid | re-stamped | left stale |", "|---|---|---|",
-             *(f"| {g} | {r['restamped']} | {len(r['left_stale'])} |" for g, r in restamped.items()), ""]
+             "", "| grid | re-stamped by the last run | records carrying today's identity | left stale |",
+             "|---|---|---|---|",
+             *(f"| {g} | {r['restamped_now']} | {r['current']} | {len(r['left_stale'])} |"
+               for g, r in restamped.items()), ""]
     log.with_suffix(".md").write_text("\n".join(lines))
 
 
