@@ -16,9 +16,8 @@ from snakemake.resources import Resource
 
 from bench import launch
 from bench.errors import BenchError
-from bench.grid import (cell_resources, cell_threads, cell_user_inputs, check_cells, grid_cells, load_grid_file,
-                        made_from_current_methods)
-from bench.method import method_files
+from bench.grid import (cell_resources, cell_threads, check_cells, grid_cells, load_grid_file, planned_identity,
+                        read_record, up_to_date as record_up_to_date)
 from bench.models import cache_dir
 from bench.tasks import use_tasks_file
 
@@ -54,36 +53,42 @@ def cell_of(w):
     return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.variant}/n{w.size}/s{w.seed}"]
 
 
-UP_TO_DATE = {}  # cell dir -> whether its record exists and was made from today's method files
+UP_TO_DATE = {}  # cell dir -> whether its record is what the cell asks for today (bench/identity.py)
 
 
 def up_to_date(cell):
     if cell.dir not in UP_TO_DATE:
-        try:
-            record = json.loads(Path(cell.dir, "record.json").read_text())
-        except (OSError, ValueError):  # no record (or an unreadable one): the cell runs
-            record = {}
-        UP_TO_DATE[cell.dir] = made_from_current_methods(record, cell)
+        record = read_record(cell.dir)  # {} without a record: the cell runs
+        UP_TO_DATE[cell.dir] = bool(record) and record_up_to_date(record, planned(cell))
     return UP_TO_DATE[cell.dir]
+
+
+def planned(cell):
+    return planned_identity(cell, CELLS, config.get("data_root"))
 
 
 @signed
 def cell_sources(w):
-    """The converted model, the method's files, the records it reads (distill's teacher) and the user's tasks file
-    and data files where it reads any; contents, not file times, decide a rerun, since a clone, a checkout or a
-    conversion moves times without changing a byte. The model is ancient, and absent from an up-to-date record's
-    inputs: converting it for a new cell would otherwise rerun every cell (Snakemake reruns what an updated job
-    feeds unless the file is ancient *and* exists). A model whose content changed makes the report list its cells
-    as stale, with the commands that rerun them.
-    A record made from today's method files depends on them by content only (ancient); one made from other
-    contents keeps them plain, so that the edit, newer than the record, reruns it."""
+    """A cell reruns when its record is not what the cell asks for today: the record's identity (the hash of its
+    resolved spec: method code and hp, task, data files, model, seeds, harness) differs from the planned one. Such a
+    record gets an input written now, `.planned-<hash>.json` beside it (the planned spec; the cell removes it when
+    it has run): newer than the record, it reruns the cell whatever the other files' times and without .snakemake
+    metadata (a clone has none; a missing input would not do: Snakemake does not rebuild a missing intermediate
+    file for an output that exists). Otherwise content, not file times, decides: the model is ancient (converting
+    it for a new cell would otherwise rerun every cell), and so is a teacher record that is itself up to date."""
     cell = cell_of(w)
     teachers = [f"{d}/record.json" for d in cell.needs]
-    user = cell_user_inputs(cell, config.get("data_root"))
     if up_to_date(cell):
-        return [*map(ancient, method_files(cell.method)),
-                *(ancient(t) if up_to_date(CELLS[d]) else t for d, t in zip(cell.needs, teachers)), *user]
-    return [ancient(f"{MODELS}/{cell.model}/manifest.json"), *method_files(cell.method), *teachers, *user]
+        return [ancient(t) if up_to_date(CELLS[d]) else t for d, t in zip(cell.needs, teachers)]
+    return [ancient(f"{MODELS}/{cell.model}/manifest.json"), *teachers, *planned_stamp(cell)]
+
+
+def planned_stamp(cell):
+    if not read_record(cell.dir):  # no record: the cell runs anyway
+        return []
+    stamp = Path(cell.dir, f".planned-{planned(cell)['sha256'][:16]}.json")
+    stamp.write_text(json.dumps(planned(cell)["spec"], indent=2) + "\n")  # written at each plan: its time is now
+    return [str(stamp)]
 
 
 def resource(key):
@@ -143,7 +148,7 @@ rule cell:
         gres=resource("gres"),  # SLURM: shards of a GPU that small cells share (config/resources.yaml gpu_mem.share)
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m bench run-cell {params.args} {DATA_ROOT} --threads {threads}"
-        " --out $(dirname {output}) 2>&1 | tee {log}"
+        " --out $(dirname {output}) 2>&1 | tee {log}; rm -f $(dirname {output})/.planned-*.json"
 
 
 rule report:  # records only, never trains; `snakemake --report reports/<grid>/report.html` packs the outputs

@@ -93,6 +93,15 @@ def cmd_power(args) -> None:
     print(power_report(args.grid, args.claim))
 
 
+def cmd_restamp(args) -> None:
+    from bench.restamp import main as restamp_main
+
+    status = restamp_main(args.grids, args.against, args.check_all or [], Path(args.log), args.dry_run,
+                          args.logged_only)
+    if status:
+        sys.exit(status)
+
+
 def cmd_cells(args) -> None:
     from bench.grid import grid_cells
 
@@ -177,6 +186,20 @@ def main(argv=None) -> int:
     power.add_argument("grid", help="a grid whose records give the variance components (e.g. study)")
     power.add_argument("claim", nargs="?", default=None, help="one claim id (default: every claim)")
     power.set_defaults(func=cmd_power)
+
+
+    restamp = sub.add_parser("restamp", help="prove a harness change result-neutral on golden cells, then carry the "
+                                             "grids' records over to today's harness fingerprint (bench/restamp.py)")
+    restamp.add_argument("grids", nargs="+")
+    restamp.add_argument("--against", default="HEAD",
+                         help="git commit of the harness the records were made with (default: HEAD)")
+    restamp.add_argument("--check-all", action="append", metavar="GRID",
+                         help="rerun every record of GRID, not only its cheapest (repeatable)")
+    restamp.add_argument("--log", default="reports/identity/restamp.json", help="what was checked and written")
+    restamp.add_argument("--dry-run", action="store_true", help="check, and say what would be written")
+    restamp.add_argument("--logged-only", action="store_true",
+                         help="run no golden cell: re-stamp what the checks already in --log prove")
+    restamp.set_defaults(func=cmd_restamp)
 
     cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")
     cells.add_argument("grid")

@@ -23,6 +23,7 @@ from pathlib import Path
 from bench import curves, lock, retention
 from bench.errors import BenchError
 from bench.flops import matmul_peak_flops, train_flops
+from bench.identity import CELL_REFS, identity, resolved_spec
 from bench.method import (CellContext, check_precision, get_method, method_files, resolve_hparams, total_parameters,
                           trainable_parameters)
 
@@ -46,12 +47,6 @@ class CellConfig:
     data_seed: int | None = None  # seed of the training subsample; None = `seed` (which always seeds init and order)
 
 
-# they read records, plan cells or check the install; they make no record
-NOT_HARNESS = {"report.py", "plots.py", "grid.py", "grid_derive.py", "gpu_memory.py", "benchmarks.py",
-               "lock.py", "serve.py"}
-NOT_HARNESS_PREFIX = "report_"  # the report's parts (bench/report_*.py)
-
-
 def files_sha256(paths) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
@@ -60,9 +55,10 @@ def files_sha256(paths) -> str:
 
 
 def harness_hash() -> str:
-    """sha256 over the harness code that makes records: the report flags records made by other code."""
-    return files_sha256(p for p in HARNESS_DIR.glob("*.py")
-                        if p.name not in NOT_HARNESS and not p.name.startswith(NOT_HARNESS_PREFIX))
+    """The fingerprint of the code that makes records (bench/identity.py says which code, and how)."""
+    from bench.identity import harness_fingerprint
+
+    return harness_fingerprint()
 
 
 def write_atomic(path: Path, write, mode: str = "w") -> None:
@@ -290,6 +286,7 @@ def read_outputs(cell_dir: Path, record: dict) -> dict[str, list[dict]] | None:
 
 def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> dict:
     """Run one cell and write out_dir/record.json; returns the record."""
+    harness_hash()  # the code this cell starts with is the code its record names
     plan = plan_cell(config)
     from bench.scorers import check_metric_tools
     from bench.tasks import eval_scorer
@@ -405,5 +402,18 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
                                  **(dataset_sha256s(retention.datasets(hp), root) if retained else {})},
                         "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
                         "method_sha256": files_sha256(method_files(config.method))}
+    record["identity"] = identity(resolved_spec(config, record["inputs"]["model"]["sha256"], needed_identities(hp)))
     write_json_atomic(out_dir / "record.json", record)
     return record
+
+
+def needed_identities(hp: dict) -> dict[str, str | None]:
+    """The identity sha256 of each record the cell reads (hp `teacher`, `patterns`: cell dirs), by dir."""
+    dirs = [d for ref in CELL_REFS for d in str(hp.get(ref) or "").split(",") if d]
+    found = {}
+    for d in dirs:
+        try:
+            found[d] = json.loads(Path(d, "record.json").read_text()).get("identity", {}).get("sha256")
+        except (OSError, ValueError):
+            found[d] = None
+    return found

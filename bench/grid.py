@@ -17,6 +17,7 @@ import yaml
 
 from bench.errors import BenchError
 from bench.grid_derive import derive_grid
+from bench.identity import CELL_REFS
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "config" / "grids"
 SCHEMA = GRIDS_DIR.parent / "grid.schema.yaml"
@@ -139,12 +140,10 @@ def method_variants(label: str, entry: dict | None) -> list[tuple[str, str, dict
     return variants
 
 
-# hp that name other cells of the grid: a method entry's `<ref>_method` (that cell's method label; for `patterns`,
-# several labels separated by commas) and optional `<ref>_model` (default: this cell's model) become hp `<ref>` =
-# those cells' dirs (comma-separated), for the same task, train size and seed (distill's teacher, PET's pattern
-# models); the cell then `needs` them.
-CELL_REFS = ("teacher", "patterns")
-
+# CELL_REFS (bench/identity.py): hp that name other cells of the grid: a method entry's `<ref>_method` (that cell's
+# method label; for `patterns`, several labels separated by commas) and optional `<ref>_model` (default: this cell's
+# model) become hp `<ref>` = those cells' dirs (comma-separated), for the same task, train size and seed (distill's
+# teacher, PET's pattern models); the cell then `needs` them.
 
 def _cell_refs(name: str, task: str, model: str, size, seed: int, hp: dict) -> tuple[dict, tuple[str, ...]]:
     hp, needs = dict(hp), []
@@ -193,19 +192,86 @@ def grid_cells(name_or_path: str, within: tuple[str, ...] = ()) -> list[Cell]:
     return list(cells.values())
 
 
-def outdated_inputs(record: dict, cell: Cell) -> list[str]:
-    """Which of the content fingerprints a record carries differ from today's files: `method` (sha256 of the
-    method's methods/ files) and `model` (of the converted model; unknown while it is not converted, so not
-    outdated). Content, not file times, decides a cell's rerun: a clone, a checkout or a re-conversion moves
-    mtimes without changing a byte."""
-    outdated = [] if made_from_current_methods(record, cell) else ["method"]
-    model = current_model_fingerprint(cell.model)
-    return outdated + (["model"] if model and record.get("inputs", {}).get("model", {}).get("sha256") != model else [])
+def planned_identity(cell: Cell, cells: dict[str, Cell], data_root: str | None = None) -> dict:
+    """The identity (`{"sha256", "spec"}`) a record of `cell` made from today's files would carry; `cells`: the
+    grid's cells by dir (the cells this one reads are planned too). The converted model's fingerprint is today's
+    where the model is converted here, else the one its record names (conversion is pinned by the registry entry's
+    sha256, which the spec holds), else unknown."""
+    from bench.cell import CellConfig
+    from bench.identity import identity, resolved_spec
+
+    weights = current_model_fingerprint(cell.model) or recorded_weights(read_record(cell.dir))
+    key = (cell.dir, cell.cli_args(), data_root, weights)
+    if key not in _PLANNED:
+        needs = {d: planned_identity(cells[d], cells, data_root)["sha256"] if d in cells else None for d in cell.needs}
+        config = CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp, cell.eval_limit,
+                            cell.shifts, cell.grid, data_root, cell.dev_limit, cell.data_seed)
+        _PLANNED[key] = identity(resolved_spec(config, weights, needs))
+    return _PLANNED[key]
 
 
-def made_from_current_methods(record: dict, cell: Cell) -> bool:
-    """Whether a record was made from today's content of the cell's method files (its `inputs.method_sha256`)."""
-    return record.get("inputs", {}).get("method_sha256") == current_method_sha256(cell.method)
+_PLANNED: dict[tuple, dict] = {}  # a plan asks for each cell once per job, and a teacher's once per student
+
+
+def read_record(cell_dir: str) -> dict:
+    """A cell's record; {} where it has none (or an unreadable one). Read again when its file changed."""
+    path = Path(cell_dir) / "record.json"
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key not in _RECORDS:
+            _RECORDS[key] = json.loads(path.read_text())
+        return _RECORDS[key]
+    except (OSError, ValueError):
+        return {}
+
+
+_RECORDS: dict[tuple, dict] = {}
+
+
+def recorded_weights(record: dict) -> str | None:
+    return (record.get("identity") or {}).get("spec", {}).get("model", {}).get("weights") \
+        or record.get("inputs", {}).get("model", {}).get("sha256")
+
+
+def up_to_date(record: dict, planned: dict) -> bool:
+    """Whether a record is what its cell asks for today: its identity hash is the planned one."""
+    return (record.get("identity") or {}).get("sha256") == planned["sha256"]
+
+
+def stale_fields(record: dict, planned: dict) -> list[str]:
+    """What differs between a record's resolved spec and its cell's planned one ([] when up to date)."""
+    return [] if up_to_date(record, planned) else differences((record.get("identity") or {}).get("spec"),
+                                                              planned["spec"])
+
+
+SHORT = 40  # a differing value up to this long (as JSON) is shown `old → new`; longer ones by their field's name
+
+
+def differences(old: dict | None, new: dict) -> list[str]:
+    """What differs between two resolved specs, field by field: `hp.steps 20 → 30` for short values, the field's
+    name alone for long ones (`task.sst2.template`, `harness`); for a record without a spec, one line saying so."""
+    if not old:
+        return ["no resolved spec (made before cell identity)"]
+    before, after = _flat(old), _flat(new)
+    out = []
+    for key in sorted(set(before) | set(after), key=lambda k: (k != "harness", k)):
+        a, b = before.get(key, _MISSING), after.get(key, _MISSING)
+        if a == b:
+            continue
+        a, b = ("(none)" if v is _MISSING else json.dumps(v, ensure_ascii=False, default=str) for v in (a, b))
+        out.append(key if len(a) > SHORT or len(b) > SHORT else f"{key} {a} → {b}")
+    return out
+
+
+_MISSING = object()
+
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items()
+                for k, v in _flat(item, f"{prefix}.{key}" if prefix else str(key)).items()}
+    return {prefix: value}
 
 
 @functools.cache

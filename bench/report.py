@@ -96,14 +96,16 @@ def write_report(grid: str) -> list[Path]:
                   *([f"- … and {len(bad) - 60} more: `results/{name}/cells.csv`"] if len(bad) > 60 else []), ""]
     stale = cells[cells["stale"]]
     if len(stale):
-        parts += ["## Stale cells", "", f"{len(stale)} record(s) were made by other harness code (bench/*.py, sha256 "
-                  f"`env.harness_sha256`; the current one is `{current[:12]}`), other method files or another converted "
-                  "model (`inputs`), or under another dependency lock (`env.lock_sha256`; the packages whose versions "
-                  "differ from today's `config/requirements.lock` are named) than today's:", "", "| cell | stale: made by |",
-                  "|---|---|", *(f"| `{r['dir']}` | {r['stale_because']} |" for r in stale.to_dict("records")),
-                  "", "Snakemake does not track bench/*.py, the lock or the installed packages for cells, nor a method "
-                  "file or a model older than the record, so it may not rerun them by itself. Rerun "
-                  "exactly these cells by deleting their records, then run the grid:", "", "```bash",
+        parts += ["## Stale cells", "", f"{len(stale)} record(s) are not what their cell asks for today: the record's "
+                  "resolved spec (`identity.spec`: method code and hyperparameters, task, data files, model, seeds, "
+                  f"harness `{current[:12]}`; bench/identity.py) differs from the cell's as planned from today's "
+                  "files, field by field below, or the record was made under another dependency lock "
+                  "(`env.lock_sha256`; the packages whose versions differ from `config/requirements.lock` are "
+                  "named):", "", "| cell | differs |", "|---|---|",
+                  *(f"| `{r['dir']}` | {r['stale_because']} |" for r in stale.to_dict("records")),
+                  "", "Snakemake reruns a record whose spec differs by itself (a harness change proved result-neutral "
+                  "re-stamps them instead: `python -m bench restamp`), one stale only by the lock it does not. To "
+                  "rerun exactly these cells, delete their records, then run the grid:", "", "```bash",
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md",

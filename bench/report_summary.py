@@ -3,8 +3,9 @@
 summary.csv is tidy: one row per cell minus its seed -- grid (the part, in a grid of parts), task, model, method, variant (the grid's label: the method,
 or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size, eval set, metric -- with the mean, std and
 count of seeds, the 95% interval (`ci_low`, `ci_high`, how: `interval`; bench/report_stats.py) and the examples per
-seed (`examples`), cost means, `stale` (made by other harness code, method files, converted model or dependency
-lock than today's; cells.csv says which in `stale_because`), a column per
+seed (`examples`), cost means, `stale` (the record is not what its cell asks for today: its resolved spec
+differs from the planned one, bench/identity.py; or it was made under another dependency lock; cells.csv says
+what differs, field by field, in `stale_because`), a column per
 hyperparameter whose value differs between cells of one method, and `hp` (all resolved hyperparameters, JSON).
 cells.csv has every cell of the grid with its status: ok, diverged, failed (no record, a log), not run (neither).
 """
@@ -17,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.cell import harness_hash, read_outputs
-from bench.grid import CELL_REFS, grid_cells, outdated_inputs
+from bench.cell import read_outputs
+from bench.errors import BenchError
+from bench.grid import CELL_REFS, grid_cells, planned_identity, stale_fields
 from bench.lock import other_lock
 from bench.report_stats import System, interval
 
@@ -51,8 +53,9 @@ def _read(cell) -> tuple[dict | None, str, str]:
 def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(cells: one row per grid cell, its status, its record's `analysis` and per-example `outputs` (None where the
     record has none); rows: one per ok record x eval set x metric; hp columns)."""
-    current, cells, rows = harness_hash(), [], []
+    cells, rows = [], []
     found = grid_cells(grid)
+    by_dir = {cell.dir: cell for cell in found}
     variants = part_variants(found)
     for cell in found:
         base = {"grid": cell.grid, "task": cell.task, "model": cell.model, "method": cell.method,
@@ -62,8 +65,7 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
         made_under = None if record is None else other_lock(record.get("env", {}))
         made_from = [] if record is None else [
-            *([f"harness {harness[:12] or '?'}"] if harness != current else []),
-            *(f"other {what}" for what in outdated_inputs(record, cell)),  # its method files, the converted model
+            *_stale_fields(record, cell, by_dir),  # what differs from the cell as planned today
             *([made_under] if made_under else [])]  # the lock, and the packages whose versions differ
         stale = bool(made_from)
         cells.append({**base, "status": status, "stale": stale, "harness": harness[:12],
@@ -90,6 +92,13 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         for key in hp_cols:
             frame[key] = [h.get(key, "") for h in frame["hp"]]
     return pd.DataFrame(cells), frame.drop(columns="hp", errors="ignore"), hp_cols
+
+
+def _stale_fields(record: dict, cell, cells: dict) -> list[str]:
+    try:
+        return stale_fields(record, planned_identity(cell, cells))
+    except BenchError as error:  # e.g. no data root here: what the cell asks for cannot be known, so not "up to date"
+        return [f"cannot be planned here ({error})"]
 
 
 def _num(value):

@@ -14,7 +14,8 @@ from bench.__main__ import main
 from bench import lock
 from bench.cell import OUTPUTS, harness_hash, write_outputs_atomic
 from bench.errors import BenchError
-from bench.grid import current_method_sha256, current_model_fingerprint, grid_cells
+from bench.grid import current_method_sha256, current_model_fingerprint, grid_cells, planned_identity
+from bench.identity import identity
 
 SIZES = {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}
 TRAINABLE = {"full_ft": lambda total: total, "lora": lambda total: total * 0.0034, "prompt_tuning": lambda _: 11_520,
@@ -78,6 +79,11 @@ def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flop
                    "method_sha256": current_method_sha256(cell.method)},
         **({"analysis": analysis} if analysis else {}),
     }
+    grid = Path(f"{cell.grid}.yaml")  # write_grid's file, in the test's folder
+    cells = {c.dir: c for c in grid_cells(str(grid))} if grid.exists() else {cell.dir: cell}
+    spec = planned_identity(cell, cells)["spec"]  # the cell as planned today
+    model = {**spec["model"], "weights": record["inputs"]["model"]["sha256"]}
+    record["identity"] = identity({**spec, "model": model, "harness": record["env"]["harness_sha256"]})
     path = Path(cell.dir) / "record.json"
     if outputs and status == "ok":
         record["outputs"] = {"file": OUTPUTS, "sha256": write_outputs_atomic(path.parent / OUTPUTS,
@@ -219,7 +225,7 @@ def test_records_of_another_converted_model_are_stale_with_the_rerun_command(tmp
     readme, summary, _ = read(tmp_path)
     assert summary.groupby("method")["stale"].all().to_dict() == {"full_ft": False, "lora": True}
     stale = readme.split("## Stale cells")[1]
-    assert f"| `{old.dir}` | other model |" in stale and new.dir not in stale
+    assert f"| `{old.dir}` | model.weights |" in stale and new.dir not in stale
     assert f"rm {old.dir}/record.json" in stale and f"snakemake --cores all --config grid={grid}" in stale
 
 

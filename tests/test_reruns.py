@@ -42,10 +42,11 @@ def clone(tmp_path) -> Path:
     return tmp_path / "clone"
 
 
-def snakemake(project, *args, timeout=600):
+def snakemake(project, *args, timeout=600, env=None):
     """The default invocation (Snakemake loads profiles/default by itself) with the clone's code."""
     return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
-                          cwd=project, env=environment(project), capture_output=True, text=True, timeout=timeout)
+                          cwd=project, env={**environment(project), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def environment(project) -> dict:
@@ -53,9 +54,9 @@ def environment(project) -> dict:
             "PEFT_REPRO_DATA": str(data_root())}  # the clone has no ../shared beside it
 
 
-def plan(project, *args) -> tuple[dict[str, int], list[str]]:
-    """(jobs `snakemake -n` would run, by rule; the records its cell jobs would write)."""
-    done = snakemake(project, "-n", *args)
+def plan(project, *args, env=None) -> tuple[dict[str, int], list[str]]:
+    """(jobs `snakemake -n` would run, by rule; the records its cell jobs would write); `env`: variables to set."""
+    done = snakemake(project, "-n", *args, env=env)
     assert done.returncode == 0, done.stderr
     lines = (done.stdout + done.stderr).splitlines()
     if not any(line.startswith("Job stats:") for line in lines):
@@ -123,10 +124,89 @@ def test_touching_every_file_trains_nothing_but_a_method_edit_reruns_its_cells(c
     assert cells == [] and set(counts) <= {"report"}  # the report: harness files newer than it, no checksums
 
     method_file = clone / "methods/lora.py"
-    method_file.write_text(method_file.read_text() + "\n# an edit\n")
+    method_file.write_text(method_file.read_text() + "\n# a comment: the code means the same\n")
+    counts, cells = plan(clone)
+    assert cells == [] and set(counts) <= {"report"}
+    method_file.write_text(method_file.read_text() + "\nEDITED = True\n")
     counts, cells = plan(clone)
     assert counts == {"prepare_model": 1, "cell": 4, "report": 1}
     assert len(cells) == 4 and all("/smollm2-135m/lora/" in cell for cell in cells)
+
+
+def smoke_cells(*parts) -> list[str]:
+    """The committed smoke records whose path has every one of `parts`."""
+    found = sorted(str(p.relative_to(REPO)) for p in REPO.glob("results/smoke/**/record.json"))
+    return [path for path in found if all(part in path for part in parts)]
+
+
+def report_stale_rows(project, grid="smoke") -> list[str]:
+    """`python -m bench report GRID` in the project (records only, no training): its Stale cells rows."""
+    done = subprocess.run([sys.executable, "-m", "bench", "report", grid], cwd=project, env=environment(project),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    readme = (project / f"reports/{grid}/README.md").read_text()
+    return [line for line in readme.split("## Stale cells")[-1].splitlines() if line.startswith("| `results/")] \
+        if "## Stale cells" in readme else []
+
+
+# A fresh clone has no .snakemake metadata: what reruns is decided by the records' identities alone.
+def test_a_grid_hp_change_reruns_exactly_its_cells_and_the_report_names_it(clone):
+    grid = clone / "config/grids/smoke.yaml"
+    grid.write_text(grid.read_text().replace("hp: {steps: 20}", "hp: {steps: 30}"))
+    counts, cells = plan(clone)
+    changed = [c for c in smoke_cells() if "/prompt_design/" not in c]  # prompt design keeps its own steps: 0
+    assert cells == changed and len(changed) == 8
+    rows = report_stale_rows(clone)
+    assert len(rows) == 8 and all("hp.steps 20 → 30" in row for row in rows)
+
+
+def test_a_template_or_verbalizer_change_reruns_exactly_that_tasks_cells(clone):
+    tasks = clone / "config/tasks.yaml"
+    original = tasks.read_text()
+    template = '    template: "Review: {sentence}\\nSentiment:"\n'
+    assert template in original
+    tasks.write_text(original.replace(template, template.replace("Sentiment:", "Opinion:"), 1))
+    assert plan(clone)[1] == smoke_cells("/sst2/")
+    assert all("task.sst2.template" in row for row in report_stale_rows(clone))
+    verbalizer = '    verbalizer: [" negative", " positive"]\n'
+    tasks.write_text(original.replace(verbalizer, verbalizer.replace("positive", "good"), 1))
+    assert plan(clone)[1] == smoke_cells("/sst2/")
+    tasks.write_text(original)
+    assert plan(clone)[1] == []
+
+
+def test_a_data_file_change_reruns_exactly_the_cells_reading_it(clone, tmp_path):
+    shared = data_root()
+    root = tmp_path / "data"
+    root.mkdir()
+    for entry in shared.iterdir():
+        if entry.name not in ("e2e", "SHA256SUMS"):
+            (root / entry.name).symlink_to(entry)
+    shutil.copytree(shared / "e2e", root / "e2e")
+    testset = root / "e2e/testset_w_refs.csv"
+    text = testset.read_text()
+    testset.write_text(text.replace("restaurant", "Restaurant", 1))  # one reference word
+    digest = subprocess.run(["sha256sum", "e2e/testset_w_refs.csv"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.split()[0]
+    sums = [f"{digest}  e2e/testset_w_refs.csv" if line.endswith("e2e/testset_w_refs.csv") else line
+            for line in (shared / "SHA256SUMS").read_text().splitlines()]
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    assert plan(clone, env={"PEFT_REPRO_DATA": str(root)})[1] == smoke_cells("/e2e/")
+
+
+def test_a_cosmetic_harness_edit_reruns_and_flags_nothing_a_real_one_every_record(clone):
+    train, cell = clone / "bench/train.py", clone / "bench/cell.py"
+    original = train.read_text()
+    docstring = original.split('"""', 2)[1]
+    train.write_text(original.replace(docstring, docstring + "\nA docstring edit.\n", 1) + "\n# a comment\n")
+    cell.write_text(cell.read_text().replace("\n\n\ndef ", "\n\n\n# why, as a comment\ndef ", 1))
+    counts, cells = plan(clone)
+    assert cells == [] and set(counts) <= {"report"}
+    assert report_stale_rows(clone) == []
+    train.write_text(original + "\nHARNESS_EDIT = 1\n")
+    assert plan(clone)[1] == smoke_cells()
+    rows = report_stale_rows(clone)
+    assert len(rows) == 9 and all("| harness" in row for row in rows)
 
 
 def test_a_deleted_record_reruns_its_cell_under_a_current_report(clone):
@@ -177,7 +257,7 @@ def test_reruns_are_exact(clone):
 
     method_file = project / "methods/lora.py"
     original = method_file.read_text()
-    method_file.write_text(original + "\n# an edit\n")
+    method_file.write_text(original + "\nEDITED = True\n")
     assert planned_jobs(project) == {"cell": 2, "report": 1}  # exactly the lora cells
     method_file.write_text(original)
     assert planned_jobs(project) == {}  # same content again: nothing (inputs compared by checksum)
@@ -208,13 +288,12 @@ def test_reruns_are_exact(clone):
     (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(GRID))
     (project / "methods/dora.py").unlink()
 
-    (project / "bench/train.py").write_text((project / "bench/train.py").read_text() + "\n# harness edit\n")
-    assert planned_jobs(project) == {"report": 1}  # shared harness code: no silent retraining ...
-    assert snakemake(project, "--config", "grid=mini").returncode == 0
-    report = (project / "reports/mini/README.md").read_text()
-    # ... but the report flags every cell made by the older code
-    stale_rows = [line for line in report.split("## Stale cells")[1].splitlines() if line.startswith("| `results/")]
-    assert len(stale_rows) == 4 and all("| harness " in row for row in stale_rows)
+    train = project / "bench/train.py"
+    train.write_text(train.read_text() + "\n# a comment in harness code\n")
+    assert planned_jobs(project) == {"report": 1}  # no training; the report reads bench/*.py by time
+    train.write_text(train.read_text() + "\nHARNESS_EDIT = 1\n")
+    assert planned_jobs(project) == {"cell": 4, "report": 1}  # a real harness edit: every record is another's
+    assert len(report_stale_rows(project, "mini")) == 4  # ... and, until rerun, the report flags every one
 
 
 @pytest.mark.faults

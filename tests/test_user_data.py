@@ -250,5 +250,8 @@ def test_readme_grid_reruns_exactly_the_cells_reading_the_users_files(checkout):
     assert _shell("cd ../mine/data && sha256sum my_reviews.jsonl > SHA256SUMS", checkout).returncode == 0
     assert _planned(checkout, snakemake) == {"cell": 1, "report": 1}  # only the cell evaluating my_reviews
     assert _shell(snakemake, checkout).returncode == 0
-    tasks_file.write_text(tasks_file.read_text() + "# an edit\n")
-    assert _planned(checkout, snakemake) == {"cell": 1, "report": 1}
+    tasks_file.write_text(tasks_file.read_text() + "# a comment: the entries mean the same\n")
+    assert _planned(checkout, snakemake) == {}
+    entry = "fields: {sentence: text}, label: label}"
+    tasks_file.write_text(tasks_file.read_text().replace(entry, entry[:-1] + ", squash: true}"))
+    assert _planned(checkout, snakemake) == {"cell": 1, "report": 1}  # an entry the cell reads changed
