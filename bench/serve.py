@@ -3,16 +3,16 @@ mixed-task batches; a deployed base model serves every task's delta at once).
 
 Given cells of a grid (each a task's LoRA adapter or soft prompt, saved in DIR/delta/), it loads the base model
 once, attaches every delta, and rank-scores the cells' eval examples in batches that mix the cells, each row under
-its own delta: LoRA rows through peft's mixed-adapter batches (`adapter_names=` in the forward, one adapter name per
-row: the base layers run once for the batch, each adapter's update on its own rows), soft-prompt rows by prepending
-each row's own prompt embedding to its input embeddings (peft prompt tuning prepends one prompt to a whole batch,
-so the mixed batch is built here, as peft's PeftModel builds a single-prompt one: one `cat` when the prompts are of
-one length). As `bench.evaluation.rank_scores` does for one model, the rows of all cells are sorted by length
-before they are cut into batches (a batch pads little), and the LM head runs only at the scored positions. It
-reads the deltas and the cells' outputs and writes nothing. Each example's label scores must equal those its own
-cell computed alone (DIR/outputs.jsonl.gz): the command prints the largest difference and fails when a
-prediction differs or a score differs by more than TOLERANCE (float sums in other batch shapes differ by ~1e-6;
-the outputs keep 5 decimals).
+its own delta: LoRA rows as peft's mixed-adapter batches (`adapter_names=`) run them — the base layers once for
+the batch, each adapter's update B·A·x on its own rows — but on contiguous slices rather than index lists;
+soft-prompt rows by prepending each row's own prompt embedding to its input embeddings (peft prompt tuning
+prepends one prompt to a whole batch, so the mixed batch is built here, as peft's PeftModel builds a single-prompt
+one: one `cat` when the prompts are of one length). As `bench.evaluation.rank_scores` does for one model, the rows
+of all cells are sorted by length before they are cut into batches (a batch pads little), and the LM head runs
+only at the scored positions. It reads the deltas and the cells' outputs and writes nothing. Each example's label
+scores must equal those its own cell computed alone (DIR/outputs.jsonl.gz): the command prints the largest
+difference and fails when a prediction differs or a score differs by more than TOLERANCE (float sums in other
+batch shapes differ by ~1e-6; the outputs keep 5 decimals).
 
 The deltas of one mix must be of one kind (all LoRA or all soft prompts) on one base model.
 """
@@ -120,9 +120,9 @@ class Mixed:
     @torch.no_grad()
     def logprobs(self, rows: list[tuple], pad_id: int, wanted: list[tuple[int, int]]) -> torch.Tensor:
         """Log-probs (len(wanted), vocabulary) at `wanted` = [(row in `rows`, position in the row's own tokens),
-        ...], in the order (row, position) ascending. Rows are right-padded; LoRA rows run through peft's mixed
-        adapter batches (`adapter_names=`, one name per row); a soft-prompt row's tokens follow its own prompt
-        (one `cat` for the whole batch when the prompts are of one length, as peft builds a one-prompt batch).
+        ...], in the order (row, position) ascending. Rows are right-padded; LoRA rows as `_lora_forward` runs
+        them; a soft-prompt row's tokens follow its own prompt (one `cat` for the whole batch when the prompts are
+        of one length, as peft builds a one-prompt batch).
         The LM head runs only at the wanted positions (a boolean `logits_to_keep`), not at every position."""
         from bench.batches import pad
 
@@ -130,14 +130,51 @@ class Mixed:
         ids, mask = pad([r[1] for r in rows], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         if self.kind == "lora":
-            inputs = {"input_ids": ids, "adapter_names": [self.cells[r[0]].name for r in rows]}
-            offsets = [0] * len(rows)
+            inputs, offsets = {"input_ids": ids}, [0] * len(rows)
         else:
             inputs, mask, offsets = self._prompted(rows, ids, mask)
         keep = torch.zeros(mask.shape, dtype=torch.bool, device=device)
         keep[[b for b, _ in wanted], [offsets[b] + p for b, p in wanted]] = True
-        logits = self.model(**inputs, attention_mask=mask, logits_to_keep=keep).logits
+        if self.kind == "lora":
+            logits = self._lora_forward(rows, inputs, mask, keep)
+        else:
+            logits = self.model(**inputs, attention_mask=mask, logits_to_keep=keep).logits
         return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+    def _lora_forward(self, rows, inputs, mask, keep):
+        """Logits of LoRA rows, each under its cell's adapter: the base layers once for the whole batch (adapters
+        disabled) and, after each LoRA layer, each run of consecutive rows of one cell gets its adapter's update
+        B·A·x on its slice of the batch (a view: no copies), as peft's `adapter_names=` batches do with index
+        lists. Adapters of other variants (DoRA, ...) go through peft's own `adapter_names=` forward."""
+        from peft.tuners.lora import LoraLayer
+
+        runs: list[list] = []  # [adapter, first row, last row + 1]
+        for b, row in enumerate(rows):
+            name = self.cells[row[0]].name
+            if runs and runs[-1][0] == name:
+                runs[-1][2] = b + 1
+            else:
+                runs.append([name, b, b + 1])
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        if any(layer.lora_variant for layer in layers):
+            return self.model(**inputs, attention_mask=mask, logits_to_keep=keep,
+                              adapter_names=[self.cells[r[0]].name for r in rows]).logits
+
+        def add_updates(layer, args, output):
+            x = args[0]
+            for name, start, end in runs:
+                if name in layer.lora_A:
+                    update = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](x[start:end])))
+                    output[start:end] += update * layer.scaling[name]
+            return output
+
+        hooks = [layer.register_forward_hook(add_updates) for layer in layers]
+        try:
+            with self.model.disable_adapter():
+                return self.model(**inputs, attention_mask=mask, logits_to_keep=keep).logits
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def _prompted(self, rows, ids, mask):
         """(inputs_embeds, attention mask, each row's offset of its first token) of soft-prompt rows."""
@@ -160,11 +197,12 @@ class Mixed:
 
 
 def length_batches(rows: list[tuple], batch_size: int) -> list[list[int]]:
-    """Indices of `rows` per batch: all rows sorted by token length (ties: by cell, then arrival), cut into
-    batches of `batch_size`: a batch pads little and holds whichever cells' rows are of its lengths, and a cell's
-    rows in a batch are contiguous (peft's per-adapter sub-batches)."""
-    order = sorted(range(len(rows)), key=lambda r: (len(rows[r][1]), rows[r][0], r))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    """Indices of `rows` per batch: all rows sorted by token length (then arrival), cut into batches of
+    `batch_size`, each batch's rows then ordered by cell: a batch pads little and holds whichever cells' rows are
+    of its lengths, each cell's rows side by side (one slice per adapter)."""
+    order = sorted(range(len(rows)), key=lambda r: (len(rows[r][1]), r))
+    return [sorted(order[start:start + batch_size], key=lambda r: (rows[r][0], r))
+            for start in range(0, len(order), batch_size)]
 
 
 def score_mixed(mixed: Mixed, pad_id: int, rows: list[tuple], batch_size: int = BATCH) -> dict:

@@ -4,6 +4,8 @@ bytes of weights each setup holds (and k full fine-tuned copies'), as ratios mea
 mode's `serve_ks` (the first k cells of the list). Correctness: every example's label scores equal its own cell's
 outputs and the separate models' scores."""
 import os
+import statistics
+import time
 
 import pytest
 
@@ -56,13 +58,23 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
                 for c in s.cells]
     extra = [adapter.extra_positions(c.hp) for c in s.cells]
 
+    cpu = {"separate": [], "mixed": []}  # process CPU seconds per round: the shared machine's load moves wall time
+
+    def cpu_timed(name, fn):
+        start = time.process_time()
+        out = fn()
+        cpu[name].append(time.process_time() - start)
+        return out
+
     def one_model_per_task():
-        return [rank_scores(m, s.tokenizer, task, examples, BATCH, c.hp["max_len"], x)
-                for m, c, (task, examples), x in zip(separate, s.cells, s.tasks, extra)]
+        return cpu_timed("separate", lambda: [rank_scores(m, s.tokenizer, task, examples, BATCH, c.hp["max_len"], x)
+                                              for m, c, (task, examples), x in zip(separate, s.cells, s.tasks, extra)])
 
     paired = Paired({"separate": one_model_per_task},
-                    lambda: score_mixed(s.mixed, s.tokenizer.pad_token_id, s.rows, BATCH),
+                    lambda: cpu_timed("mixed", lambda: score_mixed(s.mixed, s.tokenizer.pad_token_id, s.rows, BATCH)),
                     settings.warmup_rounds).run(benchmark, settings.serve_rounds)
+    cpu_rounds = [a / b for a, b in zip(cpu["separate"], cpu["mixed"])]
+    cpu_rounds = cpu_rounds[settings.warmup_rounds:] or cpu_rounds  # as Paired.timed drops the warm-up
     mixed_scores = paired.ours_outs[-1]
     worst_own, wrong = compare(s, mixed_scores)
     worst_separate = max(abs(a - b) for owner, per_task in enumerate(paired.base_outs["separate"][-1])
@@ -82,6 +94,7 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
            mixed_bytes=mixed_bytes, separate_bytes=separate_bytes, full_ft_copies_bytes=len(s.cells) * base_bytes,
            separate_over_mixed_bytes=separate_bytes / mixed_bytes,
            full_ft_over_mixed_bytes=len(s.cells) * base_bytes / mixed_bytes,
+           cpu_ratio=statistics.median(cpu_rounds), cpu_per_round=[round(r, 4) for r in cpu_rounds],
            max_diff_vs_own_cells=worst_own, max_diff_vs_separate=worst_separate, tolerance=TOLERANCE,
            scores_equal=not wrong and worst_own <= TOLERANCE and worst_separate <= TOLERANCE)
     assert not wrong, f"predictions differ from the cells' own: {wrong[:3]}"
