@@ -930,7 +930,7 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
 def serve_mixed_details(by_item: dict) -> list[str]:
     """Section 9 (item 9, tests/benchmarks/test_9_serve_mixed.py), also pasted alone where a run measured only it."""
     found = [(by_item[f"serve_mixed_{kind}_k{k}"], name) for kind, name in
-             (("lora", "LoRA adapters (peft `adapter_names=`)"), ("prompt", "soft prompts (one fused batch)"))
+             (("lora", "LoRA adapters (one slice per adapter)"), ("prompt", "soft prompts (one fused batch)"))
              for k in (2, 4, 8) if f"serve_mixed_{kind}_k{k}" in by_item]
     if not found:
         return []
@@ -942,16 +942,19 @@ def serve_mixed_details(by_item: dict) -> list[str]:
            "`bench.evaluation.rank_scores` (batches of one task, sorted by length). Weights held: bytes of the "
            "distinct tensors of each setup; k full fine-tuned copies: k × the base's. Goal: mixed examples/s ≥ "
            "the separate models' at every k, scores equal (each example's label scores within the tolerance of "
-           "its own cell's outputs and of the separate models'). Where the time went before: README, \"One base, "
-           "many tasks\".", "",
+           "its own cell's outputs and of the separate models'), judged on wall time; CPU time: the process's CPU "
+           "seconds on each side (single-threaded on CPU, so it holds where other jobs share the machine). Where the "
+           "time went before: README, \"One base, many tasks\".", "",
            "| deltas | k | examples | batches mixing tasks | mixed ex/s | separate ex/s | time: separate / mixed "
-           "| weights: separate / mixed | weights: k full-FT copies / mixed | max score diff vs own cells "
-           "/ vs separate | equal |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| CPU time: separate / mixed | weights: separate / mixed | weights: k full-FT copies / mixed "
+           "| max score diff vs own cells / vs separate | equal |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for info, name in found:
         mixing = f"{info['batches_mixing_cells']} of {info['batches']}" if "batches" in info else "–"
+        cpu = (f"{info['cpu_ratio']:.2f}× (rounds {', '.join(f'{r:.2f}' for r in info['cpu_per_round'])})"
+               if "cpu_ratio" in info else "–")
         out.append(f"| {name} | {len(info['cells'])} | {info['examples']} | {mixing} | "
                    f"{info['mixed_examples_per_s']:.1f} | {info['separate_examples_per_s']:.1f} | "
-                   f"{info['ratio']:.2f}× (rounds {', '.join(f'{r:.2f}' for r in info['per_round'])}) | "
+                   f"{info['ratio']:.2f}× (rounds {', '.join(f'{r:.2f}' for r in info['per_round'])}) | {cpu} | "
                    f"{info['separate_over_mixed_bytes']:.2f}× | {info['full_ft_over_mixed_bytes']:.2f}× | "
                    f"{info['max_diff_vs_own_cells']:.1e} / {info.get('max_diff_vs_separate', float('nan')):.1e} | "
                    f"{'yes' if info['scores_equal'] else '**no**'} |")
