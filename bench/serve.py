@@ -2,13 +2,17 @@
 mixed-task batches; a deployed base model serves every task's delta at once).
 
 Given cells of a grid (each a task's LoRA adapter or soft prompt, saved in DIR/delta/), it loads the base model
-once, attaches every delta, and rank-scores a batch that mixes the cells' eval examples, each row under its own
-delta: LoRA rows through peft's mixed-adapter batches (`adapter_names=` in the forward, one adapter name per
-row), soft-prompt rows by prepending each row's own prompt embedding to its input embeddings (peft prompt tuning
+once, attaches every delta, and rank-scores the cells' eval examples in batches that mix the cells, each row under
+its own delta: LoRA rows as peft's mixed-adapter batches (`adapter_names=`) run them — the base layers once for
+the batch, each adapter's update B·A·x on its own rows — but on contiguous slices rather than index lists;
+soft-prompt rows by prepending each row's own prompt embedding to its input embeddings (peft prompt tuning
 prepends one prompt to a whole batch, so the mixed batch is built here, as peft's PeftModel builds a single-prompt
-one). Each example's label scores must equal those its own cell computed alone (DIR/outputs.jsonl.gz): the
-command prints the largest difference and fails when a prediction differs or a score differs by more than
-TOLERANCE (float sums in other batch shapes differ by ~1e-6).
+one: one `cat` when the prompts are of one length). As `bench.evaluation.rank_scores` does for one model, the rows
+of all cells are sorted by length before they are cut into batches (a batch pads little), and the LM head runs
+only at the scored positions. It reads the deltas and the cells' outputs and writes nothing. Each example's label
+scores must equal those its own cell computed alone (DIR/outputs.jsonl.gz): the command prints the largest
+difference and fails when a prediction differs or a score differs by more than TOLERANCE (float sums in other
+batch shapes differ by ~1e-6; the outputs keep 5 decimals).
 
 The deltas of one mix must be of one kind (all LoRA or all soft prompts) on one base model.
 """
@@ -25,7 +29,7 @@ import torch
 
 from bench.errors import BenchError
 
-TOLERANCE = 1e-3  # nats; the cells' outputs keep 5 decimals
+TOLERANCE = 1e-4  # nats; the cells' outputs keep 5 decimals
 BATCH = 16
 
 
@@ -93,7 +97,8 @@ def requests(tokenizer, task, examples, max_len: int, owner: int) -> list[tuple]
 
 
 class Mixed:
-    """The base model with every cell's delta attached; `logits(rows)` runs rows of different cells in one pass."""
+    """The base model with every cell's delta attached; `logprobs(rows, ...)` runs rows of different cells in one
+    pass and returns log-probs only where they are scored."""
 
     def __init__(self, base, cells: list[Cell]):
         from peft import PeftModel
@@ -113,46 +118,113 @@ class Mixed:
         self.model.eval()
 
     @torch.no_grad()
-    def logits(self, rows: list[tuple], pad_id: int) -> tuple[torch.Tensor, list[int]]:
-        """(logits, each row's offset of its first token): rows right-padded; a soft prompt row's positions are
-        shifted by its prompt's length."""
+    def logprobs(self, rows: list[tuple], pad_id: int, wanted: list[tuple[int, int]]) -> torch.Tensor:
+        """Log-probs (len(wanted), vocabulary) at `wanted` = [(row in `rows`, position in the row's own tokens),
+        ...], in the order (row, position) ascending. Rows are right-padded; LoRA rows as `_lora_forward` runs
+        them; a soft-prompt row's tokens follow its own prompt (one `cat` for the whole batch when the prompts are
+        of one length, as peft builds a one-prompt batch).
+        The LM head runs only at the wanted positions (a boolean `logits_to_keep`), not at every position."""
         from bench.batches import pad
 
         device = next(self.model.parameters()).device
+        ids, mask = pad([r[1] for r in rows], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
         if self.kind == "lora":
-            ids, mask = pad([r[1] for r in rows], pad_id)
-            names = [self.cells[r[0]].name for r in rows]
-            out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), adapter_names=names)
-            return out.logits.float().cpu(), [0] * len(rows)
+            inputs, offsets = {"input_ids": ids}, [0] * len(rows)
+        else:
+            inputs, mask, offsets = self._prompted(rows, ids, mask)
+        keep = torch.zeros(mask.shape, dtype=torch.bool, device=device)
+        keep[[b for b, _ in wanted], [offsets[b] + p for b, p in wanted]] = True
+        if self.kind == "lora":
+            logits = self._lora_forward(rows, inputs, mask, keep)
+        else:
+            logits = self.model(**inputs, attention_mask=mask, logits_to_keep=keep).logits
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+    def _lora_forward(self, rows, inputs, mask, keep):
+        """Logits of LoRA rows, each under its cell's adapter: the base layers once for the whole batch (adapters
+        disabled) and, after each LoRA layer, each run of consecutive rows of one cell gets its adapter's update
+        B·A·x on its slice of the batch (a view: no copies), as peft's `adapter_names=` batches do with index
+        lists. Adapters of other variants (DoRA, ...) go through peft's own `adapter_names=` forward."""
+        from peft.tuners.lora import LoraLayer
+
+        runs: list[list] = []  # [adapter, first row, last row + 1]
+        for b, row in enumerate(rows):
+            name = self.cells[row[0]].name
+            if runs and runs[-1][0] == name:
+                runs[-1][2] = b + 1
+            else:
+                runs.append([name, b, b + 1])
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        if any(layer.lora_variant for layer in layers):
+            return self.model(**inputs, attention_mask=mask, logits_to_keep=keep,
+                              adapter_names=[self.cells[r[0]].name for r in rows]).logits
+
+        def add_updates(layer, args, output):
+            x = args[0]
+            for name, start, end in runs:
+                if name in layer.lora_A:
+                    update = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](x[start:end])))
+                    output[start:end] += update * layer.scaling[name]
+            return output
+
+        hooks = [layer.register_forward_hook(add_updates) for layer in layers]
+        try:
+            with self.model.disable_adapter():
+                return self.model(**inputs, attention_mask=mask, logits_to_keep=keep).logits
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _prompted(self, rows, ids, mask):
+        """(inputs_embeds, attention mask, each row's offset of its first token) of soft-prompt rows."""
         embed = self.model.get_input_embeddings()
-        sequences = [torch.cat([self.prompts[r[0]].to(device, embed.weight.dtype),
-                                embed(torch.tensor(r[1], device=device))]) for r in rows]
-        width = max(len(s) for s in sequences)
-        inputs = torch.zeros(len(rows), width, embed.weight.shape[1], dtype=embed.weight.dtype, device=device)
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        for b, s in enumerate(sequences):
-            inputs[b, :len(s)], mask[b, :len(s)] = s, 1
-        out = self.model(inputs_embeds=inputs, attention_mask=mask)
-        return out.logits.float().cpu(), [self.prompts[r[0]].shape[0] for r in rows]
+        prompts = [self.prompts[r[0]].to(ids.device, embed.weight.dtype) for r in rows]
+        lengths = [p.shape[0] for p in prompts]
+        text = embed(ids)
+        if len(set(lengths)) == 1:
+            ones = torch.ones(len(rows), lengths[0], dtype=mask.dtype, device=mask.device)
+            return {"inputs_embeds": torch.cat([torch.stack(prompts), text], dim=1)}, torch.cat([ones, mask], 1), \
+                lengths
+        width = max(n + len(r[1]) for n, r in zip(lengths, rows))
+        inputs = torch.zeros(len(rows), width, text.shape[-1], dtype=text.dtype, device=text.device)
+        full = torch.zeros(len(rows), width, dtype=mask.dtype, device=mask.device)
+        for b, (prompt, row) in enumerate(zip(prompts, rows)):
+            end = len(prompt) + len(row[1])
+            inputs[b, :end] = torch.cat([prompt, text[b, :len(row[1])]])
+            full[b, :end] = 1
+        return {"inputs_embeds": inputs}, full, lengths
+
+
+def length_batches(rows: list[tuple], batch_size: int) -> list[list[int]]:
+    """Indices of `rows` per batch: all rows sorted by token length (then arrival), cut into batches of
+    `batch_size`, each batch's rows then ordered by cell: a batch pads little and holds whichever cells' rows are
+    of its lengths, each cell's rows side by side (one slice per adapter)."""
+    order = sorted(range(len(rows)), key=lambda r: (len(rows[r][1]), r))
+    return [sorted(order[start:start + batch_size], key=lambda r: (rows[r][0], r))
+            for start in range(0, len(order), batch_size)]
 
 
 def score_mixed(mixed: Mixed, pad_id: int, rows: list[tuple], batch_size: int = BATCH) -> dict:
-    """{(owner, example): [label scores]}: every row scored in batches that mix the cells (in the given order)."""
+    """{(owner, example): [label scores]}: every row scored in batches of similar length that mix the cells
+    (`length_batches`), the LM head only at scored positions."""
     scores: dict[tuple, dict] = {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        logits, offsets = mixed.logits(chunk, pad_id)
-        logprobs = torch.log_softmax(logits, dim=-1)
+    for batch in length_batches(rows, batch_size):
+        chunk = [rows[r] for r in batch]
+        wanted = sorted({(b, first + k) for b, (_, _, scored) in enumerate(chunk)
+                         for _, _, first, ids in scored for k in range(len(ids))})
+        column = {key: c for c, key in enumerate(wanted)}
+        logprobs = mixed.logprobs(chunk, pad_id, wanted)
         for b, (owner, _, scored) in enumerate(chunk):
             for i, j, first, ids in scored:
-                value = sum(logprobs[b, offsets[b] + first + k, t].item() for k, t in enumerate(ids))
+                value = sum(logprobs[column[(b, first + k)], t].item() for k, t in enumerate(ids))
                 scores.setdefault((owner, i), {})[j] = value
     return {key: [labels[j] for j in sorted(labels)] for key, labels in scores.items()}
 
 
 def interleave(per_cell: list[list[tuple]]) -> list[tuple]:
-    """Rows of the cells alternated (a, b, a, b, ...), as requests for different tasks would arrive: every batch
-    mixes tasks."""
+    """Rows of the cells alternated (a, b, a, b, ...), as requests for different tasks would arrive (the order
+    `length_batches` sorts from)."""
     out, longest = [], max(len(rows) for rows in per_cell)
     for k in range(longest):
         out += [rows[k] for rows in per_cell if k < len(rows)]

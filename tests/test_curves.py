@@ -187,17 +187,30 @@ def _trained(models_cache, tmp_path, method, task, hp):
 def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path, method, hp):
     from bench.serve import serve
 
+    from bench.serve import compare, length_batches, score_mixed, setup
+
     cells = [_trained(models_cache, tmp_path, method, task, hp) for task in ("sst2", "qqp")]
-    result = serve(cells, batch_size=5)  # odd batches: every batch mixes the two tasks' rows
+    mixed = setup(cells)
+    assert any(len({mixed.rows[r][0] for r in batch}) == 2 for batch in length_batches(mixed.rows, 5))  # mixes
+    result = serve(cells, batch_size=5)
     assert result["kind"] == ("lora" if method == "lora" else "prompt")
     assert result["examples"] == 24 and result["pred_differs"] == []
     assert result["max_abs_diff"] <= 1e-4 and result["equal"]
     # the check can fail: each row under the other cell's delta gives other scores
-    from bench.serve import compare, score_mixed, setup
-
-    mixed = setup(cells)
     mixed.mixed.cells, mixed.mixed.prompts = mixed.mixed.cells[::-1], mixed.mixed.prompts[::-1]
     assert compare(mixed, score_mixed(mixed.mixed, mixed.tokenizer.pad_token_id, mixed.rows, 5))[0] > 1e-3
+
+
+def test_serve_mixed_soft_prompts_of_different_lengths(models_cache, tmp_path):
+    """Prompts of 3 and 5 tokens in one batch (each row built after its own prompt, not one `cat`): the cells' own
+    scores, in one batch and in odd ones."""
+    from bench.serve import serve
+
+    cells = [_trained(models_cache, tmp_path, "prompt_tuning", task, {"num_virtual_tokens": n, "lr": 0.5})
+             for task, n in (("sst2", 3), ("qqp", 5))]
+    for batch_size in (24, 5):
+        result = serve(cells, batch_size=batch_size)
+        assert result["pred_differs"] == [] and result["max_abs_diff"] <= 1e-4 and result["equal"]
 
 
 def test_serve_mixed_refuses_a_mix_of_delta_kinds(models_cache, tmp_path):
