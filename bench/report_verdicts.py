@@ -152,13 +152,14 @@ class Gate:
         steps, chosen on a dev split."""
         out = []
         for key, r in self.rows.items():
-            if len(key) != len(self.KEYS) or self(r) is None:
+            if len(key) != len(self.KEYS) + 1 or self(r) is None:  # each row once: by its key with hp
                 continue
             hp = json.loads(r["hp"])
             floor = self.floors[r["task"]]
             fix = (f"its seeds disagree (std {r['std']:.1f}): more seeds (`python -m bench power`)"
                    if r["mean"] > floor + 2 else
-                   f"at the majority class: a larger lr (now {hp.get('lr')}) or more steps (now {hp.get('steps')}), "
+                   f"not above the majority class: a larger lr (now {hp.get('lr')}) or more steps (now "
+                   f"{hp.get('steps')}), "
                    "chosen on a dev split (`dev_limit`, a list of `lr` values in the grid file)")
             out.append([str(r["grid"]), r["variant"], r["task"], r["model"], str(r["train_size"]),
                         f"{r['mean']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] (n={r['seeds']})", f"{floor:.1f}",
