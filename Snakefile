@@ -14,12 +14,12 @@ from pathlib import Path
 from snakemake.common import overwrite_function_params
 from snakemake.resources import Resource
 
-from bench import launch
-from bench.errors import BenchError
-from bench.grid import (cell_resources, cell_threads, check_cells, grid_cells, load_grid_file, planned_identity,
+from bench.tools import launch
+from bench.api.errors import BenchError
+from bench.grid.plan import (cell_resources, cell_threads, check_cells, grid_cells, load_grid_file, planned_identity,
                         read_record, up_to_date as record_up_to_date)
-from bench.models import cache_dir
-from bench.tasks import use_tasks_file
+from bench.harness.models import cache_dir
+from bench.harness.tasks import use_tasks_file
 
 gc.disable()  # planning allocates millions of long-lived objects that the cyclic collector only re-scans; on at onstart
 GRID = config.get("grid", "smoke")
@@ -37,7 +37,7 @@ DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else "
 FORK_SOCKET = None  # bench/launch: ~4 s of imports saved per job; for local runs (a SLURM job runs on its own)
 FORK_SERVER = []  # its process, once onstart has started it
 if config.get("forkserver") in (True, "true", "1"):
-    PY = f"{PY} -m bench.launch run"  # without the server (not yet started, or gone) the same command runs plainly
+    PY = f"{PY} -m bench.tools.launch run"  # without the server (not yet started, or gone) the same command runs plainly
     FORK_SOCKET = os.environ[launch.SOCKET_ENV] = f"{tempfile.gettempdir()}/peft-repro-fork-{os.getpid()}.sock"
 
 
@@ -53,7 +53,7 @@ def cell_of(w):
     return CELLS[f"results/{w.grid}/{w.task}/{w.model}/{w.variant}/n{w.size}/s{w.seed}"]
 
 
-UP_TO_DATE = {}  # cell dir -> whether its record is what the cell asks for today (bench/identity.py)
+UP_TO_DATE = {}  # cell dir -> whether its record is what the cell asks for today (bench/harness/identity.py)
 
 
 def up_to_date(cell):
@@ -154,8 +154,8 @@ rule cell:
 rule report:  # records only, never trains; `snakemake --report reports/<grid>/report.html` packs the outputs
     input:
         records=RECORDS,
-        harness=expand(f"{workflow.basedir}/bench/{{name}}.py",  # every bench/*.py: they decide what is stale
-                       name=glob_wildcards(f"{workflow.basedir}/bench/{{name,[^/]+}}.py").name),
+        harness=expand(f"{workflow.basedir}/bench/{{name}}.py",  # every bench/**/*.py: they decide what is stale
+                       name=glob_wildcards(f"{workflow.basedir}/bench/{{name}}.py").name),
         claims=f"{workflow.basedir}/config/claims.yaml",
     output:
         readme=report(f"reports/{GRID_NAME}/README.md", category="Tables", labels={"file": "README.md (all tables)"}),

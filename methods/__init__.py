@@ -1,1 +1,1 @@
-"""One file per adaptation method; each defines METHOD = <bench.method.Method subclass>()."""
+"""One file per adaptation method; each defines METHOD = <bench.harness.method.Method subclass>()."""

@@ -1,7 +1,7 @@
 """Helpers shared by method files (not a method: the leading underscore keeps it out of the registry)."""
 from __future__ import annotations
 
-from bench.errors import BenchError
+from bench.api.errors import BenchError
 
 # Classification heads of AutoModelForSequenceClassification models: the names peft's SEQ_CLS task
 # type puts into modules_to_save, so own-code methods train the same head peft-backed ones do.
@@ -15,8 +15,8 @@ def model_label(model) -> str:
 
 
 def model_architecture(model):
-    """The model family's facts (bench.models.Architecture) that planning checked the cell against."""
-    from bench.models import architecture
+    """The model family's facts (bench.harness.models.Architecture) that planning checked the cell against."""
+    from bench.harness.models import architecture
 
     return architecture(model.config.model_type)
 

@@ -19,7 +19,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from bench.errors import BenchError
+from bench.api.errors import BenchError
 from methods._common import freeze, model_label
 
 ATTENTION = "prefix_sdpa"
@@ -126,7 +126,7 @@ def attach(model, p: int, hidden: int):
     modules = attention_modules(model)
     freeze(model)
     weight = model.get_input_embeddings().weight
-    # named as peft's prefix encoder, so bench/flops.py leaves it out of the per-position weights as it does peft's
+    # named as peft's prefix encoder, so bench/harness/flops.py leaves it out of the per-position weights as it does peft's
     model.add_module("prompt_encoder", Seq2SeqPrefix(model, p, hidden).to(weight.device))
     for kind, layers in modules.items():
         for layer, module in enumerate(layers):

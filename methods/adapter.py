@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.errors import BenchError
-from bench.method import Method
+from bench.api.errors import BenchError
+from bench.harness.method import Method
 from methods._common import block_stacks, freeze, model_label, train_head
 
 ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU, "swish": torch.nn.SiLU, "tanh": torch.nn.Tanh}

@@ -15,8 +15,8 @@ paper's grid {1e-4, 4e-4, 7e-4, 1e-3}).
 """
 from __future__ import annotations
 
-from bench.errors import BenchError
-from bench.method import Method
+from bench.api.errors import BenchError
+from bench.harness.method import Method
 from methods._common import freeze, model_architecture, train_head
 
 
@@ -29,7 +29,7 @@ class BitFit(Method):
     defaults = {"lr": 1e-3}
 
     def check_architecture(self, hp, arch):
-        from bench.models import architectures
+        from bench.harness.models import architectures
 
         if not arch.bias:
             with_bias = ", ".join(name for name, other in architectures().items() if other.bias)

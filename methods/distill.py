@@ -3,7 +3,7 @@
 The teacher is another cell: hp `teacher` is its directory (e.g. results/g/sst2/smollm2-135m/full_ft/n200/s0).
 In a grid, the entry `distill: {teacher_model: M, teacher_method: LABEL}` names the cell of the same grid,
 task, train size and seed with model M and method label LABEL (teacher_model defaults to the student's
-model); bench/grid.py fills in `teacher` and the Snakefile makes the teacher's record an input, so the
+model); bench/grid/plan.py fills in `teacher` and the Snakefile makes the teacher's record an input, so the
 teacher runs first. The teacher's record.json gives its model, method and resolved hyperparameters (it
 must be of the same task, status ok); its `delta/` the weights, loaded with the teacher method's own
 `load_delta` onto a fresh base, and its own `format_prompt` and virtual tokens apply.
@@ -17,7 +17,7 @@ trains on the teacher's labels with every weight trainable, as in full_ft (same 
 Hard labels, not soft: the harness's one training loop minimises cross-entropy on the target tokens (or the
 head's label), so the teacher's output enters as the target -- sequence-level KD, which Kim & Rush found as
 good as or better than word-level KD for sequence models. Word-level (soft-label) KD, the KL divergence to
-the teacher's per-token distribution (Hinton et al. 2015), would need a loss hook in bench/train.py and is
+the teacher's per-token distribution (Hinton et al. 2015), would need a loss hook in bench/harness/train.py and is
 left out; greedy decoding stands in for Kim & Rush's beam search. A teacher whose method scores with its
 own `evaluate` hook (prompt_ensemble's vote) is refused: its predictions are not the harness's.
 
@@ -33,8 +33,8 @@ import gc
 import json
 from pathlib import Path
 
-from bench.errors import BenchError
-from bench.method import CellContext, Method, get_method, resolve_hparams
+from bench.api.errors import BenchError
+from bench.harness.method import CellContext, Method, get_method, resolve_hparams
 from methods.full_ft import FullFineTuning
 
 
@@ -67,10 +67,10 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     """The teacher's predicted label indices (classification) or greedy output texts (generation)."""
     import torch
 
-    from bench import evaluation
-    from bench.cell import FormattedTask, seq2seq_outputs
-    from bench.models import get_model_spec, load_model
-    from bench.tasks import get_task, train_examples
+    from bench.harness import evaluation
+    from bench.harness.cell import FormattedTask, seq2seq_outputs
+    from bench.harness.models import get_model_spec, load_model
+    from bench.harness.tasks import get_task, train_examples
 
     config = teacher_config(teacher, task)
     method = get_method(config["method"])

@@ -15,8 +15,8 @@ The delta is a safetensors file of the trained tensors (the base `Method.save_de
 """
 from __future__ import annotations
 
-from bench.errors import BenchError
-from bench.method import Method
+from bench.api.errors import BenchError
+from bench.harness.method import Method
 from methods._common import block_stacks, freeze, model_label, train_head
 
 

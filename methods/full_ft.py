@@ -1,5 +1,5 @@
 """Full fine-tuning: every weight of the model trains (the "model tuning" baseline)."""
-from bench.method import Method
+from bench.harness.method import Method
 
 
 class FullFineTuning(Method):

@@ -20,7 +20,7 @@ lr 3e-3 (the paper's T-Few recipe uses 3e-3 with Adafactor; `--hp optimizer=adaf
 """
 from __future__ import annotations
 
-from bench.method import PeftMethod
+from bench.harness.method import PeftMethod
 from methods._common import block_stacks, peft_task_type
 
 

@@ -6,8 +6,8 @@ Defaults follow the paper's GPT-2 setting: rank 4 on the query and value project
 as peft does, where Hu et al. adapt only its q and v parts); a comma list names modules explicitly, from the
 architecture's `linear` names. Encoders also train their head.
 """
-from bench.errors import BenchError
-from bench.method import PeftMethod
+from bench.api.errors import BenchError
+from bench.harness.method import PeftMethod
 from methods._common import model_architecture, peft_task_type
 
 

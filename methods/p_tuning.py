@@ -18,8 +18,8 @@ the encoder's input only (peft SEQ_2_SEQ_LM with `num_transformer_submodules=1`,
 """
 from __future__ import annotations
 
-from bench.errors import BenchError
-from bench.method import PeftMethod, peft_generation_compat
+from bench.api.errors import BenchError
+from bench.harness.method import PeftMethod, peft_generation_compat
 from methods._common import peft_task_type
 
 ENCODERS = ("LSTM", "MLP")

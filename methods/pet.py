@@ -9,9 +9,9 @@ Two stages, each a cell of the same grid (the DAG carries the dependency, as dis
   lora, ia3, ... as an option, with the base method's own defaults for its other hyperparameters; `lr` and the
   training settings are this cell's).
 - `stage: final`: hp `patterns` = the pattern cells' directories, comma-separated (in a grid:
-  `patterns_method: "LABEL,LABEL,..."`, see bench/grid.py). Before training (`prepare_train_examples`, not in
+  `patterns_method: "LABEL,LABEL,..."`, see bench/grid/plan.py). Before training (`prepare_train_examples`, not in
   train_s) each pattern model labels the unlabelled pool: `pool_size` examples of the task's `unlabelled` split
-  (config/tasks.yaml; default its training split) that are not in the labelled sample (bench.tasks.unlabelled_pool:
+  (config/tasks.yaml; default its training split) that are not in the labelled sample (bench.harness.tasks.unlabelled_pool:
   seeded, nested across pool sizes, labels removed before any model sees them); each gives the distribution softmax(rank scores of its label words) over the labels, and
   the pool's soft label is their mean (hp `weighting: uniform`), or their mean weighted by each pattern
   model's accuracy on the labelled sample (`weighting: train_accuracy`; PET weights by the accuracy *before*
@@ -34,8 +34,8 @@ import gc
 import json
 from pathlib import Path
 
-from bench.errors import BenchError
-from bench.method import TRAIN_DEFAULTS, CellContext, Method, get_method, resolve_hparams
+from bench.api.errors import BenchError
+from bench.harness.method import TRAIN_DEFAULTS, CellContext, Method, get_method, resolve_hparams
 
 STAGES = ("pattern", "final")
 WEIGHTINGS = ("uniform", "train_accuracy")
@@ -127,7 +127,7 @@ class PET(Method):
             return examples
         import torch
 
-        from bench.tasks import unlabelled_pool
+        from bench.harness.tasks import unlabelled_pool
 
         dirs = [d.strip() for d in hp["patterns"].split(",") if d.strip()]
         first = [pattern_config(d, ctx.task, len(examples), ctx.seed) for d in dirs][0]
@@ -146,7 +146,7 @@ class PET(Method):
 
 def label_token_ids(tokenizer, task) -> list[int]:
     """The verbalizer's label words as one token id each; BenchError where one is several tokens or two coincide."""
-    from bench.batches import continuation_ids
+    from bench.harness.tokens import continuation_ids
 
     ids = [continuation_ids(tokenizer, word) for word in task.verbalizer]
     if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
@@ -201,9 +201,9 @@ def pattern_distributions(folder: str, task, example_sets: list[list]) -> list:
     """The pattern model's label distributions (softmax of its rank scores under its own template) on each set."""
     import torch
 
-    from bench import evaluation
-    from bench.cell import FormattedTask
-    from bench.models import load_model
+    from bench.harness import evaluation
+    from bench.harness.cell import FormattedTask
+    from bench.harness.models import load_model
 
     config = json.loads((Path(folder) / "record.json").read_text())["config"]
     method = PET()  # its own instance: loading sets label ids that the final cell's training must not see

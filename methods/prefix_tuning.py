@@ -48,8 +48,8 @@ from __future__ import annotations
 
 from string import Formatter
 
-from bench.errors import BenchError
-from bench.method import PeftMethod, peft_generation_compat
+from bench.api.errors import BenchError
+from bench.harness.method import PeftMethod, peft_generation_compat
 from methods._common import model_architecture, model_label, peft_task_type
 
 INITS = ("real_tokens", "random")
@@ -128,7 +128,7 @@ class PrefixTuning(PeftMethod):
 
 def init_token_ids(hp: dict, ctx, length: int) -> list[int]:
     """`length` real token ids to initialise the prefix from (see the module docstring)."""
-    from bench.batches import prompt_ids
+    from bench.harness.tokens import prompt_ids
 
     tokenizer, task = ctx.tokenizer, ctx.task  # causal LMs only: encoders are refused (check_architecture)
     ids: list[int] = prompt_ids(tokenizer, hp["init_text"]) if hp["init_text"] else []

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 
-from bench.errors import BenchError
-from bench.method import Method
+from bench.api.errors import BenchError
+from bench.harness.method import Method
 
 
 class PromptDesign(Method):

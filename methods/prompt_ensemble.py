@@ -22,7 +22,7 @@ majority vote over the k prompts' predictions, ties broken by the mean log-prob 
 `<metric>_mean_logprob` (argmax of the mean log-prob) and `<metric>_singles` (each prompt's).
 Classification only: a generation task is refused when the cell is planned. Encoder-decoder models (Lester's T5
 setting): the prompts go before the encoder's input, every copy decodes the same label sequences, and the scores
-come from the decoder's rank scoring (bench/seq2seq.py), still one batched pass.
+come from the decoder's rank scoring (bench/harness/seq2seq.py), still one batched pass.
 
 Delta: k peft prompt-tuning adapters, `prompt_<i>/` (adapter_config.json + adapter_model.safetensors with
 `prompt_embeddings`), each of which loads on its own with `peft.PeftModel.from_pretrained`.
@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.errors import BenchError
-from bench.method import Method
+from bench.api.errors import BenchError
+from bench.harness.method import Method
 from methods.prompt_tuning import check_prompt_hparams, initial_prompt, input_embeddings
 
 
@@ -41,7 +41,7 @@ class PromptEnsembleModel(torch.nn.Module):
 
     forward(input_ids (B, L), attention_mask, logits_to_keep) runs the base on k·B rows; row i·B + b is input
     row b behind prompt i; logits are p positions longer than the input. A 2-D `logits_to_keep` (one row per
-    input row, as bench.train passes it) applies to each of the input row's k copies.
+    input row, as bench.harness.train passes it) applies to each of the input row's k copies.
     """
 
     def __init__(self, base, prompts: list):
@@ -135,8 +135,8 @@ class PromptEnsemble(Method):
         return k * loss - ((k - 1) * loss).detach()
 
     def evaluate(self, model, tokenizer, task, examples, hp, timer=None):
-        from bench import seq2seq
-        from bench.evaluation import classification_outputs, rank_scores
+        from bench.harness import seq2seq
+        from bench.harness.evaluation import classification_outputs, rank_scores
 
         if model.config.is_encoder_decoder:
             scores = seq2seq.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer,
@@ -152,7 +152,7 @@ class PromptEnsemble(Method):
         return rows
 
     def score_outputs(self, rows, names, scorer=None):  # classification only: no scorer
-        from bench.evaluation import classification_metrics
+        from bench.harness.evaluation import classification_metrics
 
         labels = [r["gold"] for r in rows]
         singles = [classification_metrics(list(preds), labels, names) for preds in zip(*(r["preds"] for r in rows))]

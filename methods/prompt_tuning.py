@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import re
 
-from bench.errors import BenchError
-from bench.method import PeftMethod, peft_generation_compat
+from bench.api.errors import BenchError
+from bench.harness.method import PeftMethod, peft_generation_compat
 from methods._common import peft_task_type
 
 INITS = ("random", "vocab", "class_label")
@@ -87,7 +87,7 @@ def vocab_rows(embeddings, tokenizer, rows: int, generator):
 
 def label_rows(embeddings, tokenizer, verbalizer) -> list:
     """One row per label word: the mean embedding of its tokens."""
-    from bench.batches import continuation_ids
+    from bench.harness.tokens import continuation_ids
 
     return [embeddings[continuation_ids(tokenizer, word)].mean(dim=0) for word in verbalizer]
 

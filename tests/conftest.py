@@ -17,21 +17,21 @@ def models_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_llama(models_cache):
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     return load_model("tiny-llama", cache=models_cache)
 
 
 @pytest.fixture(scope="session")
 def sst2():
-    from bench.tasks import get_task
+    from bench.harness.tasks import get_task
 
     return get_task("sst2")
 
 
 @pytest.fixture(scope="session")
 def e2e():
-    from bench.tasks import get_task
+    from bench.harness.tasks import get_task
 
     return get_task("e2e")
 
@@ -40,7 +40,7 @@ def _brute_force_scores(model, tokenizer, task, examples, shift=0):
     """Label log-probs one (example, label) sequence at a time, full logits; `shift` = virtual tokens."""
     import torch
 
-    from bench.batches import continuation_ids, prompt_ids
+    from bench.harness.tokens import continuation_ids, prompt_ids
 
     out = torch.zeros(len(examples), len(task.verbalizer))
     with torch.no_grad():
@@ -67,7 +67,7 @@ def _delta_round_trip(method, hp, ctx, adapted, path, cache):
     base) on ROUND_TRIP_IDS."""
     import torch
 
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     method.save_delta(adapted, path)
     fresh, _, _ = load_model("tiny-llama", cache=cache)
@@ -89,9 +89,9 @@ def delta_round_trip():
 
 def _rescoring_gives_the_record(record, cell_dir):
     """The kept per-example outputs, scored again, give exactly the record's metrics, for every eval set."""
-    from bench.cell import read_outputs
-    from bench.method import get_method
-    from bench.tasks import get_task
+    from bench.harness.cell import read_outputs
+    from bench.harness.method import get_method
+    from bench.harness.tasks import get_task
 
     outputs = read_outputs(cell_dir, record)
     assert outputs is not None and set(outputs) == set(record["metrics"])

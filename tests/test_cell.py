@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
-from bench.cell import CellConfig, read_outputs, run_cell, write_json_atomic
+from bench.cli import main
+from bench.harness.cell import CellConfig, read_outputs, run_cell, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,16 +52,16 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path, rescor
 
 
 def test_data_seed_draws_the_subsample_and_seed_the_rest(models_cache, tmp_path, monkeypatch):
-    import bench.tasks
+    import bench.harness.tasks
 
-    drawn, sample = [], bench.tasks.train_examples
-    monkeypatch.setattr(bench.tasks, "train_examples", lambda task, size, seed, *rest: drawn.append(seed) or
+    drawn, sample = [], bench.harness.tasks.train_examples
+    monkeypatch.setattr(bench.harness.tasks, "train_examples", lambda task, size, seed, *rest: drawn.append(seed) or
                         sample(task, size, seed, *rest))
     record = run_cell(_cell(seed=1, data_seed=3), tmp_path / "a", threads=1)
     same_data = run_cell(_cell(seed=2, data_seed=3), tmp_path / "b", threads=1)
     assert drawn == [3, 3] and record["config"]["data_seed"] == 3 and record["config"]["seed"] == 1
     assert record["train"]["losses"] != same_data["train"]["losses"]  # the init seed still differs
-    assert sample(bench.tasks.get_task("sst2"), 16, 3) != sample(bench.tasks.get_task("sst2"), 16, 1)
+    assert sample(bench.harness.tasks.get_task("sst2"), 16, 3) != sample(bench.harness.tasks.get_task("sst2"), 16, 1)
 
 
 def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):
@@ -137,9 +137,9 @@ def test_generation_metrics_without_java_are_one_line_before_training(models_cac
 
     which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else which(name, *a, **k))
-    import bench.models
+    import bench.harness.models
 
-    monkeypatch.setattr(bench.models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.setattr(bench.harness.models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
     argv = ["run-cell", "--task", "e2e", "--model", "tiny-llama", "--method", "lora", "--train-size", "8",
             "--out", str(tmp_path / "cell")]
     assert main(argv) == 2
@@ -154,7 +154,7 @@ def test_peak_memory_is_the_cells_own_not_the_matmul_peak_probes(models_cache, t
     count in the cell's peak memory. A fresh process, so that no earlier test's peak RSS counts."""
     script = f"""
 import json, sys, torch
-import bench.cell
+import bench.harness.cell
 from tests.test_cell import _cell
 PROBE = 1 << 30  # 1 GiB, more than the whole tiny cell's process
 
@@ -162,8 +162,8 @@ def matmul_peak_flops(threads, device, precision):
     torch.ones(PROBE // 4).add_(1)
     return 1e12
 
-bench.cell.matmul_peak_flops = matmul_peak_flops
-record = bench.cell.run_cell(_cell(), __import__("pathlib").Path(sys.argv[1]), threads=1)
+bench.harness.cell.matmul_peak_flops = matmul_peak_flops
+record = bench.harness.cell.run_cell(_cell(), __import__("pathlib").Path(sys.argv[1]), threads=1)
 print(json.dumps([record["cost"]["peak_mem_bytes"], PROBE]))
 """
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,

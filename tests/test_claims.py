@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.method import method_names
-from bench.tasks import get_task, task_names
+from bench.harness.method import method_names
+from bench.harness.tasks import get_task, task_names
 
 CLAIMS = yaml.safe_load((Path(__file__).parents[1] / "config" / "claims.yaml").read_text())["claims"]
 ENSEMBLE_SUFFIXES = ("", "_avg_single", "_best_single", "_mean_logprob")  # methods/prompt_ensemble.py
@@ -41,7 +41,7 @@ def test_claims_name_known_tasks_eval_sets_methods_and_metrics():
 
 
 def test_a_claim_over_metrics_of_different_scales_has_a_margin_per_metric():
-    from bench.report_claims import _margin
+    from bench.report.claims import _margin
 
     per_metric = {"margin": {"default": 1.0, "nist": 0.1, "cider": 0.05}}
     assert [_margin(per_metric, m) for m in ("bleu", "nist", "cider")] == [1.0, 0.1, 0.05]
@@ -51,8 +51,8 @@ def test_a_claim_over_metrics_of_different_scales_has_a_margin_per_metric():
 def test_every_claim_states_its_test_and_both_quantities():
     """Each claim says what it tests (hypothesis, a margin >= 0 in the metric's units) and, side by side, the
     paper's quantity and ours; a renamed claim keeps its old id in `was`."""
-    from bench.report_claims import _checked
-    from bench.report_verdicts import HYPOTHESES
+    from bench.report.claims import _checked
+    from bench.report.verdicts import HYPOTHESES
 
     ids = [claim["id"] for claim in CLAIMS]
     assert len(ids) == len(set(ids))
@@ -67,8 +67,8 @@ def test_every_claim_states_its_test_and_both_quantities():
 def test_a_claim_that_does_not_state_its_test_is_refused_in_one_line():
     import pytest
 
-    from bench.errors import BenchError
-    from bench.report_claims import _checked
+    from bench.api.errors import BenchError
+    from bench.report.claims import _checked
 
     claim = {"id": "c", "check": {"kind": "compare", "margin": 1.0}}
     with pytest.raises(BenchError, match="declares no hypothesis: add `hypothesis:`"):

@@ -1,18 +1,18 @@
 """The report's intervals cover at their nominal rate at the seeds a grid has, and identical systems are declared
-"reproduced" at most at the stated alpha (bench/report_stats.py, bench/report_verdicts.py; docs/statistics.md).
+"reproduced" at most at the stated alpha (bench/report/stats.py, bench/report/verdicts.py; docs/statistics.md).
 
 Data are simulated as the study's classification comparisons are made: per seed and eval example a right/wrong
 answer of each of two systems, with three sources of variation -- seeds (a per-seed shift of every answer's
 probability of each system), examples (a per-example difference between the systems that every seed sees), and
 their interaction (each seed's own right/wrong draws) -- in three mixes: seed-dominated, example-dominated and
 mixed. The true difference is known exactly (no probability is clipped). The simulation runs the report's own
-arithmetic (bench.report_stats.interval_of_means, which bench.report_stats.interval calls for accuracy; their
+arithmetic (bench.report.stats.interval_of_means, which bench.report.stats.interval calls for accuracy; their
 equality is checked below on the records' path)."""
 import numpy as np
 import pytest
 
-from bench.report_stats import System, interval, interval_of_means
-from bench.report_verdicts import ALPHA, judge, pooled
+from bench.report.stats import System, interval, interval_of_means
+from bench.report.verdicts import ALPHA, judge, pooled
 
 EXAMPLES = 200  # the study's classification eval sets: 200 examples (CB: 56)
 REPLICATES = 2000  # Monte Carlo standard error of a 95% coverage: 0.5 points
@@ -100,7 +100,7 @@ def test_pooled_settings_cover_their_mean_and_do_not_narrow_with_more_settings()
 
 
 def test_the_records_path_gives_the_arrays_interval():
-    """bench.report_stats.interval (Systems of per-example output rows, aligned by id) equals interval_of_means
+    """bench.report.stats.interval (Systems of per-example output rows, aligned by id) equals interval_of_means
     on the same answers."""
     rng = np.random.default_rng(3)
     a, b = simulate(rng, 3, "mixed", examples=60)

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from bench.cell import CellConfig, plan_cell, run_cell
-from bench.errors import BenchError
+from bench.harness.cell import CellConfig, plan_cell, run_cell
+from bench.api.errors import BenchError
 
 CURVE_HP = {"steps": 4, "batch_size": 4, "max_len": 48, "eval_every": 2, "curve_limit": 8}
 
@@ -35,10 +35,10 @@ def test_curve_ends_at_the_final_score_and_keeps_its_time_apart(models_cache, tm
 
 
 def test_periodic_evaluation_time_is_not_training_time(models_cache, tiny_llama):
-    from bench.batches import training_batches
-    from bench.method import CellContext, get_method, resolve_hparams
-    from bench.tasks import get_task, train_examples
-    from bench.train import train
+    from bench.harness.batches import training_batches
+    from bench.harness.method import CellContext, get_method, resolve_hparams
+    from bench.harness.tasks import get_task, train_examples
+    from bench.harness.train import train
 
     model, tokenizer, _ = tiny_llama
     task, method = get_task("sst2"), get_method("lora")
@@ -82,8 +82,8 @@ def test_bad_curve_and_retention_settings_are_refused_at_plan_time(models_cache)
 
 def _direct_passage_nll(model, tokenizer, texts):
     """Summed next-token cross-entropy per text, from the model's own `loss` (mean over tokens) one text at a time."""
-    from bench.batches import prompt_ids
-    from bench.retention import TOKENS
+    from bench.harness.tokens import prompt_ids
+    from bench.harness.retention import TOKENS
 
     out = []
     with torch.no_grad():
@@ -96,9 +96,9 @@ def _direct_passage_nll(model, tokenizer, texts):
 
 
 def test_retention_loss_equals_the_models_own_loss(models_cache, tiny_llama):
-    from bench.method import CellContext, get_method, resolve_hparams
-    from bench.retention import PASSAGES, Retention
-    from bench.tasks import get_task
+    from bench.harness.method import CellContext, get_method, resolve_hparams
+    from bench.harness.retention import PASSAGES, Retention
+    from bench.harness.tasks import get_task
 
     model, tokenizer, _ = tiny_llama
     hp = resolve_hparams(get_method("lora"), {"retention": True, "retention_task": "qqp", "max_len": 48})
@@ -144,11 +144,11 @@ FROZEN_BASE = {"lora": {"lr": 0.05}, "ia3": {"lr": 0.5}, "prompt_tuning": {"num_
 def test_removing_the_delta_gives_the_base_back_bit_for_bit(models_cache, name):
     """A trained peft delta, disabled (`disable_adapter`) or removed (`unload`, or the wrapped base model for the
     prompt methods), leaves exactly the weights and logits of a freshly loaded base."""
-    from bench.batches import training_batches
-    from bench.method import CellContext, get_method, resolve_hparams
-    from bench.models import load_model
-    from bench.tasks import get_task, train_examples
-    from bench.train import train
+    from bench.harness.batches import training_batches
+    from bench.harness.method import CellContext, get_method, resolve_hparams
+    from bench.harness.models import load_model
+    from bench.harness.tasks import get_task, train_examples
+    from bench.harness.train import train
 
     method, task = get_method(name), get_task("sst2")
     assert not method.tunes_base
@@ -185,9 +185,9 @@ def _trained(models_cache, tmp_path, method, task, hp):
 @pytest.mark.parametrize("method,hp", [("lora", {"lr": 0.05}),
                                        ("prompt_tuning", {"num_virtual_tokens": 3, "optimizer": "adamw", "lr": 0.5})])
 def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path, method, hp):
-    from bench.serve import serve
+    from bench.tools.serve import serve
 
-    from bench.serve import compare, length_batches, score_mixed, setup
+    from bench.tools.serve import compare, length_batches, score_mixed, setup
 
     cells = [_trained(models_cache, tmp_path, method, task, hp) for task in ("sst2", "qqp")]
     mixed = setup(cells)
@@ -204,7 +204,7 @@ def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path,
 def test_serve_mixed_soft_prompts_of_different_lengths(models_cache, tmp_path):
     """Prompts of 3 and 5 tokens in one batch (each row built after its own prompt, not one `cat`): the cells' own
     scores, in one batch and in odd ones."""
-    from bench.serve import serve
+    from bench.tools.serve import serve
 
     cells = [_trained(models_cache, tmp_path, "prompt_tuning", task, {"num_virtual_tokens": n, "lr": 0.5})
              for task, n in (("sst2", 3), ("qqp", 5))]
@@ -214,7 +214,7 @@ def test_serve_mixed_soft_prompts_of_different_lengths(models_cache, tmp_path):
 
 
 def test_serve_mixed_refuses_a_mix_of_delta_kinds(models_cache, tmp_path):
-    from bench.serve import serve
+    from bench.tools.serve import serve
 
     cells = [_trained(models_cache, tmp_path, "lora", "sst2", {"lr": 0.05}),
              _trained(models_cache, tmp_path, "prompt_tuning", "qqp", {"num_virtual_tokens": 3})]
@@ -253,7 +253,7 @@ def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from bench.report_curves import curve_groups, curve_tables, reach, records, retention_tables, to_fraction
+    from bench.report.curves import curve_groups, curve_tables, reach, records, retention_tables, to_fraction
 
     rng = np.random.default_rng(0)
     cells = pd.DataFrame([_synthetic_cell(tmp_path, "prompt_tuning", s, 32, 0.0, rng) for s in range(3)]
@@ -293,8 +293,8 @@ def test_identical_methods_are_rarely_called_different(tmp_path):
 
 def _verdict(kind: str, cells, check: dict):
     """A curves claim's verdict, its findings and what is missing (superiority at the check's margin)."""
-    from bench.report_curves import OWN_CHECKS
-    from bench.report_verdicts import decide, verdict_of
+    from bench.report.curves import OWN_CHECKS
+    from bench.report.verdicts import decide, verdict_of
 
     comparisons, _, gone = OWN_CHECKS[kind](cells, check, float(check["margin"]))
     found = decide(comparisons, "superiority")

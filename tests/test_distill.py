@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.__main__ import main
-from bench.cell import CellConfig, run_cell, write_json_atomic
-from bench.errors import BenchError
-from bench.grid import check_cells, grid_cells
-from bench.method import CellContext, get_method, resolve_hparams
-from bench.tasks import data_root, get_task, train_examples
+from bench.cli import main
+from bench.harness.cell import CellConfig, run_cell, write_json_atomic
+from bench.api.errors import BenchError
+from bench.grid.plan import check_cells, grid_cells
+from bench.harness.method import CellContext, get_method, resolve_hparams
+from bench.harness.tasks import data_root, get_task, train_examples
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHERS = {  # name -> (task, model, method, train size, hp)
@@ -46,7 +46,7 @@ def _prepare(task_name: str, teacher, size: int, seed: int = 0):
 
 def _reloaded(teacher: Path):
     """The teacher's adapted model, rebuilt here from its record and delta (independently of distill)."""
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     config = json.loads((teacher / "record.json").read_text())["config"]
     method, task = get_method(config["method"]), get_task(config["task"])
@@ -58,7 +58,7 @@ def _reloaded(teacher: Path):
 
 @pytest.mark.parametrize("name", ["sst2", "mrpc"])
 def test_classification_labels_are_the_teachers_predictions(teachers, name):
-    from bench.evaluation import encoder_logits, rank_scores
+    from bench.harness.evaluation import encoder_logits, rank_scores
 
     prepared, examples = _prepare(name, teachers[name], 16)
     model, tokenizer, hp = _reloaded(teachers[name])
@@ -83,7 +83,7 @@ def test_a_teacher_with_a_known_prediction_relabels_every_example(teachers, tmp_
 
 
 def test_generation_references_are_the_teachers_greedy_outputs(teachers):
-    from bench.evaluation import generate
+    from bench.harness.evaluation import generate
 
     prepared, examples = _prepare("e2e", teachers["e2e"], 6)
     model, tokenizer, hp = _reloaded(teachers["e2e"])
@@ -206,7 +206,7 @@ def test_snakemake_runs_the_teacher_before_the_student(models_cache, tmp_path):
 
 
 def test_report_pools_a_students_seeds(teachers, tmp_path, monkeypatch):
-    from bench.report import load, summarize
+    from bench.report.write import load, summarize
 
     monkeypatch.chdir(tmp_path)
     path = _grid(tmp_path, seeds=[0, 1])

@@ -9,9 +9,11 @@ import torch
 
 import itertools
 
-from bench.batches import LENGTH_WINDOW, causal_lm_batch, continuation_ids, prompt_ids, training_batches
-from bench.evaluation import classification_metrics, clean_generation, generate, rank_scores
-from bench.tasks import Example
+from bench.harness.batches import causal_lm_batch, LENGTH_WINDOW, training_batches
+from bench.harness.tokens import continuation_ids, prompt_ids
+from bench.harness.evaluation import classification_metrics, generate, rank_scores
+from bench.harness.tokens import clean_generation
+from bench.harness.tasks import Example
 
 
 def test_labels_mask_prompt_and_padding_but_keep_eos(tiny_llama, e2e):
@@ -39,7 +41,7 @@ def test_prompt_cut_from_the_left_to_fit(tiny_llama, e2e):
 
 
 def test_length_grouped_batches_draw_every_example_once_per_epoch_with_less_padding(tiny_llama, sst2):
-    from bench.tasks import train_examples
+    from bench.harness.tasks import train_examples
 
     _, tokenizer, _ = tiny_llama
     batch_size = 8
@@ -110,7 +112,7 @@ def test_classification_metrics_by_hand():
 
 
 def test_example_ids_pair_across_cells_and_tell_repeats_apart():
-    from bench.evaluation import example_ids
+    from bench.harness.evaluation import example_ids
 
     good, bad = Example(fields={"sentence": "great"}, label=1), Example(fields={"sentence": "dull"}, label=0)
     ids = example_ids([good, bad, good, good])

@@ -1,4 +1,4 @@
-"""The per-cell GPU-memory estimate (bench/gpu_memory.py) and the GPU requests it decides (bench.grid)."""
+"""The per-cell GPU-memory estimate (bench/grid/gpu_memory.py) and the GPU requests it decides (bench.grid.plan)."""
 import json
 import os
 import re
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import BenchError
-from bench.gpu_memory import estimate_bytes, gpu_request, model_shape
-from bench.grid import _resource_rules, cell_resources, grid_cells
-from bench.method import get_method
-from bench.models import get_model_spec, model_names
+from bench.api.errors import BenchError
+from bench.grid.gpu_memory import estimate_bytes, gpu_request, model_shape
+from bench.grid.plan import _resource_rules, cell_resources, grid_cells
+from bench.harness.method import get_method
+from bench.harness.models import get_model_spec, model_names
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = _resource_rules()["gpu_mem"]

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.errors import BenchError
-from bench.grid import check_cells, grid_cells, grid_names
+from bench.api.errors import BenchError
+from bench.grid.plan import check_cells, grid_cells, grid_names
 
 REPO = Path(__file__).resolve().parent.parent
 VALID = {"models": ["tiny-llama"], "methods": {"lora": {"r": 2}, "full_ft": None},

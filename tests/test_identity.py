@@ -1,4 +1,4 @@
-"""Cell identity (bench/identity.py): the harness fingerprint is the code's meaning, a record's spec is what its cell
+"""Cell identity (bench/harness/identity.py): the harness fingerprint is the code's meaning, a record's spec is what its cell
 asks for, differences are listed field by field, and the committed records and reports agree with the committed code."""
 import json
 import shlex
@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import identity
-from bench.grid import differences, grid_cells, grid_names, load_grid_file, planned_identity, read_record, stale_fields
+from bench.harness import identity
+from bench.grid.plan import differences, grid_cells, grid_names, load_grid_file, planned_identity, read_record, stale_fields
 
 REPO = Path(__file__).resolve().parent.parent
 CODE = '''"""A module."""
@@ -38,27 +38,25 @@ def test_docstrings_comments_and_formatting_leave_the_fingerprint(tmp_path):
     assert fingerprint(tmp_path, CODE.replace("return 2 * x", 'x = "Twice x."\n    return 2 * x')) != before
 
 
-def test_the_harness_is_what_makes_records_by_its_imports():
+def test_the_harness_is_its_packages():
     names = {str(p.relative_to(REPO)) for p in identity.harness_files()}
-    assert {"bench/cell.py", "bench/train.py", "bench/tasks.py", "bench/models.py", "bench/method.py",
-            "bench/evaluation.py", "bench/identity.py", "methods/__init__.py"} <= names
-    tooling = {"bench/report.py", "bench/plots.py", "bench/grid.py", "bench/serve.py", "bench/restamp.py",
-               "bench/benchmarks.py", "bench/__main__.py"}
-    assert not names & tooling and not any(n.startswith("bench/report_") for n in names)
+    assert {"bench/harness/cell.py", "bench/harness/train.py", "bench/harness/tasks.py", "bench/harness/models.py",
+            "bench/harness/method.py", "bench/harness/evaluation.py", "bench/harness/identity.py",
+            "bench/api/errors.py", "bench/__init__.py", "methods/__init__.py"} <= names
+    assert all(n.startswith(("bench/harness/", "bench/api/")) for n in names - {"bench/__init__.py",
+                                                                               "methods/__init__.py"})
     assert not any(n.startswith("methods/") and n != "methods/__init__.py" for n in names)  # per method: its spec
 
 
-def test_a_new_module_is_outside_the_harness_until_the_harness_imports_it(tmp_path, monkeypatch):
-    bench = tmp_path / "bench"
-    bench.mkdir()
-    (bench / "__init__.py").write_text("")
-    (bench / "cell.py").write_text("from bench import train\n")
-    (bench / "train.py").write_text("def f():\n    from bench.tasks import x\n")  # a function-level import counts
-    (bench / "tasks.py").write_text("x = 1\n")
-    (bench / "tool.py").write_text("from bench import cell\n")
+def test_a_new_module_is_in_the_harness_by_its_package(tmp_path, monkeypatch):
+    for rel in ("bench/__init__.py", "bench/harness/cell.py", "bench/harness/new.py", "bench/api/errors.py",
+                "bench/report/new.py", "bench/tools/new.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
     monkeypatch.setattr(identity, "PROJECT_ROOT", tmp_path)
     monkeypatch.setattr(identity, "HARNESS_EXTRA", ())
-    assert [p.name for p in identity.harness_files()] == ["__init__.py", "cell.py", "tasks.py", "train.py"]
+    assert [str(p.relative_to(tmp_path)) for p in identity.harness_files()] == [
+        "bench/__init__.py", "bench/api/errors.py", "bench/harness/cell.py", "bench/harness/new.py"]
 
 
 def test_differences_by_field():
@@ -73,7 +71,7 @@ def test_differences_by_field():
 
 def test_a_record_made_by_a_cell_carries_its_planned_identity(tmp_path, monkeypatch):
     """run_cell's own spec equals the one planned from the grid (CLI-style string hp included)."""
-    from bench.__main__ import main
+    from bench.cli import main
 
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "g.yaml"
@@ -125,7 +123,7 @@ def test_committed_reports_list_the_committed_records_as_the_code_reads_them(gri
     """The report's inputs, cheaply: results/<grid>/cells.csv (status, staleness and what differs, per cell) is what
     the code reads from the committed records, and the report's README counts the same stale cells. (Regenerating
     every table is left to the report's own tests: the study's intervals take minutes.)"""
-    from bench.report_summary import load
+    from bench.report.summary import load
 
     monkeypatch.chdir(REPO)
     cells = load(grid)[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import launch
+from bench.tools import launch
 
 REPO = Path(__file__).resolve().parent.parent
 CELL = ["-m", "bench", "run-cell", "--grid", "t", "--task", "rte", "--model", "tiny-t5", "--method", "prompt_tuning",
@@ -32,7 +32,7 @@ def server(tmp_path, models_cache):
 
 
 def _run(argv, env, cwd, **kwargs):
-    return subprocess.run([sys.executable, "-m", "bench.launch", "run", *argv], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "bench.tools.launch", "run", *argv], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=600, **kwargs)
 
 
@@ -76,7 +76,7 @@ def test_a_cancelled_job_ends_its_child(server, tmp_path):
     """Snakemake cancels a job by signalling its shell: the client ends, and the server ends the child's group."""
     env = {**os.environ, "PYTHONPATH": str(REPO), launch.SOCKET_ENV: server}
     pid_file = tmp_path / "pid"
-    client = subprocess.Popen([sys.executable, "-m", "bench.launch", "run", "-m", "timeit", "-n", "1", "-s",
+    client = subprocess.Popen([sys.executable, "-m", "bench.tools.launch", "run", "-m", "timeit", "-n", "1", "-s",
                                f"import os; open({str(pid_file)!r}, 'w').write(str(os.getpid()))",
                                "import time; time.sleep(120)"], env=env, cwd=tmp_path)
     deadline = time.monotonic() + 60

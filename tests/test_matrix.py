@@ -1,6 +1,6 @@
 """Every method × architecture pair is decided when a cell is planned (README "Methods × architectures"): over a
 tiny stand-in of every model family config/models.yaml names, each pair either trains a 2-step cell to `ok` or
-is refused, with one line, by the check the Snakefile calls (bench.grid.check_cells) -- as the README's matrix
+is refused, with one line, by the check the Snakefile calls (bench.grid.plan.check_cells) -- as the README's matrix
 says; and each family's entry in config/models.yaml is what its stand-in's transformers classes really are."""
 import inspect
 import re
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.cell import CellConfig, run_cell
-from bench.errors import BenchError
-from bench.grid import Cell, check_cells
-from bench.method import method_names
-from bench.models import architectures, get_model_spec, model_names
+from bench.harness.cell import CellConfig, run_cell
+from bench.api.errors import BenchError
+from bench.grid.plan import Cell, check_cells
+from bench.harness.method import method_names
+from bench.harness.models import architectures, get_model_spec, model_names
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 2
@@ -93,7 +93,7 @@ def test_the_family_entry_is_what_the_stand_in_is(model, models_cache):
     """config/models.yaml's facts, which planning reads instead of the model, against the real classes."""
     from safetensors.torch import load_file
 
-    from bench.models import architecture, load_model, prepare_model
+    from bench.harness.models import architecture, load_model, prepare_model
     from methods._common import HEAD_NAMES, block_stacks
 
     spec = get_model_spec(model)
@@ -166,7 +166,7 @@ def test_snakemake_refuses_a_bad_pair_before_planning(tmp_path):
 def test_a_model_of_an_undescribed_family_is_refused_when_planned(monkeypatch):
     import dataclasses
 
-    from bench import models
+    from bench.harness import models
 
     falcon = dataclasses.replace(get_model_spec("tiny-llama"), name="tiny-falcon", architecture="falcon")
     monkeypatch.setitem(models._registry(), "tiny-falcon", falcon)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from bench.errors import BenchError
-from bench.method import (CellContext, get_method, method_names, resolve_hparams, trainable_parameters)
+from bench.api.errors import BenchError
+from bench.harness.method import (CellContext, get_method, method_names, resolve_hparams, trainable_parameters)
 
 
 def test_registry_lists_method_files():
@@ -65,7 +65,7 @@ def test_full_ft_trains_everything(tiny_llama, sst2):
 
 @pytest.mark.parametrize("name", ["lora", "full_ft"])
 def test_delta_round_trip_gives_identical_logits(name, models_cache, sst2, tmp_path, delta_round_trip):
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     method = get_method(name)
     hp = resolve_hparams(method, {})

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from bench import models
-from bench.errors import BenchError
-from bench.models import (cache_dir, get_model_spec, load_model, model_fingerprint, model_names,
+from bench.harness import models
+from bench.api.errors import BenchError
+from bench.harness.models import (cache_dir, get_model_spec, load_model, model_fingerprint, model_names,
                           prepare_model)
 
 

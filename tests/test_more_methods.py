@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.batches import pad, prompt_ids, training_batches
-from bench.errors import BenchError
-from bench.evaluation import generate, rank_scores
-from bench.method import CellContext, get_method, resolve_hparams, trainable_parameters
-from bench.train import train
+from bench.harness.tokens import pad, prompt_ids
+from bench.harness.batches import training_batches
+from bench.api.errors import BenchError
+from bench.harness.evaluation import generate, rank_scores
+from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
+from bench.harness.train import train
 
 # tiny-llama: d 32, 2 layers, 4 heads, 2 key/value heads of 8 -> d_kv 16, d_ff 64 (config/models.yaml)
 # tiny-bert:  d 32, 2 layers, 4 heads of 8 -> d_kv 32, d_ff 64; head Linear(32, 2)
@@ -63,8 +64,8 @@ def expected_counts(method: str, model: str, hp: dict) -> tuple[int, int]:
 
 
 def _setup(method_name, model_name, overrides, models_cache, sst2, n_train=16):
-    from bench.models import load_model
-    from bench.tasks import train_examples
+    from bench.harness.models import load_model
+    from bench.harness.tasks import train_examples
 
     method = get_method(method_name)
     hp = resolve_hparams(method, {**TRAIN_HP, **overrides})
@@ -88,7 +89,7 @@ def _logits(model, model_name):
 
 @pytest.mark.parametrize("method_name, model_name, overrides", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_train_frozen_base_and_delta_round_trip(method_name, model_name, overrides, models_cache, sst2, tmp_path):
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     method, hp, model, tokenizer, ctx = _setup(method_name, model_name, overrides, models_cache, sst2)
     originals = list(model.named_parameters())
@@ -144,7 +145,7 @@ def test_train_frozen_base_and_delta_round_trip(method_name, model_name, overrid
 def test_prefix_real_token_init_is_the_base_model_reading_real_tokens(mlp_hidden, models_cache, sst2):
     """At step 0 the prefix holds the frozen model's own key/values on real task tokens, so the adapted
     model computes what the base model computes on `real tokens + input` (and generates likewise)."""
-    from bench.models import load_model
+    from bench.harness.models import load_model
     from methods.prefix_tuning import init_token_ids
 
     method, hp, model, tokenizer, ctx = _setup("prefix_tuning", "tiny-llama",
@@ -161,7 +162,7 @@ def test_prefix_real_token_init_is_the_base_model_reading_real_tokens(mlp_hidden
 
     prompts = [prompt_ids(tokenizer, "hello there"), prompt_ids(tokenizer, "a longer prompt about food")]
 
-    def scores(m, sequences):  # left-padded batch, as bench.evaluation.generate decodes
+    def scores(m, sequences):  # left-padded batch, as bench.harness.evaluation.generate decodes
         input_ids, attention_mask = pad(sequences, tokenizer.pad_token_id, side="left")
         out = m.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=3,
                          output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
@@ -173,8 +174,8 @@ def test_prefix_real_token_init_is_the_base_model_reading_real_tokens(mlp_hidden
 def test_prefix_label_scores_at_init_are_finite_and_near_the_base(models_cache, sst2):
     """Real-token prefixes leave the label log-probs finite and close to the base model's. (The tiny random
     model is too insensitive to show the collapse of a random init; FEASIBILITY.md measured it on SmolLM2.)"""
-    from bench.models import load_model
-    from bench.tasks import eval_examples
+    from bench.harness.models import load_model
+    from bench.harness.tasks import eval_examples
 
     method, hp, model, tokenizer, ctx = _setup("prefix_tuning", "tiny-llama", {}, models_cache, sst2)
     examples = eval_examples(sst2, "sst2", 8)
@@ -188,7 +189,7 @@ def test_prefix_label_scores_at_init_are_finite_and_near_the_base(models_cache, 
 
 @pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-bert", "tiny-gpt2"])
 def test_adapter_is_the_identity_at_init(model_name, models_cache, sst2):
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     method, hp, model, _, ctx = _setup("adapter", model_name, {}, models_cache, sst2)
     base, _, _ = load_model(model_name, cache=models_cache, num_labels=2)
@@ -232,7 +233,7 @@ def test_bad_hyperparameters_are_one_clear_error(method_name, model_name, overri
 
 
 def test_bad_hyperparameter_fails_before_the_model_loads(models_cache, tmp_path, capsys):
-    from bench.__main__ import main
+    from bench.cli import main
 
     argv = ["run-cell", "--task", "sst2", "--model", "tiny-llama", "--method", "prefix_tuning", "--train-size", "8",
             "--hp", "prefix_length=-1", "--out", str(tmp_path)]
@@ -246,7 +247,7 @@ CELLS = [(m, "tiny-llama") for m in CAUSAL] + [(m, "tiny-bert") for m in ["adapt
 
 @pytest.mark.parametrize("method_name, model_name", CELLS, ids=[f"{m}-{n}" for m, n in CELLS])
 def test_cell_runs(method_name, model_name, models_cache, tmp_path):
-    from bench.cell import CellConfig, run_cell
+    from bench.harness.cell import CellConfig, run_cell
 
     hp = {"steps": 2, "batch_size": 4, "max_len": 48, "lr": 1e-2}
     if method_name == "prefix_tuning":
@@ -263,7 +264,7 @@ def test_cell_runs(method_name, model_name, models_cache, tmp_path):
 
 
 def test_prefix_generation_cell(models_cache, tmp_path):
-    from bench.cell import CellConfig, run_cell
+    from bench.harness.cell import CellConfig, run_cell
 
     config = CellConfig(task="e2e", model="tiny-llama", method="prefix_tuning", train_size=8, seed=0,
                         hp={"steps": 1, "batch_size": 2, "max_len": 64, "prefix_length": 4, "mlp_hidden": 16},
@@ -273,7 +274,7 @@ def test_prefix_generation_cell(models_cache, tmp_path):
 
 
 def test_bitfit_cell_on_a_bias_free_model_fails_clearly(models_cache, tmp_path):
-    from bench.cell import CellConfig, run_cell
+    from bench.harness.cell import CellConfig, run_cell
 
     config = CellConfig(task="sst2", model="tiny-llama", method="bitfit", train_size=8, seed=0, hp={"steps": 1},
                         eval_limit=2, shifts=())

@@ -1,4 +1,4 @@
-"""paper-tiny is paper.yaml cut mechanically (bench/grid_derive.py), and it runs: every cell ok through Snakemake,
+"""paper-tiny is paper.yaml cut mechanically (bench/grid/derive.py), and it runs: every cell ok through Snakemake,
 and the report has every table the paper grid would fill."""
 import csv
 import os
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.errors import BenchError
-from bench.grid import blocks, check_cells, grid_cells, load_grid_file, method_variants
-from bench.grid_derive import offline_task, tiny_stand_in
-from bench.models import get_model_spec
-from bench.tasks import data_root, get_task
+from bench.api.errors import BenchError
+from bench.grid.plan import blocks, check_cells, grid_cells, load_grid_file, method_variants
+from bench.grid.derive import offline_task, tiny_stand_in
+from bench.harness.models import get_model_spec
+from bench.harness.tasks import data_root, get_task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,12 +113,12 @@ def test_a_cell_larger_than_one_gpu_is_refused_when_planned(tmp_path):
     grid = _grid(tmp_path, "g", {**SOURCE, "models": ["t5-xxl-lm-adapt"], "methods": {"full_ft": None},
                                  "train_sizes": [50]})
     with pytest.raises(BenchError, match=r"full_ft on t5-xxl-lm-adapt needs ~182 GiB of GPU memory "
-                                         r"\(bench/gpu_memory.py\), more than one GPU's 78 GiB"):
+                                         r"\(bench/grid/gpu_memory.py\), more than one GPU's 78 GiB"):
         check_cells(grid_cells(grid))
 
 
 def expected_tables(grid: str) -> set[str]:
-    """The report tables (bench/report_tables.py) a grid's cells fill, by their titles' first words, each task named
+    """The report tables (bench/report/tables.py) a grid's cells fill, by their titles' first words, each task named
     as its offline run names it: read from the grid's blocks with the conditions those table functions apply."""
     titles = set()
     for block in _blocks(grid):

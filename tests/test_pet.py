@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench import tasks as T
-from bench.cell import CellConfig, plan_cell, run_cell
-from bench.errors import BenchError
-from bench.grid import grid_cells
-from bench.method import CellContext, get_method, resolve_hparams
-from bench.report_stats import System
-from bench.report_templates import spread_interval
+from bench.harness import tasks as T
+from bench.harness.cell import CellConfig, plan_cell, run_cell
+from bench.api.errors import BenchError
+from bench.grid.plan import grid_cells
+from bench.harness.method import CellContext, get_method, resolve_hparams
+from bench.report.stats import System
+from bench.report.templates import spread_interval
 
 # label words of one byte each: the tiny models' tokenizer is byte-level, and PET needs one token per label word
 TASKS_FILE = """
@@ -100,7 +100,7 @@ def test_the_final_stage_never_reads_the_pools_labels(monkeypatch, sst2):
 def _brute_force_distribution(model, tokenizer, task, ex) -> torch.Tensor:
     """softmax over the label words of their log-probability after the prompt (cut from the left to max_len less the
     one-token label word, as rank scoring does): one sequence at a time, full logits."""
-    from bench.batches import continuation_ids, prompt_ids
+    from bench.harness.tokens import continuation_ids, prompt_ids
 
     with torch.no_grad():
         ids = torch.tensor([prompt_ids(tokenizer, task.prompt(ex))[-(HP["max_len"] - 1):]])
@@ -111,7 +111,7 @@ def _brute_force_distribution(model, tokenizer, task, ex) -> torch.Tensor:
 def test_soft_labels_are_the_mean_of_the_pattern_models_distributions(bytes_task, models_cache, tmp_path):
     """Two pattern cells (two templates, two verbalizers) trained by the harness; the final stage's soft labels equal
     the mean, over the patterns, of each pattern model's label distribution computed one example at a time."""
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     dirs = []
     for template in ("", "review"):

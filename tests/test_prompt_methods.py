@@ -7,13 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-from bench.batches import continuation_ids, training_batches
-from bench.cell import CellConfig, FormattedTask, plan_cell, run_cell
-from bench.errors import BenchError
-from bench.evaluation import generate, rank_scores
-from bench.method import CellContext, get_method, resolve_hparams, trainable_parameters
-from bench.tasks import Example
-from bench.train import train
+from bench.harness.tokens import continuation_ids
+from bench.harness.batches import training_batches
+from bench.harness.cell import CellConfig, FormattedTask, plan_cell, run_cell
+from bench.api.errors import BenchError
+from bench.harness.evaluation import generate, rank_scores
+from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
+from bench.harness.tasks import Example
+from bench.harness.train import train
 
 P = 6  # a short prompt keeps the tests fast; the closed forms hold for any length
 SENTENCES = ["great fun", "a dull , tired mess that never ends", "ok", "not bad at all", "meh"]
@@ -110,7 +111,7 @@ def _delta_files_bytes(path):
 def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path, delta_round_trip):
     from peft import PeftModel
 
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     loaded = load_model("tiny-llama", cache=models_cache)
     method, hp, ctx, adapted = _adapt(name, loaded, sst2, **_k(name))
@@ -247,9 +248,9 @@ def test_prompt_tuned_generation_batched_equals_one_at_a_time(tiny_llama, sst2):
 def test_kv_cached_generation_equals_recomputing_every_step(name, models_cache, sst2, tmp_path):
     """Greedy decoding with the KV cache scores every step as a full forward pass over the sequence so far:
     the virtual tokens are inserted once and never dropped (transformers 5.24 renamed the cache argument that
-    peft 0.21 reads; bench.method.peft_generation_compat). Also for the delta loaded back."""
-    from bench.batches import prompt_ids
-    from bench.models import load_model
+    peft 0.21 reads; bench.harness.method.peft_generation_compat). Also for the delta loaded back."""
+    from bench.harness.tokens import prompt_ids
+    from bench.harness.models import load_model
 
     loaded = load_model("tiny-llama", cache=models_cache)
     tokenizer = loaded[1]
@@ -311,7 +312,7 @@ def test_k_shot_prompt_holds_k_demonstrations_deterministically(tiny_llama, sst2
 def test_ensemble_one_pass_equals_separate_prompt_tuned_passes(tiny_llama, models_cache, sst2):
     from peft import PromptTuningConfig, get_peft_model
 
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     method, hp, _, ensemble = _adapt("prompt_ensemble", tiny_llama, sst2, k=3)
     _perturb(ensemble)

@@ -1,6 +1,6 @@
 """The report from synthetic records (no training): aggregation, missing/diverged/stale cells, tables only
 with their data, claim verdicts (holds / fails / not run), plots. Records copy the structure written by
-bench.cell.run_cell; each test works in its own tmp dir (results/ and reports/ land there)."""
+bench.harness.cell.run_cell; each test works in its own tmp dir (results/ and reports/ land there)."""
 import json
 import re
 from pathlib import Path
@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import yaml
 
-import bench.report as report
-from bench.__main__ import main
-from bench import lock
-from bench.cell import OUTPUTS, harness_hash, write_outputs_atomic
-from bench.errors import BenchError
-from bench.grid import current_method_sha256, current_model_fingerprint, grid_cells, planned_identity
-from bench.identity import identity
+import bench.report.write as report
+from bench.cli import main
+from bench.harness import lock
+from bench.harness.cell import OUTPUTS, harness_hash, write_outputs_atomic
+from bench.api.errors import BenchError
+from bench.grid.plan import current_method_sha256, current_model_fingerprint, grid_cells, planned_identity
+from bench.harness.identity import identity
 
 SIZES = {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}
 TRAINABLE = {"full_ft": lambda total: total, "lora": lambda total: total * 0.0034, "prompt_tuning": lambda _: 11_520,
@@ -110,9 +110,9 @@ def read(tmp_path, grid="g"):
 @pytest.fixture()
 def no_plots(monkeypatch):
     """Tests that do not look at plots skip drawing them (about a second each on a loaded machine)."""
-    import bench.plots
+    import bench.report.plots
 
-    monkeypatch.setattr(bench.plots, "make_plots", lambda summary, out: [])
+    monkeypatch.setattr(bench.report.plots, "make_plots", lambda summary, out: [])
 
 
 def verdicts(claims_md: str) -> dict:
@@ -476,7 +476,7 @@ def test_snakemake_report_rule_and_html_report_offline(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from bench.tasks import data_root
+    from bench.harness.tasks import data_root
 
     repo, project = Path(__file__).resolve().parent.parent, tmp_path / "project"
     for part in ("bench", "methods", "config", "Snakefile"):
@@ -602,7 +602,7 @@ def test_readme_claims_table_is_the_study_reports():
 def test_power_planner_prints_a_plan_for_every_claim(tmp_path, monkeypatch, no_plots):
     """`python -m bench power GRID`: every claim of claims.yaml gets a section; a comparison left inconclusive gets
     the seeds × examples that would decide it (or why none would); one claim alone by its id (or its old id)."""
-    from bench.report_power import power_report
+    from bench.report.write import power_report
 
     monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path, seeds=[0, 1, 2], methods={"full_ft": None, "prompt_tuning": None},

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.tasks import data_root
+from bench.harness.tasks import data_root
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = {"models": ["tiny-llama"], "methods": {"full_ft": {"lr": 1e-3}, "lora": {"lr": 1e-2}},
@@ -195,7 +195,7 @@ def test_a_data_file_change_reruns_exactly_the_cells_reading_it(clone, tmp_path)
 
 
 def test_a_cosmetic_harness_edit_reruns_and_flags_nothing_a_real_one_every_record(clone):
-    train, cell = clone / "bench/train.py", clone / "bench/cell.py"
+    train, cell = clone / "bench/harness/train.py", clone / "bench/harness/cell.py"
     original = train.read_text()
     docstring = original.split('"""', 2)[1]
     train.write_text(original.replace(docstring, docstring + "\nA docstring edit.\n", 1) + "\n# a comment\n")
@@ -262,7 +262,7 @@ def test_reruns_are_exact(clone):
     method_file.write_text(original)
     assert planned_jobs(project) == {}  # same content again: nothing (inputs compared by checksum)
 
-    (project / "bench/report.py").write_text((project / "bench/report.py").read_text() + "\n# edit\n")
+    (project / "bench/report/write.py").write_text((project / "bench/report/write.py").read_text() + "\n# edit\n")
     assert planned_jobs(project) == {"report": 1}  # report code: no training
 
     grid = dict(GRID, train_sizes=[8, 16, 32])
@@ -288,7 +288,7 @@ def test_reruns_are_exact(clone):
     (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(GRID))
     (project / "methods/dora.py").unlink()
 
-    train = project / "bench/train.py"
+    train = project / "bench/harness/train.py"
     train.write_text(train.read_text() + "\n# a comment in harness code\n")
     assert planned_jobs(project) == {"report": 1}  # no training; the report reads bench/*.py by time
     train.write_text(train.read_text() + "\nHARNESS_EDIT = 1\n")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.scorers import _dart_text, generation_metrics
+from bench.harness.scorers import _dart_text, generation_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scorers"
 
@@ -122,7 +122,7 @@ def test_e2e_rouge_l_is_coco_captions():
 
 # ---------------------------------------------------------------- WebNLG 2017 and DART: multi-bleu.perl
 def test_multi_bleu_by_hand():
-    from bench.scorers import multi_bleu
+    from bench.harness.scorers import multi_bleu
 
     # closest reference length 7 for 5 words, all n-grams match: exp(1 - 7/5)
     assert multi_bleu(["a b c d e"], [["a b c d e f g"]], lowercase=True, slots=3) == pytest.approx(
@@ -162,8 +162,8 @@ def test_dart_scorer_normalises_like_its_reference_files():
 
 
 def test_scorer_must_define_the_metrics():
-    from bench.errors import BenchError
-    from bench.scorers import check_scorer
+    from bench.api.errors import BenchError
+    from bench.harness.scorers import check_scorer
 
     with pytest.raises(BenchError, match="scorer webnlg-2017 does not define nist"):
         generation_metrics(["a"], [["a"]], ["bleu", "nist"], "webnlg-2017")
@@ -172,7 +172,7 @@ def test_scorer_must_define_the_metrics():
 
 
 def test_every_generation_eval_set_has_its_papers_scorer():
-    from bench.tasks import eval_scorer, get_task
+    from bench.harness.tasks import eval_scorer, get_task
 
     assert {s: eval_scorer(get_task("webnlg"), s) for s in get_task("webnlg").eval_sets + ["dev"]} == {
         "webnlg": "webnlg-2017", "test_seen": "webnlg-2017", "test_unseen": "webnlg-2017", "dart": "dart",
@@ -204,7 +204,7 @@ def test_meteor_process_ended_when_scoring_fails(monkeypatch):
 
     import pycocoevalcap.meteor.meteor as meteor
 
-    from bench import scorers
+    from bench.harness import scorers
 
     popen, made = subprocess.Popen, []
 
@@ -230,7 +230,7 @@ def test_e2e_metrics_as_measure_scores_prints_them():
     """40 E2E test MRs (each MR's first reference held out as a system), three systems: BLEU, NIST, ROUGE-L and
     CIDEr of all three, METEOR of one (its JVM is slow), equal to the 4 decimals measure_scores.py prints. The
     systems are made here from the data root, as they were made for the official run (the fixtures' README)."""
-    from bench.tasks import load_split
+    from bench.harness.tasks import load_split
 
     examples = [e for e in load_split("e2e/test") if len(e.references) >= 2][:40]
     refs = [list(e.references[1:]) for e in examples]
@@ -259,7 +259,7 @@ def test_webnlg_2017_as_the_challenge_scripts_print_them():
     """The whole WebNLG 2017 test set (all / seen / unseen categories), three systems: BLEU as multi-bleu.perl
     prints it (2 decimals) for all nine; METEOR (the jar prints 16 digits) for one system on one track."""
     pytest.importorskip("unidecode")
-    from bench.tasks import load_split
+    from bench.harness.tasks import load_split
 
     official = _official("webnlg-2017-official.json")
     everything = load_split("webnlg/test_all")
@@ -282,7 +282,7 @@ def test_dart_as_its_scripts_print_them():
     """The whole DART test set, three systems (written normalised, as the reference files are): BLEU as
     multi-bleu.perl prints it. (METEOR -r 8 of drop4 also agreed to the jar's 16 digits when run on
     2026-11-30; its code path is the WebNLG one, checked above, so the suite does not run it again.)"""
-    from bench.tasks import load_split
+    from bench.harness.tasks import load_split
 
     official = _official("dart-official.json")
     examples = load_split("dart/test")
@@ -298,8 +298,8 @@ def test_dart_as_its_scripts_print_them():
 def test_webnlg_scorer_without_unidecode_is_one_line(monkeypatch):
     import sys
 
-    from bench.errors import BenchError
-    from bench.scorers import check_metric_tools
+    from bench.api.errors import BenchError
+    from bench.harness.scorers import check_metric_tools
 
     monkeypatch.setitem(sys.modules, "unidecode", None)  # import fails as if not installed
     with pytest.raises(BenchError, match="needs the unidecode package, which is not installed: pip install"):

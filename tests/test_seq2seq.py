@@ -1,17 +1,18 @@
-"""Encoder-decoder models (tiny-t5, tiny-bart; bench/seq2seq.py): special ids, the training loss against the model's
+"""Encoder-decoder models (tiny-t5, tiny-bart; bench/harness/seq2seq.py): special ids, the training loss against the model's
 own, rank scoring against one (example, label) pair at a time, batched and KV-cached generation against unbatched
 and recomputed decoding, and every method's closed-form parameter counts, frozen base and delta round trip."""
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.batches import prompt_ids, training_batches
-from bench.errors import BenchError
-from bench.grid import Cell, check_cells
-from bench.method import CellContext, get_method, resolve_hparams, trainable_parameters
-from bench.seq2seq import decoder_input_ids, generate, rank_scores, step_loss
-from bench.tasks import data_root, train_examples
-from bench.train import train
+from bench.harness.tokens import prompt_ids
+from bench.harness.batches import training_batches
+from bench.api.errors import BenchError
+from bench.grid.plan import Cell, check_cells
+from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
+from bench.harness.seq2seq import decoder_input_ids, generate, rank_scores, step_loss
+from bench.harness.tasks import data_root, train_examples
+from bench.harness.train import train
 
 MODELS = ["tiny-t5", "tiny-bart"]
 # both: d 32, 2 encoder + 2 decoder blocks, 4 heads of 8 (d_kv 32), d_ff 64 (config/models.yaml)
@@ -23,7 +24,7 @@ SMALL = {"prompt_tuning": {"num_virtual_tokens": 3}, "p_tuning": {"num_virtual_t
 
 
 def _load(name, cache):
-    from bench.models import load_model
+    from bench.harness.models import load_model
 
     return load_model(name, cache=cache)
 
@@ -58,7 +59,7 @@ def test_stand_ins_have_their_familys_special_ids(name, ids, models_cache):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("task_name", ["sst2", "e2e"])
 def test_loss_is_the_models_own_with_its_gradients(name, task_name, models_cache):
-    from bench.tasks import get_task
+    from bench.harness.tasks import get_task
 
     task = get_task(task_name)
     model, tokenizer, _ = _load(name, models_cache)
@@ -124,7 +125,7 @@ def test_batched_generation_equals_one_at_a_time(name, method_name, models_cache
 @pytest.mark.parametrize("method_name", ["prompt_tuning", "p_tuning", "prefix_tuning"])
 def test_kv_cached_generation_equals_recomputing_every_step(name, method_name, models_cache, sst2, tmp_path):
     """Greedy decoding with the KV cache scores every step as a full forward pass over the decoder's sequence so
-    far (prompt or prefix inserted once, never dropped: bench.method.peft_generation_compat); also reloaded."""
+    far (prompt or prefix inserted once, never dropped: bench.harness.method.peft_generation_compat); also reloaded."""
     model, tokenizer, _ = _load(name, models_cache)
     method = get_method(method_name)
     hp = resolve_hparams(method, SMALL[method_name])
@@ -291,7 +292,7 @@ def test_plan_time_refusals(models_cache):
     check_cells([cell("lora", "bart-large"), cell("prompt_tuning", "t5-xl-lm-adapt")])
     import dataclasses
 
-    from bench.models import architecture
+    from bench.harness.models import architecture
 
     pegasus = dataclasses.replace(architecture("bart"), model_type="pegasus")  # a family added to models.yaml
     with pytest.raises(BenchError, match=r"knows t5 and bart attention, not pegasus: use lora or prompt_tuning$"):
@@ -302,7 +303,7 @@ def test_plan_time_refusals(models_cache):
                                                   ("tiny-bart", ("model.encoder.embed_positions.", "model.encoder.layers.",
                                                                  "model.encoder.layernorm_embedding."))])
 def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, models_cache):
-    from bench.flops import encoder_parameters, flops_per_step, lm_head_parameters, token_path_parameters, train_flops
+    from bench.harness.flops import encoder_parameters, flops_per_step, lm_head_parameters, token_path_parameters, train_flops
 
     model, _, _ = _load(name, models_cache)
     encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(encoder_prefix))
@@ -328,7 +329,7 @@ def test_untied_t5_head_loads_untied(models_cache, tmp_path, monkeypatch):
 
     from transformers import T5ForConditionalGeneration
 
-    import bench.models as models
+    import bench.harness.models as models
 
     tiny, tokenizer, _ = _load("tiny-t5", models_cache)
     config = type(tiny.config).from_dict(tiny.config.to_dict() | {"tie_word_embeddings": False})

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.tasks import data_root
+from bench.harness.tasks import data_root
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]

@@ -1,15 +1,15 @@
-"""Claim verdicts and intervals on synthetic per-example outputs with a known truth (bench/report_stats.py,
-bench/report_verdicts.py): a clear difference is reproduced, a reversed one contradicted, a real gain short of a
+"""Claim verdicts and intervals on synthetic per-example outputs with a known truth (bench/report/stats.py,
+bench/report/verdicts.py): a clear difference is reproduced, a reversed one contradicted, a real gain short of a
 superiority margin "did not clear the margin" (not contradicted), identical systems are inconclusive (and
 reproduced in at most 5% of simulated null pairs), verdicts do not depend on the bootstrap seed, corpus metrics
 (BLEU, NIST, METEOR, CIDEr) are resampled at corpus level and paired. Coverage: tests/test_coverage.py."""
 import numpy as np
 import pytest
 
-from bench.evaluation import score_outputs
-from bench.report_stats import System, _bleu_statistics, _corpus_statistics, _end_meteor
-from bench.report_stats import interval as bootstrap
-from bench.report_verdicts import Comparison, decide, verdict_of
+from bench.harness.evaluation import score_outputs
+from bench.report.stats import System, _bleu_statistics, _corpus_statistics, _end_meteor
+from bench.report.stats import interval as bootstrap
+from bench.report.verdicts import Comparison, decide, verdict_of
 
 SEEDS, EXAMPLES = 3, 200
 
@@ -63,8 +63,8 @@ def test_identical_systems_are_inconclusive_and_rarely_reproduced():
 
 
 def test_an_inconclusive_comparison_gets_a_plan_with_more_seeds():
-    """The power planner (bench/report_power.py) asks for more than a comparison has when it was inconclusive."""
-    from bench.report_power import plan
+    """The power planner (bench/report/power.py) asks for more than a comparison has when it was inconclusive."""
+    from bench.report.power import plan
 
     rng = np.random.default_rng(3)
     left, right = classifier(rng, 0.80, seeds=3, examples=60), classifier(rng, 0.74, seeds=3, examples=60)
@@ -179,8 +179,8 @@ def test_an_eval_set_with_a_repeated_example_gets_its_interval():
     so the bootstrap draws over all of them."""
     import torch
 
-    from bench.evaluation import classification_outputs
-    from bench.tasks import Example
+    from bench.harness.evaluation import classification_outputs
+    from bench.harness.tasks import Example
 
     examples = [Example(fields={"sentence": s}, label=i % 2) for i, s in enumerate(["a", "b", "a", "c", "d", "e"])]
     rows = classification_outputs(torch.tensor([[0.0, -1.0]] * 6), examples)  # always predicts label 0
@@ -199,7 +199,7 @@ def meteor_ended():
 
 
 def corpus_system(metric: str, hypotheses, references, scorer_name: str = "e2e-metrics") -> System:
-    from bench.scorers import generation_metrics
+    from bench.harness.scorers import generation_metrics
 
     rows = [{"id": f"mr{i}", "gold": refs, "hyp": h} for i, (h, refs) in enumerate(zip(hypotheses, references))]
     rescore = lambda subset: generation_metrics([r["hyp"] for r in subset], [r["gold"] for r in subset],  # noqa
@@ -212,7 +212,7 @@ def corpus_system(metric: str, hypotheses, references, scorer_name: str = "e2e-m
                                                  ("meteor", "e2e-metrics"), ("meteor", "webnlg-2017")])
 def test_nist_cider_meteor_are_resampled_at_corpus_level_with_one_seed(metric, scorer_name):
     """A replicate is the metric of the drawn multiset of examples (information weights, IDF and METEOR's
-    statistics from the drawn examples, each as often as drawn), as bench.scorers re-scores it."""
+    statistics from the drawn examples, each as often as drawn), as bench.harness.scorers re-scores it."""
     rng = np.random.default_rng(9)
     words = "the Eagle is a cheap coffee shop near Burger King in the city centre , it is family-friendly .".split()
     references = [[" ".join(rng.choice(words, int(rng.integers(6, 12)))) for _ in range(int(rng.integers(1, 4)))]

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout, no install
 
 from bench import tasks as T  # noqa: E402
-from bench.errors import BenchError  # noqa: E402
+from bench.api.errors import BenchError  # noqa: E402
 
 
 def _real_root() -> Path | None:

@@ -7,11 +7,12 @@ import random
 import pytest
 import torch
 
-from bench.batches import LENGTH_WINDOW, pad, prompt_ids, training_batches
-from bench.method import CellContext, get_method, resolve_hparams
-from bench.models import load_model
-from bench.tasks import get_task, train_examples
-from bench.train import step_loss, target_positions, train
+from bench.harness.batches import LENGTH_WINDOW, training_batches
+from bench.harness.tokens import pad, prompt_ids
+from bench.harness.method import CellContext, get_method, resolve_hparams
+from bench.harness.models import load_model
+from bench.harness.tasks import get_task, train_examples
+from bench.harness.train import step_loss, target_positions, train
 
 P = 4  # virtual tokens / prefix length: short keeps the tests fast
 CAUSAL_METHODS = {  # method -> hyperparameter overrides (small, and dropout-free where the method has dropout)
@@ -116,8 +117,8 @@ def test_precision_sets_the_dtype_of_training_and_rank_scoring_not_of_generation
                                                                                  models_cache):
     """bf16: every Linear of a training step and of classification scoring runs in bfloat16 (autocast), generation
     in fp32; the trainable weights stay fp32, and the loss is the fp32 loss up to bf16 rounding."""
-    from bench.cell import CellConfig, evaluate_set, plan_cell
-    from bench.tasks import eval_examples
+    from bench.harness.cell import CellConfig, evaluate_set, plan_cell
+    from bench.harness.tasks import eval_examples
 
     task = get_task("sst2")
     method, hp, model, tokenizer, examples = _adapted("lora", {"dropout": 0.0, "precision": precision}, task,

@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
 def bench_threads():
     import torch
 
-    from bench.benchmarks import bench_threads as threads
+    from bench.tools.benchmarks import bench_threads as threads
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads())
@@ -56,7 +56,7 @@ def bench_threads():
 
 @pytest.fixture(scope="session")
 def settings():
-    from bench.benchmarks import settings as current
+    from bench.tools.benchmarks import settings as current
 
     return current()
 
@@ -64,7 +64,7 @@ def settings():
 @pytest.fixture(scope="session")
 def zero_shot(settings):
     """(model, tokenizer) of the mode's model, untrained, shared by the evaluation benchmarks."""
-    from bench.benchmarks import load
+    from bench.tools.benchmarks import load
 
     return load(settings.model)
 
@@ -72,8 +72,8 @@ def zero_shot(settings):
 @pytest.fixture(scope="session")
 def matmul_peak(bench_threads):
     """This machine's fp32 (CPU) / bf16 (CUDA) matmul peak, measured in this session."""
-    from bench.benchmarks import device
-    from bench.flops import measure_matmul_peak
+    from bench.tools.benchmarks import device
+    from bench.harness.flops import measure_matmul_peak
 
     size = 8192 if device() == "cuda" else 2048
     return {"flops": measure_matmul_peak(bench_threads, device(), size=size), "size": size,
@@ -83,7 +83,7 @@ def matmul_peak(bench_threads):
 @pytest.fixture(scope="session")
 def memory_probes(settings, bench_threads):
     """One fresh subprocess per method: peak memory, its estimate, step times and FLOPs (items 4 and 5)."""
-    from bench.benchmarks import run_memory_probes
+    from bench.tools.benchmarks import run_memory_probes
 
     # quick mode: two probes at a time (tiny models; memory is per process, timings are not judged there)
     return run_memory_probes(settings.model, settings.memory_methods, settings.memory_steps, bench_threads,

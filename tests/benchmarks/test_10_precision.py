@@ -6,13 +6,13 @@ import statistics
 
 import torch
 
-from bench.batches import training_batches
-from bench.benchmarks import SST2_HP, Paired, device, load, record
-from bench.cell import seed_everything
-from bench.evaluation import rank_scores
-from bench.method import CellContext, get_method, resolve_hparams
-from bench.tasks import eval_examples, get_task, train_examples
-from bench.train import autocast, train
+from bench.harness.batches import training_batches
+from bench.tools.benchmarks import SST2_HP, Paired, device, load, record
+from bench.harness.cell import seed_everything
+from bench.harness.evaluation import rank_scores
+from bench.harness.method import CellContext, get_method, resolve_hparams
+from bench.harness.tasks import eval_examples, get_task, train_examples
+from bench.harness.train import autocast, train
 
 
 def test_bf16_training_steps(benchmark, settings):

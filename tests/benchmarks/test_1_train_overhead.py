@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from bench.batches import training_batches
-from bench.benchmarks import E2E_HP, SMOKE_HP, SST2_HP, Paired, bare_peft_lora, bare_train, device, load, record
-from bench.cell import seed_everything
-from bench.flops import flops_per_step, lm_head_parameters, token_path_parameters
-from bench.method import CellContext, get_method, resolve_hparams
-from bench.tasks import get_task, train_examples
-from bench.train import target_positions, train
+from bench.harness.batches import training_batches
+from bench.tools.benchmarks import E2E_HP, SMOKE_HP, SST2_HP, Paired, bare_peft_lora, bare_train, device, load, record
+from bench.harness.cell import seed_everything
+from bench.harness.flops import flops_per_step, lm_head_parameters, token_path_parameters
+from bench.harness.method import CellContext, get_method, resolve_hparams
+from bench.harness.tasks import get_task, train_examples
+from bench.harness.train import target_positions, train
 
 TASKS = {"sst2": ("train_overhead", SST2_HP), "e2e": ("train_overhead_e2e", E2E_HP)}
 

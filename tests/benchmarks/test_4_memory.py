@@ -1,5 +1,5 @@
 """Item 4: measured peak memory per method vs an analytic estimate (reported; full FT must show optimizer state)."""
-from bench.benchmarks import SST2_HP, met, record
+from bench.tools.benchmarks import SST2_HP, met, record
 
 
 def test_memory_truth(benchmark, settings, memory_probes):

@@ -2,7 +2,7 @@
 largest grid against bare Snakemake planning as many jobs from static rules."""
 import statistics
 
-from bench.benchmarks import bare_snakefile, planning_grid, record, time_dry_run
+from bench.tools.benchmarks import bare_snakefile, planning_grid, record, time_dry_run
 
 
 def test_planning_growth(benchmark, settings, tmp_path):

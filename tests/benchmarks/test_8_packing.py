@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from bench.benchmarks import PROJECT_ROOT, device, packed_parallelism, packing_cells, record, run_cells
+from bench.tools.benchmarks import PROJECT_ROOT, device, packed_parallelism, packing_cells, record, run_cells
 
 
 def test_packing(benchmark, settings, tmp_path):

@@ -1,5 +1,5 @@
-"""Item 9: one frozen base with k trained deltas scoring mixed-task batches (bench/serve.py) against k separately
-adapted models each scoring its own task (bench.evaluation.rank_scores, the cells' own path): examples/s and the
+"""Item 9: one frozen base with k trained deltas scoring mixed-task batches (bench/tools/serve.py) against k separately
+adapted models each scoring its own task (bench.harness.evaluation.rank_scores, the cells' own path): examples/s and the
 bytes of weights each setup holds (and k full fine-tuned copies'), as ratios measured in one run, at each k of the
 mode's `serve_ks` (the first k cells of the list). Correctness: every example's label scores equal its own cell's
 outputs and the separate models' scores."""
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.benchmarks import Paired, bench_threads, record
+from bench.tools.benchmarks import Paired, bench_threads, record
 
 TASKS = ("sst2", "qqp", "mrpc", "rte", "cb", "copa", "wic", "wsc")  # cells trained here: the first max(serve_ks)
 CELL_HP = {"lora": {"lr": 1e-3, "r": 8, "alpha": 16},
@@ -25,7 +25,7 @@ def cells(settings, tmp_path_factory):
     """Per delta kind, cells trained elsewhere (the folders named by GIVEN's environment variables, e.g. a grid's
     seed-0 cells, up to 8), else max(serve_ks) cells (TASKS in order) trained here for a few steps: enough for
     deltas that differ."""
-    from bench.cell import CellConfig, run_cell
+    from bench.harness.cell import CellConfig, run_cell
 
     root, out = tmp_path_factory.mktemp("serve"), {}
     for method, hp in CELL_HP.items():
@@ -44,10 +44,10 @@ def cells(settings, tmp_path_factory):
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("method", sorted(CELL_HP))
 def test_serve_mixed(benchmark, settings, cells, method, k):
-    from bench.evaluation import rank_scores
-    from bench.method import get_method
-    from bench.models import load_model
-    from bench.serve import BATCH, TOLERANCE, compare, held_bytes, length_batches, score_mixed, setup
+    from bench.harness.evaluation import rank_scores
+    from bench.harness.method import get_method
+    from bench.harness.models import load_model
+    from bench.tools.serve import BATCH, TOLERANCE, compare, held_bytes, length_batches, score_mixed, setup
 
     if k not in settings.serve_ks or k > len(cells[method]):
         pytest.skip(f"k = {k}: {settings.mode} mode measures k in {settings.serve_ks}, {len(cells[method])} "
