@@ -67,8 +67,8 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     """The teacher's predicted label indices (classification) or greedy output texts (generation)."""
     import torch
 
-    from bench.harness import evaluation
-    from bench.harness.cell import FormattedTask, seq2seq_outputs
+    from bench.harness.cell import FormattedTask
+    from bench.harness.kinds import get_kind
     from bench.harness.models import get_model_spec, load_model
     from bench.harness.tasks import get_task, train_examples
 
@@ -88,17 +88,12 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = method.load_delta(model, hp, ctx, Path(teacher) / "delta").to(device).eval()
     prompted = FormattedTask(task, method, hp, ctx)
-    size, max_len, extra = hp["eval_batch_size"], hp["max_len"], method.extra_positions(hp)
-    if spec.kind == "seq2seq":  # the harness's rank scores or greedy outputs, through the decoder
-        rows = seq2seq_outputs(model, tokenizer, prompted, examples, {**hp, "num_beams": 1}, None)
-        out = [row["pred"] if "pred" in row else row["hyp"] for row in rows]
-    elif task.kind == "generation":
-        out = evaluation.generate(model, tokenizer, [prompted.prompt(ex) for ex in examples], task.max_new_tokens,
-                                  size, max_len, 1, None, extra)
-    elif spec.kind == "encoder":
-        out = evaluation.encoder_logits(model, tokenizer, prompted, examples, size, max_len).argmax(dim=-1).tolist()
-    else:
-        out = evaluation.rank_scores(model, tokenizer, prompted, examples, size, max_len, extra).argmax(dim=-1).tolist()
+    kind, extra = get_kind(spec.kind), method.extra_positions(hp)
+    if task.kind == "generation":  # greedy outputs
+        out = kind.generate(model, tokenizer, [prompted.prompt(ex) for ex in examples], task.max_new_tokens,
+                            {**hp, "num_beams": 1}, extra, None)
+    else:  # the harness's rank scores (encoders: the head's)
+        out = kind.label_scores(model, tokenizer, prompted, examples, hp, extra, None).argmax(dim=-1).tolist()
     del model
     gc.collect()
     if device == "cuda":

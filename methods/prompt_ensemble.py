@@ -22,7 +22,7 @@ majority vote over the k prompts' predictions, ties broken by the mean log-prob 
 `<metric>_mean_logprob` (argmax of the mean log-prob) and `<metric>_singles` (each prompt's).
 Classification only: a generation task is refused when the cell is planned. Encoder-decoder models (Lester's T5
 setting): the prompts go before the encoder's input, every copy decodes the same label sequences, and the scores
-come from the decoder's rank scoring (bench/harness/seq2seq.py), still one batched pass.
+come from the decoder's rank scoring (bench/harness/kinds/seq2seq.py), still one batched pass.
 
 Delta: k peft prompt-tuning adapters, `prompt_<i>/` (adapter_config.json + adapter_model.safetensors with
 `prompt_embeddings`), each of which loads on its own with `peft.PeftModel.from_pretrained`.
@@ -135,7 +135,7 @@ class PromptEnsemble(Method):
         return k * loss - ((k - 1) * loss).detach()
 
     def evaluate(self, model, tokenizer, task, examples, hp, timer=None):
-        from bench.harness import seq2seq
+        from bench.harness.kinds import seq2seq
         from bench.harness.evaluation import classification_outputs, rank_scores
 
         if model.config.is_encoder_decoder:

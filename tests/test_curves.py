@@ -53,7 +53,7 @@ def test_periodic_evaluation_time_is_not_training_time(models_cache, tiny_llama)
 
     examples = train_examples(task, 16, 0)
     start = time.perf_counter()
-    result = train(model, method, hp, training_batches(tokenizer, task, "causal_lm", examples, 4, 48, 0, True),
+    result = train(model, method, hp, training_batches(tokenizer, task, "causal_lm", examples, 4, 48, 0, True), "causal_lm",
                    on_eval=slow_eval)
     wall = time.perf_counter() - start
     assert [step for step, _ in calls] == [0, 2, 4]
@@ -158,7 +158,8 @@ def test_removing_the_delta_gives_the_base_back_bit_for_bit(models_cache, name):
                                   **FROZEN_BASE[name]})
     ctx = CellContext(task=task, model_kind="causal_lm", tokenizer=tokenizer, train_examples=train_examples(task, 8, 0))
     adapted = method.apply(model, hp, ctx)
-    train(adapted, method, hp, training_batches(tokenizer, task, "causal_lm", ctx.train_examples, 4, 48, 0, True))
+    train(adapted, method, hp, training_batches(tokenizer, task, "causal_lm", ctx.train_examples, 4, 48, 0, True),
+          "causal_lm")
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     adapted.eval(), fresh.eval()
     with torch.no_grad():
@@ -293,9 +294,10 @@ def test_identical_methods_are_rarely_called_different(tmp_path):
 
 def _verdict(kind: str, cells, check: dict):
     """A curves claim's verdict, its findings and what is missing (superiority at the check's margin)."""
-    from bench.report.curves import OWN_CHECKS
+    from bench.report.curves import check_retention, check_time_to_fraction
     from bench.report.verdicts import decide, verdict_of
 
-    comparisons, _, gone = OWN_CHECKS[kind](cells, check, float(check["margin"]))
+    checks = {"time_to_fraction": check_time_to_fraction, "retention": check_retention}
+    comparisons, _, gone = checks[kind](cells, check, float(check["margin"]))
     found = decide(comparisons, "superiority")
     return verdict_of(found)[0], found, gone

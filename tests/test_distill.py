@@ -58,7 +58,8 @@ def _reloaded(teacher: Path):
 
 @pytest.mark.parametrize("name", ["sst2", "mrpc"])
 def test_classification_labels_are_the_teachers_predictions(teachers, name):
-    from bench.harness.evaluation import encoder_logits, rank_scores
+    from bench.harness.kinds.encoder import encoder_logits
+    from bench.harness.evaluation import rank_scores
 
     prepared, examples = _prepare(name, teachers[name], 16)
     model, tokenizer, hp = _reloaded(teachers[name])

@@ -9,7 +9,8 @@ import torch
 
 import itertools
 
-from bench.harness.batches import causal_lm_batch, LENGTH_WINDOW, training_batches
+from bench.harness.kinds.causal_lm import causal_lm_batch
+from bench.harness.batches import LENGTH_WINDOW, training_batches
 from bench.harness.tokens import continuation_ids, prompt_ids
 from bench.harness.evaluation import classification_metrics, generate, rank_scores
 from bench.harness.tokens import clean_generation

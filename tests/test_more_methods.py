@@ -101,7 +101,8 @@ def test_train_frozen_base_and_delta_round_trip(method_name, model_name, overrid
     assert method.delta_parameters(adapted) == delta
 
     result = train(adapted, method, hp, training_batches(tokenizer, sst2, ctx.model_kind, ctx.train_examples,
-                                                        hp["batch_size"], hp["max_len"], 0), progress="test")
+                                                        hp["batch_size"], hp["max_len"], 0), ctx.model_kind,
+                   progress="test")
     assert result.steps_done == 2 and result.diverged_at_step is None
 
     changed = {name for (name, p), before in zip(originals, snapshot) if not torch.equal(p, before)}

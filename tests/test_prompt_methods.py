@@ -94,7 +94,7 @@ def test_base_is_bit_identical_after_training(name, tiny_llama, sst2):
     method, hp, ctx, adapted = _adapt(name, tiny_llama, sst2, **_k(name))
     hp = {**hp, "steps": 2, "lr": 10.0, "batch_size": 4, "max_len": 32}
     trainable = {n: p.detach().clone() for n, p in adapted.named_parameters() if p.requires_grad}
-    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "causal_lm", _examples(), 4, 32, 0))
+    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "causal_lm", _examples(), 4, 32, 0), "causal_lm")
     assert result.steps_done == 2 and result.diverged_at_step is None
     after = model.state_dict()
     assert set(after) == set(before)

@@ -1,4 +1,4 @@
-"""Encoder-decoder models (tiny-t5, tiny-bart; bench/harness/seq2seq.py): special ids, the training loss against the model's
+"""Encoder-decoder models (tiny-t5, tiny-bart; bench/harness/kinds/seq2seq.py): special ids, the training loss against the model's
 own, rank scoring against one (example, label) pair at a time, batched and KV-cached generation against unbatched
 and recomputed decoding, and every method's closed-form parameter counts, frozen base and delta round trip."""
 import pytest
@@ -10,7 +10,7 @@ from bench.harness.batches import training_batches
 from bench.api.errors import BenchError
 from bench.grid.plan import Cell, check_cells
 from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
-from bench.harness.seq2seq import decoder_input_ids, generate, rank_scores, step_loss
+from bench.harness.kinds.seq2seq import decoder_input_ids, generate, rank_scores, step_loss
 from bench.harness.tasks import data_root, train_examples
 from bench.harness.train import train
 
@@ -240,7 +240,7 @@ def test_counts_frozen_base_and_delta_round_trip(name, method_name, models_cache
     assert trainable_parameters(adapted) == trainable
     assert method.delta_parameters(adapted) == delta
 
-    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "seq2seq", examples, 4, 48, 0), "test")
+    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "seq2seq", examples, 4, 48, 0), "seq2seq", "test")
     assert result.steps_done == 2 and result.diverged_at_step is None
     changed = {n for (n, p), before in zip(originals, snapshot) if not torch.equal(p, before)}
     assert changed <= trained  # the rest of the base is bit-identical

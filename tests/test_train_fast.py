@@ -12,7 +12,8 @@ from bench.harness.tokens import pad, prompt_ids
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.models import load_model
 from bench.harness.tasks import get_task, train_examples
-from bench.harness.train import step_loss, target_positions, train
+from bench.harness.train import step_loss, train
+from bench.harness.kinds.causal_lm import target_positions
 
 P = 4  # virtual tokens / prefix length: short keeps the tests fast
 CAUSAL_METHODS = {  # method -> hyperparameter overrides (small, and dropout-free where the method has dropout)
@@ -58,7 +59,7 @@ def test_loss_at_target_positions_equals_full_logits_loss(name, task_name, model
     keep, targets = target_positions(batch["labels"], method.extra_positions(hp))
     assert full.logits.shape[1] == keep.shape[1]  # the mask spans the logits, virtual tokens included
     full_grads = _gradients(model, full.loss)
-    loss, head_positions = step_loss(model, method, hp, batch)
+    loss, head_positions = step_loss(model, method, hp, batch, "causal_lm")
     assert head_positions == len(targets) < batch["attention_mask"].sum()
     assert abs(loss.item() - full.loss.item()) <= 1e-6 * abs(full.loss.item())
     grads = _gradients(model, loss)
@@ -77,7 +78,7 @@ def test_ensemble_step_has_each_prompts_loss_and_gradient(models_cache):
     method, hp, ensemble, tokenizer, examples = _adapted("prompt_ensemble", {"num_virtual_tokens": P, "k": 2}, task,
                                                          models_cache)
     batch = next(training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0))
-    loss, head_positions = step_loss(ensemble, method, hp, batch)
+    loss, head_positions = step_loss(ensemble, method, hp, batch, "causal_lm")
     loss.backward()
     assert head_positions == 2 * int((batch["labels"] != -100).sum())
     singles = []
@@ -99,7 +100,7 @@ def test_train_counts_the_positions_where_the_head_ran(models_cache):
     method, hp, model, tokenizer, examples = _adapted("prompt_tuning", {"num_virtual_tokens": P, "steps": 3},
                                                       task, models_cache)
     batches = list(itertools.islice(training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0), 3))
-    result = train(model, method, hp, iter(batches), progress="test")
+    result = train(model, method, hp, iter(batches), "causal_lm", progress="test")
     # SST-2: every target token has a predecessor in the text, so one head position per target token
     assert result.head_positions == sum(int((b["labels"] != -100).sum()) for b in batches) > 0
 
@@ -125,9 +126,9 @@ def test_precision_sets_the_dtype_of_training_and_rank_scoring_not_of_generation
                                                       models_cache)
     batch = next(training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0))
     with torch.no_grad():
-        reference, _ = step_loss(model, method, hp, batch)  # fp32: no autocast outside train()
+        reference, _ = step_loss(model, method, hp, batch, "causal_lm")  # fp32: no autocast outside train()
     seen = _linear_output_dtypes(model)
-    result = train(model, method, {**hp, "steps": 1, "grad_clip": 0.0}, iter([batch]), progress="test")
+    result = train(model, method, {**hp, "steps": 1, "grad_clip": 0.0}, iter([batch]), "causal_lm", progress="test")
     assert seen and set(seen) == {matmul_dtype}
     assert result.losses[0] == pytest.approx(reference.item(), rel=1e-2 if precision == "bf16" else 1e-6)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}

@@ -20,14 +20,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.harness import curves
-
-from bench.harness import lock
-
-from bench.harness import retention
 from bench.api.errors import BenchError
+from bench.harness import curves, lock, retention
 from bench.harness.flops import matmul_peak_flops, train_flops
 from bench.harness.identity import CELL_REFS, identity, resolved_spec
+from bench.harness.kinds import get_kind
 from bench.harness.method import (CellContext, check_precision, get_method, method_files, resolve_hparams, total_parameters,
                           trainable_parameters)
 
@@ -148,8 +145,8 @@ def plan_cell(config: CellConfig) -> Plan:
     if spec.kind not in method.model_kinds:
         raise BenchError(f"method {method.name} does not support {spec.kind} models like {spec.name}: "
                          f"it supports {', '.join(method.model_kinds)}")
-    if spec.kind == "encoder" and task.kind != "classification":
-        raise BenchError(f"encoder {spec.name} cannot do generation task {task.name}: use a causal LM")
+    if not get_kind(spec.kind).generates and task.kind != "classification":
+        raise BenchError(f"{spec.kind} {spec.name} cannot do generation task {task.name}: use a causal LM")
     method.check_hparams(hp, task, spec.kind)
     method.check_architecture(hp, architecture(spec.architecture))
     curves.check(hp)
@@ -222,40 +219,20 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
     from bench.harness.train import autocast
 
     task, hp = task or plan.task, plan.hp
+    kind, extra = get_kind(plan.model_spec.kind), plan.method.extra_positions(hp)
     with autocast(hp, next(model.parameters()).device, enabled=task.kind == "classification"):
         rows = plan.method.evaluate(model, tokenizer, task, examples, hp, timer)
-        if rows is None and plan.model_spec.kind == "seq2seq":
-            rows = seq2seq_outputs(model, tokenizer, task, examples, hp, timer)
         if rows is None and task.kind == "classification":
-            if plan.model_spec.kind == "encoder":
-                scores = evaluation.encoder_logits(model, tokenizer, task, examples, hp["eval_batch_size"],
-                                                   hp["max_len"], timer).log_softmax(dim=-1)
-            else:
-                scores = evaluation.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"],
-                                                hp["max_len"], plan.method.extra_positions(hp), timer)
+            scores = kind.label_scores(model, tokenizer, task, examples, hp, extra, timer)
             rows = evaluation.classification_outputs(scores, examples)
     if rows is None:
-        hypotheses = evaluation.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
-                                         hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer,
-                                         plan.method.extra_positions(hp))
+        hypotheses = kind.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens, hp,
+                                   extra, timer)
         rows = evaluation.generation_outputs(hypotheses, examples)
     metrics = plan.method.score_outputs(rows, task.metrics, scorer)
     if task.kind != "classification":
         metrics["samples"] = [{"input": task.prompt(ex), "output": r["hyp"]} for ex, r in zip(examples[:3], rows)]
     return metrics, rows
-
-
-def seq2seq_outputs(model, tokenizer, task, examples, hp: dict, timer) -> list[dict]:
-    """Per-example outputs of an encoder-decoder model: rank scores through the decoder, or generations."""
-    from bench.harness import evaluation
-    from bench.harness import seq2seq
-
-    if task.kind == "classification":
-        scores = seq2seq.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer)
-        return evaluation.classification_outputs(scores, examples)
-    hypotheses = seq2seq.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens,
-                                  hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer)
-    return evaluation.generation_outputs(hypotheses, examples)
 
 
 OUTPUTS = "outputs.jsonl.gz"  # beside record.json: every eval set's per-example outputs, one JSON line each
@@ -343,7 +320,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
 
     result = train(model, method, hp, training_batches(tokenizer, prompted, ctx.model_kind, train_set,
                                                        hp["batch_size"], hp["max_len"], config.seed,
-                                                       hp["group_by_length"], with_index=True),
+                                                       hp["group_by_length"], with_index=True), ctx.model_kind,
                    progress=f"{config.method} {config.task} n={config.train_size}", on_eval=curve) if trains else None
     record = {
         "schema": RECORD_SCHEMA,

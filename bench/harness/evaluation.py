@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from bench.api.metrics import METRICS
 from bench.harness.tokens import clean_generation, continuation_ids, pad, prompt_ids
-from bench.harness.batches import encoder_inputs
 
 
 
@@ -77,19 +77,6 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
                     scores[c, i, j] = sum(logprobs[row, column[first + k], t].item() for k, t in enumerate(ids))
     return scores[0] if copies == 1 else scores
 
-
-@torch.no_grad()
-def encoder_logits(model, tokenizer, task, examples, batch_size: int, max_len: int,
-                   timer: Timer | None = None) -> torch.Tensor:
-    out = []
-    for chunk in tqdm(list(_chunks(examples, batch_size)), desc="classify", leave=False, mininterval=2):
-        inputs = {k: v.to(model.device) for k, v in encoder_inputs(tokenizer, task, chunk, max_len).items()}
-        start = time.perf_counter()
-        out.append(model(**inputs).logits.float().cpu())
-        if timer:
-            timer.seconds += time.perf_counter() - start
-            timer.tokens += int(inputs["attention_mask"].sum())
-    return torch.cat(out)
 
 
 def _generation_batches(lengths: list[int], batch_size: int, equal_length: bool) -> list[list[int]]:
@@ -171,14 +158,10 @@ def score_outputs(rows: list[dict], names, scorer: str | None = None) -> dict[st
 
 
 def classification_metrics(predictions: list[int], labels: list[int], names) -> dict[str, float]:
-    metrics = {"accuracy": 100.0 * sum(p == y for p, y in zip(predictions, labels)) / len(labels)}
-    if "f1" in names:
-        classes = sorted(set(labels) | set(predictions))
-        f1s = []
-        for c in classes if len(classes) > 2 else [1]:
-            tp = sum(p == c and y == c for p, y in zip(predictions, labels))
-            fp = sum(p == c and y != c for p, y in zip(predictions, labels))
-            fn = sum(p != c and y == c for p, y in zip(predictions, labels))
-            f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-        metrics["f1"] = 100.0 * sum(f1s) / len(f1s)  # binary: F1 of class 1; else macro-F1
+    """Accuracy, and each other metric in `names` that the registry (bench/api/metrics.py) computes from
+    predictions."""
+    metrics = {"accuracy": METRICS["accuracy"].value(predictions, labels)}
+    for name in names:
+        if name != "accuracy" and name in METRICS and METRICS[name].value is not None:
+            metrics[name] = METRICS[name].value(predictions, labels)
     return metrics

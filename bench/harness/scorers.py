@@ -64,10 +64,10 @@ import shutil
 from collections import Counter
 
 from bench.api.errors import BenchError
+from bench.api.metrics import scorer_metrics
 
 SCORERS = ("e2e-metrics", "webnlg-2017", "dart", "rouge-score")
-METRICS = {"e2e-metrics": ("bleu", "nist", "meteor", "rouge_l", "cider"), "webnlg-2017": ("bleu", "meteor"),
-           "dart": ("bleu", "meteor"), "rouge-score": ("rouge_1", "rouge_2", "rouge_l")}
+METRICS = {scorer: scorer_metrics(scorer) for scorer in SCORERS}  # bench/api/metrics.py: each metric's scorers
 ROUGE_TYPES = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}
 WEBNLG_REFERENCES = 3  # bleu_eval_3ref.sh / meteor_eval.sh -r 3
 DART_REFERENCES = 3  # run_eval_on_dart.sh's reference files

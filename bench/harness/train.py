@@ -3,12 +3,12 @@
 A method decides which parameters require grad (and may pick its optimizer); this loop only steps.
 A loss that is NaN or infinite stops training at once and is reported as a divergence.
 
-Causal LMs compute logits only where the loss reads them: the positions whose next token is a target
-(`target_positions`, passed as a boolean `logits_to_keep`), so the LM head (for SmolLM2-135M a 49152 × 576
+Each model kind computes its own step loss (bench/harness/kinds/). Causal LMs compute logits only where the loss
+reads them: the positions whose next token is a target (`target_positions`, passed as a boolean `logits_to_keep`), so the LM head (for SmolLM2-135M a 49152 × 576
 matmul, about a fifth of the forward FLOPs per position) runs on one position per SST-2 example instead
 of every position. The loss is then the method's `target_loss` of those logits: by default the mean token
 cross-entropy, as transformers' ForCausalLMLoss computes it from all logits. Encoders (a class per
-sequence) keep their head's own loss; encoder-decoder models (bench/harness/seq2seq.py) the method's `target_loss` at
+sequence) keep their head's own loss; encoder-decoder models (bench/harness/kinds/seq2seq.py) the method's `target_loss` at
 the decoder's label positions.
 
 hp `precision: bf16` runs each step's forward (and the loss) under `torch.autocast` in bfloat16: matmuls in bf16,
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+
+from bench.harness.kinds import get_kind
 
 
 @dataclass
@@ -62,36 +64,16 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
     return factor
 
 
-def target_positions(labels, extra_positions: int = 0):
-    """(keep, targets) for token labels (batch × length, -100 where no loss): `keep`, a boolean mask over the
-    logits' positions (batch × (extra_positions + length): virtual tokens first) of the positions whose next
-    token is a target, and `targets`, those next tokens in the order a boolean `logits_to_keep` returns
-    logits (row-major)."""
-    import torch.nn.functional as F
-
-    following = F.pad(labels, (extra_positions, 1), value=-100)[:, 1:]
-    keep = following != -100
-    return keep, following[keep]
 
 
-def step_loss(model, method, hp: dict, batch: dict):
-    """(loss, positions at which the LM head ran) of one training batch."""
+def step_loss(model, method, hp: dict, batch: dict, kind: str):
+    """(loss, positions at which the LM head ran) of one training batch of a model of `kind`."""
     batch = dict(batch)
     index = batch.pop("example_index", None)  # where the batch came from (training_batches with_index)
-    labels = batch["labels"]
-    if labels.dim() == 1:  # a class per sequence (encoders): the classification head's own loss
-        return model(**batch).loss, 0
-    if "decoder_attention_mask" in batch:  # encoder-decoder: the target is the decoder's whole input
-        from bench.harness.seq2seq import step_loss as seq2seq_step_loss
-
-        return seq2seq_step_loss(model, method, batch)
-    keep, targets = target_positions(labels, method.extra_positions(hp))
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=keep).logits
-    loss = method.target_loss(logits, targets) if index is None else method.training_loss(logits, targets, index)
-    return loss, logits.shape[0]
+    return get_kind(kind).step_loss(model, method, hp, batch, index)
 
 
-def train(model, method, hp: dict, batches, progress: str = "train", on_eval=None) -> TrainResult:
+def train(model, method, hp: dict, batches, kind: str, progress: str = "train", on_eval=None) -> TrainResult:
     """`on_eval(model, steps_done, train_s)`, where given and hp eval_every = K > 0, is called before the first step,
     after every K steps and after the last; its time is kept in `curve_eval_s`, outside `train_s`."""
     result = TrainResult()
@@ -119,7 +101,7 @@ def train(model, method, hp: dict, batches, progress: str = "train", on_eval=Non
     for step in bar:
         batch = {key: value.to(device) for key, value in next(batches).items()}
         with autocast(hp, device):
-            loss, head_positions = step_loss(model, method, hp, batch)
+            loss, head_positions = step_loss(model, method, hp, batch, kind)
         if not math.isfinite(loss.item()):
             result.diverged_at_step = step
             break
@@ -130,9 +112,10 @@ def train(model, method, hp: dict, batches, progress: str = "train", on_eval=Non
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(round(loss.item(), 5))
-        result.tokens += sum(int(batch[key].sum()) for key in ("attention_mask", "decoder_attention_mask") if key in batch)
+        tokens, encoder_tokens = get_kind(kind).batch_tokens(batch)
+        result.tokens += tokens
         result.head_positions += head_positions
-        result.encoder_tokens += int(batch["attention_mask"].sum()) if "decoder_attention_mask" in batch else 0
+        result.encoder_tokens += encoder_tokens
         result.steps_done = step + 1
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         periodic_eval(result.steps_done)

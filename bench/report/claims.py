@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from bench.api.errors import BenchError
-from bench.report.curves import OWN_CHECKS
+from bench.report.curves import check_retention, check_time_to_fraction
 from bench.report.power import claim_plans
 from bench.report.stats import interval
 from bench.report.summary import KEYS, _num, system
@@ -121,6 +123,26 @@ def _once(P: pd.DataFrame, on: list[str]) -> tuple[pd.DataFrame, list[str]]:
     return P[~repeat], notes
 
 
+@dataclass(frozen=True)
+class ClaimKind:
+    """One kind of check a claim in config/claims.yaml names (`check.kind`): defined once, by `claim_kind`."""
+
+    name: str
+    check: Callable  # (Claim, the claim's check) -> (comparisons, notes, missing cells, a failed condition)
+    reads_summary: bool = True  # False: decided on the records (curves, retention), not on the summary's rows
+
+
+CLAIM_KINDS: dict[str, ClaimKind] = {}  # in the order the claims page lists them
+
+
+def claim_kind(name: str, reads_summary: bool = True):
+    """Register the decorated check as claim kind `name`."""
+    def register(check: Callable) -> Callable:
+        CLAIM_KINDS[name] = ClaimKind(name, check, reads_summary)
+        return check
+    return register
+
+
 def _margin(c: dict, metric: str | None = None) -> float:
     """A claim's margin (>= 0, in the metric's units): one number, or per metric (`{nist: 0.1, cider: 0.05,
     default: 1.0}`) where a claim compares metrics printed on different scales (NIST and CIDEr raw, the others
@@ -154,6 +176,7 @@ def _setting(r: dict, keys: list[str]) -> str:
     return " ".join(str(r[k]) for k in keys) or "all"
 
 
+@claim_kind("compare")
 def check_compare(claim: Claim, c: dict):
     P, on, gone = _pairs(claim.S, claim.cells, c)
     if gone:
@@ -194,6 +217,7 @@ def _pooled(claim: Claim, each: list[Comparison], pairs: list[dict], keys: list[
                        None, settings)]
 
 
+@claim_kind("shift_drop")
 def check_shift_drop(claim: Claim, c: dict):
     """Robustness to a shift as the paper means it: left's change from in-domain to the shifted eval set minus
     right's ((L_shift − L_in) − (R_shift − R_in)), per shifted eval set; reduce: mean pools them (random effects)."""
@@ -228,6 +252,7 @@ def check_shift_drop(claim: Claim, c: dict):
     return comparisons, repeats + lost, [], ""
 
 
+@claim_kind("gap_shrinks")
 def check_gap_shrinks(claim: Claim, c: dict):
     """The gap (left − right) at the smallest model minus the gap at the largest (and, strict, between every two
     consecutive sizes) is above the margin; with `ladders` (lists of one family's models), only within a family."""
@@ -289,6 +314,7 @@ def _step(claim, label, by, a, b, rows, margin, side) -> Comparison:
                             f"{by}={a} {mean(ra):.1f} vs {by}={b} {mean(rb):.1f}")
 
 
+@claim_kind("ordering")
 def check_ordering(claim: Claim, c: dict):
     groups, gone = _groups(claim, c)
     comparisons = []
@@ -304,6 +330,7 @@ def check_ordering(claim: Claim, c: dict):
     return comparisons, [], gone, ""
 
 
+@claim_kind("plateau")
 def check_plateau(claim: Claim, c: dict):
     """Every value of `by` above `after` gains less than the margin over `after` (non-inferiority, side −1)."""
     groups, gone = _groups(claim, c)
@@ -318,6 +345,7 @@ def check_plateau(claim: Claim, c: dict):
     return comparisons, [], gone, ""
 
 
+@claim_kind("spread")
 def check_spread(claim: Claim, c: dict):
     """The spread of `left`'s scores across templates minus `right`'s (bench/report/templates.py) beyond the margin."""
     def comparison(label, rows, weights, text):
@@ -330,17 +358,23 @@ def check_spread(claim: Claim, c: dict):
     return comparisons, notes, gone, ""
 
 
-# each: (Claim, the claim's check) -> (comparisons, notes, missing cells, a failed condition)
-CHECKS = {"compare": check_compare, "shift_drop": check_shift_drop, "gap_shrinks": check_gap_shrinks,
-          "ordering": check_ordering, "plateau": check_plateau, "spread": check_spread}
+def _on_records(check: Callable) -> Callable:
+    """A check of the records' curves or retention (bench/report/curves.py) as a claim kind's check."""
+    def on_records(claim: Claim, c: dict):
+        return (*check(claim.cells, c, _margin(c)), "")
+    return on_records
+
+
+claim_kind("time_to_fraction", reads_summary=False)(_on_records(check_time_to_fraction))
+claim_kind("retention", reads_summary=False)(_on_records(check_retention))
 
 
 def _checked(claim: dict) -> dict:
     """The claim's check, refused in one line where it does not state its test."""
     check, cid = claim["check"], claim.get("id")
-    if check.get("kind") not in {**CHECKS, **OWN_CHECKS}:
+    if check.get("kind") not in CLAIM_KINDS:
         raise BenchError(f"claim {cid} in {CLAIMS}: unknown check kind {check.get('kind')!r}: use one of "
-                         f"{', '.join([*CHECKS, *OWN_CHECKS])}")
+                         f"{', '.join(CLAIM_KINDS)}")
     if check.get("hypothesis") not in HYPOTHESES:
         raise BenchError(f"claim {cid} in {CLAIMS} declares no hypothesis: add `hypothesis:` "
                          f"({' | '.join(HYPOTHESES)}) to its check (docs/statistics.md)")
@@ -383,15 +417,12 @@ def evaluate_claims(S, cells, hp_cols, claims: list[dict]) -> list[dict]:
         check = _checked(claim)
         hypothesis, alpha = check["hypothesis"], float(check.get("alpha", ALPHA))
         T, regime_note = in_regime(S, claim.get("regime"))
-        if check["kind"] in OWN_CHECKS:  # decided on the records' curves / retention, not the summary
-            comparisons, notes, gone = OWN_CHECKS[check["kind"]](cells, check, _margin(check))
-            failed = ""
-        else:
-            comparisons, notes, gone, failed = CHECKS[check["kind"]](Claim(T, cells, hp_cols, make), check)
+        kind = CLAIM_KINDS[check["kind"]]
+        comparisons, notes, gone, failed = kind.check(Claim(T, cells, hp_cols, make), check)
         found = decide(comparisons, hypothesis, alpha, gate)
         verdict, why = verdict_of(found, failed)
-        if verdict == "not run" and regime_note and check["kind"] in CHECKS and \
-                CHECKS[check["kind"]](Claim(S, cells, hp_cols, make), check)[0]:  # its cells ran, outside its regime
+        if verdict == "not run" and regime_note and kind.reads_summary and \
+                kind.check(Claim(S, cells, hp_cols, make), check)[0]:  # its cells ran, outside its regime
             verdict, why = "not decided", regime_note
         elif verdict == "not run" and any(g.startswith(NOT_DECIDED) for g in gone):
             verdict, why = "not decided", next(g for g in gone if g.startswith(NOT_DECIDED))[len(NOT_DECIDED):]
@@ -476,7 +507,7 @@ def claims_md(grid: str, results: list[dict], before: dict | None = None) -> str
     counts = pd.Series([r["verdict"] for r in results]).value_counts()
     lines = [f"# Claims: grid `{grid}`", "",
              ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(results)} claims.", "",
-             "Checks are declared in `config/claims.yaml`; kinds: " + ", ".join([*CHECKS, *OWN_CHECKS]) + ". Each "
+             "Checks are declared in `config/claims.yaml`; kinds: " + ", ".join(CLAIM_KINDS) + ". Each "
              "claim states its test (superiority, non-inferiority or equivalence, with a margin in the metric's units "
              "and a one-sided α per comparison, 0.025 unless it says otherwise) on a difference paired on the same "
              "eval examples and pooled over seeds. Intervals: seeds (Student's t, seeds − 1 df) and eval examples "

@@ -317,6 +317,3 @@ def check_retention(cells, check, margin: float):
                                       lambda lg=lg, rg=rg: curve_interval([lg, rg], [1, -1], stat, item_key=key),
                                       unit="nats" if key is None else "points"))
     return comparisons, notes, gone
-
-
-OWN_CHECKS = {"time_to_fraction": check_time_to_fraction, "retention": check_retention}

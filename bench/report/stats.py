@@ -39,6 +39,8 @@ from typing import Callable
 
 import numpy as np
 
+from bench.api.metrics import per_example
+
 RESAMPLES = 10_000
 CORPUS_RESAMPLES = 200
 SEEDS_ONLY = {"meteor", "cider", "nist"}  # too slow to re-score per replicate: over seeds unless decomposed
@@ -48,10 +50,6 @@ AVERAGED = {"rouge_1", "rouge_2", "rouge_l"}  # rouge-score F-measures averaged 
 LEVEL = 0.95
 BOOTSTRAP_SEED = 0
 CHUNK = 2_000  # replicates per matrix product: bounds memory on large eval sets
-MEAN_METRICS = {  # metrics that are means over examples: each example's value
-    "accuracy": lambda row: 100.0 * (row["pred"] == row["gold"]),
-    "accuracy_avg_single": lambda row: 100.0 * sum(p == row["gold"] for p in row["preds"]) / len(row["preds"]),
-}
 
 
 @dataclass
@@ -292,8 +290,9 @@ def _decomposed(system: System, by_seed: list[list[dict]]) -> list | None:
     all its examples: ("mean", values) for means over examples (accuracy; ROUGE as rouge-score averages it), or
     ("stats", matrix, score of the column sums) for BLEU (sacrebleu's own statistics, as its paired bootstrap uses).
     None: re-score the drawn examples in every replicate."""
-    if system.metric in MEAN_METRICS:
-        return [("mean", np.array([MEAN_METRICS[system.metric](r) for r in rows])) for rows in by_seed]
+    value = per_example(system.metric)  # a mean over examples (bench/api/metrics.py)
+    if value is not None:
+        return [("mean", np.array([value(r) for r in rows])) for rows in by_seed]
     parts = []
     for rows, value in zip(by_seed, system.values):
         if system.metric in AVERAGED:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.report.stats import BOOTSTRAP_SEED, LEVEL, MEAN_METRICS, Interval, _aligned, _weights, from_replicates
+from bench.api.metrics import per_example
+from bench.report.stats import BOOTSTRAP_SEED, LEVEL, Interval, _aligned, _weights, from_replicates
 from bench.report.tables import Table, fmt
 from bench.harness.tasks import DEFAULT_TEMPLATE
 
@@ -58,14 +59,14 @@ def spread_interval(systems, weights, level: float = LEVEL, seed: int = BOOTSTRA
     variance from example-only bootstrap replicates (seeds fixed; the same draw for every system). Per seed, not of
     the seed means: the spread is not linear, and a per-seed value is what t needs. Metrics that are means over
     examples only; None otherwise (or without shared examples, or with systems of other seeds)."""
-    if any(s.outputs is None or s.metric not in MEAN_METRICS for s in systems) or len(
+    if any(s.outputs is None or per_example(s.metric) is None for s in systems) or len(
             {s.seeds for s in systems}) != 1 or len({s.space for s in systems}) != 1:
         return None
     ids = _aligned(systems)
     if ids is None:
         return None
     order = {i: k for k, i in enumerate(next(iter(ids.values())))}
-    value = MEAN_METRICS[systems[0].metric]
+    value = per_example(systems[0].metric)
     per_example = []  # systems x seeds x examples
     for s in systems:
         seeds = []

@@ -16,7 +16,7 @@ import yaml
 from bench.api.errors import BenchError
 from bench.grid.plan import load_grid_file
 from bench.harness.cell import harness_hash, write_atomic
-from bench.report.claims import (CHECKS, CLAIMS, HEADLINE_END, HEADLINE_START, claims_md,  # noqa: F401 (the API)
+from bench.report.claims import (CLAIM_KINDS, CLAIMS, HEADLINE_END, HEADLINE_START, claims_md,  # noqa: F401 (the API)
                                  evaluate_claims, headline_md, readme_with_headline, select)
 from bench.report.power import claim_plans
 from bench.report.curves import curve_points, curve_tables, records, retention_tables

@@ -247,7 +247,7 @@ class StepClock:
         return self
 
     def __next__(self):
-        from bench.harness.train import target_positions
+        from bench.harness.kinds.causal_lm import target_positions
 
         sync()
         self.pulls.append(time.perf_counter())
@@ -409,7 +409,7 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def saved_activation_bytes(model, method, hp: dict, batch) -> int:
+def saved_activation_bytes(model, method, hp: dict, batch, kind: str) -> int:
     """Bytes autograd saves for backward in one training forward (bench.harness.train's), unique storages, weights
     excluded."""
     import torch
@@ -427,7 +427,7 @@ def saved_activation_bytes(model, method, hp: dict, batch) -> int:
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = step_loss(model, method, hp, batch)
+        loss, _ = step_loss(model, method, hp, batch, kind)
     del loss
     model.eval()
     return sum(seen.values())
@@ -444,7 +444,8 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     from bench.harness.method import CellContext, get_method, resolve_hparams, total_parameters
     from bench.harness.models import get_model_spec
     from bench.harness.tasks import get_task, train_examples
-    from bench.harness.train import target_positions, train
+    from bench.harness.kinds.causal_lm import target_positions
+    from bench.harness.train import train
 
     torch.set_num_threads(threads)
     dev = device()
@@ -474,7 +475,7 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     else:
         base, kind = _status_kib("VmRSS") * 1024, "process_peak_rss (VmHWM reset after load)"
         reset = reset_peak_rss()
-    result = train(model, method, hp, clock, progress=f"memory {method_name}")
+    result = train(model, method, hp, clock, ctx.model_kind, progress=f"memory {method_name}")
     step_s = clock.stop()
     peak = torch.cuda.max_memory_allocated() if dev == "cuda" else _status_kib("VmHWM") * 1024
     # activation memory follows the widest batch: positions computed = rows x (padded width + virtual tokens)
@@ -484,7 +485,7 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     head_positions = int(target_positions(widest["labels"], extra)[0].sum())
     estimate = analytic_memory(model.config, n_params, trainable, method.tunes_base, hp["optimizer"], method_name,
                                rows * (width + extra), rows, hp, value_bytes, trainable_bytes, head_positions)
-    saved = saved_activation_bytes(model, method, hp, {k: v.to(dev) for k, v in widest.items()})
+    saved = saved_activation_bytes(model, method, hp, {k: v.to(dev) for k, v in widest.items()}, ctx.model_kind)
     steady = step_s[1:] if len(step_s) > 1 else step_s
     path_params, path_trainable = token_path_parameters(model)
     head = lm_head_parameters(model)

@@ -31,7 +31,7 @@ def test_bf16_training_steps(benchmark, settings):
                                                      hp["max_len"], 0), hp["steps"]))
 
     def run(precision):
-        return train(models[precision], method, {**hp, "precision": precision}, iter(batches), progress="bench").losses
+        return train(models[precision], method, {**hp, "precision": precision}, iter(batches), "causal_lm", progress="bench").losses
 
     paired = Paired({"fp32": lambda: run("fp32")}, lambda: run("bf16"), settings.warmup_rounds
                     ).run(benchmark, settings.train_rounds)

@@ -13,7 +13,8 @@ from bench.harness.cell import seed_everything
 from bench.harness.flops import flops_per_step, lm_head_parameters, token_path_parameters
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.tasks import get_task, train_examples
-from bench.harness.train import target_positions, train
+from bench.harness.kinds.causal_lm import target_positions
+from bench.harness.train import train
 
 TASKS = {"sst2": ("train_overhead", SST2_HP), "e2e": ("train_overhead_e2e", E2E_HP)}
 
@@ -41,7 +42,7 @@ def test_train_overhead(benchmark, settings, matmul_peak, task_name):
 
     prebuilt = [{k: v.to(device()) for k, v in b.items()} for b in itertools.islice(batches(), hp["steps"])]
     paired = Paired({"bare": lambda: bare_train(bare_model, prebuilt, hp["lr"], hp["grad_clip"])},
-                    lambda: train(ours_model, method, hp, batches(), progress="bench").losses,
+                    lambda: train(ours_model, method, hp, batches(), "causal_lm", progress="bench").losses,
                     settings.warmup_rounds).run(benchmark, settings.train_rounds)
 
     differences = [abs(a - b) for ours, bare in zip(paired.ours_outs, paired.base_outs["bare"])

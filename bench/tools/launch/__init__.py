@@ -24,7 +24,7 @@ import time
 
 SOCKET_ENV = "PEFT_REPRO_FORKSERVER"  # the server's socket path, for the clients
 PRELOAD = ("torch", "transformers", "peft", "bench.harness.cell", "bench.harness.models", "bench.harness.train", "bench.harness.batches",
-           "bench.harness.evaluation", "bench.harness.scorers", "bench.harness.seq2seq", "bench.harness.retention", "bench.harness.curves",
+           "bench.harness.evaluation", "bench.harness.scorers", "bench.harness.kinds.seq2seq", "bench.harness.retention", "bench.harness.curves",
            *(f"transformers.models.{arch}.modeling_{arch}"
              for arch in ("gpt2", "t5", "bart", "llama", "bert", "roberta", "mpnet", "qwen2", "gemma3")))
 MAX_MESSAGE = 1 << 20

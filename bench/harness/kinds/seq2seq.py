@@ -22,6 +22,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from bench.api.kinds import ModelKind
 from bench.harness.tokens import continuation_ids, pad, prompt_ids
 
 
@@ -129,3 +130,31 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         for i, text in zip(chunk, texts):
             outputs[i] = clean_generation(text)
     return outputs
+
+
+class Seq2Seq(ModelKind):
+    name = "seq2seq"
+
+    def encode(self, tokenizer, task, examples, max_len: int) -> list:
+        return seq2seq_pairs(tokenizer, task, examples, max_len)
+
+    def length(self, item) -> int:
+        return len(item[0]) + len(item[1])
+
+    def collate(self, items: list, tokenizer) -> dict:
+        return collate_seq2seq(items, tokenizer.pad_token_id)
+
+    def step_loss(self, model, method, hp: dict, batch: dict, index):
+        return step_loss(model, method, batch)
+
+    def batch_tokens(self, batch: dict) -> tuple[int, int]:
+        encoder = int(batch["attention_mask"].sum())
+        return encoder + int(batch["decoder_attention_mask"].sum()), encoder
+
+    def label_scores(self, model, tokenizer, task, examples, hp: dict, extra_positions: int, timer):
+        return rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer)
+
+    def generate(self, model, tokenizer, prompts: list[str], max_new_tokens: int, hp: dict, extra_positions: int,
+                 timer) -> list[str]:
+        return generate(model, tokenizer, prompts, max_new_tokens, hp["eval_batch_size"], hp["max_len"],
+                        hp["num_beams"], timer)
