@@ -1,4 +1,4 @@
-"""Command line: `python -m bench <command>`; see `python -m bench --help`."""
+"""Command line: `peft-repro <command>` or `python -m bench <command>` (the same); see `--help`."""
 from __future__ import annotations
 
 import argparse
@@ -80,6 +80,34 @@ def cmd_methods(args) -> None:
         print(line, flush=True)
 
 
+def listing(what: str) -> list[str]:
+    """One line per registered model, task, grid or method: its name and a short description."""
+    def first_line(text) -> str:
+        return " ".join(str(text or "").split())[:100]
+
+    if what == "models":
+        from bench.harness.models import get_model_spec, model_names
+
+        specs = [get_model_spec(n) for n in model_names()]
+        return [f"{s.name:24s} {s.kind:10s} {s.source:6s} {s.architecture or '':10s} {first_line(s.description)}"
+                for s in specs]
+    if what == "tasks":
+        from bench.harness.tasks import get_task, task_names
+
+        return [f"{n:24s} {get_task(n).kind:15s} metrics: {', '.join(get_task(n).metrics)}" for n in task_names()]
+    if what == "grids":
+        from bench.grid.plan import grid_names, load_grid_file
+
+        return [f"{n:24s} {first_line(load_grid_file(n)[1].get('description'))}" for n in grid_names()]
+    from bench.harness.method import method_names, method_summary
+
+    return [f"{n:24s} {first_line(method_summary(n))}" for n in method_names()]
+
+
+def cmd_list(args) -> None:
+    print("\n".join(listing(args.what)))
+
+
 def cmd_report(args) -> None:
     from bench.report.write import write_report
 
@@ -143,14 +171,19 @@ def cmd_compat(args) -> None:
         sys.exit(status)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+def console() -> int:
+    """The `peft-repro` console script (pyproject.toml [project.scripts])."""
+    return main(prog="peft-repro")
+
+
+def main(argv=None, prog: str = "python -m bench") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run-cell", help="train and evaluate one cell, write DIR/record.json")
-    run.add_argument("--task", required=True)
-    run.add_argument("--model", required=True)
-    run.add_argument("--method", required=True)
+    run.add_argument("--task", required=True, help="a task of config/tasks.yaml or --tasks (`list tasks`)")
+    run.add_argument("--model", required=True, help="a model of config/models.yaml (`list models`)")
+    run.add_argument("--method", required=True, help="a method of methods/ (`list methods`)")
     run.add_argument("--train-size", required=True, help="integer or 'full'")
     run.add_argument("--seed", type=int, default=0, help="seeds init and batch order (and the training subsample)")
     run.add_argument("--data-seed", type=int, default=None,
@@ -169,16 +202,16 @@ def main(argv=None) -> int:
     run.set_defaults(func=cmd_run_cell)
 
     prep = sub.add_parser("prepare-model", help="verify and convert a registered model once (cached)")
-    prep.add_argument("model")
+    prep.add_argument("model", help="a model of config/models.yaml (`list models`)")
     prep.set_defaults(func=cmd_prepare_model)
 
     methods = sub.add_parser("methods", help="list methods; with --model, their trainable parameters")
-    methods.add_argument("--model", default=None)
+    methods.add_argument("--model", default=None, help="count each method's trainable parameters on this model")
     methods.add_argument("--task", default="sst2", help="task used to build the model head/verbalizer")
     methods.set_defaults(func=cmd_methods)
 
     report = sub.add_parser("report", help="aggregate a grid's records into results/<grid>/summary.csv and reports/<grid>/")
-    report.add_argument("grid")
+    report.add_argument("grid", help="a grid of config/grids/ (`list grids`)")
     report.set_defaults(func=cmd_report)
 
     power = sub.add_parser("power", help="seeds × eval examples that would decide each claim with 80%% power, and "
@@ -187,10 +220,9 @@ def main(argv=None) -> int:
     power.add_argument("claim", nargs="?", default=None, help="one claim id (default: every claim)")
     power.set_defaults(func=cmd_power)
 
-
     restamp = sub.add_parser("restamp", help="prove a harness change result-neutral on golden cells, then carry the "
                                              "grids' records over to today's harness fingerprint (bench/tools/restamp.py)")
-    restamp.add_argument("grids", nargs="+")
+    restamp.add_argument("grids", nargs="+", help="grids whose records to re-stamp (`list grids`)")
     restamp.add_argument("--against", default="HEAD",
                          help="git commit of the harness the records were made with (default: HEAD)")
     restamp.add_argument("--check-all", action="append", metavar="GRID",
@@ -202,7 +234,7 @@ def main(argv=None) -> int:
     restamp.set_defaults(func=cmd_restamp)
 
     cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")
-    cells.add_argument("grid")
+    cells.add_argument("grid", help="a grid of config/grids/ or a grid file's path (`list grids`)")
     cells.set_defaults(func=cmd_cells)
 
     benchmarks = sub.add_parser("benchmarks", help="benchmark our own machinery against baselines (pytest-benchmark); "
@@ -230,6 +262,10 @@ def main(argv=None) -> int:
                                                "checked against each cell's own scores (bench/tools/serve.py; --help there)")
     serve.add_argument("serve_args", nargs=argparse.REMAINDER, help="cell folders, --limit N, --batch-size N")
     serve.set_defaults(func=cmd_serve_mixed)
+
+    listed = sub.add_parser("list", help="the registered models, tasks, grids or methods, one line each")
+    listed.add_argument("what", choices=("models", "tasks", "grids", "methods"), help="which registry to list")
+    listed.set_defaults(func=cmd_list)
 
     args = parser.parse_args(argv)
     try:
