@@ -34,7 +34,7 @@ GRID_NAME = load_grid_file(GRID)[0]  # a grid of parts: its cells sit in their p
 PY = sys.executable
 MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO_MODELS overrides)
 DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else ""
-FORK_SOCKET = None  # bench/launch: ~4 s of imports saved per job; for local runs (a SLURM job runs on its own)
+FORK_SOCKET = None  # bench/tools/launch: the imports saved per job; for local runs (a SLURM job runs on its own)
 FORK_SERVER = []  # its process, once onstart has started it
 if config.get("forkserver") in (True, "true", "1"):
     PY = f"{PY} -m bench.tools.launch run"  # without the server (not yet started, or gone) the same command runs plainly

@@ -1,1 +1,2 @@
-"""peft-repro harness: registries, the cell runner, training, evaluation and reports."""
+"""peft-repro, in layers (each imports only those below it; tests/test_layers.py): api (interfaces), harness (what
+makes a record), grid (planning), report (records -> tables, claims, plots), tools, cli."""

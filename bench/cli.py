@@ -52,8 +52,15 @@ def cmd_prepare_model(args) -> None:
 
 
 def cmd_methods(args) -> None:
-    from bench.harness.method import (CellContext, get_method, method_names, method_summary, resolve_hparams,
-                              total_parameters, trainable_parameters)
+    from bench.harness.method import (
+        CellContext,
+        get_method,
+        method_names,
+        method_summary,
+        resolve_hparams,
+        total_parameters,
+        trainable_parameters,
+    )
 
     if args.model:
         from bench.harness.models import architecture, get_model_spec, load_model
@@ -194,7 +201,8 @@ def main(argv=None, prog: str = "python -m bench") -> int:
                      help="hold this many training examples out as eval set `dev` (default: none)")
     run.add_argument("--shifts", default=None, help="comma list of shifted eval sets (default: all of the task's)")
     run.add_argument("--grid", default=None, help="grid name, recorded only")
-    run.add_argument("--data-root", default=None, help="folder with SHA256SUMS (default: $PEFT_REPRO_DATA or ../shared/data)")
+    run.add_argument("--data-root", default=None, help="folder with SHA256SUMS (default: $PEFT_REPRO_DATA or "
+                                                       "../shared/data)")
     run.add_argument("--tasks", default=None, metavar="FILE",
                      help="your tasks file, merged over config/tasks.yaml (default: $PEFT_REPRO_TASKS)")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -210,7 +218,8 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     methods.add_argument("--task", default="sst2", help="task used to build the model head/verbalizer")
     methods.set_defaults(func=cmd_methods)
 
-    report = sub.add_parser("report", help="aggregate a grid's records into results/<grid>/summary.csv and reports/<grid>/")
+    report = sub.add_parser("report", help="aggregate a grid's records into results/<grid>/summary.csv and "
+                                           "reports/<grid>/")
     report.add_argument("grid", help="a grid of config/grids/ (`list grids`)")
     report.set_defaults(func=cmd_report)
 
@@ -221,7 +230,8 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     power.set_defaults(func=cmd_power)
 
     restamp = sub.add_parser("restamp", help="prove a harness change result-neutral on golden cells, then carry the "
-                                             "grids' records over to today's harness fingerprint (bench/tools/restamp.py)")
+                                             "grids' records over to today's harness fingerprint "
+                                             "(bench/tools/restamp.py)")
     restamp.add_argument("grids", nargs="+", help="grids whose records to re-stamp (`list grids`)")
     restamp.add_argument("--against", default="HEAD",
                          help="git commit of the harness the records were made with (default: HEAD)")
@@ -259,7 +269,8 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     compat.set_defaults(func=cmd_compat)
 
     serve = sub.add_parser("serve-mixed", help="one frozen base + several cells' deltas scoring mixed-task batches, "
-                                               "checked against each cell's own scores (bench/tools/serve.py; --help there)")
+                                               "checked against each cell's own scores (bench/tools/serve.py; --help "
+                                               "there)")
     serve.add_argument("serve_args", nargs=argparse.REMAINDER, help="cell folders, --limit N, --batch-size N")
     serve.set_defaults(func=cmd_serve_mixed)
 

@@ -126,7 +126,8 @@ def attach(model, p: int, hidden: int):
     modules = attention_modules(model)
     freeze(model)
     weight = model.get_input_embeddings().weight
-    # named as peft's prefix encoder, so bench/harness/flops.py leaves it out of the per-position weights as it does peft's
+    # named as peft's prefix encoder, so bench/harness/flops.py leaves it out of the per-position weights as it does
+    # peft's
     model.add_module("prompt_encoder", Seq2SeqPrefix(model, p, hidden).to(weight.device))
     for kind, layers in modules.items():
         for layer, module in enumerate(layers):

@@ -10,8 +10,8 @@ of those tensors (the base `Method.save_delta`).
 
 Models without bias terms (Llama, SmolLM2, Gemma: no biases in any linear layer or norm; `bias: false` of
 their architecture in config/models.yaml) are refused when the cell is planned rather than given new zero
-biases: adding biases would be a different method, not BitFit. Qwen2 keeps its q/k/v biases, so BitFit there trains only those. lr 1e-3 (the top of the
-paper's grid {1e-4, 4e-4, 7e-4, 1e-3}).
+biases: adding biases would be a different method, not BitFit. Qwen2 keeps its q/k/v biases, so BitFit there trains only
+those. lr 1e-3 (the top of the paper's grid {1e-4, 4e-4, 7e-4, 1e-3}).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PET, pattern-exploiting training (Schick & Schütze 2021a, EACL, arXiv 2001.07676): pattern models, ensemble soft labels.
+"""PET, pattern-exploiting training (Schick & Schütze 2021a, EACL, arXiv 2001.07676): pattern models, ensemble soft
+labels.
 
 Two stages, each a cell of the same grid (the DAG carries the dependency, as distill's teacher):
 
@@ -11,13 +12,14 @@ Two stages, each a cell of the same grid (the DAG carries the dependency, as dis
 - `stage: final`: hp `patterns` = the pattern cells' directories, comma-separated (in a grid:
   `patterns_method: "LABEL,LABEL,..."`, see bench/grid/plan.py). Before training (`prepare_train_examples`, not in
   train_s) each pattern model labels the unlabelled pool: `pool_size` examples of the task's `unlabelled` split
-  (config/tasks.yaml; default its training split) that are not in the labelled sample (bench.harness.tasks.unlabelled_pool:
-  seeded, nested across pool sizes, labels removed before any model sees them); each gives the distribution softmax(rank scores of its label words) over the labels, and
-  the pool's soft label is their mean (hp `weighting: uniform`), or their mean weighted by each pattern
-  model's accuracy on the labelled sample (`weighting: train_accuracy`; PET weights by the accuracy *before*
-  training, 2001.07676 §3.1). The final model (the task's own template unless `template` says otherwise; the
-  `base` method's weights) then trains on the pool alone with the cross-entropy to those soft labels over the
-  label words (`training_loss`; equal to the KL divergence up to the labels' constant entropy).
+  (config/tasks.yaml; default its training split) that are not in the labelled sample
+  (bench.harness.tasks.unlabelled_pool: seeded, nested across pool sizes, labels removed before any model sees them);
+  each gives the distribution softmax(rank scores of its label words) over the labels, and the pool's soft label is
+  their mean (hp `weighting: uniform`), or their mean weighted by each pattern model's accuracy on the labelled sample
+  (`weighting: train_accuracy`; PET weights by the accuracy *before* training, 2001.07676 §3.1). The final model (the
+  task's own template unless `template` says otherwise; the `base` method's weights) then trains on the pool alone with
+  the cross-entropy to those soft labels over the label words (`training_loss`; equal to the KL divergence up to the
+  labels' constant entropy).
 
 Differences from the paper, said here once: causal LMs predict the *next* word, so PET's patterns with the mask
 inside the text are written with the label word at the end (config/tasks.yaml cites each source); the final
@@ -165,7 +167,6 @@ def soft_label_loss(label_logits, soft):
 
 def ensemble(distributions: list, weights: list[float]):
     """The weighted mean of the pattern models' label distributions (examples × labels each)."""
-    import torch
 
     total = sum(weights)
     if total <= 0:

@@ -1,4 +1,5 @@
-"""Prompt ensembling (Lester et al. 2021, Table 3): k soft prompts on one frozen model, scored in one pass, majority vote.
+"""Prompt ensembling (Lester et al. 2021, Table 3): k soft prompts on one frozen model, scored in one pass, majority
+vote.
 
 Own code: peft holds one prompt per PeftModel, so k prompts scored in ONE forward pass need a small
 module of our own (`PromptEnsembleModel`, below): it prepends prompt i to every input row for each i
@@ -17,9 +18,9 @@ would couple them (the loop clips the joint norm), so `grad_clip` must stay 0 (L
 Evaluation (the `evaluate` hook): one batched rank-scoring pass gives every prompt's label log-probs; each
 example's output row keeps the vote (`pred`), every prompt's prediction (`preds`) and the mean log-probs over
 prompts (`logprobs`), and `score_outputs` turns rows into metrics: `accuracy` (and `f1`) is the ensemble's
-majority vote over the k prompts' predictions, ties broken by the mean log-prob over prompts; the record also holds `<metric>_avg_single` (mean over the k prompts),
-`<metric>_best_single` (best prompt on that eval set, an oracle choice as in Lester's table),
-`<metric>_mean_logprob` (argmax of the mean log-prob) and `<metric>_singles` (each prompt's).
+majority vote over the k prompts' predictions, ties broken by the mean log-prob over prompts; the record also holds
+`<metric>_avg_single` (mean over the k prompts), `<metric>_best_single` (best prompt on that eval set, an oracle choice
+as in Lester's table), `<metric>_mean_logprob` (argmax of the mean log-prob) and `<metric>_singles` (each prompt's).
 Classification only: a generation task is refused when the cell is planned. Encoder-decoder models (Lester's T5
 setting): the prompts go before the encoder's input, every copy decodes the same label sequences, and the scores
 come from the decoder's rank scoring (bench/harness/kinds/seq2seq.py), still one batched pass.
@@ -82,7 +83,8 @@ class PromptEnsembleModel(torch.nn.Module):
             attention_mask = torch.ones_like(input_ids)
         mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1).repeat(k, 1)
         if self.base.config.is_encoder_decoder:  # the prompts go before the encoder's input; each copy decodes alike
-            return self.base(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids.repeat(k, 1),
+            return self.base(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids.repeat(k,
+                                                                                                                   1),
                              decoder_attention_mask=None if decoder_attention_mask is None
                              else decoder_attention_mask.repeat(k, 1), **kwargs)
         if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() == 2:  # per input row: per copy
@@ -135,8 +137,8 @@ class PromptEnsemble(Method):
         return k * loss - ((k - 1) * loss).detach()
 
     def evaluate(self, model, tokenizer, task, examples, hp, timer=None):
-        from bench.harness.kinds import seq2seq
         from bench.harness.evaluation import classification_outputs, rank_scores
+        from bench.harness.kinds import seq2seq
 
         if model.config.is_encoder_decoder:
             scores = seq2seq.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer,

@@ -144,7 +144,8 @@ def test_generation_metrics_without_java_are_one_line_before_training(models_cac
             "--out", str(tmp_path / "cell")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: metric(s) meteor, rouge_l, cider need Java (`java` on PATH), which is not installed: install a "
+    assert err == ("error: metric(s) meteor, rouge_l, cider need Java (`java` on PATH), which is not installed: "
+                   "install a "
                    "JRE, e.g. apt-get install openjdk-17-jre-headless")
     assert not (tmp_path / "cell").exists()
 
@@ -152,7 +153,7 @@ def test_generation_metrics_without_java_are_one_line_before_training(models_cac
 def test_peak_memory_is_the_cells_own_not_the_matmul_peak_probes(models_cache, tmp_path):
     """The MFU peak is measured (once per machine, then cached) after the cell: its test matrices must not
     count in the cell's peak memory. A fresh process, so that no earlier test's peak RSS counts."""
-    script = f"""
+    script = """
 import json, sys, torch
 import bench.harness.cell
 from tests.test_cell import _cell

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from bench.harness.cell import CellConfig, plan_cell, run_cell
 from bench.api.errors import BenchError
+from bench.harness.cell import CellConfig, plan_cell, run_cell
 
 CURVE_HP = {"steps": 4, "batch_size": 4, "max_len": 48, "eval_every": 2, "curve_limit": 8}
 
@@ -53,7 +53,8 @@ def test_periodic_evaluation_time_is_not_training_time(models_cache, tiny_llama)
 
     examples = train_examples(task, 16, 0)
     start = time.perf_counter()
-    result = train(model, method, hp, training_batches(tokenizer, task, "causal_lm", examples, 4, 48, 0, True), "causal_lm",
+    result = train(model, method, hp, training_batches(tokenizer, task, "causal_lm", examples, 4, 48, 0, True),
+                   "causal_lm",
                    on_eval=slow_eval)
     wall = time.perf_counter() - start
     assert [step for step, _ in calls] == [0, 2, 4]
@@ -82,8 +83,8 @@ def test_bad_curve_and_retention_settings_are_refused_at_plan_time(models_cache)
 
 def _direct_passage_nll(model, tokenizer, texts):
     """Summed next-token cross-entropy per text, from the model's own `loss` (mean over tokens) one text at a time."""
-    from bench.harness.tokens import prompt_ids
     from bench.harness.retention import TOKENS
+    from bench.harness.tokens import prompt_ids
 
     out = []
     with torch.no_grad():
@@ -186,9 +187,7 @@ def _trained(models_cache, tmp_path, method, task, hp):
 @pytest.mark.parametrize("method,hp", [("lora", {"lr": 0.05}),
                                        ("prompt_tuning", {"num_virtual_tokens": 3, "optimizer": "adamw", "lr": 0.5})])
 def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path, method, hp):
-    from bench.tools.serve import serve
-
-    from bench.tools.serve import compare, length_batches, score_mixed, setup
+    from bench.tools.serve import compare, length_batches, score_mixed, serve, setup
 
     cells = [_trained(models_cache, tmp_path, method, task, hp) for task in ("sst2", "qqp")]
     mixed = setup(cells)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.cli import main
-from bench.harness.cell import CellConfig, run_cell, write_json_atomic
 from bench.api.errors import BenchError
+from bench.cli import main
 from bench.grid.plan import check_cells, grid_cells
+from bench.harness.cell import CellConfig, run_cell, write_json_atomic
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.tasks import data_root, get_task, train_examples
 
@@ -58,8 +58,8 @@ def _reloaded(teacher: Path):
 
 @pytest.mark.parametrize("name", ["sst2", "mrpc"])
 def test_classification_labels_are_the_teachers_predictions(teachers, name):
-    from bench.harness.kinds.encoder import encoder_logits
     from bench.harness.evaluation import rank_scores
+    from bench.harness.kinds.encoder import encoder_logits
 
     prepared, examples = _prepare(name, teachers[name], 16)
     model, tokenizer, hp = _reloaded(teachers[name])

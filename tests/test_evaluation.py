@@ -2,19 +2,16 @@
 by hand (generation metrics: tests/test_scorers.py)."""
 import collections
 import dataclasses
-import math
+import itertools
 
 import pytest
 import torch
 
-import itertools
-
-from bench.harness.kinds.causal_lm import causal_lm_batch
 from bench.harness.batches import LENGTH_WINDOW, training_batches
-from bench.harness.tokens import continuation_ids, prompt_ids
 from bench.harness.evaluation import classification_metrics, generate, rank_scores
-from bench.harness.tokens import clean_generation
+from bench.harness.kinds.causal_lm import causal_lm_batch
 from bench.harness.tasks import Example
+from bench.harness.tokens import clean_generation, continuation_ids, prompt_ids
 
 
 def test_labels_mask_prompt_and_padding_but_keep_eos(tiny_llama, e2e):
@@ -52,7 +49,8 @@ def test_length_grouped_batches_draw_every_example_once_per_epoch_with_less_padd
     def stream(grouped):
         batches = list(itertools.islice(training_batches(tokenizer, sst2, "causal_lm", examples, batch_size, 64, 0,
                                                          grouped), draws // batch_size))
-        padding = sum(int((1 - b["attention_mask"]).sum()) for b in batches) / sum(b["input_ids"].numel() for b in batches)
+        padding = sum(int((1 - b["attention_mask"]).sum()) for b in batches) / sum(b["input_ids"].numel()
+                                                                                    for b in batches)
         rows = collections.Counter(tuple(r[m.bool()].tolist()) for b in batches
                                    for r, m in zip(b["input_ids"], b["attention_mask"]))
         return padding, rows

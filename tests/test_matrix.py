@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.harness.cell import CellConfig, run_cell
 from bench.api.errors import BenchError
 from bench.grid.plan import Cell, check_cells
+from bench.harness.cell import CellConfig, run_cell
 from bench.harness.method import method_names
 from bench.harness.models import architectures, get_model_spec, model_names
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bench.api.errors import BenchError
-from bench.harness.method import (CellContext, get_method, method_names, resolve_hparams, trainable_parameters)
+from bench.harness.method import CellContext, get_method, method_names, resolve_hparams, trainable_parameters
 
 
 def test_registry_lists_method_files():

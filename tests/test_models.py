@@ -8,10 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from bench.harness import models
 from bench.api.errors import BenchError
-from bench.harness.models import (cache_dir, get_model_spec, load_model, model_fingerprint, model_names,
-                          prepare_model)
+from bench.harness import models
+from bench.harness.models import cache_dir, get_model_spec, load_model, model_fingerprint, model_names, prepare_model
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ def test_unknown_model_lists_the_choices():
 
 
 def test_module_import_stays_light():
-    code = "import sys, bench.models; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, bench.harness.models; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=models.PROJECT_ROOT).stdout
     assert out.split() == ["False", "False"]

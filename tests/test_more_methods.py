@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.harness.tokens import pad, prompt_ids
-from bench.harness.batches import training_batches
 from bench.api.errors import BenchError
+from bench.harness.batches import training_batches
 from bench.harness.evaluation import generate, rank_scores
 from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
+from bench.harness.tokens import pad, prompt_ids
 from bench.harness.train import train
 
 # tiny-llama: d 32, 2 layers, 4 heads, 2 key/value heads of 8 -> d_kv 16, d_ff 64 (config/models.yaml)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from bench.api.errors import BenchError
-from bench.grid.plan import blocks, check_cells, grid_cells, load_grid_file, method_variants
 from bench.grid.derive import offline_task, tiny_stand_in
+from bench.grid.plan import blocks, check_cells, grid_cells, load_grid_file, method_variants
 from bench.harness.models import get_model_spec
 from bench.harness.tasks import data_root, get_task
 

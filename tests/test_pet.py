@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.harness import tasks as T
-from bench.harness.cell import CellConfig, plan_cell, run_cell
 from bench.api.errors import BenchError
 from bench.grid.plan import grid_cells
+from bench.harness import tasks as T
+from bench.harness.cell import CellConfig, plan_cell, run_cell
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.report.stats import System
 from bench.report.templates import spread_interval

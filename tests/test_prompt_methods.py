@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from bench.harness.tokens import continuation_ids
+from bench.api.errors import BenchError
 from bench.harness.batches import training_batches
 from bench.harness.cell import CellConfig, FormattedTask, plan_cell, run_cell
-from bench.api.errors import BenchError
 from bench.harness.evaluation import generate, rank_scores
 from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
 from bench.harness.tasks import Example
+from bench.harness.tokens import continuation_ids
 from bench.harness.train import train
 
 P = 6  # a short prompt keeps the tests fast; the closed forms hold for any length
@@ -94,7 +94,8 @@ def test_base_is_bit_identical_after_training(name, tiny_llama, sst2):
     method, hp, ctx, adapted = _adapt(name, tiny_llama, sst2, **_k(name))
     hp = {**hp, "steps": 2, "lr": 10.0, "batch_size": 4, "max_len": 32}
     trainable = {n: p.detach().clone() for n, p in adapted.named_parameters() if p.requires_grad}
-    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "causal_lm", _examples(), 4, 32, 0), "causal_lm")
+    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "causal_lm", _examples(), 4, 32, 0),
+                   "causal_lm")
     assert result.steps_done == 2 and result.diverged_at_step is None
     after = model.state_dict()
     assert set(after) == set(before)
@@ -128,7 +129,8 @@ def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path, delta_rou
         base, _, _ = load_model("tiny-llama", cache=models_cache)
         peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
         with torch.no_grad():
-            assert torch.allclose(peft_model(input_ids=torch.tensor(delta_round_trip.ids)).logits, logits[i:i + 1], atol=1e-5)
+            assert torch.allclose(peft_model(input_ids=torch.tensor(delta_round_trip.ids)).logits, logits[i:i + 1],
+                                  atol=1e-5)
 
 
 # ------------------------------------------------------------------ inits
@@ -210,7 +212,8 @@ def test_frequent_tokens_skip_special_and_byte_fallback(tiny_llama):
 
     _, tokenizer, _ = tiny_llama
     ids = frequent_token_ids(tokenizer)
-    assert tokenizer.eos_token_id not in ids and len(ids) == min(5000, len(tokenizer) - len(tokenizer.added_tokens_decoder))
+    assert tokenizer.eos_token_id not in ids and len(ids) == min(5000,
+                                                                 len(tokenizer) - len(tokenizer.added_tokens_decoder))
     assert ids == sorted(ids)
 
 
@@ -249,8 +252,8 @@ def test_kv_cached_generation_equals_recomputing_every_step(name, models_cache, 
     """Greedy decoding with the KV cache scores every step as a full forward pass over the sequence so far:
     the virtual tokens are inserted once and never dropped (transformers 5.24 renamed the cache argument that
     peft 0.21 reads; bench.harness.method.peft_generation_compat). Also for the delta loaded back."""
-    from bench.harness.tokens import prompt_ids
     from bench.harness.models import load_model
+    from bench.harness.tokens import prompt_ids
 
     loaded = load_model("tiny-llama", cache=models_cache)
     tokenizer = loaded[1]

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 import bench.report.write as report
+from bench.api.errors import BenchError
 from bench.cli import main
+from bench.grid.plan import current_method_sha256, current_model_fingerprint, grid_cells, planned_identity
 from bench.harness import lock
 from bench.harness.cell import OUTPUTS, harness_hash, write_outputs_atomic
-from bench.api.errors import BenchError
-from bench.grid.plan import current_method_sha256, current_model_fingerprint, grid_cells, planned_identity
 from bench.harness.identity import identity
 
 SIZES = {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}
@@ -531,9 +531,10 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
     for part, gap in (("a", 2.0), ("b", 10.0)):  # a shift table per part, each method against the part's full FT
         shift = readme.split(f"### Domain shift: sst2 (accuracy), {part}\n")[1].split("###")[0]
         assert f"| Δ prompt_tuning [{part}] |" in shift and f"Δ = method − full_ft [{part}] (points)" in shift
-        assert f"| imdb | 80.5 [" in shift and f"| -{gap:.1f} [" in shift
+        assert "| imdb | 80.5 [" in shift and f"| -{gap:.1f} [" in shift
     shift = claims.split("## prompt_tuning_robust_to_domain_shift\n")[1].split("\n## ")[0]
-    pairs = re.findall(r"prompt_tuning \[(\w)\] 85\.0 → ([\d.]+) \([-+\d.]+\) vs full_ft \[(\w)\] 85\.0 → ([\d.]+)", shift)
+    pairs = re.findall(r"prompt_tuning \[(\w)\] 85\.0 → ([\d.]+) \([-+\d.]+\) vs full_ft \[(\w)\] 85\.0 → ([\d.]+)",
+                       shift)
     assert sorted(pairs) == [("a", "78.5", "a", "80.5"), ("b", "70.5", "b", "80.5")]  # each part's own drop
     assert "mean over 2 setting(s)" in shift and "random effects over 2 settings (t, 1 df)" in shift
     headline = (tmp_path / "reports/study/headline.md").read_text()

@@ -1,17 +1,17 @@
-"""Encoder-decoder models (tiny-t5, tiny-bart; bench/harness/kinds/seq2seq.py): special ids, the training loss against the model's
-own, rank scoring against one (example, label) pair at a time, batched and KV-cached generation against unbatched
-and recomputed decoding, and every method's closed-form parameter counts, frozen base and delta round trip."""
+"""Encoder-decoder models (tiny-t5, tiny-bart; bench/harness/kinds/seq2seq.py): special ids, the training loss against
+the model's own, rank scoring against one (example, label) pair at a time, batched and KV-cached generation against
+unbatched and recomputed decoding, and every method's closed-form parameter counts, frozen base and delta round trip."""
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.harness.tokens import prompt_ids
-from bench.harness.batches import training_batches
 from bench.api.errors import BenchError
 from bench.grid.plan import Cell, check_cells
-from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
+from bench.harness.batches import training_batches
 from bench.harness.kinds.seq2seq import decoder_input_ids, generate, rank_scores, step_loss
+from bench.harness.method import CellContext, get_method, resolve_hparams, trainable_parameters
 from bench.harness.tasks import data_root, train_examples
+from bench.harness.tokens import prompt_ids
 from bench.harness.train import train
 
 MODELS = ["tiny-t5", "tiny-bart"]
@@ -47,7 +47,8 @@ def _perturb(model):
 def test_stand_ins_have_their_familys_special_ids(name, ids, models_cache):
     model, tokenizer, _ = _load(name, models_cache)
     config = model.config
-    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (ids["pad"], ids["eos"], ids["bos"])
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (ids["pad"], ids["eos"],
+                                                                                        ids["bos"])
     assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (ids["pad"], ids["eos"],
                                                                                          ids["start"])
     encoded = prompt_ids(tokenizer, "hi")
@@ -87,7 +88,8 @@ def _one_pair_at_a_time(model, tokenizer, task, examples):
         for i, ex in enumerate(examples):
             ids = torch.tensor([prompt_ids(tokenizer, task.prompt(ex))])
             for j, word in enumerate(task.verbalizer):
-                label = torch.tensor([tokenizer(word, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
+                label = torch.tensor([tokenizer(word,
+                                                add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
                 logits = model(input_ids=ids, decoder_input_ids=decoder_input_ids(model, label)).logits
                 out[i, j] = torch.log_softmax(logits[0], -1).gather(-1, label[0, :, None]).sum()
     return out
@@ -240,7 +242,8 @@ def test_counts_frozen_base_and_delta_round_trip(name, method_name, models_cache
     assert trainable_parameters(adapted) == trainable
     assert method.delta_parameters(adapted) == delta
 
-    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "seq2seq", examples, 4, 48, 0), "seq2seq", "test")
+    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "seq2seq", examples, 4, 48, 0), "seq2seq",
+                   "test")
     assert result.steps_done == 2 and result.diverged_at_step is None
     changed = {n for (n, p), before in zip(originals, snapshot) if not torch.equal(p, before)}
     assert changed <= trained  # the rest of the base is bit-identical
@@ -300,10 +303,17 @@ def test_plan_time_refusals(models_cache):
 
 
 @pytest.mark.parametrize("name, encoder_prefix", [("tiny-t5", ("encoder.block.", "encoder.final_layer_norm.")),
-                                                  ("tiny-bart", ("model.encoder.embed_positions.", "model.encoder.layers.",
+                                                  ("tiny-bart", ("model.encoder.embed_positions.",
+                                                                 "model.encoder.layers.",
                                                                  "model.encoder.layernorm_embedding."))])
 def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, models_cache):
-    from bench.harness.flops import encoder_parameters, flops_per_step, lm_head_parameters, token_path_parameters, train_flops
+    from bench.harness.flops import (
+        encoder_parameters,
+        flops_per_step,
+        lm_head_parameters,
+        token_path_parameters,
+        train_flops,
+    )
 
     model, _, _ = _load(name, models_cache)
     encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(encoder_prefix))
@@ -314,7 +324,8 @@ def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, m
     total, _ = token_path_parameters(model)
     head = lm_head_parameters(model)
     # 100 encoder tokens, 20 decoder tokens, 30 head positions, full fine-tuning: 6 FLOPs per weight and position
-    assert train_flops(model, True, 120, 100, 0, 4, 30) == 6 * (encoder * 100 + (total - encoder - head) * 20 + head * 30)
+    assert train_flops(model, True, 120, 100, 0, 4,
+                       30) == 6 * (encoder * 100 + (total - encoder - head) * 20 + head * 30)
     llama, _, _ = _load("tiny-llama", models_cache)
     assert encoder_parameters(llama) == (0, 0)
     llama_total, llama_trainable = token_path_parameters(llama)

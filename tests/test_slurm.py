@@ -106,7 +106,8 @@ def _job_intervals(ctld_log: str) -> dict[str, list[datetime]]:
     main scheduler ("sched: Allocate JobId=3") or, on a busy machine, from the backfill scheduler
     ("sched/backfill: _start_job: Started JobId=3 in main on host"; older Slurm logs no prefix)."""
     jobs: dict[str, list[datetime]] = {}
-    for stamp, job in re.findall(r"^\[([\d\-T:.]+)\] [^\n]*?(?:sched: Allocate|Started|_job_complete:) JobId=(\d+)(?! WEXIT)",
+    for stamp, job in re.findall(r"^\[([\d\-T:.]+)\] [^\n]*?(?:sched: Allocate|Started|_job_complete:) JobId=(\d+)(?! "
+                                 r"WEXIT)",
                                  ctld_log, flags=re.M):
         jobs.setdefault(job, []).append(datetime.fromisoformat(stamp))
     return jobs
@@ -133,7 +134,8 @@ def test_job_intervals_read_both_schedulers_starts():
 def test_grid_shares_a_gpu_through_slurm(slurm, models_cache, tmp_path):
     """Four tiny cells, each estimated far below half a GPU, ask for GPU shards (not a GPU each) and run side by
     side on the node's one GPU; every record ok."""
-    pytest.importorskip("snakemake_executor_plugin_slurm", reason="install config/requirements.lock (it holds the cluster extra)")
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="install config/requirements.lock (it holds the "
+                                                                  "cluster extra)")
     work = tmp_path / "work"
     work.mkdir()
     grid = yaml.safe_load((REPO / "config/grids/tiny.yaml").read_text())

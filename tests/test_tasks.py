@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout, no install
 
-from bench import tasks as T  # noqa: E402
 from bench.api.errors import BenchError  # noqa: E402
+from bench.harness import tasks as T  # noqa: E402
 
 
 def _real_root() -> Path | None:
@@ -108,7 +108,8 @@ def test_sample_nested_and_seeded():
     assert a100 != items[:100]                                        # actually shuffled
     assert T.sample(items, "full", seed=7) == items                   # file order
     assert T.sample(items, "100", seed=1) == a100                     # wildcard strings work
-    assert T.sample(items, 1000, seed=1) != items and sorted(T.sample(items, 1000, 1), key=lambda e: int(e.fields["i"])) == items
+    assert T.sample(items, 1000, seed=1) != items and sorted(T.sample(items, 1000, 1),
+                                                             key=lambda e: int(e.fields["i"])) == items
 
 
 @pytest.mark.parametrize("size", [0, -5, 1001, "abc", 2.5, None])
@@ -119,7 +120,8 @@ def test_sample_bad_size(size):
 
 
 def test_module_imports_no_heavy_libraries():
-    code = "import sys, bench.tasks; print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pandas') if m in sys.modules))"
+    code = ("import sys, bench.harness.tasks; "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=T.PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -271,7 +273,9 @@ def test_eval_limit_fixed_and_shift_names():
 @needs_data
 def test_qqp_holdout_disjoint_and_mrpc_shift():
     train, dev = T.load_split("qqp/train"), T.load_split("qqp/dev")
-    pairs = lambda xs: {(e.fields["sentence1"], e.fields["sentence2"]) for e in xs}
+    def pairs(xs):
+        return {(e.fields["sentence1"], e.fields["sentence2"]) for e in xs}
+
     assert not pairs(train) & pairs(dev)
     mrpc = T.get_task("mrpc")
     assert T.eval_examples(mrpc, "qqp", None) == dev
@@ -326,7 +330,8 @@ def test_dev_split_errors():
 def test_hub_splits_plan_offline_and_stop_in_one_line_when_read(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert {d: T.split_size(d) for d in HUB} == HUB  # planning reads the declared rows, no network
-    with pytest.raises(BenchError, match=r"dataset xsum/hub_test is EdinburghNLP/xsum \(test\) on the hub and could not "
+    with pytest.raises(BenchError, match=r"dataset xsum/hub_test is EdinburghNLP/xsum \(test\) on the hub and could "
+                                         r"not "
                                          r"be loaded \(.*\): run where the hub is reachable .* offline twin"):
         T.load_split("xsum/hub_test")
     full = T.get_task("xsum_full")

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from bench.harness.batches import LENGTH_WINDOW, training_batches
-from bench.harness.tokens import pad, prompt_ids
+from bench.harness.kinds.causal_lm import target_positions
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.models import load_model
 from bench.harness.tasks import get_task, train_examples
+from bench.harness.tokens import pad, prompt_ids
 from bench.harness.train import step_loss, train
-from bench.harness.kinds.causal_lm import target_positions
 
 P = 4  # virtual tokens / prefix length: short keeps the tests fast
 CAUSAL_METHODS = {  # method -> hyperparameter overrides (small, and dropout-free where the method has dropout)

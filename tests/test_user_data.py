@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.harness import tasks as T
 from bench.api.errors import BenchError
+from bench.harness import tasks as T
 
 REPO = Path(__file__).resolve().parent.parent
 REVIEWS = [{"text": "A fine film.", "label": 1}, {"text": "A dull film.", "label": 0}]

@@ -18,8 +18,9 @@ class ModelKind:
         raise NotImplementedError
 
     def length(self, item) -> int:
-        """An item's length in tokens (batches group items of similar length)."""
-        raise NotImplementedError
+        """An item's length in tokens (batches group items of similar length); by default the item is a pair
+        (prompt ids, target ids)."""
+        return len(item[0]) + len(item[1])
 
     def collate(self, items: list, tokenizer) -> dict:
         """A padded training batch of items: the model's keyword arguments, labels included."""

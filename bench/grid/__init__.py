@@ -1,0 +1,1 @@
+"""Planning: the cells of grid files, derived grids, resources and GPU-memory estimates."""

@@ -140,7 +140,8 @@ def method_variants(label: str, entry: dict | None) -> list[tuple[str, str, dict
     return variants
 
 
-# CELL_REFS (bench/harness/identity.py): hp that name other cells of the grid: a method entry's `<ref>_method` (that cell's
+# CELL_REFS (bench/harness/identity.py): hp that name other cells of the grid: a method entry's `<ref>_method` (that
+# cell's
 # method label; for `patterns`, several labels separated by commas) and optional `<ref>_model` (default: this cell's
 # model) become hp `<ref>` = those cells' dirs (comma-separated), for the same task, train size and seed (distill's
 # teacher, PET's pattern models); the cell then `needs` them.
@@ -337,7 +338,8 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
 
 
 def cell_user_inputs(cell: Cell, data_root: str | None = None) -> list[str]:
-    """The user's tasks file and data files the cell reads (bench.harness.tasks.user_inputs): Snakemake inputs of the cell."""
+    """The user's tasks file and data files the cell reads (bench.harness.tasks.user_inputs): Snakemake inputs of the
+    cell."""
     from bench.harness.tasks import get_task, user_inputs
 
     task = get_task(cell.task)

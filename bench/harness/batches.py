@@ -17,8 +17,8 @@ def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int
     group_by_length (as Hugging Face Trainer's): the shuffled stream is cut into windows of
     LENGTH_WINDOW batches; a window's examples are sorted by token length, cut into batches, and the
     batches shuffled. Every example is still drawn once per epoch, but a batch holds examples of similar
-    length, so little of it is padding (a random batch of SST-2 training phrases is about half padding,
-    and padding costs as much compute as text). Off, batches are the plain shuffled stream.
+    length, so little of it is padding (padding costs as much compute as text; docs/measured.md gives
+    SST-2's share). Off, batches are the plain shuffled stream.
 
     Each example is tokenised once, when the first window that holds it is formed (one batched tokenizer
     call per window), and every batch is padded from those cached ids. `with_index`: each batch also holds

@@ -25,8 +25,15 @@ from bench.harness import curves, lock, retention
 from bench.harness.flops import matmul_peak_flops, train_flops
 from bench.harness.identity import CELL_REFS, identity, resolved_spec
 from bench.harness.kinds import get_kind
-from bench.harness.method import (CellContext, check_precision, get_method, method_files, resolve_hparams, total_parameters,
-                          trainable_parameters)
+from bench.harness.method import (
+    CellContext,
+    check_precision,
+    get_method,
+    method_files,
+    resolve_hparams,
+    total_parameters,
+    trainable_parameters,
+)
 
 RECORD_SCHEMA = 1
 HARNESS_DIR = Path(__file__).resolve().parent
@@ -280,8 +287,15 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     from bench.harness.batches import training_batches
     from bench.harness.evaluation import Timer
     from bench.harness.models import load_model, model_fingerprint
-    from bench.harness.tasks import (data_root, dataset_sha256s, dev_examples, eval_examples, file_sha256s, train_examples,
-                             user_inputs)
+    from bench.harness.tasks import (
+        data_root,
+        dataset_sha256s,
+        dev_examples,
+        eval_examples,
+        file_sha256s,
+        train_examples,
+        user_inputs,
+    )
     from bench.harness.train import train
 
     if threads:

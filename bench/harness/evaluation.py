@@ -20,7 +20,6 @@ from bench.api.metrics import METRICS
 from bench.harness.tokens import clean_generation, continuation_ids, pad, prompt_ids
 
 
-
 @dataclass
 class Timer:
     """Accumulates model wall time and tokens across calls."""
@@ -58,7 +57,8 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
     by_row: dict[int, list] = {}
     for request in requests:
         by_row.setdefault(request[2], []).append(request)
-    by_length = sorted(range(len(sequences)), key=lambda r: len(sequences[r]))  # batches of similar length: less padding
+    # batches of similar length: less padding
+    by_length = sorted(range(len(sequences)), key=lambda r: len(sequences[r]))
     for batch_rows in tqdm(list(_chunks(by_length, batch_size)), desc="score", leave=False, mininterval=2):
         input_ids, attention_mask = pad([list(sequences[r]) for r in batch_rows], tokenizer.pad_token_id)
         wanted = sorted({p + k for r in batch_rows for (_, _, _, p, ids) in by_row[r] for k in range(len(ids))})

@@ -204,8 +204,8 @@ def encoder_parameters(model) -> tuple[int, int]:
 
 def train_flops(model, tunes_base: bool, tokens: int, encoder_tokens: int, extra_positions: int, sequences: int,
                 head_positions: int) -> float:
-    """≈ training FLOPs of a run of `flops_per_step`'s counts (bench.harness.train.TrainResult: `tokens` all real tokens,
-    `encoder_tokens` those of an encoder-decoder's encoder, 0 for other models)."""
+    """≈ training FLOPs of a run of `flops_per_step`'s counts (bench.harness.train.TrainResult: `tokens` all real
+    tokens, `encoder_tokens` those of an encoder-decoder's encoder, 0 for other models)."""
     path_params, path_trainable = token_path_parameters(model)
     encoder, encoder_trainable = encoder_parameters(model)
     flops = flops_per_step(path_params - encoder, tunes_base, tokens - encoder_tokens,

@@ -33,7 +33,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "precision": "fp32",  # fp32 | bf16 (autocast of training and classification scoring; bench/harness/train.py)
     "eval_batch_size": 16,
     "num_beams": 1,
-    "template": "",  # one of the task's `templates` in config/tasks.yaml (its template + verbalizer); "" = the task's own
+    # one of the task's `templates` in config/tasks.yaml (its template + verbalizer); "" = the task's own
+    "template": "",
     "eval_every": 0,  # > 0: score a fixed eval subset every K steps during training (bench/harness/curves.py)
     "curve_limit": 64,  # examples of that subset
     "retention": False,  # measure what training did to general ability (bench/harness/retention.py)
@@ -101,8 +102,8 @@ class Method:
 
     def check_architecture(self, hp: dict, arch) -> None:
         """Raise BenchError, one line naming what to use instead, where the method cannot run on this model family
-        (`arch`: bench.harness.models.Architecture, read from config/models.yaml, so no weights load). Called when a cell
-        is planned, after check_hparams. Default: every family."""
+        (`arch`: bench.harness.models.Architecture, read from config/models.yaml, so no weights load). Called when a
+        cell is planned, after check_hparams. Default: every family."""
 
     def format_prompt(self, prompt: str, hp: dict, ctx: CellContext) -> str:
         """The text a causal LM sees in place of one example's task prompt, in training and evaluation
@@ -120,8 +121,8 @@ class Method:
 
     def evaluate(self, model, tokenizer, task, examples: list, hp: dict, timer=None) -> list[dict] | None:
         """Per-example outputs of one eval set computed by the method itself (e.g. an ensemble's vote), as rows of
-        bench.harness.evaluation.classification_outputs / generation_outputs plus any keys `score_outputs` reads, or None
-        to use the harness's rank scoring / encoder logits / generation. `task.prompt` already applies
+        bench.harness.evaluation.classification_outputs / generation_outputs plus any keys `score_outputs` reads, or
+        None to use the harness's rank scoring / encoder logits / generation. `task.prompt` already applies
         `format_prompt`; `timer` (bench.harness.evaluation.Timer) collects model time and tokens."""
         return None
 

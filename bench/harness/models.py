@@ -211,7 +211,7 @@ def _source_file(spec: ModelSpec, work: Path) -> Path:
 @contextlib.contextmanager
 def _gguf_parsed_once():
     """transformers' GGUF loader parses the file three times (config, weights, tokenizer) and rebuilds gguf's
-    tensor-name map once per module (~400 times for SmolLM2): cache both while converting (SmolLM2: 32 s -> 17 s)."""
+    tensor-name map once per module (hundreds of times for SmolLM2): cache both while converting (docs/measured.md)."""
     import gguf
 
     originals = gguf.GGUFReader, gguf.get_tensor_name_map
@@ -460,8 +460,12 @@ def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | 
             raise BenchError(f"prepared model file {source / fname} does not match its manifest (expected "
                              f"sha256 {want[:16]}..., got {got[:16]}...): delete {source} and rerun prepare-model")
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     if spec.kind == "encoder":

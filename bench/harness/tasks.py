@@ -582,8 +582,8 @@ def eval_examples(task: Task, eval_set: str, limit: int | None, root=None) -> li
 
 
 def _datasets_read(task: Task, eval_sets: list[str]) -> list[str]:
-    return ([task.train_split] if task.train_split else []) + ([task.unlabelled_split] if task.unlabelled_split else []) \
-        + [eval_dataset(task, s) for s in eval_sets]
+    return ([task.train_split] if task.train_split else []) \
+        + ([task.unlabelled_split] if task.unlabelled_split else []) + [eval_dataset(task, s) for s in eval_sets]
 
 
 def file_sha256s(task: Task, eval_sets: list[str], root=None) -> dict[str, str]:

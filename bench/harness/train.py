@@ -4,18 +4,18 @@ A method decides which parameters require grad (and may pick its optimizer); thi
 A loss that is NaN or infinite stops training at once and is reported as a divergence.
 
 Each model kind computes its own step loss (bench/harness/kinds/). Causal LMs compute logits only where the loss
-reads them: the positions whose next token is a target (`target_positions`, passed as a boolean `logits_to_keep`), so the LM head (for SmolLM2-135M a 49152 × 576
-matmul, about a fifth of the forward FLOPs per position) runs on one position per SST-2 example instead
-of every position. The loss is then the method's `target_loss` of those logits: by default the mean token
-cross-entropy, as transformers' ForCausalLMLoss computes it from all logits. Encoders (a class per
-sequence) keep their head's own loss; encoder-decoder models (bench/harness/kinds/seq2seq.py) the method's `target_loss` at
-the decoder's label positions.
+reads them: the positions whose next token is a target (`target_positions`, passed as a boolean `logits_to_keep`), so
+the LM head (for SmolLM2-135M a 49152 × 576 matmul, about a fifth of the forward FLOPs per position) runs on one
+position per SST-2 example instead of every position. The loss is then the method's `target_loss` of those logits: by
+default the mean token cross-entropy, as transformers' ForCausalLMLoss computes it from all logits. Encoders (a class
+per sequence) keep their head's own loss; encoder-decoder models (bench/harness/kinds/seq2seq.py) the method's
+`target_loss` at the decoder's label positions.
 
 hp `precision: bf16` runs each step's forward (and the loss) under `torch.autocast` in bfloat16: matmuls in bf16,
-weights, gradients and optimizer states in fp32 (mixed precision, as on TPUs and modern GPUs). On a CPU with
-AVX512-BF16 (this repository's machine) a training step is ~1.6x faster and classification scoring ~2x
-(bench/harness/cell.py: evaluate_set scores classification under the same autocast; generation stays fp32, where
-decoding one token at a time gains nothing).
+weights, gradients and optimizer states in fp32 (mixed precision, as on TPUs and modern GPUs); on a CPU with
+AVX512-BF16 it speeds up training steps and classification scoring (docs/measured.md; benchmark item 10).
+bench/harness/cell.py: evaluate_set scores classification under the same autocast; generation stays fp32, where
+decoding one token at a time gains nothing.
 """
 from __future__ import annotations
 

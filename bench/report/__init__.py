@@ -1,0 +1,1 @@
+"""Records -> summary, statistics, tables, claim verdicts, plots; reads records and the plan, never trains."""

@@ -1,10 +1,12 @@
-"""Records' `curve` and `retention` (bench/harness/curves.py, bench/harness/retention.py) -> tables, plot data and claims' comparisons.
+"""Records' `curve` and `retention` (bench/harness/curves.py, bench/harness/retention.py) -> tables, plot data and
+claims' comparisons.
 
 Time to quality: a cell reaches fraction f of its final score at the first curve point whose score is at least
 start + f · (final − start), start being the step-0 score and final the last point's: a fraction of the gain
 training made. (f of the final score itself would be met at or near step 0 by any model whose untrained score is
 close to f · final — SmolLM2's zero-shot SST-2 accuracy, 74.0 in the methods grid, is 86–91% of the trained
-methods' — so it could not tell methods apart.) A cell with no gain (final <= start) has no time to quality and is left out of the means.
+methods' — so it could not tell methods apart.) A cell with no gain (final <= start) has no time to quality and is left
+out of the means.
 
 Intervals: two levels as in bench/report/stats.py: Student's t over the per-seed values (methods with as many seeds
 paired by seed), plus the sampling variance of the curve's eval examples or the retention passages and zero-shot
@@ -217,7 +219,8 @@ def retention_tables(found) -> list[Table]:
     for key, g in groups.items():
         n = _n_seeds(g)
         base, adapted = curve_interval([g], [1], lm_loss("base")), curve_interval([g], [1], lm_loss("adapted"))
-        row = [*key[:len(KEYS)], _cell(base, n, 3), _cell(adapted, n, 3), _cell(curve_interval([g], [1], loss_increase), n, 3),
+        row = [*key[:len(KEYS)], _cell(base, n, 3), _cell(adapted, n, 3), _cell(curve_interval([g], [1], loss_increase),
+                                                                                n, 3),
                f"{np.exp(base.estimate):.2f} → {np.exp(adapted.estimate):.2f}"]
         if "base_correct" in g.arrays:
             row += [g.arrays["zero_shot_task"],

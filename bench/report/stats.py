@@ -63,7 +63,8 @@ class System:
     values: np.ndarray
     outputs: list[list[dict]] | None
     scorer: Callable[[list[dict]], float]  # the metric of a list of output rows
-    scorer_name: str = "e2e-metrics"  # the eval set's official scorer (bench/harness/scorers.py), for generation metrics
+    # the eval set's official scorer (bench/harness/scorers.py), for generation metrics
+    scorer_name: str = "e2e-metrics"
 
 
 @dataclass
@@ -199,8 +200,8 @@ class Variance:
     def df(self) -> float:
         """Welch-Satterthwaite over the seed terms (n - 1 df each) and the example part (m - 1 df). In the df only,
         each seed term is taken at its upper 75% confidence value, s²/n · (n - 1) / χ²(0.25; n - 1): with 3-10 seeds
-        an s² small by chance would otherwise raise the df just where the variance is underestimated (the plain
-        Satterthwaite df covered 92-93% at 3 seeds in tests/test_coverage.py's simulation; this keeps 93-97%)."""
+        an s² small by chance would otherwise raise the df just where the variance is underestimated (coverage of
+        both in tests/test_coverage.py's simulation: docs/measured.md)."""
         from scipy import stats
 
         terms = [(v * df / stats.chi2.ppf(0.25, df), df) for v, df in self.seed_terms if df > 0]
@@ -326,8 +327,8 @@ def _per_example(system: System, rows: list[dict]) -> np.ndarray:
 
 
 def _bleu_statistics(rows, scorer_name: str = "e2e-metrics"):
-    """Per-example BLEU statistics (n-gram matches and totals, lengths) from sacrebleu, as bench.harness.scorers scores BLEU
-    for `scorer_name`: e2e-metrics lowercased, 13a tokens, exp smoothing, every reference; webnlg-2017 and dart
+    """Per-example BLEU statistics (n-gram matches and totals, lengths) from sacrebleu, as bench.harness.scorers scores
+    BLEU for `scorer_name`: e2e-metrics lowercased, 13a tokens, exp smoothing, every reference; webnlg-2017 and dart
     (multi-bleu.perl) on their normalised text, no smoothing, a fixed number of reference slots (a missing reference
     an empty one); and BLEU of their sums."""
     from sacrebleu.metrics import BLEU
@@ -355,7 +356,8 @@ def _ngrams(words, n):
     return (tuple(words[i:i + n]) for i in range(len(words) - n + 1))
 
 
-def _sparse(cells: dict, shape) -> "sparse.csr_matrix":
+def _sparse(cells: dict, shape):
+    """A scipy.sparse CSR matrix of `shape` holding `cells` ({(row, column): value})."""
     from scipy import sparse
 
     keys = list(cells)
@@ -372,8 +374,8 @@ def _blocks(score, per_replicate: int):
 
 
 def _nist_statistics(hypotheses, references, scorer_name):
-    """NIST as bench.harness.scorers.mteval_nist computes it, as a function of example counts (replicates × examples: how
-    often each example is drawn) -> each replicate's NIST. Re-scoring a drawn multiset recomputes the information
+    """NIST as bench.harness.scorers.mteval_nist computes it, as a function of example counts (replicates × examples:
+    how often each example is drawn) -> each replicate's NIST. Re-scoring a drawn multiset recomputes the information
     weights from the references of the drawn examples, each counted as often as it is drawn (and the brevity
     penalty's reference length from them): so does this, from per-example n-gram counts of the references (only
     of the n-grams some hypothesis matches: that set holds the prefix of each of its n-grams), per-example clipped
@@ -430,15 +432,16 @@ def _nist_statistics(hypotheses, references, scorer_name):
 
 @functools.lru_cache(maxsize=256)
 def _coco_tokens(hypotheses: tuple, references: tuple):
-    """PTBTokenizer's text (bench.harness.scorers._coco_tokenize: one JVM run), kept: a system's seed is tokenised once."""
+    """PTBTokenizer's text (bench.harness.scorers._coco_tokenize: one JVM run), kept: a system's seed is tokenised
+    once."""
     from bench.harness.scorers import _coco_tokenize
 
     return _coco_tokenize(list(hypotheses), [list(r) for r in references])
 
 
 def _cider_statistics(hypotheses, references, scorer_name):
-    """CIDEr-D as pycocoevalcap's CiderScorer computes it on PTB-tokenised text (bench.harness.scorers), as a function of
-    example counts (replicates × examples) -> each replicate's CIDEr. Re-scoring a drawn multiset takes document
+    """CIDEr-D as pycocoevalcap's CiderScorer computes it on PTB-tokenised text (bench.harness.scorers), as a function
+    of example counts (replicates × examples) -> each replicate's CIDEr. Re-scoring a drawn multiset takes document
     frequencies (the IDF) over the drawn examples' references, each example counted as often as drawn, and the log
     of the number drawn (all of them: n of n): so does this. A hypothesis n-gram's tf-idf weight is tf · idf with
     idf >= 0, so each of CiderScorer's sums is a sum over n-grams of a fixed per-example term times idf²: the
@@ -491,8 +494,8 @@ def _cider_statistics(hypotheses, references, scorer_name):
 
 
 def _meteor_statistics(hypotheses, references, scorer_name):
-    """METEOR 1.5 as bench.harness.scorers computes it (pycocoevalcap's jar and arguments, on the text `scorer_name` gives
-    it), as a function of example counts (replicates × examples) -> each replicate's METEOR. Each segment's
+    """METEOR 1.5 as bench.harness.scorers computes it (pycocoevalcap's jar and arguments, on the text `scorer_name`
+    gives it), as a function of example counts (replicates × examples) -> each replicate's METEOR. Each segment's
     statistics come once from the jar ("SCORE ||| refs ||| hyp"); a replicate is one "EVAL ||| stats" line with
     the drawn segments' statistics summed as the jar sums the segments of an EVAL line (MeteorStats.addStats, which
     skips the chunk of a segment matched whole in one chunk): the same value as listing the drawn segments one by

@@ -1,11 +1,11 @@
 """Records -> the tidy frame and the summary table (results/<grid>/summary.csv), with a 95% interval per row.
 
-summary.csv is tidy: one row per cell minus its seed -- grid (the part, in a grid of parts), task, model, method, variant (the grid's label: the method,
-or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size, eval set, metric -- with the mean, std and
-count of seeds, the 95% interval (`ci_low`, `ci_high`, how: `interval`; bench/report/stats.py) and the examples per
-seed (`examples`), cost means, `stale` (the record is not what its cell asks for today: its resolved spec
-differs from the planned one, bench/harness/identity.py; or it was made under another dependency lock; cells.csv says
-what differs, field by field, in `stale_because`), a column per
+summary.csv is tidy: one row per cell minus its seed -- grid (the part, in a grid of parts), task, model, method,
+variant (the grid's label: the method, or e.g. `prompt_tuning-num_virtual_tokens=5` for a sweep), train size, eval set,
+metric -- with the mean, std and count of seeds, the 95% interval (`ci_low`, `ci_high`, how: `interval`;
+bench/report/stats.py) and the examples per seed (`examples`), cost means, `stale` (the record is not what its cell asks
+for today: its resolved spec differs from the planned one, bench/harness/identity.py; or it was made under another
+dependency lock; cells.csv says what differs, field by field, in `stale_because`), a column per
 hyperparameter whose value differs between cells of one method, and `hp` (all resolved hyperparameters, JSON).
 cells.csv has every cell of the grid with its status: ok, diverged, failed (no record, a log), not run (neither).
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.harness.cell import read_outputs
 from bench.api.errors import BenchError
 from bench.grid.plan import CELL_REFS, grid_cells, planned_identity, stale_fields
+from bench.harness.cell import read_outputs
 from bench.harness.lock import other_lock
 from bench.report.stats import System, interval
 

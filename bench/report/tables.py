@@ -215,7 +215,8 @@ def interval_tables(S):
         rows=("width", "size"), median=("width", "median"), low=("width", "min"), high=("width", "max"),
         seeds=("seeds", "median"), examples=("examples", "median")).reset_index()
     rows = [[r["task"], r["eval_set"], GEN_METRICS.get(r["metric"], r["metric"]), r["rows"], f"{r['seeds']:g}",
-             f"{r['examples']:g}", f"{r['median']:.1f}", f"{r['low']:.1f}–{r['high']:.1f}"] for r in G.to_dict("records")]
+             f"{r['examples']:g}", f"{r['median']:.1f}",
+             f"{r['low']:.1f}–{r['high']:.1f}"] for r in G.to_dict("records")]
     return [Table("Interval widths", ["task", "eval set", "metric", "rows", "seeds", "examples per seed",
                                       "median width", "range"], rows,
                   "Width (high − low) of each summary row's 95% interval, in the metric's points.")]
@@ -232,7 +233,8 @@ def _token(text: str) -> str:
 
 
 def interpretability_tables(cells: pd.DataFrame) -> list[Table]:
-    """Lester et al. §7 from the records' `analysis.prompt_neighbours` (methods/prompt_tuning.py), as `load` keeps it."""
+    """Lester et al. §7 from the records' `analysis.prompt_neighbours` (methods/prompt_tuning.py), as `load` keeps
+    it."""
     found = [(c, c["analysis"]["prompt_neighbours"]) for c in cells.to_dict("records")
              if "prompt_neighbours" in (c["analysis"] or {})]
     if not found:

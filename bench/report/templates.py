@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from bench.api.metrics import per_example
+from bench.harness.tasks import DEFAULT_TEMPLATE
 from bench.report.stats import BOOTSTRAP_SEED, LEVEL, Interval, _aligned, _weights, from_replicates
 from bench.report.tables import Table, fmt
-from bench.harness.tasks import DEFAULT_TEMPLATE
 
 TEMPLATE = "template"
 GROUP = ["task", "model", "method", "train_size", "eval_set", "metric"]
@@ -67,7 +67,7 @@ def spread_interval(systems, weights, level: float = LEVEL, seed: int = BOOTSTRA
         return None
     order = {i: k for k, i in enumerate(next(iter(ids.values())))}
     value = per_example(systems[0].metric)
-    per_example = []  # systems x seeds x examples
+    example_values = []  # systems x seeds x examples
     for s in systems:
         seeds = []
         for rows in s.outputs:
@@ -76,8 +76,8 @@ def spread_interval(systems, weights, level: float = LEVEL, seed: int = BOOTSTRA
                 if r["id"] in order:
                     v[order[r["id"]]] = value(r)
             seeds.append(v)
-        per_example.append(seeds)
-    X = np.array(per_example)
+        example_values.append(seeds)
+    X = np.array(example_values)
     rng = np.random.default_rng(seed)
     up, down = np.array(weights) > 0, np.array(weights) < 0
 

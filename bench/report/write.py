@@ -16,15 +16,35 @@ import yaml
 from bench.api.errors import BenchError
 from bench.grid.plan import load_grid_file
 from bench.harness.cell import harness_hash, write_atomic
-from bench.report.claims import (CLAIM_KINDS, CLAIMS, HEADLINE_END, HEADLINE_START, claims_md,  # noqa: F401 (the API)
-                                 evaluate_claims, headline_md, readme_with_headline, select)
-from bench.report.power import claim_plans
+from bench.report.claims import (  # noqa: F401 (the API)
+    CLAIM_KINDS,
+    CLAIMS,
+    HEADLINE_END,
+    HEADLINE_START,
+    claims_md,
+    evaluate_claims,
+    headline_md,
+    readme_with_headline,
+    select,
+)
 from bench.report.curves import curve_points, curve_tables, records, retention_tables
+from bench.report.power import claim_plans
 from bench.report.stats import CORPUS_RESAMPLES, RESAMPLES
 from bench.report.summary import PER_SEED, add_intervals, load, paired_difference, summarize  # noqa: F401
-from bench.report.tables import (ablation_tables, cost_tables, dev_selection_tables, ensemble_tables,
-                                 generation_tables, interpretability_tables, interval_tables, lowdata_tables, md_table,
-                                 shift_tables, size_tables, tex_table)
+from bench.report.tables import (
+    ablation_tables,
+    cost_tables,
+    dev_selection_tables,
+    ensemble_tables,
+    generation_tables,
+    interpretability_tables,
+    interval_tables,
+    lowdata_tables,
+    md_table,
+    shift_tables,
+    size_tables,
+    tex_table,
+)
 from bench.report.templates import template_tables
 from bench.report.verdicts import Gate
 
@@ -75,7 +95,8 @@ def write_report(grid: str) -> list[Path]:
              + f"; {int(cells['stale'].sum())} stale. Tables: mean over seeds [95% interval] (n = seeds with a "
              "result); "
              f"{INTERVALS} "
-             "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = stale (see Stale cells). "
+             "accuracy in %, BLEU/METEOR/ROUGE ×100, NIST and CIDEr raw (as LoRA Table 3); † = stale (see Stale "
+             "cells). "
              "Machine-readable: "
              f"`results/{name}/summary.csv`, `results/{name}/cells.csv`; LaTeX: `tables.tex`.", "",
              "## Tables", "", *(md_table(t) for t in tables), *([] if tables else ["(no results yet)", ""])]
@@ -100,7 +121,8 @@ def write_report(grid: str) -> list[Path]:
     if len(stale):
         parts += ["## Stale cells", "", f"{len(stale)} record(s) are not what their cell asks for today: the record's "
                   "resolved spec (`identity.spec`: method code and hyperparameters, task, data files, model, seeds, "
-                  f"harness `{current[:12]}`; bench/harness/identity.py) differs from the cell's as planned from today's "
+                  f"harness `{current[:12]}`; bench/harness/identity.py) differs from the cell's as planned from "
+                  f"today's "
                   "files, field by field below, or the record was made under another dependency lock "
                   "(`env.lock_sha256`; the packages whose versions differ from `config/requirements.lock` are "
                   "named):", "", "| cell | differs |", "|---|---|",

@@ -8,8 +8,8 @@ loop computes other losses).
 
 What is measured (tests/benchmarks/, one file per item):
 
-1. harness training step: bench.harness.train.train + bench.harness.batches.training_batches + methods/lora.py against a bare
-   PyTorch + peft loop over the same pre-built batches (same model, data, optimizer and clipping), on SST-2- and
+1. harness training step: bench.harness.train.train + bench.harness.batches.training_batches + methods/lora.py against a
+   bare PyTorch + peft loop over the same pre-built batches (same model, data, optimizer and clipping), on SST-2- and
    on E2E-shaped batches. The harness should be faster: it computes logits only where the loss reads them.
 2. decoding: bench.harness.evaluation.generate (batched, left-padded, KV-cached, greedy) against one example at a
    time without a KV cache (`use_cache=False`, batch 1); also batch 1 with the cache, to split the gain.
@@ -295,8 +295,7 @@ def generate_one_at_a_time_no_cache(model, tokenizer, prompts, max_new_tokens: i
     """Greedy decoding, one prompt at a time, recomputing the whole sequence for every new token."""
     import torch
 
-    from bench.harness.tokens import prompt_ids
-    from bench.harness.tokens import clean_generation
+    from bench.harness.tokens import clean_generation, prompt_ids
 
     outputs = []
     with torch.no_grad():
@@ -441,10 +440,10 @@ def memory_probe(model_name: str, method_name: str, steps: int, threads: int) ->
     from bench.harness.batches import training_batches
     from bench.harness.cell import seed_everything
     from bench.harness.flops import flops_per_step, lm_head_parameters, token_path_parameters
+    from bench.harness.kinds.causal_lm import target_positions
     from bench.harness.method import CellContext, get_method, resolve_hparams, total_parameters
     from bench.harness.models import get_model_spec
     from bench.harness.tasks import get_task, train_examples
-    from bench.harness.kinds.causal_lm import target_positions
     from bench.harness.train import train
 
     torch.set_num_threads(threads)
@@ -661,7 +660,7 @@ def machine() -> dict:
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        have = set(next(l for l in text.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+        have = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
         flags = ", ".join(f for f in ("avx2", "fma", "avx512f", "amx_tile") if f in have)
     except (OSError, StopIteration):
         pass
@@ -776,7 +775,8 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
               if item in by_item]
     if shapes:
         out += ["## 1. Harness training steps vs a bare loop", "",
-                "Ours: `bench.harness.train.train` with `bench.harness.batches.training_batches` and `methods/lora.py` (logits "
+                "Ours: `bench.harness.train.train` with `bench.harness.batches.training_batches` and `methods/lora.py` "
+                "(logits "
                 "only at the target positions; each example tokenised once per stream, batches padded from the "
                 "cached ids). Baseline: `get_peft_model(LoraConfig(...))` and a bare loop (`model(**batch).loss`, "
                 "backward, clip, AdamW, zero_grad) over the same batches built beforehand.", ""]
@@ -841,7 +841,8 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
     if info:
         cuda = _measured_on_cuda(info)
         measured = ("Measured: `torch.cuda.max_memory_allocated` during training minus `torch.cuda.memory_allocated` "
-                    "just before it (after loading and adapting the model; the peak statistics are reset at that point), "
+                    "just before it (after loading and adapting the model; the peak statistics are reset at that "
+                    "point), "
                     "so the load itself does not count. " if cuda else
                     "Measured: the peak "
                     "resident set during training minus the resident set just before it (after loading and adapting "
@@ -855,7 +856,8 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                 "`autograd saved` is measured, not estimated: the unique storages autograd keeps for backward "
                 "in one forward (weights excluded).", "",
                 "| method | trainable | optimizer | grads | optimizer states | activations (est.) | autograd saved "
-                f"(meas.) | estimate | measured Δ peak | measured / estimate | {'baseline allocated' if cuda else 'baseline RSS'} |",
+                f"(meas.) | estimate | measured Δ peak | measured / estimate | "
+                f"{'baseline allocated' if cuda else 'baseline RSS'} |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for probe in info["probes"]:
             out.append(f"| {probe['method']} | {probe['trainable_params']:,} | {probe['optimizer_name']} | "
@@ -911,7 +913,8 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                 f"({info['ratio']:.2f}×). {info['note']}", ""]
     info = by_item.get("planning_overhead")
     if info:
-        out += ["Against bare Snakemake: `bench.tools.benchmarks.BARE_SNAKEFILE` plans the same number of cell jobs from "
+        out += ["Against bare Snakemake: `bench.tools.benchmarks.BARE_SNAKEFILE` plans the same number of cell jobs "
+                "from "
                 "static rules (a model-preparing job they all need, one report over every record, the same output "
                 "and log paths, a params function): Snakemake's own work for jobs of this shape, with nothing of ours. "
                 f"Ratio ours / bare: {info['ratio']:.2f}×. {info['note']}", ""]
@@ -936,7 +939,8 @@ def serve_mixed_details(by_item: dict) -> list[str]:
     if not found:
         return []
     out = ["## 9. One base, many tasks: mixed-task batches", "",
-           "`bench/tools/serve.py`: one frozen base with k trained deltas (the first k cells given) rank-scores all the "
+           "`bench/tools/serve.py`: one frozen base with k trained deltas (the first k cells given) rank-scores all "
+           "the "
            "tasks' rows in batches of 16 sorted by length (a batch holds whichever tasks' rows are of its lengths), "
            "each row under its own delta, the LM head only at the scored positions; baseline: k separately adapted "
            "models (each its own copy of the base plus its delta), each scoring its own task with "
@@ -968,7 +972,8 @@ def precision_details(by_item: dict) -> list[str]:
     if not (train or rank):
         return []
     out = ["## 10. bf16 autocast vs fp32", "",
-           "hp `precision: bf16` (bench/harness/train.py) runs training steps and classification scoring under bfloat16 "
+           "hp `precision: bf16` (bench/harness/train.py) runs training steps and classification scoring under "
+           "bfloat16 "
            "`torch.autocast`; the baseline is the same code with `precision: fp32`, on a model in the same state. "
            "bf16 is fast only where the CPU has AVX512-BF16 or AMX (or on a GPU).", "",
            "| what | model | fp32 (s, per round) | bf16 (s, per round) | fp32 / bf16 | check |",
@@ -1009,7 +1014,8 @@ def _decode_text(info: dict) -> str:
                  "(the grid's `eval_batch_size` is 16; batching is the bigger lever), stopping rows that have "
                  "emitted the end token or a newline (the output is cut at the first newline, yet every row decodes "
                  f"all {info['max_new_tokens']} tokens)"
-                 + (", or a GPU, where batch 1 leaves the device mostly idle." if info.get("device") != "cuda" else "."))
+                 + (", or a GPU, where batch 1 leaves the device mostly idle." if info.get("device") != "cuda"
+                    else "."))
     return text
 
 

@@ -139,8 +139,8 @@ def tiny_cells() -> list:
     plans on it, on SST-2 (8 examples, 2 steps, 4 eval examples), distill with a full-FT teacher and PET's final
     stage with one pattern model; and generation (E2E) on a causal LM and an encoder-decoder. The cells a cell
     reads come before it."""
-    from bench.harness.cell import CellConfig, plan_cell
     from bench.grid.plan import Cell
+    from bench.harness.cell import CellConfig, plan_cell
     from bench.harness.method import method_names
     from bench.harness.models import get_model_spec, model_names
 
@@ -276,8 +276,8 @@ def restamp_record(path: Path, planned: dict, harness: str) -> bool:
 
 def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_run: bool,
          logged_only: bool = False) -> int:
-    from bench.harness.cell import cpu_description
     from bench.grid.plan import grid_cells, planned_identity, read_record
+    from bench.harness.cell import cpu_description
     from bench.harness.identity import harness_fingerprint
 
     harness = harness_fingerprint()

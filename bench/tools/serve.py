@@ -1,5 +1,5 @@
-"""One frozen base, many trained deltas, one forward pass: `python -m bench.tools.serve CELL_DIR ...` (Lester et al. 2021:
-mixed-task batches; a deployed base model serves every task's delta at once).
+"""One frozen base, many trained deltas, one forward pass: `python -m bench.tools.serve CELL_DIR ...` (Lester et al.
+2021: mixed-task batches; a deployed base model serves every task's delta at once).
 
 Given cells of a grid (each a task's LoRA adapter or soft prompt, saved in DIR/delta/), it loads the base model
 once, attaches every delta, and rank-scores the cells' eval examples in batches that mix the cells, each row under
@@ -7,8 +7,8 @@ its own delta: LoRA rows as peft's mixed-adapter batches (`adapter_names=`) run 
 the batch, each adapter's update B·A·x on its own rows — but on contiguous slices rather than index lists;
 soft-prompt rows by prepending each row's own prompt embedding to its input embeddings (peft prompt tuning
 prepends one prompt to a whole batch, so the mixed batch is built here, as peft's PeftModel builds a single-prompt
-one: one `cat` when the prompts are of one length). As `bench.harness.evaluation.rank_scores` does for one model, the rows
-of all cells are sorted by length before they are cut into batches (a batch pads little), and the LM head runs
+one: one `cat` when the prompts are of one length). As `bench.harness.evaluation.rank_scores` does for one model, the
+rows of all cells are sorted by length before they are cut into batches (a batch pads little), and the LM head runs
 only at the scored positions. It reads the deltas and the cells' outputs and writes nothing. Each example's label
 scores must equal those its own cell computed alone (DIR/outputs.jsonl.gz): the command prints the largest
 difference and fails when a prediction differs or a score differs by more than TOLERANCE (float sums in other

@@ -72,8 +72,8 @@ def zero_shot(settings):
 @pytest.fixture(scope="session")
 def matmul_peak(bench_threads):
     """This machine's fp32 (CPU) / bf16 (CUDA) matmul peak, measured in this session."""
-    from bench.tools.benchmarks import device
     from bench.harness.flops import measure_matmul_peak
+    from bench.tools.benchmarks import device
 
     size = 8192 if device() == "cuda" else 2048
     return {"flops": measure_matmul_peak(bench_threads, device(), size=size), "size": size,

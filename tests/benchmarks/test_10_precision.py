@@ -7,12 +7,12 @@ import statistics
 import torch
 
 from bench.harness.batches import training_batches
-from bench.tools.benchmarks import SST2_HP, Paired, device, load, record
 from bench.harness.cell import seed_everything
 from bench.harness.evaluation import rank_scores
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.tasks import eval_examples, get_task, train_examples
 from bench.harness.train import autocast, train
+from bench.tools.benchmarks import SST2_HP, Paired, device, load, record
 
 
 def test_bf16_training_steps(benchmark, settings):
@@ -31,7 +31,8 @@ def test_bf16_training_steps(benchmark, settings):
                                                      hp["max_len"], 0), hp["steps"]))
 
     def run(precision):
-        return train(models[precision], method, {**hp, "precision": precision}, iter(batches), "causal_lm", progress="bench").losses
+        return train(models[precision], method, {**hp, "precision": precision}, iter(batches), "causal_lm",
+                     progress="bench").losses
 
     paired = Paired({"fp32": lambda: run("fp32")}, lambda: run("bf16"), settings.warmup_rounds
                     ).run(benchmark, settings.train_rounds)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from bench.harness.batches import training_batches
-from bench.tools.benchmarks import E2E_HP, SMOKE_HP, SST2_HP, Paired, bare_peft_lora, bare_train, device, load, record
 from bench.harness.cell import seed_everything
 from bench.harness.flops import flops_per_step, lm_head_parameters, token_path_parameters
+from bench.harness.kinds.causal_lm import target_positions
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.tasks import get_task, train_examples
-from bench.harness.kinds.causal_lm import target_positions
 from bench.harness.train import train
+from bench.tools.benchmarks import E2E_HP, SMOKE_HP, SST2_HP, Paired, bare_peft_lora, bare_train, device, load, record
 
 TASKS = {"sst2": ("train_overhead", SST2_HP), "e2e": ("train_overhead_e2e", E2E_HP)}
 
@@ -64,7 +64,8 @@ def test_train_overhead(benchmark, settings, matmul_peak, task_name):
            warmup_rounds=settings.warmup_rounds, losses_equal=max(differences) < 1e-4,
            max_loss_diff=max(differences), batch_build_s=statistics.median(build), step_s=ours_round / hp["steps"],
            tokens_per_step=tokens / hp["steps"], head_positions_per_step=head_positions / hp["steps"],
-           padded_per_step=sum(b["input_ids"].numel() for b in prebuilt) / hp["steps"], flops_per_step=flops / hp["steps"],
+           padded_per_step=sum(b["input_ids"].numel() for b in prebuilt) / hp["steps"],
+           flops_per_step=flops / hp["steps"],
            train_flops_per_s=flops / ours_round, mfu=flops / ours_round / matmul_peak["flops"],
            trainable_params=trainable, total_params=n_params)
     # correctness, not speed: the bare loop must do the same steps

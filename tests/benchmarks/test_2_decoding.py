@@ -3,11 +3,11 @@ import statistics
 
 import torch
 
-from bench.harness.tokens import prompt_ids
-from bench.tools.benchmarks import Paired, device, generate_one_at_a_time_no_cache, load, record
 from bench.harness.evaluation import Timer, generate
 from bench.harness.method import TRAIN_DEFAULTS
 from bench.harness.tasks import eval_examples, get_task
+from bench.harness.tokens import prompt_ids
+from bench.tools.benchmarks import Paired, device, generate_one_at_a_time_no_cache, load, record
 
 
 def test_decode_speedup(benchmark, settings, zero_shot):

@@ -1,9 +1,9 @@
 """Item 3: all label words in one batched pass vs one forward per label word (goal: ≥ 2× for 2 labels)."""
 import torch
 
-from bench.tools.benchmarks import SST2_HP, Paired, per_label_scores, record
 from bench.harness.evaluation import rank_scores
 from bench.harness.tasks import eval_examples, get_task
+from bench.tools.benchmarks import SST2_HP, Paired, per_label_scores, record
 
 
 def test_rank_speedup(benchmark, settings, zero_shot):

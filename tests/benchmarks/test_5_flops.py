@@ -1,8 +1,8 @@
 """Item 5: FLOPs per training step and MFU against this machine's measured matmul peak (reported)."""
 import statistics
 
-from bench.tools.benchmarks import bench_threads, device, record
 from bench.harness.flops import flops_per_step, measure_matmul_peak
+from bench.tools.benchmarks import bench_threads, device, record
 
 
 def test_flops_utilisation(benchmark, settings, memory_probes, matmul_peak):

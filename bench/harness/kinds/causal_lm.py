@@ -60,9 +60,6 @@ class CausalLM(ModelKind):
     def encode(self, tokenizer, task, examples, max_len: int) -> list:
         return causal_lm_pairs(tokenizer, task, examples, max_len)
 
-    def length(self, item) -> int:
-        return len(item[0]) + len(item[1])
-
     def collate(self, items: list, tokenizer) -> dict:
         return collate_causal_lm(items, tokenizer.pad_token_id)
 

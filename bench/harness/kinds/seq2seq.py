@@ -138,9 +138,6 @@ class Seq2Seq(ModelKind):
     def encode(self, tokenizer, task, examples, max_len: int) -> list:
         return seq2seq_pairs(tokenizer, task, examples, max_len)
 
-    def length(self, item) -> int:
-        return len(item[0]) + len(item[1])
-
     def collate(self, items: list, tokenizer) -> dict:
         return collate_seq2seq(items, tokenizer.pad_token_id)
 

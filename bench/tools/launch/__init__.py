@@ -1,14 +1,15 @@
 """Commands run by forking a server that has already imported torch, transformers, peft and the harness.
 
-A cell's own Python process pays about 4 s of CPU in imports before its first step, more than a tiny cell then
-computes (paper-tiny's 169 cells). `snakemake --config forkserver=true` starts one server for the run (Snakefile,
-onstart) and its jobs' `python -m bench ...` reach it through `python -m bench.tools.launch run -m bench ...`: the client
-hands its argv, environment, working directory and standard streams to the server, which forks a child that runs
-`python -m bench` on them from the already-imported state and reports the exit status back. Without a server (none
-started, or gone) the client execs the plain interpreter, so a job runs the same either way.
+A cell's own Python process pays seconds of CPU in imports before its first step, more than a tiny cell then
+computes (paper-tiny's cells; docs/measured.md). `snakemake --config forkserver=true` starts one server for the run
+(Snakefile, onstart) and its jobs' `python -m bench ...` reach it through `python -m bench.tools.launch run -m bench
+...`: the client hands its argv, environment, working directory and standard streams to the server, which forks a
+child that runs `python -m bench` on them from the already-imported state and reports the exit status back. Without
+a server (none started, or gone) the client execs the plain interpreter, so a job runs the same either way.
 
 Not harness code: it starts processes and changes nothing a cell computes; tests/test_launch.py makes one cell both
-ways and compares the records. The harness hash (bench/harness/cell.py) reads bench/*.py, not this package.
+ways and compares the records. The harness fingerprint (bench/harness/identity.py) covers bench/harness/ and
+bench/api/, not this package.
 The server is one thread (fork from a threaded process can inherit held locks) that never runs a torch op (a
 forked child of a process whose OpenMP pool has started can hang); its children start from that pristine state.
 """
@@ -23,8 +24,10 @@ import sys
 import time
 
 SOCKET_ENV = "PEFT_REPRO_FORKSERVER"  # the server's socket path, for the clients
-PRELOAD = ("torch", "transformers", "peft", "bench.harness.cell", "bench.harness.models", "bench.harness.train", "bench.harness.batches",
-           "bench.harness.evaluation", "bench.harness.scorers", "bench.harness.kinds.seq2seq", "bench.harness.retention", "bench.harness.curves",
+PRELOAD = ("torch", "transformers", "peft", "bench.harness.cell", "bench.harness.models", "bench.harness.train",
+           "bench.harness.batches",
+           "bench.harness.evaluation", "bench.harness.scorers", "bench.harness.kinds.seq2seq",
+           "bench.harness.retention", "bench.harness.curves",
            *(f"transformers.models.{arch}.modeling_{arch}"
              for arch in ("gpt2", "t5", "bart", "llama", "bert", "roberta", "mpnet", "qwen2", "gemma3")))
 MAX_MESSAGE = 1 << 20
@@ -50,7 +53,6 @@ def client(argv: list[str]) -> None:
 def serve(path: str) -> None:
     """Import PRELOAD, then fork a child per request until the parent (Snakemake) exits or SIGTERM arrives."""
     import importlib
-
     from pathlib import Path
 
     import methods
