@@ -21,11 +21,10 @@ def model_architecture(model):
     return architecture(model.config.model_type)
 
 
-PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS"}
-
-
 def peft_task_type(ctx) -> str:
-    return PEFT_TASK_TYPES[ctx.model_kind]
+    from bench.harness.kinds import get_kind
+
+    return get_kind(ctx.model_kind).peft_task_type
 
 
 def freeze(model) -> None:

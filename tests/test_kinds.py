@@ -50,6 +50,10 @@ class Recording(CausalLM):
         self.calls.append("generate")
         return ["the same text"] * len(prompts)
 
+    def load_pretrained(self, source, num_labels):
+        self.calls.append("load_pretrained")
+        return super().load_pretrained(source, num_labels)
+
 
 @pytest.fixture()
 def recording(monkeypatch):
@@ -93,6 +97,17 @@ def test_the_kinds_loss_is_the_step_loss(recording, tiny_llama):
         plain, _ = step_loss(model, method, hp, batch, "causal_lm")
         doubled, _ = step_loss(model, method, hp, batch, "recording")
     assert torch.allclose(doubled, 2 * plain)
+
+
+def test_a_model_of_the_new_kind_loads_through_it(recording, models_cache, monkeypatch):
+    import dataclasses
+
+    from bench.harness import models
+
+    spec = models.get_model_spec("tiny-llama")
+    monkeypatch.setattr(models, "get_model_spec", lambda name: dataclasses.replace(spec, kind="recording"))
+    model, _, _ = models.load_model("tiny-llama", cache=models_cache)
+    assert recording.calls == ["load_pretrained"] and type(model).__name__ == "LlamaForCausalLM"
 
 
 def test_an_unknown_kind_is_one_line_with_its_fix():

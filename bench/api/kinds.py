@@ -11,6 +11,21 @@ class ModelKind:
 
     name: str = ""
     generates: bool = True
+    language_model: bool = False  # scores text by its LM loss (retention needs it)
+    transformers_class: str = "AutoModel"  # the class a converted model is built and saved as
+    peft_task_type: str = ""  # peft's TaskType for methods built on peft
+
+    # ---- loading (bench/harness/models.py)
+    def special_ids(self, tokenizer) -> dict:
+        """The config's special token ids of a tiny model built in code, beyond pad."""
+        return {}
+
+    def load_pretrained(self, source, num_labels: int | None):
+        """The model in folder `source`, fp32, as a cell trains it."""
+        import torch
+        import transformers
+
+        return getattr(transformers, self.transformers_class).from_pretrained(source, dtype=torch.float32)
 
     # ---- training batches (bench/harness/batches.py: training_batches)
     def encode(self, tokenizer, task, examples, max_len: int) -> list:

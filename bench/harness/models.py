@@ -360,20 +360,16 @@ def _byte_level_tokenizer(options: dict):
 def _convert_tiny(spec: ModelSpec, out: Path, work: Path) -> str:
     """Tiny randomly initialised model (torch.manual_seed(0)) plus a byte-level tokenizer, built in code."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    import transformers
 
+    from bench.harness.kinds import get_kind
+
+    kind = get_kind(spec.kind)
     tokenizer = _byte_level_tokenizer(spec.tokenizer)
-    special = {"pad_token_id": tokenizer.pad_token_id}
-    if spec.kind == "causal_lm":
-        special.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    if spec.kind == "seq2seq":  # the decoder starts from T5's pad or BART's end token, as the real models do
-        special.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                       decoder_start_token_id=tokenizer.pad_token_id if tokenizer.bos_token_id is None
-                       else tokenizer.eos_token_id)
-    config = AutoConfig.for_model(**spec.config, vocab_size=len(tokenizer), **special)
+    special = {"pad_token_id": tokenizer.pad_token_id, **kind.special_ids(tokenizer)}
+    config = transformers.AutoConfig.for_model(**spec.config, vocab_size=len(tokenizer), **special)
     torch.manual_seed(0)
-    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(spec.kind, AutoModel)
-    model = auto.from_config(config, dtype=torch.float32)
+    model = getattr(transformers, kind.transformers_class).from_config(config, dtype=torch.float32)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     blob = json.dumps({"config": spec.config, "tokenizer": spec.tokenizer}, sort_keys=True).encode()
@@ -383,9 +379,12 @@ def _convert_tiny(spec: ModelSpec, out: Path, work: Path) -> str:
 def _convert_hub(spec: ModelSpec, out: Path, work: Path) -> str:
     """Cluster users: download once from the model hub (needs the network) and save a plain folder."""
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
-    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[spec.kind]
+    from bench.harness.kinds import get_kind
+
+    auto = getattr(transformers, get_kind(spec.kind).transformers_class)
     try:
         auto.from_pretrained(spec.hub_id, dtype=torch.float32).save_pretrained(out)
         AutoTokenizer.from_pretrained(spec.hub_id).save_pretrained(out)
@@ -459,23 +458,12 @@ def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | 
         if got != want:
             raise BenchError(f"prepared model file {source / fname} does not match its manifest (expected "
                              f"sha256 {want[:16]}..., got {got[:16]}...): delete {source} and rerun prepare-model")
-    import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoTokenizer
+
+    from bench.harness.kinds import get_kind
 
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if spec.kind == "encoder":
-        with torch.random.fork_rng(devices=[]):      # seeded head; the caller's RNG state is untouched
-            torch.manual_seed(0)
-            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels or 2,
-                                                                       dtype=torch.float32)
-    else:
-        cls = AutoModelForCausalLM if spec.kind == "causal_lm" else AutoModelForSeq2SeqLM
-        model = cls.from_pretrained(source, dtype=torch.float32)
+    model = get_kind(spec.kind).load_pretrained(source, num_labels)
     if tokenizer.pad_token is None:                  # causal LMs: pad = eos
         if tokenizer.eos_token is None:
             raise BenchError(f"tokenizer of {name} has neither pad nor eos token: choose another model")

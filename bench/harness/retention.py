@@ -30,6 +30,7 @@ BATCH = 4
 
 def check(hp: dict, task, model_kind: str) -> None:
     """Plan-time refusal of retention settings that cannot work."""
+    from bench.harness.kinds import get_kind
     from bench.harness.tasks import get_task
 
     if not hp["retention"]:
@@ -37,7 +38,7 @@ def check(hp: dict, task, model_kind: str) -> None:
             raise BenchError(f"retention_task={hp['retention_task']} is set but retention is off: "
                              "add retention=true or drop retention_task")
         return
-    if model_kind != "causal_lm":
+    if not get_kind(model_kind).language_model:
         raise BenchError("retention measures language-modelling loss and rank-scored zero-shot accuracy, which need "
                          "a causal LM: drop retention for encoder models")
     text_split = get_text_split()

@@ -56,6 +56,12 @@ def target_positions(labels, extra_positions: int = 0):
 
 class CausalLM(ModelKind):
     name = "causal_lm"
+    language_model = True
+    transformers_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+
+    def special_ids(self, tokenizer) -> dict:
+        return {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
 
     def encode(self, tokenizer, task, examples, max_len: int) -> list:
         return causal_lm_pairs(tokenizer, task, examples, max_len)

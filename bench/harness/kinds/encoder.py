@@ -43,6 +43,16 @@ def encoder_logits(model, tokenizer, task, examples, batch_size: int, max_len: i
 class Encoder(ModelKind):
     name = "encoder"
     generates = False
+    peft_task_type = "SEQ_CLS"
+
+    def load_pretrained(self, source, num_labels: int | None):
+        """With a sequence-classification head, seeded (the caller's RNG state untouched)."""
+        from transformers import AutoModelForSequenceClassification
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels or 2,
+                                                                      dtype=torch.float32)
 
     def encode(self, tokenizer, task, examples, max_len: int) -> list:
         return encoder_features(tokenizer, task, examples, max_len)

@@ -134,6 +134,14 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 
 class Seq2Seq(ModelKind):
     name = "seq2seq"
+    transformers_class = "AutoModelForSeq2SeqLM"
+    peft_task_type = "SEQ_2_SEQ_LM"
+
+    def special_ids(self, tokenizer) -> dict:
+        """The decoder starts from T5's pad or BART's end token, as the real models do."""
+        return {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+                "decoder_start_token_id": tokenizer.pad_token_id if tokenizer.bos_token_id is None
+                else tokenizer.eos_token_id}
 
     def encode(self, tokenizer, task, examples, max_len: int) -> list:
         return seq2seq_pairs(tokenizer, task, examples, max_len)
