@@ -55,11 +55,13 @@ def cmd_methods(args) -> None:
     from bench.method import (CellContext, get_method, method_names, method_summary, resolve_hparams,
                               total_parameters, trainable_parameters)
 
+    from bench.tasks import get_task
+
+    task = get_task(args.task)  # an unknown task is refused with or without --model
     if args.model:
         from bench.models import architecture, get_model_spec, load_model
-        from bench.tasks import get_task
 
-        spec, task = get_model_spec(args.model), get_task(args.task)
+        spec = get_model_spec(args.model)
     for name in method_names():
         line = f"{name:16s} {method_summary(name)}"
         if args.model:
