@@ -185,10 +185,6 @@ def plan_cell(config: CellConfig) -> Plan:
     check_precision(hp)
     retention.check(hp, task, spec.kind)
     root = data_root(config.data_root)
-    if hp["steps"] == 0 and config.eval_limit is None and config.grid is None:
-        raise BenchError(f"steps=0 scores every example of {', '.join([task.name, *(config.shifts or task.shifts)])} "
-                         "without training, which takes many minutes on a CPU: pass --eval-limit N (e.g. 200), or "
-                         "plan the cell in a grid")
     if task.train_split is None and hp["steps"] > 0:
         raise BenchError(f"task {task.name} has no training split (evaluation only): use steps=0 or another task")
     held = ""
@@ -209,6 +205,10 @@ def plan_cell(config: CellConfig) -> Plan:
     if unknown:
         raise BenchError(f"shift(s) {unknown} not defined for task {task.name}: choose from "
                          f"{', '.join(task.shifts) or 'none'}")
+    if hp["steps"] == 0 and config.eval_limit is None and config.grid is None:
+        raise BenchError(f"steps=0 scores every example of {', '.join([task.name, *shifts])} "
+                         "without training, which takes many minutes on a CPU: pass --eval-limit N (e.g. 200), or "
+                         "plan the cell in a grid")
     user_inputs(task, [task.name] + shifts, root)  # a user's data file missing or failing its sha256: fail now
     return Plan(config, task, spec, method, hp, [task.name] + shifts)
 

@@ -42,7 +42,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 PRECISIONS = ("fp32", "bf16")
 # The training hyperparameters' valid ranges: (lowest, whether the lowest itself is allowed, what to use instead).
-# Checked when hyperparameters are resolved, so a grid, the CLI and a test all get one line before a model loads.
+# (eval_every and curve_limit: bench/curves.py.) Checked when hyperparameters are resolved, so a grid, the CLI and a test all get one line before a model loads.
 RANGES: dict[str, tuple[float, bool, str]] = {
     "lr": (0, False, "a positive learning rate, e.g. lr=1e-4"),
     "steps": (0, True, "steps=0 (no training) or a positive number of steps"),
@@ -53,8 +53,6 @@ RANGES: dict[str, tuple[float, bool, str]] = {
     "grad_clip": (0, True, "grad_clip=0 (no clipping) or a positive norm"),
     "max_len": (1, True, "a positive number of tokens, e.g. max_len=128"),
     "num_beams": (1, True, "num_beams=1 (greedy) or more"),
-    "eval_every": (0, True, "eval_every=0 (no learning curve) or a positive number of steps"),
-    "curve_limit": (1, True, "at least 1 example"),
 }
 
 
