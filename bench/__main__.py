@@ -85,8 +85,9 @@ def cmd_methods(args) -> None:
 def cmd_report(args) -> None:
     from bench.report import write_report
 
-    for path in write_report(args.grid):
-        print(path)
+    paths = write_report(args.grid)  # the end of a run: where the files went, then the verdicts (verdicts.md)
+    print(f"wrote {len(paths)} files: {', '.join(sorted({str(p.parent) for p in paths}))}")
+    print(next(p for p in paths if p.name == "verdicts.md").read_text(), end="")
 
 
 def cmd_power(args) -> None:

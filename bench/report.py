@@ -34,6 +34,41 @@ INTERVALS = ("Intervals: seeds and eval examples as two levels -- Student's t ov
              "docs/statistics.md).")
 
 
+def verdicts_md(name: str, claims: list[dict], cells: pd.DataFrame) -> str:
+    """The end-of-run summary (`python -m bench report` prints it; reports/<grid>/verdicts.md keeps it): the cells'
+    counts (ok / stale / failed) and one row per claim that ran, claim | Δ [95% interval] | verdict, columns padded so
+    that the Markdown table reads as a table in a terminal too; the claims not run, named on one line."""
+    from bench.report_verdicts import deciding
+
+    status = cells["status"] if len(cells) else pd.Series(dtype=str)
+    stale = int(cells["stale"].sum()) if len(cells) else 0
+    ok = int(((status == "ok") & ~cells["stale"]).sum()) if len(cells) else 0
+    others = status[status != "ok"].value_counts()
+    failed = int(others.get("failed", 0))
+    more = "".join(f", {n} {s}" for s, n in others.items() if s != "failed")
+    lines = [f"Grid `{name}`: {len(cells)} cells: {ok} ok, {stale} stale, {failed} failed{more} "
+             f"(results/{name}/cells.csv)."]
+    if claims:
+        counts = pd.Series([r["verdict"] for r in claims]).value_counts()
+        lines.append(f"Claims: {', '.join(f'{n} {v}' for v, n in counts.items())} of {len(claims)} "
+                     f"(reports/{name}/claims.md).")
+        rows, absent = [], [r["id"] for r in claims if r["verdict"] == "not run"]
+        for r in claims:
+            if r["verdict"] == "not run":
+                continue
+            f = deciding(r["found"]) if r["found"] else None
+            iv = f.interval if f is not None else None
+            delta = (f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] {f.comparison.unit}" if iv is not None
+                     else "–")
+            rows.append((r["id"], delta, r["verdict"]))
+        head = ("claim", "Δ [95% interval]", "verdict")
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(3)]
+        lines += ["", *("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+                        for row in [head, tuple("-" * w for w in widths), *rows])] if rows else []
+        lines += [f"Not run (no cells of theirs here): {', '.join(absent)}."] if absent else []
+    return "\n".join(lines) + "\n"
+
+
 def write_report(grid: str) -> list[Path]:
     """The grid's report; where the grid names a `readme` (the study: README.md), also that file's study-claims
     block (the claims table, linked to this report's claims.md)."""
@@ -109,10 +144,10 @@ def write_report(grid: str) -> list[Path]:
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md",
-             rep / "headline.md"]
+             rep / "headline.md", rep / "verdicts.md"]
     texts = {paths[3]: "% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
              + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims, before),
-             paths[5]: headline_md(claims, before=before)}
+             paths[5]: headline_md(claims, before=before), paths[6]: verdicts_md(name, claims, cells)}
     if readme is not None:
         texts[readme] = readme_with_headline(readme.read_text(), headline_md(claims, f"{rep}/claims.md", before))
         paths.append(readme)
