@@ -15,8 +15,10 @@ import yaml
 
 from bench.cell import harness_hash, write_atomic
 from bench.grid import load_grid_file
-from bench.report_claims import (CHECKS, CLAIMS, HEADLINE_END, HEADLINE_START, claims_md,  # noqa: F401 (the API)
-                                 evaluate_claims, headline_md, readme_with_headline, select)
+from bench.report_claims import (CELL_CHARS, CHECKS, CLAIMS, HEADLINE_END, HEADLINE_START,  # noqa: F401 (the API)
+                                 claims_md,
+                                 evaluate_claims, headline_md, readme_with_headline, select,
+                                 slim_headline_md)
 from bench.report_curves import curve_points, curve_tables, records, retention_tables
 from bench.report_stats import CORPUS_RESAMPLES, RESAMPLES
 from bench.report_summary import PER_SEED, add_intervals, load, paired_difference, summarize  # noqa: F401
@@ -72,7 +74,7 @@ def verdicts_md(name: str, claims: list[dict], cells: pd.DataFrame) -> str:
 def write_report(grid: str) -> list[Path]:
     """The grid's report; where the grid names a `readme` (the study: README.md), also that file's study-claims
     block (the claims table, linked to this report's claims.md)."""
-    from bench.plots import make_plots, plot_curves, plot_forest
+    from bench.plots import make_plots, plot_claims, plot_curves, plot_forest
 
     name, data = load_grid_file(grid)
     readme = Path(data["readme"]) if data.get("readme") else None
@@ -99,7 +101,7 @@ def write_report(grid: str) -> list[Path]:
     plots = [*(make_plots(S, plots_dir) if len(S) else []), *plot_curves(curve_points(found), plots_dir)]
     claims = evaluate_claims(S, cells, hp_cols, yaml.safe_load(CLAIMS.read_text())["claims"])
     forest = plot_forest(claims, plots_dir)
-    plots += [forest] if forest else []
+    plots += ([forest] if forest else []) + plot_claims(claims, plots_dir)
     before = rep / "verdicts-before.json"  # the verdicts under the statistics before these (shown before → after)
     before = json.loads(before.read_text())["verdicts"] if before.exists() else None
     counts = cells["status"].value_counts()
@@ -149,7 +151,7 @@ def write_report(grid: str) -> list[Path]:
              + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims, before),
              paths[5]: headline_md(claims, before=before), paths[6]: verdicts_md(name, claims, cells)}
     if readme is not None:
-        texts[readme] = readme_with_headline(readme.read_text(), headline_md(claims, f"{rep}/claims.md", before))
+        texts[readme] = readme_with_headline(readme.read_text(), slim_headline_md(claims, f"{rep}/claims.md"))
         paths.append(readme)
     texts[paths[2]] = "\n".join(parts)  # README.md last: the file `rule all` asks for
     for path, text in texts.items():  # atomically: a killed report never leaves a partial file to be trusted

@@ -542,7 +542,13 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
     assert "2 seeds × 100 examples" in row and "| **inconclusive**" in row  # 2 settings: t on 1 df
     written = top.read_text()
     assert "old table" not in written and written.startswith("# Suite\n") and written.endswith("\n\n## Next\n")
-    assert headline.replace("](claims.md#", "](reports/study/claims.md#") in written
+    block = written.split(report.HEADLINE_START)[1].split(report.HEADLINE_END)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| [")]
+    assert len(rows) == headline.count("\n| [") and all(len(cell.strip()) <= report.CELL_CHARS for row in rows
+                                                        for cell in row.strip("|").split(" | "))
+    slim = next(line for line in block.splitlines() if line.startswith("| [prompt_tuning_robust_to_domain_shift]"))
+    assert "| -6.00 [" in slim and "2 seeds × 100 ex. | **inconclusive** |" in slim
+    assert "[c1]: reports/study/claims.md#" in block
 
 
 def test_cells_two_parts_share_are_one_pair_in_a_claim(tmp_path, monkeypatch, no_plots):
@@ -590,11 +596,19 @@ def test_a_part_names_a_variant_alike_on_every_model(tmp_path, monkeypatch, no_p
 
 
 def test_readme_claims_table_is_the_study_reports():
-    """README's study table is reports/study/headline.md (both written by `python -m bench report study`)."""
+    """README's study table is reports/study/headline.md's claims and verdicts, slim (both written by `python -m bench
+    report study`): every cell at most 80 characters, each claim linked to its section of claims.md."""
     readme = (REPO / "README.md").read_text()
     block = readme.split(report.HEADLINE_START)[1].split(report.HEADLINE_END)[0]
     table = (REPO / "reports/study/headline.md").read_text()
-    assert block.strip() == table.replace("](claims.md#", "](reports/study/claims.md#").strip()
+
+    def verdicts(text):
+        return re.findall(r"^\| \[(\w+)\][^|]*\|.*\| \*\*([a-z ]+)\*\*", text, re.M)
+    assert verdicts(block) == verdicts(table) and len(verdicts(block)) >= 20
+    rows = [line for line in block.splitlines() if line.startswith("| [")]
+    assert all(len(cell.strip()) <= report.CELL_CHARS for row in rows for cell in row.strip("|").split(" | "))
+    for claim, _ in verdicts(block):
+        assert re.search(rf"^\[c\d+\]: reports/study/claims\.md#{claim}$", block, re.M)
     with pytest.raises(BenchError, match="README.md has no study-claims block"):
         report.readme_with_headline("# no block\n", table)
 

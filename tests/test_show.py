@@ -69,3 +69,76 @@ def test_the_java_tokenizer_chatter_goes_to_the_log(capfd, tmp_path, monkeypatch
     captured = capfd.readouterr()
     assert "PTBTokenizer" not in captured.err + captured.out
     assert "PTBTokenizer tokenized" in (tmp_path / "java.log").read_text()
+
+
+def _series(ax) -> int:
+    """The series an axes draws: its containers (error bars, bars) and its lines outside them (reference lines at
+    a threshold or 0 count too)."""
+    inside = {id(a) for c in ax.containers for a in c.get_children()}
+    lines = [line for line in ax.lines if id(line) not in inside]
+    return len(ax.containers) + len(lines) + len(ax.collections) * 0
+
+
+def test_every_figure_has_at_most_6_series_per_axes_and_its_legends_outside(built):
+    tmp_path, _, figures = built
+    names = {Path(p).name for p in (tmp_path / "reports/g/plots").glob("*.png")}
+    assert {"size-sst2.png", "trainsize-sst2.png", "shift-sst2.png", "pareto-sst2.png", "pareto-e2e.png",
+            "forest-claims.png"} <= names
+    assert any(n.startswith("claim-") for n in names)  # one figure per claim with comparisons
+    assert len(figures) == len(names)
+    for fig in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        boxes = [ax.get_window_extent(renderer) for ax in axes]
+        legends = [ax.get_legend() for ax in axes if ax.get_legend()] + list(fig.legends)
+        assert legends, fig._suptitle.get_text() if fig._suptitle else fig
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax_box in boxes:
+                assert not box.overlaps(ax_box), (fig._suptitle.get_text() if fig._suptitle else "", legend)
+        for ax in axes:
+            assert _series(ax) <= 6, (fig._suptitle.get_text() if fig._suptitle else "", _series(ax))
+            assert len(ax.get_legend_handles_labels()[0]) <= 6
+
+
+def test_figures_speak_in_words_and_name_train_size_seeds_and_eval_examples(built):
+    _, _, figures = built
+    titled = [fig for fig in figures if fig._suptitle]  # all but the forest plot (its axes title counts the verdicts)
+    assert len(titled) == len(figures) - 1
+    for fig in titled:
+        title = fig._suptitle.get_text()
+        assert "seed" in title and "eval example" in title, title
+        if title.startswith(("sst2:", "e2e:")):  # a task's figure: its train size(s) in the title or its panels
+            assert "train size" in title + " ".join(ax._left_title.get_text() for ax in fig.axes), title
+        legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        for text in [title, *legends, *(ax._left_title.get_text() for ax in fig.axes)]:
+            assert not re.search(r"\bn=", text), text  # "n" never stands for two things
+        for text in legends:  # variants in words, not the grid's keys
+            assert "full_ft" not in text and "prompt_tuning" not in text and "method=" not in text, text
+    labels = {t.get_text() for fig in figures for ax in fig.axes if ax.get_legend()
+              for t in ax.get_legend().get_texts()}
+    assert {"full fine-tuning", "LoRA", "prompt tuning"} <= labels
+
+
+def test_shift_and_pareto_plots_show_every_model(built):
+    _, _, figures = built
+    by_title = {fig._suptitle.get_text(): fig for fig in figures if fig._suptitle}
+    shift = next(f for t, f in by_title.items() if t.startswith("sst2: in-domain vs shifted"))
+    assert sorted(ax._left_title.get_text() for ax in shift.axes) == ["smollm2-135m, train size 200",
+                                                                     "smollm2-360m, train size 200"]
+    pareto = next(f for t, f in by_title.items() if t.startswith("e2e: score vs cost"))
+    assert sorted(ax._left_title.get_text() for ax in pareto.axes if ax._left_title.get_text()) == [
+        f"{m}, train size {n}" for m in ("smollm2-135m", "smollm2-360m") for n in (200, 50)]
+
+
+def test_variant_labels_are_words():
+    from bench.plots import variant_label
+
+    assert variant_label({"variant": "prompt_tuning-init-init=class_label", "method": "prompt_tuning",
+                          "num_virtual_tokens": 20.0, "init": "class_label"}) == \
+        "prompt tuning, 20 tokens, class-label init"
+    assert variant_label({"variant": "prompt_tuning-init-init=random"}) == "prompt tuning, random init"
+    assert variant_label({"variant": "full_ft [study-e2e]", "method": "full_ft"}) == \
+        "full fine-tuning (study-e2e part)"
+    assert variant_label({"variant": "lora-lr=0.001", "method": "lora"}) == "LoRA, lr 0.001"
