@@ -71,6 +71,26 @@ def verdicts_md(name: str, claims: list[dict], cells: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_html(text: str) -> str:
+    """Markdown (tables included) as an HTML fragment, for pages `snakemake --report` shows inline (it offers .md
+    files as downloads); images dropped (the report's Plots category holds them)."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(re.sub(r"!\[[^\]]*\]\([^)]*\)\n?", "", text))
+
+
+def verdicts_html(verdicts: str, forest: Path | None) -> str:
+    """verdicts.md as HTML with the forest plot embedded (a data URI): the Snakemake report's opening page includes
+    it (config/report/workflow.rst)."""
+    import base64
+
+    image = (f'<p><img alt="forest plot of the claims" style="max-width:100%" src="data:image/png;base64,'
+             f'{base64.b64encode(forest.read_bytes()).decode()}"></p>\n' if forest is not None else "")
+    return ('<div class="peft-repro-verdicts">\n' + markdown_html(verdicts) + image + "</div>\n")
+
+
 def write_report(grid: str) -> list[Path]:
     """The grid's report; where the grid names a `readme` (the study: README.md), also that file's study-claims
     block (the claims table, linked to this report's claims.md)."""
@@ -146,10 +166,13 @@ def write_report(grid: str) -> list[Path]:
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md",
-             rep / "headline.md", rep / "verdicts.md"]
+             rep / "headline.md", rep / "verdicts.md", rep / "verdicts.html", rep / "claims.html", rep / "README.html"]
     texts = {paths[3]: "% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
              + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims, before),
              paths[5]: headline_md(claims, before=before), paths[6]: verdicts_md(name, claims, cells)}
+    texts[paths[7]] = verdicts_html(texts[paths[6]], forest)
+    texts[paths[8]] = markdown_html(texts[paths[4]])
+    texts[paths[9]] = markdown_html("\n".join(parts))  # the tables, viewable in `snakemake --report`'s page
     if readme is not None:
         texts[readme] = readme_with_headline(readme.read_text(), slim_headline_md(claims, f"{rep}/claims.md"))
         paths.append(readme)
