@@ -12,6 +12,7 @@ has its own colour and marker (bars: colour and hatch) in every figure. Files ar
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -77,14 +78,29 @@ def variant_label(row) -> str:
 
 
 def _labels(T) -> dict:
-    return {v: variant_label(r) for v, r in T.drop_duplicates("variant").set_index("variant", drop=False)
+    """Variant -> its label, wrapped to fit the legend's column beside the axes."""
+    return {v: textwrap.fill(variant_label(r), 44, subsequent_indent="  ") for v, r in T.drop_duplicates("variant").set_index("variant", drop=False)
             .to_dict("index").items()}
 
 
-def _styles(T) -> dict:
-    """Per method variant a (colour, marker) pair no other variant of the summary has: 9 colours x 12 markers."""
-    return {v: (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)])
-            for i, v in enumerate(dict.fromkeys(T["variant"]))}
+def _styles(order) -> dict:
+    """Per method variant a (colour, marker) pair. `order`: a frame (its variants in order), or the variants panel
+    by panel (a list of lists): a variant new to a panel takes the next colour no variant of that panel has yet,
+    so the at most MAX_SERIES series of one axes never share a colour (9 colours, 12 markers)."""
+    panels = [list(dict.fromkeys(order["variant"]))] if isinstance(order, pd.DataFrame) else order
+    styles, following = {}, 0
+    for group in panels:
+        used = {styles[v][0] for v in group if v in styles}
+        for v in group:
+            if v in styles:
+                continue
+            i = following
+            while COLORS[i % len(COLORS)] in used and i < following + len(COLORS):
+                i += 1
+            styles[v] = (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)])
+            used.add(styles[v][0])
+            following = i + 1
+    return styles
 
 
 def _yerr(D):
@@ -138,10 +154,10 @@ def _save(fig, axes, path: Path, title: str, ylabel: str, D=None) -> Path:
         a.set_axisbelow(True)
         if ylabel and a.get_subplotspec().is_first_col():
             a.set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=10)
-    rows = np.atleast_2d(axes).shape[0]
     height = fig.get_figheight()
-    fig.subplots_adjust(left=0.09, right=1 - 3.7 / fig.get_figwidth(), bottom=0.75 / height, top=1 - 0.6 / height,
+    fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
+    rows = np.atleast_2d(axes).shape[0]
+    fig.subplots_adjust(left=0.09, right=1 - 3.7 / fig.get_figwidth(), bottom=0.75 / height, top=1 - 0.75 / height,
                         hspace=0.55 if rows > 1 else 0.2, wspace=0.12)  # fixed: tight_layout is slow
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -168,9 +184,11 @@ def _unit(D) -> str:
 def plot_size(T, task, out: Path):
     size = max(T["train_size"], key=_num)
     D = T[T["in_domain"] & (T["train_size"] == size)]
-    if D["model_params"].nunique() < 2:
+    D = D[D.groupby("variant")["model_params"].transform("nunique") >= 2]  # a line needs two sizes
+    if D.empty:
         return None
-    groups, styles, labels = _chunks(list(dict.fromkeys(D["variant"]))), _styles(T), _labels(T)
+    groups, labels = _chunks(list(dict.fromkeys(D["variant"]))), _labels(T)
+    styles = _styles(groups)
     fig, axes = _panels(len(groups))
     for ax, group in zip(axes[:, 0], groups):
         _lines(ax, D[D["variant"].isin(group)], "model_params", styles, labels)
@@ -180,12 +198,14 @@ def plot_size(T, task, out: Path):
 
 def plot_data(T, task, out: Path):
     D = T[T["in_domain"] & T["train_size"].str.isdigit()]
+    D = D[D.groupby(["model", "variant"])["train_size"].transform("nunique") >= 2]  # a line needs two sizes
     models = [m for m in dict.fromkeys(D.sort_values("model_params")["model"])
               if D.loc[D["model"] == m, "train_size"].nunique() >= 2]
     if not models:
         return None
-    styles, labels = _styles(T), _labels(T)
+    labels = _labels(T)
     panels = [(m, g) for m in models for g in _chunks(list(dict.fromkeys(D.loc[D["model"] == m, "variant"])))]
+    styles = _styles([g for _, g in panels])
     fig, axes = _panels(len(panels))
     for ax, (model, group) in zip(axes[:, 0], panels):
         M = D[(D["model"] == model) & D["variant"].isin(group)]
@@ -207,11 +227,11 @@ def plot_shift(T, task, out: Path):
         if shifted.empty:
             continue
         size = max(shifted["train_size"], key=_num)
-        M = M[M["train_size"] == size]
+        M = M[(M["train_size"] == size) & M["variant"].isin(shifted.loc[shifted["train_size"] == size, "variant"])]
         panels += [(model, size, M[M["variant"].isin(g)]) for g in _chunks(list(dict.fromkeys(M["variant"])))]
     if not panels:
         return None
-    styles, labels = _styles(T), _labels(T)
+    styles, labels = _styles([list(dict.fromkeys(D["variant"])) for *_, D in panels]), _labels(T)
     sets_all = max((list(dict.fromkeys(D["eval_set"])) for *_, D in panels), key=len)
     fig, axes = _panels(len(panels), width=max(6.4, 1.3 * len(sets_all)))
     for ax, (model, size, D) in zip(axes[:, 0], panels):
@@ -261,7 +281,7 @@ def plot_pareto(T, task, out: Path):
         rows += [(model, size, S, variants[i:i + step]) for i in range(0, len(variants), step)]
     if not rows:
         return None
-    styles, labels = _styles(T), _labels(T)
+    styles, labels = _styles([group for *_, group in rows]), _labels(T)
     fig, axes = _panels(len(rows), width=9.0, height=3.0, columns=2)
     for (model, size, S, group), pair in zip(rows, axes):
         for ax, col, scale, label in ((pair[0], "peak_mem_bytes", 2**30, "peak memory (GB)"),
@@ -305,7 +325,8 @@ def plot_curves(P: pd.DataFrame, out: Path) -> list[Path]:
     paths = []
     for (task, model, size), D in (P.groupby(["task", "model", "train_size"], sort=False) if len(P) else []):
         styles = _styles(D)
-        labels = {v: variant_label({"variant": v}) for v in dict.fromkeys(D["variant"])}
+        labels = {v: textwrap.fill(variant_label({"variant": v}), 44, subsequent_indent="  ")
+                  for v in dict.fromkeys(D["variant"])}
         groups = _chunks(list(dict.fromkeys(D["variant"])))
         fig, axes = _panels(len(groups), width=9.0, height=3.4, columns=2)
         for pair, group in zip(axes, groups):
@@ -346,10 +367,10 @@ def plot_claims(claims: list[dict], out: Path) -> list[Path]:
                     label=f"Δ [95% interval]: {r['verdict']}")
         c = drawn[0].comparison
         if hypothesis == "equivalence":
-            ax.axvspan(-c.margin, c.margin, color="#1a9850", alpha=0.1, label=f"equivalence: |Δ| < {c.margin:g}")
+            ax.axvspan(-c.margin, c.margin, color="#777777", alpha=0.15, label=f"equivalence: |Δ| < {c.margin:g}")
         else:
             threshold = c.side * (c.margin if hypothesis == "superiority" else -c.margin)
-            ax.axvline(threshold, color="#1a9850", linestyle="--", linewidth=1.2,
+            ax.axvline(threshold, color="#777777", linestyle="--", linewidth=1.2,
                        label=f"threshold {threshold:+g} ({hypothesis.replace('_', '-')}; paper's side: "
                              f"{'right' if c.side > 0 else 'left'})")
         ax.axvline(0, color="k", linewidth=0.8, label="no difference")

@@ -72,11 +72,13 @@ def test_the_java_tokenizer_chatter_goes_to_the_log(capfd, tmp_path, monkeypatch
 
 
 def _series(ax) -> int:
-    """The series an axes draws: its containers (error bars, bars) and its lines outside them (reference lines at
-    a threshold or 0 count too)."""
+    """The series an axes draws: its containers (error bars; bars, with their own error bars as part of them) and
+    its lines outside them (reference lines at a threshold or 0 count too)."""
+    bars_own = {id(c.errorbar) for c in ax.containers if getattr(c, "errorbar", None) is not None}
+    containers = [c for c in ax.containers if id(c) not in bars_own]
     inside = {id(a) for c in ax.containers for a in c.get_children()}
     lines = [line for line in ax.lines if id(line) not in inside]
-    return len(ax.containers) + len(lines) + len(ax.collections) * 0
+    return len(containers) + len(lines)
 
 
 def test_every_figure_has_at_most_6_series_per_axes_and_its_legends_outside(built):
@@ -99,7 +101,21 @@ def test_every_figure_has_at_most_6_series_per_axes_and_its_legends_outside(buil
                 assert not box.overlaps(ax_box), (fig._suptitle.get_text() if fig._suptitle else "", legend)
         for ax in axes:
             assert _series(ax) <= 6, (fig._suptitle.get_text() if fig._suptitle else "", _series(ax))
-            assert len(ax.get_legend_handles_labels()[0]) <= 6
+            handles, labels = ax.get_legend_handles_labels()
+            assert len(handles) <= 6
+            colours = [tuple(_colour(h)) for h, label in zip(handles, labels) if not label.startswith("Pareto")]
+            assert len(colours) == len(set(colours)), labels  # no two series of one axes share a colour
+
+
+def _colour(handle):
+    from matplotlib.colors import to_rgba
+
+    artist = handle[0] if isinstance(handle, tuple) or hasattr(handle, "lines") and handle.lines else handle
+    if hasattr(handle, "patches"):  # bars
+        return to_rgba(handle.patches[0].get_facecolor())
+    if hasattr(handle, "lines"):  # error bars: their data line
+        artist = handle.lines[0] if handle.lines[0] is not None else handle
+    return to_rgba(artist.get_color())
 
 
 def test_figures_speak_in_words_and_name_train_size_seeds_and_eval_examples(built):
