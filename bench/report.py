@@ -67,7 +67,7 @@ def verdicts_md(name: str, claims: list[dict], cells: pd.DataFrame) -> str:
         widths = [max(len(row[i]) for row in [head, *rows]) for i in range(3)]
         lines += ["", *("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
                         for row in [head, tuple("-" * w for w in widths), *rows])] if rows else []
-        lines += [f"Not run (no cells of theirs here): {', '.join(absent)}."] if absent else []
+        lines += ["", f"Not run (no cells of theirs here): {', '.join(absent)}."] if absent else []
     return "\n".join(lines) + "\n"
 
 
