@@ -109,6 +109,9 @@ onstart:
 onsuccess:
     for server in FORK_SERVER:
         server.terminate()
+    verdicts = Path(f"reports/{GRID_NAME}/verdicts.md")  # the run ends on the verdicts, not on file paths
+    if verdicts.is_file() and not workflow.dryrun:
+        print("\n" + verdicts.read_text(), end="", file=sys.stderr)
 
 
 onerror:

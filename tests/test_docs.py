@@ -119,3 +119,15 @@ def test_a_real_browser_shows_the_verdict_table_and_the_forest_plot(site, tmp_pa
                                                      "not run"}
     assert all(link.startswith("reports/study/claims.html#") for link in table["links"])
     assert all(w > 100 and h > 100 for w, h in page["shown"])  # the table and the plot take room on the page
+
+
+def test_the_readme_is_short_and_points_to_the_docs():
+    """README.md: at most 200 lines; what the study found with the forest plot, the claims table, the two commands
+    (test_lock.py checks them against .ci/run), and links to every docs page, each of which exists."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert "## What the study found" in readme and "](reports/study/plots/forest-claims.png)" in readme
+    assert "## The two commands" in readme and "## Where to go next" in readme
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", readme))
+    pages = {p.name for p in (REPO / "docs").glob("*.md")}
+    assert linked == pages - {"index.md"}, linked ^ (pages - {"index.md"})
