@@ -86,7 +86,7 @@ def cmd_report(args) -> None:
     from bench.report import write_report
 
     paths = write_report(args.grid)  # the end of a run: where the files went, then the verdicts (verdicts.md)
-    print(f"wrote {len(paths)} files: {', '.join(sorted({str(p.parent) for p in paths}))}")
+    print(f"wrote {len(paths)} files: {', '.join(sorted({str(p.parent if p.parent.name else p) for p in paths}))}")
     print(next(p for p in paths if p.name == "verdicts.md").read_text(), end="")
 
 

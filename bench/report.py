@@ -16,8 +16,7 @@ import yaml
 from bench.cell import harness_hash, write_atomic
 from bench.grid import load_grid_file
 from bench.report_claims import (CELL_CHARS, CHECKS, CLAIMS, HEADLINE_END, HEADLINE_START,  # noqa: F401 (the API)
-                                 claims_md,
-                                 evaluate_claims, headline_md, readme_with_headline, select,
+                                 claims_md, evaluate_claims, headline_md, readme_with_headline, select,
                                  slim_headline_md)
 from bench.report_curves import curve_points, curve_tables, records, retention_tables
 from bench.report_stats import CORPUS_RESAMPLES, RESAMPLES

@@ -1,9 +1,11 @@
 """Issue 33: what a reader sees at the end of a run (the verdicts summary) and in the figures (one message each:
 at most 6 series per axes, legends outside the axes, human labels, titles that say train size, seeds and eval
 examples). The report is built once from synthetic records (tests/test_report.py's two-model grid)."""
+import io
 import os
 import re
 import shutil
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,8 @@ def built(tmp_path_factory):
     """The two-model grid's report, its printed summary and the matplotlib figures it drew (kept open)."""
     import matplotlib.pyplot as plt
 
+    from bench import plots
     from tests.test_report import _sweep_grid
-
-    import bench.plots as plots
 
     tmp_path, here = tmp_path_factory.mktemp("show"), os.getcwd()
     os.chdir(tmp_path)
@@ -28,9 +29,6 @@ def built(tmp_path_factory):
     plots.plt.close = lambda fig=None: figures.append(fig)  # the figures stay inspectable
     try:
         grid = _sweep_grid(tmp_path)
-        import io
-        from contextlib import redirect_stdout
-
         out = io.StringIO()
         with redirect_stdout(out):
             assert main(["report", grid]) == 0
