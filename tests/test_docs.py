@@ -131,3 +131,9 @@ def test_the_readme_is_short_and_points_to_the_docs():
     linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", readme))
     pages = {p.name for p in (REPO / "docs").glob("*.md")}
     assert linked == pages - {"index.md"}, linked ^ (pages - {"index.md"})
+
+
+def test_the_docs_give_the_readmes_two_commands():
+    readme, quickstart = (REPO / "README.md").read_text(), (REPO / "docs" / "quickstart.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2 and all(command in quickstart for command in commands)
