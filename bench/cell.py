@@ -6,6 +6,7 @@ never leaves a partial record, and a finished record is never touched by a faili
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import gzip
@@ -228,7 +229,9 @@ def check_counts(config: CellConfig) -> None:
 
 
 def check_writable(out_dir: Path) -> None:
-    """The cell's folder exists and takes a file, before a model loads: one line otherwise."""
+    """The cell's folder can be made and takes a file, before a model loads: one line otherwise. Folders made for
+    the probe are removed again (the cell writes its own when it has something to write)."""
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".writable-"):
@@ -236,6 +239,10 @@ def check_writable(out_dir: Path) -> None:
     except OSError as error:
         raise BenchError(f"cannot write to {out_dir} ({error.strerror or error}): pass an --out folder you can "
                          "write to") from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def seed_everything(seed: int) -> None:

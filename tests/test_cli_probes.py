@@ -51,13 +51,22 @@ def test_steps_0_runs_once_the_eval_sets_are_limited():
                          grid="paper"))  # a grid states its eval sets: the paper grid scores them all
 
 
-def test_an_unwritable_output_is_one_line_before_the_model_loads(tmp_path, models_cache):
+def test_an_unwritable_output_is_one_line_before_the_model_loads(tmp_path, models_cache, monkeypatch):
+    import bench.models
+
+    monkeypatch.setattr(bench.models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(BenchError, match=r"^cannot write to .*a-file/cell .*: pass an --out folder you can write to$"):
         run_cell(CellConfig(task="sst2", model="tiny-llama", method="lora", train_size=16, hp={"steps": 1},
                             eval_limit=4), blocker / "cell")
-    assert not any(models_cache.iterdir())  # refused before the model was converted or loaded
+
+
+def test_the_writability_probe_leaves_no_folder_behind(tmp_path):
+    from bench.cell import check_writable
+
+    check_writable(tmp_path / "a" / "b" / "cell")
+    assert list(tmp_path.iterdir()) == []  # the folders it made to probe are gone again
 
 
 def disk_full(*_args, **_kwargs):
