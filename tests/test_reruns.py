@@ -276,7 +276,7 @@ def test_reruns_are_exact(clone):
     (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(GRID))
 
     # docs/add-a-method.md: the DoRA file from that page plus one grid line schedules only its cells
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "add-a-method.md").read_text()
     code = readme.split("# methods/dora.py\n", 1)[1].split("```", 1)[0]
     (project / "methods/dora.py").write_text(code)
     methods = dict(GRID["methods"], dora={"lr": 1e-3, "r": 8})
