@@ -1,7 +1,7 @@
 # Wiring only: cells come from config/grids/<grid>.yaml (default: smoke); all logic lives in bench/.
 #   snakemake --cores all                       # the default grid
 #   snakemake --cores all --config grid=NAME    # another grid (a name in config/grids/ or a .yaml path)
-#   ... --config tasks=FILE                     # your tasks file, merged over config/tasks.yaml (README: Add a dataset)
+#   ... --config tasks=FILE                     # your tasks file, merged over config/tasks.yaml (docs/extend.md: Add a dataset)
 #   ... --config forkserver=true                # many short cells on this machine: jobs fork an imported process
 import gc
 import inspect
@@ -31,6 +31,11 @@ except BenchError as error:
     sys.exit(f"error: {error}")
 RECORDS = [f"{d}/record.json" for d in CELLS]
 GRID_NAME = load_grid_file(GRID)[0]  # a grid of parts: its cells sit in their parts' folders, its report in its own
+config["peft_repro_report_dir"] = f"reports/{GRID_NAME}"  # for the HTML report's opening page (its verdicts)
+REPORT = f"{workflow.basedir}/config/report"  # `snakemake --report`: the opening page and every output's caption
+
+
+report: f"{REPORT}/workflow.rst"
 PY = sys.executable
 MODELS = cache_dir()  # converted checkpoints, shared by every grid ($PEFT_REPRO_MODELS overrides)
 DATA_ROOT = f"--data-root {config['data_root']}" if "data_root" in config else ""
@@ -104,6 +109,9 @@ onstart:
 onsuccess:
     for server in FORK_SERVER:
         server.terminate()
+    verdicts = Path(f"reports/{GRID_NAME}/verdicts.md")  # the run ends on the verdicts, not on file paths
+    if verdicts.is_file() and not workflow.dryrun:
+        print("\n" + verdicts.read_text(), end="", file=sys.stderr)
 
 
 onerror:
@@ -158,15 +166,25 @@ rule report:  # records only, never trains; `snakemake --report reports/<grid>/r
                        name=glob_wildcards(f"{workflow.basedir}/bench/{{name}}.py").name),
         claims=f"{workflow.basedir}/config/claims.yaml",
     output:
-        readme=report(f"reports/{GRID_NAME}/README.md", category="Tables", labels={"file": "README.md (all tables)"}),
-        tex=report(f"reports/{GRID_NAME}/tables.tex", category="Tables", labels={"file": "tables.tex (LaTeX)"}),
-        claims=report(f"reports/{GRID_NAME}/claims.md", category="Claims", labels={"file": "claims.md (verdicts)"}),
-        headline=report(f"reports/{GRID_NAME}/headline.md", category="Claims",
+        readme=f"reports/{GRID_NAME}/README.md",
+        tables=report(f"reports/{GRID_NAME}/README.html", caption=f"{REPORT}/tables.rst", category="Tables",
+                      labels={"file": "README.html (all tables)"}),
+        tex=report(f"reports/{GRID_NAME}/tables.tex", caption=f"{REPORT}/tex.rst", category="Tables",
+                   labels={"file": "tables.tex (LaTeX)"}),
+        verdicts=report(f"reports/{GRID_NAME}/verdicts.html", caption=f"{REPORT}/verdicts.rst", category="Claims",
+                        labels={"file": "verdicts.html (claim | Δ | verdict)"}),
+        verdicts_md=f"reports/{GRID_NAME}/verdicts.md",
+        claims=report(f"reports/{GRID_NAME}/claims.html", caption=f"{REPORT}/claims.rst", category="Claims",
+                      labels={"file": "claims.html (every claim in full)"}),
+        claims_md=f"reports/{GRID_NAME}/claims.md",
+        headline=report(f"reports/{GRID_NAME}/headline.md", caption=f"{REPORT}/headline.rst", category="Claims",
                         labels={"file": "headline.md (claim | paper | ours | verdict)"}),
-        summary=report(f"results/{GRID_NAME}/summary.csv", category="Tables",
+        summary=report(f"results/{GRID_NAME}/summary.csv", caption=f"{REPORT}/summary.rst", category="Tables",
                        labels={"file": "summary.csv (mean, std, seeds)"}),
-        cells=report(f"results/{GRID_NAME}/cells.csv", category="Tables", labels={"file": "cells.csv (status)"}),
-        plots=report(directory(f"reports/{GRID_NAME}/plots"), patterns=["{kind}-{task}.png"], category="Plots",
-                     subcategory="{task}", labels={"task": "{task}", "plot": "{kind}"}),
+        cells=report(f"results/{GRID_NAME}/cells.csv", caption=f"{REPORT}/cells.rst", category="Tables",
+                     labels={"file": "cells.csv (status)"}),
+        plots=report(directory(f"reports/{GRID_NAME}/plots"), patterns=["{kind}-{task}.png"],
+                     caption=f"{REPORT}/plot.rst", category="Plots", subcategory="{kind}",
+                     labels={"figure": "{task}", "kind": "{kind}"}),
     shell:
         "{PY} -m bench report {GRID:q}"

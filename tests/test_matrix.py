@@ -1,6 +1,6 @@
-"""Every method × architecture pair is decided when a cell is planned (README "Methods × architectures"): over a
-tiny stand-in of every model family config/models.yaml names, each pair either trains a 2-step cell to `ok` or
-is refused, with one line, by the check the Snakefile calls (bench.grid.plan.check_cells) -- as the README's matrix
+"""Every method × architecture pair is decided when a cell is planned (docs/methods.md "Methods × architectures"):
+over a tiny stand-in of every model family config/models.yaml names, each pair either trains a 2-step cell to `ok` or
+is refused, with one line, by the check the Snakefile calls (bench.grid.plan.check_cells) -- as the docs' matrix
 says; and each family's entry in config/models.yaml is what its stand-in's transformers classes really are."""
 import inspect
 import re
@@ -31,8 +31,8 @@ METHOD_HP = {  # small prompts and prefixes: 2-step cells on tiny models
 
 
 def readme_matrix() -> dict[tuple[str, str], str]:
-    """(method, stand-in model) -> "runs" | "refused", from the README's table."""
-    text = (REPO / "README.md").read_text().split("### Methods × architectures", 1)[1]
+    """(method, stand-in model) -> "runs" | "refused", from the table in docs/methods.md."""
+    text = (REPO / "docs" / "methods.md").read_text().split("## Methods × architectures", 1)[1]
     rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
     models = [re.search(r"`([^`]+)`", cell).group(1) for cell in rows[0][1:]]
     return {(row[0].strip().strip("`"), model): cell.split()[0] for row in rows[1:]

@@ -156,8 +156,9 @@ def test_records_without_outputs_get_intervals_over_seeds_and_cells_without_resu
     assert f"| smollm2-135m | 50 | imdb | 66.0 (n=1) | 72.0 {interval} (n=3) | +6.0 |" in readme
     for absent in ("Table-to-text", "Low-data", "Ablation", "Prompt ensembling"):
         assert absent not in readme
-    plots = sorted(p.name for p in (tmp_path / "reports/g/plots").iterdir())
-    assert plots == ["pareto-sst2.png", "shift-sst2.png"]
+    plots = sorted(p.name for p in (tmp_path / "reports/g/plots").iterdir() if not p.name.startswith("claim-"))
+    assert plots == ["pareto-sst2.png", "shift-sst2.png"] or plots == ["forest-claims.png", "pareto-sst2.png",
+                                                                        "shift-sst2.png"]
     assert verdicts(claims)["lora_e2e_not_inferior_to_full_ft"] == "not run"
 
 
@@ -279,7 +280,8 @@ def test_tables_plots_and_claims_on_a_two_model_grid(tmp_path, monkeypatch):
     assert tex.count(r"\begin{tabular}") == readme.count("\n### ") and r"prompt\_tuning" in tex and "$\\pm$" not in tex
     plots = {p.name for p in paths if p.suffix == ".png"}
     assert plots == {f"{kind}-{task}.png" for kind in ("size", "trainsize", "pareto") for task in ("sst2", "e2e")} \
-        | {"shift-sst2.png", "forest-claims.png"}
+        | {"shift-sst2.png", "forest-claims.png"} | {f"claim-{r}.png" for r in (  # the claims with an interval
+            "prompt_tuning_gap_shrinks_with_scale", "prompt_tuning_robust_to_domain_shift")}
     for name in plots:
         assert (tmp_path / "reports/g/plots" / name).read_bytes()[:8] == PNG
     v = verdicts(claims)
@@ -484,7 +486,8 @@ def test_snakemake_report_rule_and_html_report_offline(tmp_path, monkeypatch):
     (tmp_path / "models/tiny-llama").mkdir(parents=True)
     (tmp_path / "models/tiny-llama/manifest.json").write_text('{"files": {}}')  # the records are made from it
     monkeypatch.setenv("PEFT_REPRO_MODELS", str(tmp_path / "models"))
-    grid = write_grid(project / "config/grids", "mini", models=["tiny-llama"], train_sizes=[8, 16])
+    grid = write_grid(project / "config/grids", "mini", models=["tiny-llama"], train_sizes=[8, 16],
+                      methods={"full_ft": None, "prompt_tuning": None})  # a claim that runs: the domain-shift one
     env = {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_MODELS": str(tmp_path / "models"),
            "PEFT_REPRO_DATA": str(data_root())}
     cwd = os.getcwd()
@@ -498,14 +501,27 @@ def test_snakemake_report_rule_and_html_report_offline(tmp_path, monkeypatch):
     run = subprocess.run(smk + ["--allowed-rules", "report", "all"], cwd=project, env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert {p.name for p in (project / "reports/mini/plots").glob("*.png")} == \
+    assert {p.name for p in (project / "reports/mini/plots").glob("*.png")} >= \
         {"trainsize-sst2.png", "shift-sst2.png", "pareto-sst2.png"}
     html = subprocess.run(smk + ["--report", "reports/mini/report.html"], cwd=project, env=env, capture_output=True,
                           text=True, timeout=300)
     assert html.returncode == 0, html.stderr[-2000:]
     page = (project / "reports/mini/report.html").read_text()
-    for label in ("Tables", "Plots", "Claims", "README.md (all tables)", "trainsize"):
+    for label in ("Tables", "Plots", "Claims", "README.html (all tables)", "claims.html (every claim in full)",
+                  "trainsize"):
         assert label in page, label
+    # it opens on the workflow description: the verdict table as HTML and the forest plot, not a bare rule graph
+    assert "peft-repro: full fine-tuning vs parameter-efficient methods" in page
+    verdicts = (project / "reports/mini/verdicts.html").read_text()
+    assert "<table>" in verdicts and "<th>verdict</th>" in verdicts and "data:image/png;base64," in verdicts
+    assert "Grid <code>mini</code>: 4 cells: 4 ok, 0 stale, 0 failed" in verdicts
+    assert "<td>prompt_tuning_robust_to_domain_shift</td>" in verdicts
+    description = page.split('<div class=\\"peft-repro-verdicts\\">', 1)[1]  # in the page's description
+    assert "<th>verdict</th>" in description.split("</table>")[0]
+    assert "<td>prompt_tuning_robust_to_domain_shift</td>" in description.split("</table>")[0]
+    assert "data:image/png;base64," in description.split("</div>")[0]  # the forest plot, embedded
+    # every output shown has a caption (config/report/*.rst)
+    assert "The end-of-run summary" in page and "Every paper claim" in page and "Pareto front" in page
 
 
 def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_path, monkeypatch, no_plots):
@@ -543,7 +559,13 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
     assert "2 seeds × 100 examples" in row and "| **inconclusive**" in row  # 2 settings: t on 1 df
     written = top.read_text()
     assert "old table" not in written and written.startswith("# Suite\n") and written.endswith("\n\n## Next\n")
-    assert headline.replace("](claims.md#", "](reports/study/claims.md#") in written
+    block = written.split(report.HEADLINE_START)[1].split(report.HEADLINE_END)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| [")]
+    assert len(rows) == headline.count("\n| [") and all(len(cell.strip()) <= report.CELL_CHARS for row in rows
+                                                        for cell in row.strip("|").split(" | "))
+    slim = next(line for line in block.splitlines() if line.startswith("| [prompt_tuning_robust_to_domain_shift]"))
+    assert "| -6.00 [" in slim and "2 seeds × 100 ex. | **inconclusive** |" in slim
+    assert "[c1]: reports/study/claims.md#" in block
 
 
 def test_cells_two_parts_share_are_one_pair_in_a_claim(tmp_path, monkeypatch, no_plots):
@@ -591,11 +613,19 @@ def test_a_part_names_a_variant_alike_on_every_model(tmp_path, monkeypatch, no_p
 
 
 def test_readme_claims_table_is_the_study_reports():
-    """README's study table is reports/study/headline.md (both written by `python -m bench report study`)."""
+    """README's study table is reports/study/headline.md's claims and verdicts, slim (both written by `python -m bench
+    report study`): every cell at most 80 characters, each claim linked to its section of claims.md."""
     readme = (REPO / "README.md").read_text()
     block = readme.split(report.HEADLINE_START)[1].split(report.HEADLINE_END)[0]
     table = (REPO / "reports/study/headline.md").read_text()
-    assert block.strip() == table.replace("](claims.md#", "](reports/study/claims.md#").strip()
+
+    def verdicts(text):
+        return re.findall(r"^\| \[(\w+)\][^|]*\|.*\| \*\*([a-z ]+)\*\*", text, re.M)
+    assert verdicts(block) == verdicts(table) and len(verdicts(block)) >= 20
+    rows = [line for line in block.splitlines() if line.startswith("| [")]
+    assert all(len(cell.strip()) <= report.CELL_CHARS for row in rows for cell in row.strip("|").split(" | "))
+    for claim, _ in verdicts(block):
+        assert re.search(rf"^\[c\d+\]: reports/study/claims\.md#{claim}$", block, re.M)
     with pytest.raises(BenchError, match="README.md has no study-claims block"):
         report.readme_with_headline("# no block\n", table)
 

@@ -92,8 +92,8 @@ def backdate(project, seconds_ago):
 
 
 def add_readme_dora(project):
-    """README "Add a method", word for word: its methods/dora.py and its grid line under `methods:` in smoke.yaml."""
-    readme = (REPO / "README.md").read_text()
+    """docs/add-a-method.md, word for word: its methods/dora.py and its grid line under `methods:` in smoke.yaml."""
+    readme = (REPO / "docs" / "add-a-method.md").read_text()
     (project / "methods/dora.py").write_text(readme.split("# methods/dora.py\n", 1)[1].split("```", 1)[0])
     line = re.search(r"one grid line, `([^`]+)` under `methods:` in `config/grids/smoke.yaml`", readme)[1]
     grid = project / "config/grids/smoke.yaml"
@@ -275,8 +275,8 @@ def test_reruns_are_exact(clone):
     assert planned_jobs(project) == {"cell": 2, "report": 1}  # a changed hyperparameter: only its cells
     (project / "config/grids/mini.yaml").write_text(yaml.safe_dump(GRID))
 
-    # README "Add a method": the DoRA file from the README plus one grid line schedules only its cells
-    readme = (REPO / "README.md").read_text()
+    # docs/add-a-method.md: the DoRA file from that page plus one grid line schedules only its cells
+    readme = (REPO / "docs" / "add-a-method.md").read_text()
     code = readme.split("# methods/dora.py\n", 1)[1].split("```", 1)[0]
     (project / "methods/dora.py").write_text(code)
     methods = dict(GRID["methods"], dora={"lr": 1e-3, "r": 8})

@@ -1,4 +1,4 @@
-"""A user's own data: tasks files merged over config/tasks.yaml, data roots of their own, and the README's
+"""A user's own data: tasks files merged over config/tasks.yaml, data roots of their own, and docs/extend.md's
 "Add a dataset" example followed step by step (CLI and Snakemake, on tiny-llama)."""
 from __future__ import annotations
 
@@ -133,9 +133,9 @@ def test_a_users_file_missing_from_every_root(use):
         T.eval_examples(T.get_task("sst2"), "my_reviews", None)
 
 
-# --------------------------------------------------------------------------- the README, step by step
+# --------------------------------------------------------------------------- docs/extend.md "Add a dataset", step by step
 def _readme_blocks() -> list[tuple[str, str]]:
-    section = (REPO / "README.md").read_text().split("### Add a dataset\n", 1)[1].split("\n### ", 1)[0]
+    section = (REPO / "docs" / "extend.md").read_text().split("## Add a dataset\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
 
 
@@ -144,7 +144,7 @@ def _as_pattern(readme_line: str) -> str:
 
 
 def _tiny(command: str) -> str:
-    """The README's command on tiny-llama with a few steps."""
+    """The page's command on tiny-llama with a few steps."""
     for real, tiny in (("smollm2-135m", "tiny-llama"), ("steps=20", "steps=2"), ("--eval-limit 64", "--eval-limit 8")):
         assert real in command
         command = command.replace(real, tiny)
@@ -153,7 +153,7 @@ def _tiny(command: str) -> str:
 
 @pytest.fixture()
 def checkout(tmp_path, models_cache):
-    """A copy of the code: the README's `../mine` lands in tmp_path, beside it."""
+    """A copy of the code: the page's `../mine` lands in tmp_path, beside it."""
     root = tmp_path / "project"
     for part in ("bench", "methods", "config", "profiles", "Snakefile"):  # profiles/default: what plain snakemake reads
         (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, root / part)

@@ -6,6 +6,8 @@ never leaves a partial record, and a finished record is never touched by a faili
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import gzip
 import hashlib
@@ -16,6 +18,7 @@ import random
 import resource
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,13 +74,43 @@ def harness_hash() -> str:
 
 def write_atomic(path: Path, write, mode: str = "w") -> None:
     """`write(handle)` into a temporary file beside `path`, then rename it to `path`: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, mode) as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:  # a full disk, an unwritable folder: one line, and no partial file left
+        temporary.unlink(missing_ok=True)
+        raise BenchError(no_space(path, error)) from None
+
+
+def no_space(path: Path, error: OSError) -> str:
+    """The one line for an OSError while writing `path`."""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device while writing {path}: free some space (or pass another --out), then rerun"
+    return f"cannot write {path} ({error.strerror or error}): pass an --out folder you can write to, then rerun"
+
+
+def save_delta_atomic(method, model, delta_dir: Path) -> None:
+    """The method's delta into a temporary folder beside `delta_dir`, renamed over it once complete: a full disk
+    (safetensors raises mid-file) leaves the previous delta or none, never a partial one, and says so in one line."""
+    temporary = delta_dir.with_name(f".{delta_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        method.save_delta(model, temporary)
+        if delta_dir.exists():
+            shutil.rmtree(delta_dir)
+        os.replace(temporary, delta_dir)
+    except Exception as error:  # safetensors reports a failed write as its own error type (SafetensorError)
+        shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise BenchError(no_space(delta_dir, error)) from None
+        if "No space left" in str(error) or "os error 28" in str(error):
+            raise BenchError(no_space(delta_dir, OSError(errno.ENOSPC, "No space left on device"))) from None
+        raise
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -144,6 +177,7 @@ def plan_cell(config: CellConfig) -> Plan:
     from bench.harness.tasks import data_root, dev_examples, get_task, split_size, user_inputs
 
     supported_versions()
+    check_counts(config)
     task = get_task(config.task)
     spec = get_model_spec(config.model)
     method = get_method(config.method)
@@ -180,8 +214,43 @@ def plan_cell(config: CellConfig) -> Plan:
     if unknown:
         raise BenchError(f"shift(s) {unknown} not defined for task {task.name}: choose from "
                          f"{', '.join(task.shifts) or 'none'}")
+    if hp["steps"] == 0 and config.eval_limit is None and config.grid is None:
+        raise BenchError(f"steps=0 scores every example of {', '.join([task.name, *shifts])} "
+                         "without training, which takes many minutes on a CPU: pass --eval-limit N (e.g. 200), or "
+                         "plan the cell in a grid")
     user_inputs(task, [task.name] + shifts, root)  # a user's data file missing or failing its sha256: fail now
     return Plan(config, task, spec, method, hp, [task.name] + shifts)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds
+
+
+def check_counts(config: CellConfig) -> None:
+    """Seeds and example counts of a cell, each in its range: one line naming the fix, before anything loads."""
+    for name, value in (("seed", config.seed), ("data seed", config.data_seed)):
+        if value is not None and not (isinstance(value, int) and 0 <= value <= SEED_MAX):
+            raise BenchError(f"{name} {value} must be an integer in 0..{SEED_MAX}: use e.g. --{name.replace(' ', '-')} 0")
+    for name, value in (("eval limit", config.eval_limit), ("dev limit", config.dev_limit)):
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise BenchError(f"{name} {value} must be a positive number of examples: use e.g. "
+                             f"--{name.replace(' ', '-')} 200, or leave it out")
+
+
+def check_writable(out_dir: Path) -> None:
+    """The cell's folder can be made and takes a file, before a model loads: one line otherwise. Folders made for
+    the probe are removed again (the cell writes its own when it has something to write)."""
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".writable-"):
+            pass
+    except OSError as error:
+        raise BenchError(f"cannot write to {out_dir} ({error.strerror or error}): pass an --out folder you can "
+                         "write to") from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def seed_everything(seed: int) -> None:
@@ -277,6 +346,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     """Run one cell and write out_dir/record.json; returns the record."""
     harness_hash()  # the code this cell starts with is the code its record names
     plan = plan_cell(config)
+    check_writable(out_dir)
     from bench.harness.scorers import check_metric_tools
     from bench.harness.tasks import eval_scorer
 
@@ -351,9 +421,7 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     eval_timer = Timer()
     eval_start = time.perf_counter()
     if record["status"] == "ok":
-        if delta_dir.exists():
-            shutil.rmtree(delta_dir)
-        method.save_delta(model, delta_dir)
+        save_delta_atomic(method, model, delta_dir)
         delta_bytes = sum(f.stat().st_size for f in delta_dir.rglob("*") if f.is_file())
         outputs = {}
         for name, examples in eval_sets.items():

@@ -170,3 +170,33 @@ def compat(pytest_args: list[str]) -> int:
         env = {**os.environ, "PEFT_REPRO_COMPAT": "1"}  # tests that compare the install with the lock know why not
         return subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args], cwd=ROOT,
                               env=env).returncode
+
+
+DOCS_IN = ROOT / "config" / "docs-requirements.in"
+DOCS_LOCK = ROOT / "config" / "docs-requirements.lock"
+
+
+def write_docs_lock() -> list[str]:
+    """Regenerate config/docs-requirements.lock: the docs site's packages (mkdocs, mkdocs-material) and theirs,
+    pinned by sha256, constrained to config/requirements.lock's versions; packages that lock already pins are left
+    out, so both files install together (`pip install --no-deps --require-hashes -r ... -r ...`) with no pin twice.
+    A lock of its own: records keep the main lock's sha256, which the docs must not change. Returns its pins."""
+    with tempfile.TemporaryDirectory(prefix="peft-repro-docs-lock-") as tmp:
+        constraints, out = Path(tmp) / "constraints.txt", Path(tmp) / "docs.lock"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, v in lock_pins().items()))
+        run(["uv", "pip", "compile", str(DOCS_IN), "--generate-hashes", "--python-version", PYTHON,
+             "--python-platform", PLATFORM, "-c", str(constraints), "--no-header", "--no-annotate", "--quiet",
+             "-o", str(out)], cwd=ROOT)
+        main = lock_pins()
+        blocks = [b for b in re.split(r"\n(?=[A-Za-z0-9])", out.read_text()) if re.match(r"[A-Za-z0-9]", b)]
+        kept = [b.rstrip() for b in blocks if normalise(b.split("==", 1)[0]) not in main]
+    DOCS_LOCK.write_text("# The docs site's packages (mkdocs, mkdocs-material), those config/requirements.lock does not\n"
+                         "# already pin, by version and sha256. Regenerate: python -m bench.lock --docs\n"
+                         + "\n".join(kept) + "\n")
+    return sorted(lock_pins(DOCS_LOCK.read_text()))
+
+
+if __name__ == "__main__":  # python -m bench.lock --docs (the main lock: python -m bench lock)
+    if sys.argv[1:] != ["--docs"]:
+        sys.exit("usage: python -m bench.lock --docs   (regenerates config/docs-requirements.lock)")
+    print("pinned:", ", ".join(write_docs_lock()))

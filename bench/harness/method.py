@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,19 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "retention_task": "",  # the other task scored zero-shot for retention ("" = held-out text only)
 }
 PRECISIONS = ("fp32", "bf16")
+# The training hyperparameters' valid ranges: (lowest, whether the lowest itself is allowed, what to use instead).
+# (eval_every and curve_limit: bench/curves.py.) Checked when hyperparameters are resolved, so a grid, the CLI and a test all get one line before a model loads.
+RANGES: dict[str, tuple[float, bool, str]] = {
+    "lr": (0, False, "a positive learning rate, e.g. lr=1e-4"),
+    "steps": (0, True, "steps=0 (no training) or a positive number of steps"),
+    "batch_size": (1, True, "a batch size of at least 1"),
+    "eval_batch_size": (1, True, "an eval batch size of at least 1"),
+    "weight_decay": (0, True, "weight_decay=0 or a positive value"),
+    "warmup_steps": (0, True, "warmup_steps=0 or a positive number of steps"),
+    "grad_clip": (0, True, "grad_clip=0 (no clipping) or a positive norm"),
+    "max_len": (1, True, "a positive number of tokens, e.g. max_len=128"),
+    "num_beams": (1, True, "num_beams=1 (greedy) or more"),
+}
 
 
 def check_precision(hp: dict) -> None:
@@ -287,7 +301,19 @@ def resolve_hparams(method: Method, overrides: dict[str, Any]) -> dict[str, Any]
             raise BenchError(f"hyperparameter '{key}' is not known to method {method.name}: "
                              f"valid are {', '.join(sorted(hp))}")
         hp[key] = _coerce(key, value, hp[key])
+    check_ranges(hp)
     return hp
+
+
+def check_ranges(hp: dict[str, Any]) -> None:
+    """One line naming the fix where a training hyperparameter lies outside its range (RANGES), or is not finite."""
+    for key, (low, inclusive, fix) in RANGES.items():
+        value = hp.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise BenchError(f"hyperparameter {key}={value:g} must be {bound}: use {fix}")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -58,10 +58,15 @@ rouge-score  XSum as Li & Liang score it: their seq2seq/finetune.py calls seq2se
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import shutil
+import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 from bench.api.errors import BenchError
 from bench.api.metrics import scorer_metrics
@@ -255,6 +260,27 @@ def _java_missing(what: str) -> RuntimeError:
     return RuntimeError(f"{what} needs Java (`java` on PATH): {JAVA_FIX}")
 
 
+def java_log() -> Path:
+    """Where the Java tools' chatter goes ($PEFT_REPRO_JAVA_LOG, else peft-repro-java.log in the temp folder)."""
+    return Path(os.environ.get("PEFT_REPRO_JAVA_LOG") or Path(tempfile.gettempdir()) / "peft-repro-java.log")
+
+
+@contextlib.contextmanager
+def java_chatter_to_log():
+    """The process's stderr (file descriptor 2, which the Java tokenizer inherits) appended to java_log() for the
+    block; Python's own errors raised in it still reach the terminal, after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(java_log(), "ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _coco_tokenize(hypotheses, references) -> tuple[dict, dict]:
     """coco-caption's PTBTokenizer over hypotheses and references in one JVM run: {i: [refs]}, {i: [hyp]}."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -269,7 +295,8 @@ def _coco_tokenize(hypotheses, references) -> tuple[dict, dict]:
 
     captions = {("hyp", i): [caption(h)] for i, h in enumerate(hypotheses)}
     captions |= {("ref", i): [caption(r) for r in refs] for i, refs in enumerate(references)}
-    tokens = PTBTokenizer().tokenize(captions)
+    with java_chatter_to_log():  # "PTBTokenizer tokenized N tokens at …" on every call: not the terminal's business
+        tokens = PTBTokenizer().tokenize(captions)
     if any(len(tokens.get(key, ())) != len(value) for key, value in captions.items()):
         raise RuntimeError("PTBTokenizer returned a different number of lines than it was given")
     return ({i: tokens[("ref", i)] for i in range(len(references))},

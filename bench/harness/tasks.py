@@ -221,7 +221,7 @@ def _merge_user_file(cfg: dict, path: Path) -> dict:
     user = _read_yaml(path, f"fix it, or unset {TASKS_ENV} / drop --tasks")
     for key in user:
         if key not in USER_KEYS:
-            raise BenchError(f"{path}: unknown key '{key}': use {', '.join(USER_KEYS)} (README: Add a dataset)")
+            raise BenchError(f"{path}: unknown key '{key}': use {', '.join(USER_KEYS)} (docs/extend.md: Add a dataset)")
     for section, allowed in (("datasets", DATASET_KEYS), ("tasks", TASK_KEYS)):
         entries = user[section] = user.get(section) or {}
         if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
@@ -291,7 +291,7 @@ def use_tasks_file(path: str | Path | None) -> None:
     """Merge `path` over config/tasks.yaml in this process and in the cells it starts (via $PEFT_REPRO_TASKS)."""
     if path:
         if not Path(path).is_file():
-            raise BenchError(f"tasks file {path} not found: pass the path of your tasks file (README: Add a dataset)")
+            raise BenchError(f"tasks file {path} not found: pass the path of your tasks file (docs/extend.md: Add a dataset)")
         os.environ[TASKS_ENV] = os.path.abspath(path)
 
 

@@ -490,6 +490,38 @@ def headline_md(results: list[dict], claims_link: str = "claims.md", before: dic
     return "\n".join([head, "|---" * (5 + bool(before)) + "|", *rows]) + "\n"
 
 
+CELL_CHARS = 80  # the README's claims table: no cell longer (details one link away, in claims.md)
+
+
+def _clip(text: str, limit: int = CELL_CHARS) -> str:
+    text = _cell(text)
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
+def slim_headline_md(results: list[dict], claims_link: str = "claims.md") -> str:
+    """The README's claims table: claim | paper | ours: Δ [95% interval] | verdict | why, every cell at most
+    CELL_CHARS characters of Markdown (claim names link to their section of claims.md by reference, the links
+    listed below the table)."""
+    from bench.report_verdicts import deciding
+
+    rows, links = [], []
+    for i, r in enumerate(results, 1):
+        f = deciding(r["found"]) if r["found"] else None
+        iv = f.interval if f is not None else None
+        if iv is not None:
+            unit = "" if f.comparison.unit == "points" else f" {f.comparison.unit}"
+            size = f"; {f.seeds} seeds × {f.examples} ex." if f.seeds else ""
+            ours = f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]{unit}{size}"
+        else:
+            ours = "–"
+        why = r.get("why") or ("" if r["verdict"] != "not run" else (r.get("not_here") or "its cells are not in the grid"))
+        rows.append(f"| [{r['id']}][c{i}] | {_clip(r.get('headline', '–'))} | {_clip(ours)} | **{r['verdict']}** | "
+                    f"{_clip(why) or '–'} |")
+        links.append(f"[c{i}]: {claims_link}#{r['id']}")
+    return "\n".join(["| claim | paper | ours: Δ [95% interval] | verdict | why |", "|---|---|---|---|---|", *rows, "",
+                      *links]) + "\n"
+
+
 def readme_with_headline(readme: str, table: str) -> str:
     """README.md with the block between the study-claims markers replaced by `table`."""
     if HEADLINE_START not in readme or HEADLINE_END not in readme:

@@ -17,6 +17,7 @@ from bench.api.errors import BenchError
 from bench.grid.plan import load_grid_file
 from bench.harness.cell import harness_hash, write_atomic
 from bench.report.claims import (  # noqa: F401 (the API)
+    CELL_CHARS,
     CLAIM_KINDS,
     CLAIMS,
     HEADLINE_END,
@@ -26,6 +27,7 @@ from bench.report.claims import (  # noqa: F401 (the API)
     headline_md,
     readme_with_headline,
     select,
+    slim_headline_md,
 )
 from bench.report.curves import curve_points, curve_tables, records, retention_tables
 from bench.report.power import claim_plans
@@ -56,10 +58,65 @@ INTERVALS = ("Intervals: seeds and eval examples as two levels -- Student's t ov
              "docs/statistics.md).")
 
 
+def verdicts_md(name: str, claims: list[dict], cells: pd.DataFrame) -> str:
+    """The end-of-run summary (`python -m bench report` prints it; reports/<grid>/verdicts.md keeps it): the cells'
+    counts (ok / stale / failed) and one row per claim that ran, claim | Δ [95% interval] | verdict, columns padded so
+    that the Markdown table reads as a table in a terminal too; the claims not run, named on one line."""
+    from bench.report_verdicts import deciding
+
+    status = cells["status"] if len(cells) else pd.Series(dtype=str)
+    stale = int(cells["stale"].sum()) if len(cells) else 0
+    ok = int(((status == "ok") & ~cells["stale"]).sum()) if len(cells) else 0
+    others = status[status != "ok"].value_counts()
+    failed = int(others.get("failed", 0))
+    more = "".join(f", {n} {s}" for s, n in others.items() if s != "failed")
+    lines = [f"Grid `{name}`: {len(cells)} cells: {ok} ok, {stale} stale, {failed} failed{more} "
+             f"(results/{name}/cells.csv)."]
+    if claims:
+        counts = pd.Series([r["verdict"] for r in claims]).value_counts()
+        lines.append(f"Claims: {', '.join(f'{n} {v}' for v, n in counts.items())} of {len(claims)} "
+                     f"(reports/{name}/claims.md).")
+        rows, absent = [], [r["id"] for r in claims if r["verdict"] == "not run"]
+        for r in claims:
+            if r["verdict"] == "not run":
+                continue
+            f = deciding(r["found"]) if r["found"] else None
+            iv = f.interval if f is not None else None
+            delta = (f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] {f.comparison.unit}" if iv is not None
+                     else "–")
+            rows.append((r["id"], delta, r["verdict"]))
+        head = ("claim", "Δ [95% interval]", "verdict")
+        widths = [max(len(row[i]) for row in [head, *rows]) for i in range(3)]
+        lines += ["", *("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+                        for row in [head, tuple("-" * w for w in widths), *rows])] if rows else []
+        lines += ["", f"Not run (no cells of theirs here): {', '.join(absent)}."] if absent else []
+    return "\n".join(lines) + "\n"
+
+
+def markdown_html(text: str) -> str:
+    """Markdown (tables included) as an HTML fragment, for pages `snakemake --report` shows inline (it offers .md
+    files as downloads); images dropped (the report's Plots category holds them)."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(re.sub(r"!\[[^\]]*\]\([^)]*\)\n?", "", text))
+
+
+def verdicts_html(verdicts: str, forest: Path | None) -> str:
+    """verdicts.md as HTML with the forest plot embedded (a data URI): the Snakemake report's opening page includes
+    it (config/report/workflow.rst)."""
+    import base64
+
+    image = (f'<p><img alt="forest plot of the claims" style="max-width:100%" src="data:image/png;base64,'
+             f'{base64.b64encode(forest.read_bytes()).decode()}"></p>\n' if forest is not None else "")
+    return ('<div class="peft-repro-verdicts">\n' + markdown_html(verdicts) + image + "</div>\n")
+
+
 def write_report(grid: str) -> list[Path]:
     """The grid's report; where the grid names a `readme` (the study: README.md), also that file's study-claims
     block (the claims table, linked to this report's claims.md)."""
-    from bench.report.plots import make_plots, plot_curves, plot_forest
+    from bench.report.plots import make_plots, plot_claims, plot_curves, plot_forest
 
     name, data = load_grid_file(grid)
     readme = Path(data["readme"]) if data.get("readme") else None
@@ -86,7 +143,7 @@ def write_report(grid: str) -> list[Path]:
     plots = [*(make_plots(S, plots_dir) if len(S) else []), *plot_curves(curve_points(found), plots_dir)]
     claims = evaluate_claims(S, cells, hp_cols, yaml.safe_load(CLAIMS.read_text())["claims"])
     forest = plot_forest(claims, plots_dir)
-    plots += [forest] if forest else []
+    plots += ([forest] if forest else []) + plot_claims(claims, plots_dir)
     before = rep / "verdicts-before.json"  # the verdicts under the statistics before these (shown before → after)
     before = json.loads(before.read_text())["verdicts"] if before.exists() else None
     counts = cells["status"].value_counts()
@@ -133,12 +190,15 @@ def write_report(grid: str) -> list[Path]:
                   *(f"rm {d}/record.json" for d in stale["dir"]), f"snakemake --cores all --config grid={grid}", "```",
                   "", f"(`snakemake --cores all --config grid={grid} --forcerun cell` reruns every cell.)", ""]
     paths = [res / "summary.csv", res / "cells.csv", rep / "README.md", rep / "tables.tex", rep / "claims.md",
-             rep / "headline.md"]
+             rep / "headline.md", rep / "verdicts.md", rep / "verdicts.html", rep / "claims.html", rep / "README.html"]
     texts = {paths[3]: "% peft-repro tables for grid " + name + "; needs \\usepackage{booktabs}\n\n"
              + "\n".join(tex_table(t) for t in tables), paths[4]: claims_md(name, claims, before),
-             paths[5]: headline_md(claims, before=before)}
+             paths[5]: headline_md(claims, before=before), paths[6]: verdicts_md(name, claims, cells)}
+    texts[paths[7]] = verdicts_html(texts[paths[6]], forest)
+    texts[paths[8]] = markdown_html(texts[paths[4]])
+    texts[paths[9]] = markdown_html("\n".join(parts))  # the tables, viewable in `snakemake --report`'s page
     if readme is not None:
-        texts[readme] = readme_with_headline(readme.read_text(), headline_md(claims, f"{rep}/claims.md", before))
+        texts[readme] = readme_with_headline(readme.read_text(), slim_headline_md(claims, f"{rep}/claims.md"))
         paths.append(readme)
     texts[paths[2]] = "\n".join(parts)  # README.md last: the file `rule all` asks for
     for path, text in texts.items():  # atomically: a killed report never leaves a partial file to be trusted
