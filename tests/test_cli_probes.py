@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cell import CellConfig, run_cell, save_delta_atomic, write_json_atomic
-from bench.errors import BenchError
+from bench.harness.cell import CellConfig, run_cell, save_delta_atomic, write_json_atomic
+from bench.api.errors import BenchError
 
 REPO = Path(__file__).resolve().parent.parent
 CELL = ["run-cell", "--task", "sst2", "--model", "tiny-llama", "--method", "lora", "--train-size", "16"]
@@ -42,7 +42,7 @@ def test_a_bad_argument_is_one_line_before_any_model_loads(args, problem, tmp_pa
 
 
 def test_steps_0_runs_once_the_eval_sets_are_limited():
-    from bench.cell import plan_cell
+    from bench.harness.cell import plan_cell
 
     plan = plan_cell(CellConfig(task="sst2", model="tiny-llama", method="lora", train_size=16, hp={"steps": 0},
                                 eval_limit=8))
@@ -52,9 +52,9 @@ def test_steps_0_runs_once_the_eval_sets_are_limited():
 
 
 def test_an_unwritable_output_is_one_line_before_the_model_loads(tmp_path, models_cache, monkeypatch):
-    import bench.models
+    import bench.harness.models
 
-    monkeypatch.setattr(bench.models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.setattr(bench.harness.models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(BenchError, match=r"^cannot write to .*a-file/cell .*: pass an --out folder you can write to$"):
@@ -63,7 +63,7 @@ def test_an_unwritable_output_is_one_line_before_the_model_loads(tmp_path, model
 
 
 def test_the_writability_probe_leaves_no_folder_behind(tmp_path):
-    from bench.cell import check_writable
+    from bench.harness.cell import check_writable
 
     check_writable(tmp_path / "a" / "b" / "cell")
     assert list(tmp_path.iterdir()) == []  # the folders it made to probe are gone again
@@ -100,7 +100,7 @@ def test_a_full_disk_while_saving_a_delta_keeps_the_previous_one(tmp_path):
 
 
 def test_a_full_disk_in_a_cell_leaves_no_record_and_no_delta(tmp_path, models_cache, monkeypatch):
-    from bench.method import get_method
+    from bench.harness.method import get_method
 
     method = get_method("lora")
     monkeypatch.setattr(type(method), "save_delta", HalfWritten.save_delta)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
+from bench.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -20,7 +20,7 @@ def built(tmp_path_factory):
     """The two-model grid's report, its printed summary and the matplotlib figures it drew (kept open)."""
     import matplotlib.pyplot as plt
 
-    from bench import plots
+    from bench.report import plots
     from tests.test_report import _sweep_grid
 
     tmp_path, here = tmp_path_factory.mktemp("show"), os.getcwd()
@@ -60,7 +60,7 @@ def test_the_report_ends_with_the_cells_and_the_verdicts(built):
 def test_the_java_tokenizer_chatter_goes_to_the_log(capfd, tmp_path, monkeypatch):
     if not shutil.which("java"):
         pytest.skip("no java here (CI installs it)")
-    from bench.scorers import _coco_tokenize
+    from bench.harness.scorers import _coco_tokenize
 
     monkeypatch.setenv("PEFT_REPRO_JAVA_LOG", str(tmp_path / "java.log"))
     assert _coco_tokenize(["a cat, sat."], [["A cat sat."]]) == ({0: ["a cat sat"]}, {0: ["a cat sat"]})
@@ -147,7 +147,7 @@ def test_shift_and_pareto_plots_show_every_model(built):
 
 
 def test_variant_labels_are_words():
-    from bench.plots import variant_label
+    from bench.report.plots import variant_label
 
     assert variant_label({"variant": "prompt_tuning-init-init=class_label", "method": "prompt_tuning",
                           "num_virtual_tokens": 20.0, "init": "class_label"}) == \

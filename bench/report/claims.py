@@ -502,7 +502,7 @@ def slim_headline_md(results: list[dict], claims_link: str = "claims.md") -> str
     """The README's claims table: claim | paper | ours: Δ [95% interval] | verdict | why, every cell at most
     CELL_CHARS characters of Markdown (claim names link to their section of claims.md by reference, the links
     listed below the table)."""
-    from bench.report_verdicts import deciding
+    from bench.report.verdicts import deciding
 
     rows, links = [], []
     for i, r in enumerate(results, 1):

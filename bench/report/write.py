@@ -62,7 +62,7 @@ def verdicts_md(name: str, claims: list[dict], cells: pd.DataFrame) -> str:
     """The end-of-run summary (`python -m bench report` prints it; reports/<grid>/verdicts.md keeps it): the cells'
     counts (ok / stale / failed) and one row per claim that ran, claim | Δ [95% interval] | verdict, columns padded so
     that the Markdown table reads as a table in a terminal too; the claims not run, named on one line."""
-    from bench.report_verdicts import deciding
+    from bench.report.verdicts import deciding
 
     status = cells["status"] if len(cells) else pd.Series(dtype=str)
     stale = int(cells["stale"].sum()) if len(cells) else 0
