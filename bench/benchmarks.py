@@ -90,7 +90,7 @@ MODES = {
                      max_new_tokens=40, decode_rounds=1, rank_examples=16, rank_rounds=2, memory_steps=3,
                      memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
                      planning_cells=(100, 1000, 10000), packing_cells=8, packing_steps=20,
-                     serve_steps=5, serve_examples=48, serve_rounds=3, serve_ks=(2, 4, 8)),
+                     serve_steps=5, serve_examples=16, serve_rounds=2, serve_ks=(2, 4, 8)),
     "quick": Settings("quick", "tiny-llama", train_steps=3, train_rounds=3, decode_examples=6, decode_batch=6,
                       max_new_tokens=16, decode_rounds=2, rank_examples=16, rank_rounds=3, memory_steps=2,
                       memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
