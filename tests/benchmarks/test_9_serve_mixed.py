@@ -222,3 +222,40 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
         sum(len(examples) for _, examples in s.tasks)
     assert not wrong, f"predictions differ from the cells' own: {wrong[:3]}"
     assert worst_own <= TOLERANCE and max(worst.values()) <= TOLERANCE, (worst_own, worst)
+
+
+def test_interleaved_advances_all_sides_together():
+    """The next unit is always the side with the smallest share of its weight done (ties in order, rotated by
+    `first`); every unit runs once and each side's seconds are its own units' only."""
+    ran = []
+
+    def unit(name, seconds=0.0):
+        return lambda: (ran.append(name), time.sleep(seconds))
+
+    sides = {"a": [(1, unit("a1")), (1, unit("a2")), (2, unit("a3"))],  # 4 in all: a3 is half of a
+             "b": [(3, unit("b1", 0.02)), (3, unit("b2", 0.02))],
+             "c": [(1, unit("c1"))]}
+    seconds = interleaved(sides)
+    assert ran == ["a1", "b1", "c1", "a2", "a3", "b2"]
+    assert seconds["b"][0] >= 0.04 and seconds["a"][0] < 0.02 and seconds["c"][0] < 0.02
+    ran.clear()
+    interleaved(sides, first=1)
+    assert ran == ["b1", "c1", "a1", "a2", "b2", "a3"]  # the tie at half done goes to b now
+
+
+def test_full_mode_cells_folder(monkeypatch, tmp_path):
+    """Full mode reads cells from PEFT_REPRO_SERVE_CELLS, refuses one that is not a folder, else uses the clone's
+    git-ignored .benchmarks/serve-cells."""
+    from bench.benchmarks import MODES
+    from bench.errors import BenchError
+
+    monkeypatch.setenv(CELLS_ENV, str(tmp_path))
+    assert cells_root(MODES["full"], None) == tmp_path
+    monkeypatch.setenv(CELLS_ENV, str(tmp_path / "absent"))
+    with pytest.raises(BenchError, match="is not a folder: name a folder of <method>/<task> cells"):
+        cells_root(MODES["full"], None)
+    monkeypatch.delenv(CELLS_ENV)
+    assert cells_root(MODES["full"], None) == CELLS_DEFAULT
+    assert CELLS_DEFAULT.parent.name == ".benchmarks" and (CELLS_DEFAULT.parents[1] / "bench").is_dir()
+    config = cell_config(MODES["full"], "lora", "qqp")
+    assert (config.model, config.train_size, config.eval_limit) == ("smollm2-135m", 200, MODES["full"].serve_examples)
