@@ -4,11 +4,13 @@ mixed-task batches; a deployed base model serves every task's delta at once).
 Given cells of a grid (each a task's LoRA adapter or soft prompt, saved in DIR/delta/), it loads the base model
 once, attaches every delta, and rank-scores the cells' eval examples in batches that mix the cells, each row under
 its own delta: LoRA rows as peft's mixed-adapter batches (`adapter_names=`) run them — the base layers once for
-the batch, each adapter's update B·A·x on its own rows — but on contiguous slices rather than index lists;
-soft-prompt rows by prepending each row's own prompt embedding to its input embeddings (peft prompt tuning
-prepends one prompt to a whole batch, so the mixed batch is built here, as peft's PeftModel builds a single-prompt
-one: one `cat` when the prompts are of one length). As `bench.evaluation.rank_scores` does for one model, the rows
-of all cells are sorted by length before they are cut into batches (a batch pads little), and the LM head runs
+the batch, each row's adapter update B·A·x added after each LoRA layer — but as two batched matmuls over the whole
+batch (each row's A and scaled B gathered from the adapters' stacked weights) rather than per-adapter sub-batches;
+soft-prompt rows after their own prompt (peft prompt tuning prepends one prompt to a whole batch): each task's
+prompt of one length is run through the base once, and every row's text attends to its own task's cached prompt
+states (the base is causal, so they are the states a row would compute for its prompt); prompts of different
+lengths are prepended to each row's input embeddings. As `bench.evaluation.rank_scores` does for one model, the
+rows of all cells are sorted by length before they are cut into batches (a batch pads little), and the LM head runs
 only at the scored positions. It reads the deltas and the cells' outputs and writes nothing. Each example's label
 scores must equal those its own cell computed alone (DIR/outputs.jsonl.gz): the command prints the largest
 difference and fails when a prediction differs or a score differs by more than TOLERANCE (float sums in other
@@ -137,6 +139,7 @@ class Mixed:
                         [load_peft_weights(str(c.dir / "delta"))["prompt_embeddings"] for c in cells])
         self.model.eval()
         self.states = self._prompt_states()
+        self.stacks = self._lora_stacks() if self.kind == "lora" else None
 
     @torch.no_grad()
     def _prompt_states(self):
@@ -200,7 +203,7 @@ class Mixed:
         `_lora_stacks`), instead of peft's `adapter_names=` sub-batches (an index-list gather and scatter and
         three small layers per adapter per layer); a batch of one cell's rows multiplies by its weights directly.
         Adapters of other variants (DoRA, ...) go through peft's own `adapter_names=` forward."""
-        stacks = self._lora_stacks()
+        stacks = self.stacks
         if stacks is None:
             return self.model(**inputs, attention_mask=mask, logits_to_keep=keep,
                               adapter_names=[self.names[r[0]] for r in rows]).logits
@@ -226,22 +229,18 @@ class Mixed:
 
     def _lora_stacks(self) -> dict | None:
         """Per LoRA layer (A of every cell, shape (cells, rank, in); B·scaling of every cell, (cells, out, rank)),
-        ranks padded with zeros to the largest, a cell that does not adapt the layer all zeros; built once. None
+        ranks padded with zeros to the largest, a cell that does not adapt the layer all zeros. None
         when an adapter is of another variant (DoRA, ...), has a bias or dropout left on, or adapts an embedding
         (not plain B·A·x)."""
-        if getattr(self, "stacks", False) is not False:
-            return self.stacks
         from peft.tuners.lora import LoraLayer
 
-        self.stacks = {}
+        stacks = {}
         for layer in (m for m in self.model.modules() if isinstance(m, LoraLayer)):
             if layer.lora_variant or any(not isinstance(d, torch.nn.Identity) and d.training
                                          for d in layer.lora_dropout.values()):
-                self.stacks = None
                 return None
             present = [n for n in self.names if n in layer.lora_A]
             if not present or any(layer.lora_B[n].bias is not None for n in present):  # embedding or biased LoRA
-                self.stacks = None
                 return None
             rank = max(layer.lora_A[n].weight.shape[0] for n in present)
             weight = layer.get_base_layer().weight
@@ -252,8 +251,8 @@ class Mixed:
                     r = layer.lora_A[name].weight.shape[0]
                     down[c, :r] = layer.lora_A[name].weight.detach()
                     up[c, :, :r] = layer.lora_B[name].weight.detach() * layer.scaling[name]
-            self.stacks[layer] = (down, up)
-        return self.stacks
+            stacks[layer] = (down, up)
+        return stacks
 
     def _prompted(self, rows, ids, mask):
         """(inputs_embeds, attention mask, each row's offset of its first token) of soft-prompt rows."""

@@ -193,7 +193,7 @@ def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path,
     mixed = setup(cells)
     assert any(len({mixed.rows[r][0] for r in batch}) == 2 for batch in length_batches(mixed.rows, 5))  # mixes
     # the fast paths are the ones taken: LoRA updates from stacked weights, soft prompts from cached states
-    assert (mixed.mixed._lora_stacks() if method == "lora" else mixed.mixed.states) is not None
+    assert (mixed.mixed.stacks if method == "lora" else mixed.mixed.states) is not None
     result = serve(cells, batch_size=5)
     assert result["kind"] == ("lora" if method == "lora" else "prompt")
     assert result["examples"] == 24 and result["pred_differs"] == []
