@@ -192,22 +192,48 @@ def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path,
     cells = [_trained(models_cache, tmp_path, method, task, hp) for task in ("sst2", "qqp")]
     mixed = setup(cells)
     assert any(len({mixed.rows[r][0] for r in batch}) == 2 for batch in length_batches(mixed.rows, 5))  # mixes
+    # the fast paths are the ones taken: LoRA updates from stacked weights, soft prompts from cached states
+    assert (mixed.mixed.stacks if method == "lora" else mixed.mixed.states) is not None
     result = serve(cells, batch_size=5)
     assert result["kind"] == ("lora" if method == "lora" else "prompt")
     assert result["examples"] == 24 and result["pred_differs"] == []
     assert result["max_abs_diff"] <= 1e-4 and result["equal"]
     # the check can fail: each row under the other cell's delta gives other scores
-    mixed.mixed.cells, mixed.mixed.prompts = mixed.mixed.cells[::-1], mixed.mixed.prompts[::-1]
-    assert compare(mixed, score_mixed(mixed.mixed, mixed.tokenizer.pad_token_id, mixed.rows, 5))[0] > 1e-3
+    swapped = [(1 - owner, sequence, scored) for owner, sequence, scored in mixed.rows]
+    scores = score_mixed(mixed.mixed, mixed.tokenizer.pad_token_id, swapped, 5)
+    assert compare(mixed, {(1 - owner, i): values for (owner, i), values in scores.items()})[0] > 1e-3
+
+
+@pytest.mark.parametrize("method,hp", [("lora", {"lr": 0.05}),
+                                       ("prompt_tuning", {"num_virtual_tokens": 3, "optimizer": "adamw", "lr": 0.5})])
+def test_serving_path_over_one_adapted_model_scores_as_its_cell(models_cache, tmp_path, method, hp):
+    """Item 9's second baseline: the serving path over a separately adapted model (`Mixed(..., adapted=)`, as
+    `Method.load_delta` builds it) gives the cell's own scores; it refuses more than one cell."""
+    from bench.harness.method import get_method
+    from bench.harness.models import load_model
+    from bench.tools.serve import Mixed, compare, score_mixed, setup
+
+    cells = [_trained(models_cache, tmp_path, method, task, hp) for task in ("sst2", "qqp")]
+    s = setup(cells)
+    cell = s.cells[1]
+    adapted = get_method(method).load_delta(load_model("tiny-llama")[0], cell.hp, None, cell.dir / "delta").eval()
+    alone = Mixed(None, [cell], adapted=adapted)
+    own = [(0, sequence, scored) for owner, sequence, scored in s.rows if owner == 1]
+    scores = {(1, i): values for (_, i), values in score_mixed(alone, s.tokenizer.pad_token_id, own, 5).items()}
+    worst, wrong = compare(s, scores)
+    assert len(scores) == 12 and not wrong and worst <= 1e-4
+    with pytest.raises(BenchError, match="one cell"):
+        Mixed(None, s.cells, adapted=adapted)
 
 
 def test_serve_mixed_soft_prompts_of_different_lengths(models_cache, tmp_path):
     """Prompts of 3 and 5 tokens in one batch (each row built after its own prompt, not one `cat`): the cells' own
     scores, in one batch and in odd ones."""
-    from bench.tools.serve import serve
+    from bench.tools.serve import serve, setup
 
     cells = [_trained(models_cache, tmp_path, "prompt_tuning", task, {"num_virtual_tokens": n, "lr": 0.5})
              for task, n in (("sst2", 3), ("qqp", 5))]
+    assert setup(cells).mixed.states is None  # no cached prompt states: each row carries its prompt
     for batch_size in (24, 5):
         result = serve(cells, batch_size=batch_size)
         assert result["pred_differs"] == [] and result["max_abs_diff"] <= 1e-4 and result["equal"]

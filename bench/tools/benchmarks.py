@@ -80,8 +80,8 @@ class Settings:
     packing_cells: int = 2  # item 8: cells run one at a time, then side by side on the device
     packing_steps: int = 3
     serve_steps: int = 2  # item 9: training steps of each cell whose delta joins the mix
-    serve_examples: int = 12  # eval examples per cell (task) in the mixed batches
-    serve_rounds: int = 2
+    serve_examples: int = 12  # eval examples per cell (task) in the mixed batches; eval_limit of cells it trains
+    serve_rounds: int = 2  # item 9: interleaved passes of mixed batches and both separate baselines
     serve_ks: tuple[int, ...] = (2,)  # item 9: numbers of tasks (deltas) mixed, each measured on its own
 
 
@@ -90,7 +90,7 @@ MODES = {
                      max_new_tokens=40, decode_rounds=1, rank_examples=16, rank_rounds=2, memory_steps=3,
                      memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
                      planning_cells=(100, 1000, 10000), packing_cells=8, packing_steps=20,
-                     serve_steps=5, serve_examples=48, serve_rounds=3, serve_ks=(2, 4, 8)),
+                     serve_steps=5, serve_examples=16, serve_rounds=1, serve_ks=(2, 4, 8)),
     "quick": Settings("quick", "tiny-llama", train_steps=3, train_rounds=3, decode_examples=6, decode_batch=6,
                       max_new_tokens=16, decode_rounds=2, rank_examples=16, rank_rounds=3, memory_steps=2,
                       memory_methods=("full_ft", "lora", "prompt_tuning", "prefix_tuning"),
@@ -934,7 +934,7 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
 def serve_mixed_details(by_item: dict) -> list[str]:
     """Section 9 (item 9, tests/benchmarks/test_9_serve_mixed.py), also pasted alone where a run measured only it."""
     found = [(by_item[f"serve_mixed_{kind}_k{k}"], name) for kind, name in
-             (("lora", "LoRA adapters (one slice per adapter)"), ("prompt", "soft prompts (one fused batch)"))
+             (("lora", "LoRA adapters (batched B·A per row)"), ("prompt", "soft prompts (cached prompt states)"))
              for k in (2, 4, 8) if f"serve_mixed_{kind}_k{k}" in by_item]
     if not found:
         return []
@@ -942,26 +942,37 @@ def serve_mixed_details(by_item: dict) -> list[str]:
            "`bench/tools/serve.py`: one frozen base with k trained deltas (the first k cells given) rank-scores all "
            "the "
            "tasks' rows in batches of 16 sorted by length (a batch holds whichever tasks' rows are of its lengths), "
-           "each row under its own delta, the LM head only at the scored positions; baseline: k separately adapted "
-           "models (each its own copy of the base plus its delta), each scoring its own task with "
-           "`bench.harness.evaluation.rank_scores` (batches of one task, sorted by length). Weights held: bytes of the "
-           "distinct tensors of each setup; k full fine-tuned copies: k × the base's. Goal: mixed examples/s ≥ "
-           "the separate models' at every k, scores equal (each example's label scores within the tolerance of "
-           "its own cell's outputs and of the separate models'), judged on wall time; CPU time: the process's CPU "
-           "seconds on each side (single-threaded on CPU, so it holds where other jobs share the machine). Where the "
-           "time went before: README, \"One base, many tasks\".", "",
+           "each row under its own delta (LoRA: the base layers once per batch, every row's own B·A·x as two "
+           "batched matmuls; soft prompts: each task's prompt run through the base once, every row attending to its "
+           "own task's cached prompt states), the LM head only at the scored positions. Baselines: k separately "
+           "adapted models (each its own copy of the base plus its delta), each scoring only its own task's "
+           "examples in batches of 16 sorted by length, (a) on the cells' own path, `bench.harness.evaluation.rank_scores` "
+           "(the goal's ratio) and (b) on the serving module's own path with one delta per model (the same cached "
+           "prompt states and scored-position LM head: what mixing itself gives). The three run batch by batch, "
+           "interleaved so that each has done the same share of its work at any moment (a load change on the "
+           "machine meets all three alike); a round is one pass of all three, the ratio the median of rounds. "
+           "Weights held: bytes of the distinct tensors of each setup; k full fine-tuned copies: k × the base's. "
+           "Goal: mixed examples/s ≥ the separate models' at every k on wall time, scores equal (each example's "
+           "label scores within the tolerance of its own cell's outputs and of both separate paths'); CPU time: "
+           "the process's CPU seconds on each side (single-threaded on CPU, so it holds where other jobs share the "
+           "machine). Where the time went: docs/grids.md, \"One base, many tasks\".", "",
            "| deltas | k | examples | batches mixing tasks | mixed ex/s | separate ex/s | time: separate / mixed "
-           "| CPU time: separate / mixed | weights: separate / mixed | weights: k full-FT copies / mixed "
-           "| max score diff vs own cells / vs separate | equal |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| CPU time: separate / mixed | (b) serving path: time / CPU | weights: separate / mixed "
+           "| weights: k full-FT copies / mixed | max score diff vs own cells / vs separate | equal |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for info, name in found:
         mixing = f"{info['batches_mixing_cells']} of {info['batches']}" if "batches" in info else "–"
         cpu = (f"{info['cpu_ratio']:.2f}× (rounds {', '.join(f'{r:.2f}' for r in info['cpu_per_round'])})"
                if "cpu_ratio" in info else "–")
+        path = (f"{info['serving_path_ratio']:.2f}× / {info['serving_path_cpu_ratio']:.2f}×"
+                if "serving_path_ratio" in info else "–")
+        separate_diff = max(info.get("max_diff_vs_separate", float("nan")),
+                            info.get("max_diff_vs_serving_path", float("-inf")))
         out.append(f"| {name} | {len(info['cells'])} | {info['examples']} | {mixing} | "
                    f"{info['mixed_examples_per_s']:.1f} | {info['separate_examples_per_s']:.1f} | "
                    f"{info['ratio']:.2f}× (rounds {', '.join(f'{r:.2f}' for r in info['per_round'])}) | {cpu} | "
-                   f"{info['separate_over_mixed_bytes']:.2f}× | {info['full_ft_over_mixed_bytes']:.2f}× | "
-                   f"{info['max_diff_vs_own_cells']:.1e} / {info.get('max_diff_vs_separate', float('nan')):.1e} | "
+                   f"{path} | {info['separate_over_mixed_bytes']:.2f}× | {info['full_ft_over_mixed_bytes']:.2f}× | "
+                   f"{info['max_diff_vs_own_cells']:.1e} / {separate_diff:.1e} | "
                    f"{'yes' if info['scores_equal'] else '**no**'} |")
     return out + [""]
 

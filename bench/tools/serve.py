@@ -1,13 +1,15 @@
-"""One frozen base, many trained deltas, one forward pass: `python -m bench.tools.serve CELL_DIR ...` (Lester et al.
-2021: mixed-task batches; a deployed base model serves every task's delta at once).
+"""One frozen base, many trained deltas, one forward pass: `python -m bench.tools.serve CELL_DIR ...` (Lester et al. 2021:
+mixed-task batches; a deployed base model serves every task's delta at once).
 
 Given cells of a grid (each a task's LoRA adapter or soft prompt, saved in DIR/delta/), it loads the base model
 once, attaches every delta, and rank-scores the cells' eval examples in batches that mix the cells, each row under
 its own delta: LoRA rows as peft's mixed-adapter batches (`adapter_names=`) run them — the base layers once for
-the batch, each adapter's update B·A·x on its own rows — but on contiguous slices rather than index lists;
-soft-prompt rows by prepending each row's own prompt embedding to its input embeddings (peft prompt tuning
-prepends one prompt to a whole batch, so the mixed batch is built here, as peft's PeftModel builds a single-prompt
-one: one `cat` when the prompts are of one length). As `bench.harness.evaluation.rank_scores` does for one model, the
+the batch, each row's adapter update B·A·x added after each LoRA layer — but as two batched matmuls over the whole
+batch (each row's A and scaled B gathered from the adapters' stacked weights) rather than per-adapter sub-batches;
+soft-prompt rows after their own prompt (peft prompt tuning prepends one prompt to a whole batch): each task's
+prompt of one length is run through the base once, and every row's text attends to its own task's cached prompt
+states (the base is causal, so they are the states a row would compute for its prompt); prompts of different
+lengths are prepended to each row's input embeddings. As `bench.harness.evaluation.rank_scores` does for one model, the
 rows of all cells are sorted by length before they are cut into batches (a batch pads little), and the LM head runs
 only at the scored positions. It reads the deltas and the cells' outputs and writes nothing. Each example's label
 scores must equal those its own cell computed alone (DIR/outputs.jsonl.gz): the command prints the largest
@@ -19,6 +21,7 @@ The deltas of one mix must be of one kind (all LoRA or all soft prompts) on one 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -31,6 +34,18 @@ from bench.api.errors import BenchError
 
 TOLERANCE = 1e-4  # nats; the cells' outputs keep 5 decimals
 BATCH = 16
+
+
+@functools.cache
+def cache_arg() -> str:
+    """The name a causal LM's forward takes its KV cache under: `cache` from transformers 5.24 on
+    (`past_key_values` is deprecated there), `past_key_values` before."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
 
 
 @dataclass
@@ -100,36 +115,61 @@ class Mixed:
     """The base model with every cell's delta attached; `logprobs(rows, ...)` runs rows of different cells in one
     pass and returns log-probs only where they are scored."""
 
-    def __init__(self, base, cells: list[Cell]):
+    def __init__(self, base, cells: list[Cell], adapted=None):
+        """`adapted`: a model that already carries the one cell's delta (as `Method.load_delta` builds it), scored
+        by this same path instead of attaching the delta to `base` (a separate model served the same way)."""
         from peft import PeftModel
         from peft.utils import load_peft_weights
 
         from bench.harness.method import get_method
 
         self.cells, self.kind = cells, kind(get_method(cells[0].method))
-        if self.kind == "lora":
+        self.names = [c.name for c in cells]  # the adapter name of each cell's delta in self.model
+        if adapted is not None and len(cells) != 1:
+            raise BenchError("an adapted model carries one cell's delta: give one cell with it")
+        if self.kind == "lora" and adapted is not None:
+            self.model, self.names = adapted, [adapted.active_adapter]
+        elif self.kind == "lora":
             self.model = PeftModel.from_pretrained(base, str(cells[0].dir / "delta"), adapter_name=cells[0].name)
             for c in cells[1:]:
                 self.model.load_adapter(str(c.dir / "delta"), adapter_name=c.name)
-            self.prompts = []
         else:
-            self.model = base
-            self.prompts = [load_peft_weights(str(c.dir / "delta"))["prompt_embeddings"] for c in cells]
+            self.model = base if adapted is None else adapted.get_base_model()
+        self.prompts = ([] if self.kind == "lora" else
+                        [load_peft_weights(str(c.dir / "delta"))["prompt_embeddings"] for c in cells])
         self.model.eval()
+        self.states = self._prompt_states()
+        self.stacks = self._lora_stacks() if self.kind == "lora" else None
+
+    @torch.no_grad()
+    def _prompt_states(self):
+        """Each cell's soft prompt run through the base once: per layer (keys, values) of shape (cells, heads,
+        prompt length, head size), which every row of that cell then attends to instead of recomputing its
+        prompt (the base is causal: a prompt's states do not depend on the text after it). None for LoRA, or
+        when the prompts differ in length (their rows then carry the prompt embeddings, `_prompted`)."""
+        if not self.prompts or len({p.shape[0] for p in self.prompts}) != 1:
+            return None
+        embed = self.model.get_input_embeddings()
+        outs = [self.model(inputs_embeds=p.to(embed.weight.device, embed.weight.dtype)[None], use_cache=True)
+                for p in self.prompts]
+        per_cell = [getattr(out, cache_arg()) for out in outs]
+        return [(torch.cat([c.layers[n].keys for c in per_cell]), torch.cat([c.layers[n].values for c in per_cell]))
+                for n in range(len(per_cell[0].layers))]
 
     @torch.no_grad()
     def logprobs(self, rows: list[tuple], pad_id: int, wanted: list[tuple[int, int]]) -> torch.Tensor:
         """Log-probs (len(wanted), vocabulary) at `wanted` = [(row in `rows`, position in the row's own tokens),
         ...], in the order (row, position) ascending. Rows are right-padded; LoRA rows as `_lora_forward` runs
-        them; a soft-prompt row's tokens follow its own prompt (one `cat` for the whole batch when the prompts are
-        of one length, as peft builds a one-prompt batch).
-        The LM head runs only at the wanted positions (a boolean `logits_to_keep`), not at every position."""
+        them; a soft-prompt row's tokens follow its own prompt: with prompts of one length the rows' text runs
+        against each row's cached prompt states (`_cached_prompt_forward`), else each row carries its prompt's
+        embeddings (`_prompted`). The LM head runs only at the wanted positions (a boolean `logits_to_keep`),
+        not at every position."""
         from bench.harness.tokens import pad
 
         device = next(self.model.parameters()).device
         ids, mask = pad([r[1] for r in rows], pad_id)
         ids, mask = ids.to(device), mask.to(device)
-        if self.kind == "lora":
+        if self.kind == "lora" or self.states is not None:
             inputs, offsets = {"input_ids": ids}, [0] * len(rows)
         else:
             inputs, mask, offsets = self._prompted(rows, ids, mask)
@@ -137,44 +177,82 @@ class Mixed:
         keep[[b for b, _ in wanted], [offsets[b] + p for b, p in wanted]] = True
         if self.kind == "lora":
             logits = self._lora_forward(rows, inputs, mask, keep)
+        elif self.states is not None:
+            logits = self._cached_prompt_forward(rows, ids, mask, keep)
         else:
             logits = self.model(**inputs, attention_mask=mask, logits_to_keep=keep).logits
         return torch.log_softmax(logits.float(), dim=-1).cpu()
 
+    def _cached_prompt_forward(self, rows, ids, mask, keep):
+        """Logits of soft-prompt rows whose prompts' states are cached: each row's own cell's states gathered into
+        one batch cache (an index_select per layer), the base run on the rows' text only, at positions after
+        the prompt (as peft's prompt tuning places them)."""
+        from transformers import DynamicCache
+
+        owners = torch.tensor([r[0] for r in rows], device=ids.device)
+        cache = DynamicCache([(k.index_select(0, owners), v.index_select(0, owners)) for k, v in self.states],
+                             config=self.model.config)
+        prompt = torch.ones(len(rows), self.states[0][0].shape[2], dtype=mask.dtype, device=mask.device)
+        return self.model(input_ids=ids, attention_mask=torch.cat([prompt, mask], 1), logits_to_keep=keep,
+                          **{cache_arg(): cache}).logits
+
     def _lora_forward(self, rows, inputs, mask, keep):
         """Logits of LoRA rows, each under its cell's adapter: the base layers once for the whole batch (adapters
-        disabled) and, after each LoRA layer, each run of consecutive rows of one cell gets its adapter's update
-        B·A·x on its slice of the batch (a view: no copies), as peft's `adapter_names=` batches do with index
-        lists. Adapters of other variants (DoRA, ...) go through peft's own `adapter_names=` forward."""
-        from peft.tuners.lora import LoraLayer
-
-        runs: list[list] = []  # [adapter, first row, last row + 1]
-        for b, row in enumerate(rows):
-            name = self.cells[row[0]].name
-            if runs and runs[-1][0] == name:
-                runs[-1][2] = b + 1
-            else:
-                runs.append([name, b, b + 1])
-        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        if any(layer.lora_variant for layer in layers):
+        disabled) and, after each LoRA layer, every row's own adapter update B·A·x·scaling as two batched matmuls
+        over the whole batch (each row's A and scaled B gathered from the adapters' stacked weights,
+        `_lora_stacks`), instead of peft's `adapter_names=` sub-batches (an index-list gather and scatter and
+        three small layers per adapter per layer); a batch of one cell's rows multiplies by its weights directly.
+        Adapters of other variants (DoRA, ...) go through peft's own `adapter_names=` forward."""
+        stacks = self.stacks
+        if stacks is None:
             return self.model(**inputs, attention_mask=mask, logits_to_keep=keep,
-                              adapter_names=[self.cells[r[0]].name for r in rows]).logits
+                              adapter_names=[self.names[r[0]] for r in rows]).logits
+        owners = [r[0] for r in rows]
+        index = torch.tensor(owners, device=inputs["input_ids"].device)
+        one = owners[0] if len(set(owners)) == 1 else None
 
-        def add_updates(layer, args, output):
+        def add_update(layer, args, output):
+            down, up = stacks[layer]
             x = args[0]
-            for name, start, end in runs:
-                if name in layer.lora_A:
-                    update = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](x[start:end])))
-                    output[start:end] += update * layer.scaling[name]
-            return output
+            if one is not None:
+                return output.add_(x @ down[one].T @ up[one].T)
+            low = torch.bmm(x, down.index_select(0, index).transpose(1, 2))
+            return output.add_(torch.bmm(low, up.index_select(0, index).transpose(1, 2)))
 
-        hooks = [layer.register_forward_hook(add_updates) for layer in layers]
+        hooks = [layer.register_forward_hook(add_update) for layer in stacks]
         try:
             with self.model.disable_adapter():
                 return self.model(**inputs, attention_mask=mask, logits_to_keep=keep).logits
         finally:
             for hook in hooks:
                 hook.remove()
+
+    def _lora_stacks(self) -> dict | None:
+        """Per LoRA layer (A of every cell, shape (cells, rank, in); B·scaling of every cell, (cells, out, rank)),
+        ranks padded with zeros to the largest, a cell that does not adapt the layer all zeros. None
+        when an adapter is of another variant (DoRA, ...), has a bias or dropout left on, or adapts an embedding
+        (not plain B·A·x)."""
+        from peft.tuners.lora import LoraLayer
+
+        stacks = {}
+        for layer in (m for m in self.model.modules() if isinstance(m, LoraLayer)):
+            if layer.lora_variant or any(not isinstance(d, torch.nn.Identity) and d.training
+                                         for d in layer.lora_dropout.values()):
+                return None
+            present = [n for n in self.names if n in layer.lora_A]
+            if not present or any(layer.lora_B[n].bias is not None for n in present):  # embedding or biased LoRA
+                return None
+            rank = max(layer.lora_A[n].weight.shape[0] for n in present)
+            weight = layer.get_base_layer().weight
+            down = weight.new_zeros(len(self.names), rank, weight.shape[1])
+            up = weight.new_zeros(len(self.names), weight.shape[0], rank)
+            for c, name in enumerate(self.names):
+                if name in layer.lora_A:
+                    r = layer.lora_A[name].weight.shape[0]
+                    down[c, :r] = layer.lora_A[name].weight.detach()
+                    up[c, :, :r] = layer.lora_B[name].weight.detach() * layer.scaling[name]
+            stacks[layer] = (down, up)
+        return stacks
 
     def _prompted(self, rows, ids, mask):
         """(inputs_embeds, attention mask, each row's offset of its first token) of soft-prompt rows."""
@@ -205,21 +283,31 @@ def length_batches(rows: list[tuple], batch_size: int) -> list[list[int]]:
             for start in range(0, len(order), batch_size)]
 
 
+def score_batch(mixed: Mixed, pad_id: int, chunk: list[tuple], scores: dict) -> dict:
+    """Score one batch of rows (any cells') into `scores` = {(owner, example): {label: score}}; returns it."""
+    wanted = sorted({(b, first + k) for b, (_, _, scored) in enumerate(chunk)
+                     for _, _, first, ids in scored for k in range(len(ids))})
+    column = {key: c for c, key in enumerate(wanted)}
+    logprobs = mixed.logprobs(chunk, pad_id, wanted)
+    for b, (owner, _, scored) in enumerate(chunk):
+        for i, j, first, ids in scored:
+            scores.setdefault((owner, i), {})[j] = sum(logprobs[column[(b, first + k)], t].item()
+                                                       for k, t in enumerate(ids))
+    return scores
+
+
+def label_scores(scores: dict) -> dict:
+    """{(owner, example): [label scores]} from `score_batch`'s {(owner, example): {label: score}}."""
+    return {key: [labels[j] for j in sorted(labels)] for key, labels in scores.items()}
+
+
 def score_mixed(mixed: Mixed, pad_id: int, rows: list[tuple], batch_size: int = BATCH) -> dict:
     """{(owner, example): [label scores]}: every row scored in batches of similar length that mix the cells
     (`length_batches`), the LM head only at scored positions."""
     scores: dict[tuple, dict] = {}
     for batch in length_batches(rows, batch_size):
-        chunk = [rows[r] for r in batch]
-        wanted = sorted({(b, first + k) for b, (_, _, scored) in enumerate(chunk)
-                         for _, _, first, ids in scored for k in range(len(ids))})
-        column = {key: c for c, key in enumerate(wanted)}
-        logprobs = mixed.logprobs(chunk, pad_id, wanted)
-        for b, (owner, _, scored) in enumerate(chunk):
-            for i, j, first, ids in scored:
-                value = sum(logprobs[column[(b, first + k)], t].item() for k, t in enumerate(ids))
-                scores.setdefault((owner, i), {})[j] = value
-    return {key: [labels[j] for j in sorted(labels)] for key, labels in scores.items()}
+        score_batch(mixed, pad_id, [rows[r] for r in batch], scores)
+    return label_scores(scores)
 
 
 def interleave(per_cell: list[list[tuple]]) -> list[tuple]:
