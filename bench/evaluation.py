@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.batches import continuation_ids, encoder_inputs, pad, prompt_ids
+from bench.generation import decode
 
 
 
@@ -109,8 +110,10 @@ def _generation_batches(lengths: list[int], batch_size: int, equal_length: bool)
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
-             num_beams: int = 1, timer: Timer | None = None, extra_positions: int = 0) -> list[str]:
-    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1).
+             num_beams: int = 1, timer: Timer | None = None, extra_positions: int = 0,
+             drop_finished: bool = True) -> list[str]:
+    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1), through `bench.generation.decode`:
+    greedy rows leave the batch when they end; `drop_finished=False` runs `model.generate` (the same tokens).
 
     With virtual tokens (`extra_positions` > 0, e.g. peft prompt tuning) left padding would sit between
     the virtual tokens and the text and shift the text's positions, so a batch then holds only prompts
@@ -123,9 +126,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         input_ids, attention_mask = pad([encoded[i] for i in chunk], tokenizer.pad_token_id, side="left")
         start = time.perf_counter()
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                   num_beams=num_beams, max_new_tokens=max_new_tokens, use_cache=True,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        generated = decode(model, input_ids, attention_mask, max_new_tokens, tokenizer.pad_token_id,
+                           tokenizer.eos_token_id, num_beams, drop_finished)
         new_tokens = generated[:, input_ids.shape[1]:]
         if timer:
             timer.seconds += time.perf_counter() - start
