@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.batches import continuation_ids, encoder_inputs, pad, prompt_ids
-from bench.generation import decode
+from bench.generation import FirstLineDone, decode
 
 
 
@@ -113,7 +113,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
              num_beams: int = 1, timer: Timer | None = None, extra_positions: int = 0,
              drop_finished: bool = True) -> list[str]:
     """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1), through `bench.generation.decode`:
-    greedy rows leave the batch when they end; `drop_finished=False` runs `model.generate` (the same tokens).
+    greedy rows leave the batch when they end or their first line is done (the output is the first line);
+    `drop_finished=False` runs `model.generate` (the same texts, and tokens of which ours are a prefix).
 
     With virtual tokens (`extra_positions` > 0, e.g. peft prompt tuning) left padding would sit between
     the virtual tokens and the text and shift the text's positions, so a batch then holds only prompts
@@ -127,7 +128,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         start = time.perf_counter()
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
         generated = decode(model, input_ids, attention_mask, max_new_tokens, tokenizer.pad_token_id,
-                           tokenizer.eos_token_id, num_beams, drop_finished)
+                           tokenizer.eos_token_id, num_beams, drop_finished, FirstLineDone(tokenizer))
         new_tokens = generated[:, input_ids.shape[1]:]
         if timer:
             timer.seconds += time.perf_counter() - start

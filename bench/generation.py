@@ -16,6 +16,11 @@ The loop is what `generate` does for greedy search, written out for the inputs t
   `generate`'s logits processor does;
 - output: (prompt, new tokens), finished rows padded with `pad_token_id` to the longest output, as `generate`.
 
+`stop` (optional) ends a row early by another rule; the harness passes `FirstLineDone`: its outputs are the first
+line of the continuation (bench.evaluation.clean_generation), so a row whose decoded continuation holds a newline
+after some text is finished too. With it the tokens are a prefix of `generate`'s (up to that newline) and the
+harness's outputs the same texts; without it, the same tokens.
+
 Encoder-decoder models: the encoder runs once; each step runs the decoder on the last token with the encoder's
 states, the encoder mask and an `EncoderDecoderCache`; dropping a row drops its encoder states, mask and both
 caches (self- and cross-attention). The output starts with the decoder start token, as `generate`'s.
@@ -37,6 +42,7 @@ minimum lengths, suppressed tokens: the loop does not reimplement them).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -171,12 +177,35 @@ class _EncoderDecoderRows:
         self._run(tokens[:, None])
 
 
+@functools.lru_cache(maxsize=8)
+def _newline_ids(tokenizer) -> torch.Tensor:
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([i for i, text in enumerate(texts) if "\n" in text], dtype=torch.long)
+
+
+class FirstLineDone:
+    """`stop` for outputs cut to their first line: a row is done once its decoded continuation (special tokens
+    skipped, as the harness decodes it), left-stripped, holds a newline. Decodes a row only at a step whose token
+    contains a newline."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.newline = tokenizer, _newline_ids(tokenizer)
+
+    def __call__(self, new, tokens):
+        done = torch.zeros_like(tokens, dtype=torch.bool)
+        for row in torch.isin(tokens, self.newline.to(tokens.device)).nonzero().flatten().tolist():
+            text = self.tokenizer.decode(new[row].tolist(), skip_special_tokens=True)
+            done[row] = "\n" in text.lstrip()
+        return done
+
+
 @torch.no_grad()
 def decode(model, input_ids, attention_mask, max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-           num_beams: int = 1, drop_finished: bool = True):
+           num_beams: int = 1, drop_finished: bool = True, stop=None):
     """`model.generate(input_ids, attention_mask, do_sample=False, num_beams, max_new_tokens, use_cache=True,
     pad_token_id, eos_token_id)`'s output, with finished rows dropped from the batch (the module docstring);
-    `drop_finished=False`, or a case `unsupported` names, runs `model.generate` itself (today's path)."""
+    `drop_finished=False`, or a case `unsupported` names, runs `model.generate` itself (today's path). `stop`:
+    called with (the live rows' new tokens so far, their latest tokens), True where a row is done as well."""
     if not drop_finished or unsupported(model, num_beams) is not None:
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                               num_beams=num_beams, max_new_tokens=max_new_tokens, use_cache=True,
@@ -195,6 +224,8 @@ def decode(model, input_ids, attention_mask, max_new_tokens: int, pad_token_id: 
         new[rows, step] = tokens
         width = step + 1
         going = tokens != eos_token_id
+        if stop is not None:
+            going &= ~stop(new[rows, :width], tokens)
         if step == max_new_tokens - 1 or not bool(going.any()):
             break
         if not bool(going.all()):

@@ -112,10 +112,10 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
              num_beams: int = 1, timer=None, drop_finished: bool = True) -> list[str]:
     """Batched, right-padded, KV-cached decoding (greedy unless num_beams > 1); the decoded continuations. Through
-    `bench.generation.decode`: greedy rows leave the batch when they end; `drop_finished=False` runs
-    `model.generate` (the same tokens)."""
+    `bench.generation.decode`: greedy rows leave the batch when they end or their first line is done;
+    `drop_finished=False` runs `model.generate` (the same texts)."""
     from bench.evaluation import clean_generation
-    from bench.generation import decode
+    from bench.generation import FirstLineDone, decode
 
     encoded = [cut_left(tokenizer, prompt_ids(tokenizer, p), max_len) for p in prompts]
     outputs: list[str] = [""] * len(prompts)
@@ -124,7 +124,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         input_ids, attention_mask = pad([encoded[i] for i in chunk], tokenizer.pad_token_id)
         start = time.perf_counter()
         generated = decode(model, input_ids.to(model.device), attention_mask.to(model.device), max_new_tokens,
-                           tokenizer.pad_token_id, tokenizer.eos_token_id, num_beams, drop_finished)
+                           tokenizer.pad_token_id, tokenizer.eos_token_id, num_beams, drop_finished,
+                           FirstLineDone(tokenizer))
         if timer:
             timer.seconds += time.perf_counter() - start
             timer.tokens += int(attention_mask.sum()) + int((generated[:, 1:] != tokenizer.pad_token_id).sum())
