@@ -24,6 +24,10 @@ What is measured (tests/benchmarks/, one file per item):
 8. packing: cells per hour on one device, K cells (`python -m bench run-cell`, one process each) all side by side
    (on a GPU: all on device 0, as `--resources gpu_mem_mb=...` lets Snakemake run them; on CPU: as many at once
    as there are cores) against the same cells one at a time; the side-by-side records must hold the same metrics.
+11. decoding without the wait: bench.evaluation.generate through bench.generation.decode (finished rows leave the
+   batch and its KV cache) against the same call with `drop_finished=False` (`model.generate`), on study-webnlg's
+   and study-e2e's settings, with a LoRA delta trained a few steps first; equal outputs.
+The GPU check (`--gpu`) is bench/benchmarks_gpu.py: no pytest, its own report.
 
 Modes: `full` (default; SmolLM2-135M, the settings of the default grid) and `--quick` (tiny random
 models, fewer rounds; the CI mode). Threads: one torch thread unless `--threads`.

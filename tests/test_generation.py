@@ -181,3 +181,18 @@ def test_smollm2_real_prompts_equal(task_name, new):
     texts = [evaluation.generate(adapted, tokenizer, prompts[:8], new, 8, 128, drop_finished=drop)
              for drop in (True, False)]
     assert texts[0] == texts[1]
+
+
+def test_first_line_done_only_after_text(tiny_llama):
+    """FirstLineDone ends a row at a newline that follows text, not at one before any text (clean_generation strips
+    leading whitespace), and only rows whose latest token holds a newline are decoded."""
+    from bench.generation import FirstLineDone
+
+    tokenizer = tiny_llama[1]
+    stop = FirstLineDone(tokenizer)
+    rows = [tokenizer("\n", add_special_tokens=False)["input_ids"], tokenizer("ab\n", add_special_tokens=False)["input_ids"],
+            tokenizer("ab c", add_special_tokens=False)["input_ids"]]
+    width = max(map(len, rows))
+    new = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+    latest = torch.tensor([row[-1] for row in rows])
+    assert stop(new, latest).tolist() == [False, True, False]
