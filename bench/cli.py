@@ -148,6 +148,17 @@ def cmd_cells(args) -> None:
 
 
 def cmd_benchmarks(args) -> None:
+    if args.gpu:
+        import torch
+
+        from bench.tools.benchmarks_gpu import checks_pass, default_output, measure
+
+        out = Path(args.out) if args.out else default_output()
+        data = measure(out, quick=not torch.cuda.is_available())
+        print(f"{out.with_suffix('.md')}\n{out}")
+        if not checks_pass(data):
+            sys.exit(1)  # a correctness check failed (speed never fails)
+        return
     from bench.tools.benchmarks import run_benchmarks
 
     status = run_benchmarks(quick=args.quick, threads=args.threads, out=Path(args.out) if args.out else None,
@@ -256,6 +267,13 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     mode.add_argument("--quick", action="store_true", help="tiny models, fewer rounds (CI; under 2 minutes); writes "
                                                            ".benchmarks/quick.md + .json")
     mode.add_argument("--full", action="store_false", dest="quick", help="SmolLM2-135M (the default)")
+    mode.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU check (bench/tools/benchmarks_gpu.py): random-initialised SmolLM2-135M / Qwen2.5-0.5B shapes, "
+        "≤ 8 minutes on an H100; writes reports/benchmarks-gpu.md + .json; without CUDA a quick mode on tiny shapes "
+        "(.benchmarks/gpu-quick.*)",
+    )
     benchmarks.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     benchmarks.add_argument("--out", default=None, help="JSON path (the report goes beside it, .md)")
     benchmarks.add_argument("--report-only", action="store_true", help="only re-render the .md from the existing JSON")

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.api.metrics import METRICS
+from bench.harness.generation import FirstLineDone, decode
 from bench.harness.tokens import clean_generation, continuation_ids, pad, prompt_ids
 
 
@@ -92,8 +93,11 @@ def _generation_batches(lengths: list[int], batch_size: int, equal_length: bool)
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
-             num_beams: int = 1, timer: Timer | None = None, extra_positions: int = 0) -> list[str]:
-    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1).
+             num_beams: int = 1, timer: Timer | None = None, extra_positions: int = 0,
+             drop_finished: bool = True) -> list[str]:
+    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1), through `bench.harness.generation.decode`:
+    greedy rows leave the batch when they end or their first line is done (the output is the first line);
+    `drop_finished=False` runs `model.generate` (the same texts, and tokens of which ours are a prefix).
 
     With virtual tokens (`extra_positions` > 0, e.g. peft prompt tuning) left padding would sit between
     the virtual tokens and the text and shift the text's positions, so a batch then holds only prompts
@@ -106,9 +110,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         input_ids, attention_mask = pad([encoded[i] for i in chunk], tokenizer.pad_token_id, side="left")
         start = time.perf_counter()
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                   num_beams=num_beams, max_new_tokens=max_new_tokens, use_cache=True,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        generated = decode(model, input_ids, attention_mask, max_new_tokens, tokenizer.pad_token_id,
+                           tokenizer.eos_token_id, num_beams, drop_finished, FirstLineDone(tokenizer))
         new_tokens = generated[:, input_ids.shape[1]:]
         if timer:
             timer.seconds += time.perf_counter() - start

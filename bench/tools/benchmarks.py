@@ -24,6 +24,10 @@ What is measured (tests/benchmarks/, one file per item):
 8. packing: cells per hour on one device, K cells (`python -m bench run-cell`, one process each) all side by side
    (on a GPU: all on device 0, as `--resources gpu_mem_mb=...` lets Snakemake run them; on CPU: as many at once
    as there are cores) against the same cells one at a time; the side-by-side records must hold the same metrics.
+11. decoding without the wait: bench.harness.evaluation.generate through bench.harness.generation.decode (finished rows leave the
+   batch and its KV cache) against the same call with `drop_finished=False` (`model.generate`), on study-webnlg's
+   and study-e2e's settings, with a LoRA delta trained a few steps first; equal outputs.
+The GPU check (`--gpu`) is bench/tools/benchmarks_gpu.py: no pytest, its own report.
 
 Modes: `full` (default; SmolLM2-135M, the settings of the default grid) and `--quick` (tiny random
 models, fewer rounds; the CI mode). Threads: one torch thread unless `--threads`.
@@ -110,6 +114,16 @@ GOALS = {  # item -> (ratio label, comparison, threshold)
        for kind in ("lora", "prompt") for k in (2, 4, 8)},
     "bf16_train": ("fp32 / bf16 time", ">=", 1.3),
     "bf16_rank": ("fp32 / bf16 time", ">=", 1.3),
+    "decode_drop_webnlg": ("today's `generate` / finished rows dropped, time", ">=", 1.6),
+    "decode_drop_e2e": ("today's `generate` / finished rows dropped, time", ">=", 1.2),
+}
+
+# item 11 (tests/benchmarks/test_11_decode_drop.py): per mode and case, (task, eval examples, eval batch size,
+# max new tokens, timed rounds, LoRA training steps before decoding); full mode: study-webnlg's and study-e2e's
+# decoding settings, on a model trained (as the study's LoRA cells, fewer steps) to write the task's one line
+DECODE_DROP = {
+    "full": {"webnlg": ("webnlg", 64, 64, 60, 2, 24), "e2e": ("e2e", 48, 16, 40, 2, 24)},
+    "quick": {"webnlg": ("webnlg", 8, 8, 12, 2, 2), "e2e": ("e2e", 8, 4, 12, 2, 2)},
 }
 
 
@@ -605,6 +619,29 @@ def time_dry_run(workdir: Path, grid: Path | None = None, snakefile: Path = PROJ
     return {"seconds": seconds, "cell_jobs": jobs}
 
 
+# ----------------------------------------------------------------------------- item 11: decoding, rows dropped
+def decoding_model(model_name: str, task_name: str, steps: int):
+    """(model, tokenizer) with a LoRA delta trained `steps` steps on 200 of the task's training examples (study-e2e /
+    study-webnlg's LoRA settings: r 8, α 16, lr 1e-3, batch 4), in eval mode: a model that writes the task's line
+    and ends it, as the study's cells do (a zero-shot SmolLM2 runs on to the token limit)."""
+    from bench.harness.batches import training_batches
+    from bench.harness.cell import seed_everything
+    from bench.harness.method import CellContext, get_method, resolve_hparams
+    from bench.harness.tasks import get_task, train_examples
+    from bench.harness.train import train
+
+    task, method = get_task(task_name), get_method("lora")
+    hp = resolve_hparams(method, {"lr": 1e-3, "r": 8, "alpha": 16, "batch_size": 4, "steps": steps})
+    examples = train_examples(task, 200, 0)
+    model, tokenizer = load(model_name)
+    seed_everything(0)
+    model = method.apply(model, hp, CellContext(task=task, model_kind="causal_lm", tokenizer=tokenizer,
+                                                train_examples=examples, seed=0))
+    train(model, method, hp, training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0),
+          progress="bench")
+    return model.eval(), tokenizer
+
+
 # ----------------------------------------------------------------------------- item 8: packing
 def packing_cells(settings: Settings) -> list[list[str]]:
     """`run-cell` arguments (without --out) of the item's cells: SST-2 as in the default grid, LoRA and full FT,
@@ -733,7 +770,10 @@ def write_report(json_path: Path, md_path: Path) -> None:
               for kind, method, deltas in (("lora", "lora", "LoRA adapters"),
                                            ("prompt", "prompt_tuning", "soft prompts")) for k in (2, 4, 8)],
             ("10", "bf16_train", "test_bf16_training_steps", "prompt-tuning training steps, bf16 autocast vs fp32"),
-            ("10", "bf16_rank", "test_bf16_rank_scoring", "`rank_scores` under bf16 autocast vs fp32")]
+            ("10", "bf16_rank", "test_bf16_rank_scoring", "`rank_scores` under bf16 autocast vs fp32"),
+            *[("11", f"decode_drop_{case}", f"test_decode_drop[{case}]",
+               f"greedy decoding, finished rows dropped vs today's `generate`, {what}")
+              for case, what in (("webnlg", "study-webnlg's settings"), ("e2e", "study-e2e's settings"))]]
     for number, item, test, what in rows:
         info = by_item.get(item)
         outcome = outcomes.get(test, "not run")
@@ -928,7 +968,7 @@ def _details(by_item: dict, mode: str, gpu: str | None = None) -> list[str]:
                 "device-agnostic (CUDA when available, the models in bf16 there, memory from "
                 "`torch.cuda.max_memory_allocated`, the matmul peak in bf16); run `python -m bench benchmarks` on a "
                 "GPU machine to fill this in.", ""]
-    return out + serve_mixed_details(by_item) + precision_details(by_item)
+    return out + serve_mixed_details(by_item) + precision_details(by_item) + decode_drop_details(by_item)
 
 
 def serve_mixed_details(by_item: dict) -> list[str]:
@@ -1004,6 +1044,40 @@ def precision_details(by_item: dict) -> list[str]:
                    f"| label log-probs within {rank['max_score_diff']:.3f} nats; {rank['prediction_agreement']:.0%} of "
                    "predictions agree |")
     return out + [""]
+
+
+def decode_drop_details(by_item: dict) -> list[str]:
+    """Section 11 (item 11, tests/benchmarks/test_11_decode_drop.py)."""
+    found = [by_item[f"decode_drop_{case}"] for case in ("webnlg", "e2e") if f"decode_drop_{case}" in by_item]
+    if not found:
+        return []
+    first = found[0]
+    out = ["## 11. Decoding without waiting for the batch's longest output", "",
+           f"{first['model']} with a LoRA delta (r 8, α 16, lr 1e-3, batch 4) trained {first['lora_steps']} steps on "
+           "200 of the task's training examples just before, so that it writes the task's line and stops as the "
+           "study's cells do. "
+           "`bench.harness.evaluation.generate` (the harness's generation: prompts sorted by length, left-padded, KV cache) "
+           "through `bench.harness.generation.decode`, which drops a row from the batch, its KV cache, mask and position as "
+           "soon as it emits the end token or its first line is complete (the harness keeps the first line); "
+           "baseline: the same function with `drop_finished=False`, i.e. "
+           "`model.generate`, which keeps finished rows in the batch, fed padding, until the longest output ends. "
+           "Same prompts, same batches; outputs must be equal text for text.", "",
+           "| task | model | examples | batch | max new tokens | new tokens to each row's end / every row to the maximum | "
+           "today (s, per round) | dropped (s, per round) | today / dropped | equal |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for info in found:
+        out.append(f"| {info['task']} | {info['model']} ({info['dtype'].replace('torch.', '')}) | {info['examples']} | "
+                   f"{info['batch_size']} | {info['max_new_tokens']} | {info['new_tokens']} / {info['slots_at_most']} "
+                   f"({info['new_tokens'] / info['slots_at_most']:.0%}) | "
+                   f"{', '.join(f'{t:.2f}' for t in info['baseline_s'])} | "
+                   f"{', '.join(f'{t:.2f}' for t in info['ours_s'])} | {info['ratio']:.2f}× (rounds "
+                   f"{', '.join(f'{r:.2f}' for r in info['per_round'])}) | "
+                   f"{'yes' if info['outputs_equal'] else '**no**'} ({info['equal_count']}/{info['examples']}) |")
+    out += ["", "The share of new tokens made is what bounds the gain: a decoding step costs about as much per row, "
+            "and today every row of a batch runs as many steps as the batch's longest output. Beam search "
+            "(`num_beams` > 1, the paper grid) keeps `generate`; so do soft prompts on encoder-decoder models "
+            "(bench/harness/generation.py says why).", ""]
+    return out
 
 
 def _overhead_miss(info: dict) -> str:

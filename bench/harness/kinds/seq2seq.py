@@ -11,7 +11,8 @@ the end token (a whole decoder sequence, as the model is trained to produce it; 
 from " positive review"). The encoder runs once per (example, label) row: a method's soft prompt enters through
 the model's forward (peft prompt tuning), which a separately run encoder would skip.
 
-Generation: batched `generate` (KV-cached, greedy or beam), encoder inputs right-padded: BART's positions are
+Generation: batched, KV-cached `bench.harness.generation.decode` (greedy: finished rows leave the batch; beam search:
+`model.generate`), encoder inputs right-padded: BART's positions are
 absolute, so left padding would move the text; a soft prompt goes before the text in the encoder and does not
 move the decoder's positions, so no method needs batches of equal length here.
 """
@@ -110,9 +111,12 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
-             num_beams: int = 1, timer=None) -> list[str]:
-    """Batched, right-padded, KV-cached decoding (greedy unless num_beams > 1); the decoded continuations."""
+             num_beams: int = 1, timer=None, drop_finished: bool = True) -> list[str]:
+    """Batched, right-padded, KV-cached decoding (greedy unless num_beams > 1); the decoded continuations. Through
+    `bench.harness.generation.decode`: greedy rows leave the batch when they end or their first line is done;
+    `drop_finished=False` runs `model.generate` (the same texts)."""
     from bench.harness.tokens import clean_generation
+    from bench.harness.generation import FirstLineDone, decode
 
     encoded = [cut_left(tokenizer, prompt_ids(tokenizer, p), max_len) for p in prompts]
     outputs: list[str] = [""] * len(prompts)
@@ -120,9 +124,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     for chunk in tqdm(list(_chunks(order, batch_size)), desc="generate", leave=False, mininterval=2):
         input_ids, attention_mask = pad([encoded[i] for i in chunk], tokenizer.pad_token_id)
         start = time.perf_counter()
-        generated = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                                   do_sample=False, num_beams=num_beams, max_new_tokens=max_new_tokens, use_cache=True,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        generated = decode(model, input_ids.to(model.device), attention_mask.to(model.device), max_new_tokens,
+                           tokenizer.pad_token_id, tokenizer.eos_token_id, num_beams, drop_finished,
+                           FirstLineDone(tokenizer))
         if timer:
             timer.seconds += time.perf_counter() - start
             timer.tokens += int(attention_mask.sum()) + int((generated[:, 1:] != tokenizer.pad_token_id).sum())
