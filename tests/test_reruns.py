@@ -290,7 +290,7 @@ def test_reruns_are_exact(clone):
 
     train = project / "bench/harness/train.py"
     train.write_text(train.read_text() + "\n# a comment in harness code\n")
-    assert planned_jobs(project) == {"report": 1}  # no training; the report reads bench/*.py by time
+    assert planned_jobs(project) == {"report": 1}  # no training; the report reads bench/**/*.py by time
     train.write_text(train.read_text() + "\nHARNESS_EDIT = 1\n")
     assert planned_jobs(project) == {"cell": 4, "report": 1}  # a real harness edit: every record is another's
     assert len(report_stale_rows(project, "mini")) == 4  # ... and, until rerun, the report flags every one
