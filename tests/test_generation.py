@@ -10,7 +10,7 @@ import collections
 import pytest
 import torch
 
-from bench.harness.batches import pad, prompt_ids
+from bench.harness.tokens import pad, prompt_ids
 from bench.harness.generation import decode, unsupported
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.tasks import eval_examples, get_task

@@ -195,7 +195,7 @@ def part_decode(shape: str, quick: bool, plan: dict, tok) -> dict:
 
     import torch
 
-    from bench.harness.batches import pad, prompt_ids
+    from bench.harness.tokens import pad, prompt_ids
     from bench.harness.generation import decode
 
     n, batch, new = plan["decode"]

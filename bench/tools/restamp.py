@@ -6,8 +6,9 @@ The proof is a golden check, run before anything is written:
   harness of `--against REV` (a git commit, unpacked into a temporary folder) and under today's code, compared bit
   for bit;
 - committed cells: the cheapest training record of each grid (every record of the grids named by `--check-all`),
-  and for records made before cell identity one record of each method whose code changed since, rerun under
-  today's code and compared bit for bit with the committed record.
+  and one record of each method whose code changed since the record (the cheapest of any grid: a method's code is
+  the same in every grid), rerun under today's code and compared bit for bit with the committed record. Method code
+  whose imports only name moved modules (`imports_moved_only`) needs no rerun of its own: the tiny cells cover it.
 "Bit for bit" is every field of the record but those NOT_COMPARED (times, throughput, memory, the environment, the
 delta's size on disk, the identity and the method files' bytes) and hyperparameters the harness added since (at
 their defaults): metrics and samples, per-step losses, the per-example outputs' sha256, parameter counts, curves
@@ -21,6 +22,7 @@ and written goes to reports/identity/restamp.{json,md} (--log): checks made unde
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -214,7 +216,7 @@ def legacy_consistent(record: dict, cell, planned: dict) -> list[str]:
     """For a record made before cell identity: what, by the fingerprints and config it carries, differs from the
     planned spec: its method files (by bytes; else by code, read at the record's `env.git_commit` where that
     commit's files are the bytes the record names; a method whose code differs is re-stamped only where a rerun of
-    one of its cells in the grid is identical: PROVE), model, data files, resolved hp (a key the harness added since
+    one of its cells is identical: PROVE), model, data files, resolved hp (a key the harness added since
     is allowed: the golden check reruns the grid's cells with it), sizes, seeds, eval sets."""
     from bench.grid.plan import current_method_sha256
 
@@ -244,13 +246,45 @@ def legacy_consistent(record: dict, cell, planned: dict) -> list[str]:
     return problems
 
 
-def restampable(record: dict, cell, planned: dict) -> list[str]:
-    """[] when the record may take the planned identity (it differs in the harness at most), else what differs."""
+@functools.lru_cache(maxsize=None)
+def imports_moved_only(commit: str | None, method: str, recorded_code: str) -> bool:
+    """Whether the method's code at `commit` is the record's (`recorded_code`) and today's differs from it only in
+    the module paths its imports name (the modules it imports moved, e.g. bench/method.py to bench/harness/): the
+    statements it runs are the same; the tiny golden cells, every method under both commits, check the moved
+    modules compute the same."""
+    import ast
+
+    from bench.harness.identity import PROJECT_ROOT, _canonical, _strip_docstrings
+    from bench.harness.method import method_files
+
+    if not commit or method_code_at(commit, method)[1] != recorded_code:
+        return False
+
+    def without_module_paths(source: str):
+        tree = _strip_docstrings(ast.parse(source))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                node.module = None
+        return _canonical(tree)
+
+    for path in method_files(method):
+        relative = path.resolve().relative_to(PROJECT_ROOT)
+        shown = subprocess.run(["git", "show", f"{commit}:{relative}"], cwd=PROJECT, capture_output=True)
+        if shown.returncode or without_module_paths(shown.stdout.decode()) != without_module_paths(path.read_text()):
+            return False
+    return True
+
+
+def restampable(record: dict, cell, planned: dict, against: str | None = None) -> list[str]:
+    """[] when the record may take the planned identity (it differs in the harness at most, or in method code whose
+    imports name moved modules and nothing else: imports_moved_only), else what differs."""
     from bench.grid.plan import stale_fields
 
-    if (record.get("identity") or {}).get("spec"):  # changed method code: to be proven by a rerun (PROVE)
+    spec = (record.get("identity") or {}).get("spec")
+    if spec:  # changed method code: to be proven by a rerun (PROVE)
         return [f"{PROVE}{cell.method}" if field == "method.code" else field
-                for field in stale_fields(record, planned) if field != "harness"]
+                for field in stale_fields(record, planned) if field != "harness"
+                and not (field == "method.code" and imports_moved_only(against, cell.method, spec["method"]["code"]))]
     return legacy_consistent(record, cell, planned)
 
 
@@ -292,7 +326,7 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
             if not record:
                 continue
             planned = planned_identity(cell, cells)
-            rows.append((cell, record, planned, restampable(record, cell, planned)))
+            rows.append((cell, record, planned, restampable(record, cell, planned, against)))
         plan[grid] = rows
     # the golden set
     work = Path(tempfile.mkdtemp(prefix="restamp-"))
@@ -315,7 +349,7 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
                 checks[cell.dir] = {"dir": cell.dir, "kind": f"tiny, {against} vs today's code", "harness": harness,
                                     "against": against, "differs": mismatches(a, b), "date": now(),
                                     "seconds": round((old_s + new_s) / len(tiny), 1)}
-        committed = []  # (order, -records it can carry over per second, cell): --check-all grids first
+        committed, by_key = [], {}  # (order, -records it can carry over per second, cell): --check-all grids first
         for grid, rows in plan.items():
             candidates = sorted(((not r["train"]["steps"], cost_s(r), c.dir, c, problems)
                                  for c, r, _, problems in rows if r.get("status") == "ok"
@@ -327,7 +361,11 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
                 committed.append((1, -plain / max(candidates[0][1], 1.0), candidates[0][3]))
             for key in sorted({p for *_, problems in candidates for p in problems}):
                 t = next(t for t in candidates if key in t[-1])
-                committed.append((1, -sum(key in problems for *_, problems in rows) / max(t[1], 1.0), t[3]))
+                if key not in by_key or t[:2] < by_key[key][:2]:
+                    by_key[key] = t
+        # one cell per method to prove, the cheapest of any grid: a method's code is the same in every grid (the
+        # tiny golden cells run every method on every architecture under both commits)
+        committed += [(1, 0.0, t[3]) for t in by_key.values()]
         # past the --check-all grids, the checks that carry the most records per second first (a shared machine)
         committed = list({c.dir: c for *_, c in sorted(committed, key=lambda t: t[:2]) if c.dir not in checks}.values())
         if committed and logged_only:
@@ -354,7 +392,8 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
     for grid, rows in plan.items():
         in_grid = [checks[c.dir] for c, *_ in rows if c.dir in checks]
         ok = tiny_ok and bool(in_grid) and not any(c["differs"] for c in in_grid)
-        proven = {f"{PROVE}{c.method}" for c, *_ in rows if c.dir in checks and not checks[c.dir]["differs"]}
+        proven = {f"{PROVE}{c.method}" for rows_ in plan.values() for c, *_ in rows_
+                  if c.dir in checks and not checks[c.dir]["differs"]}
         written, already, left = 0, 0, []
         for cell, record, planned, problems in rows:
             unproven = [p for p in problems if p not in proven]

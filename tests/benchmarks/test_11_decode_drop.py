@@ -4,7 +4,7 @@ path, on study-webnlg's settings (batch 64, 60 new tokens) and study-e2e's (batc
 task first, so that it writes the task's line and stops, as the study's cells do."""
 import pytest
 
-from bench.harness.batches import prompt_ids
+from bench.harness.tokens import prompt_ids
 from bench.tools.benchmarks import DECODE_DROP, Paired, decoding_model, device, record
 from bench.harness.evaluation import Timer, generate
 from bench.harness.method import TRAIN_DEFAULTS
