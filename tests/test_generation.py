@@ -128,7 +128,8 @@ def test_forced_end_token_and_processors(models_cache, e2e):
 def test_harness_generate_equal_and_not_a_wrapper(models_cache, e2e):
     """bench.harness.evaluation.generate and bench.harness.kinds.seq2seq.generate give the same texts on both paths; a model that is
     neither a transformers nor a peft model (prompt ensembles' wrapper) goes to `generate`."""
-    from bench.harness import evaluation, seq2seq
+    from bench.harness import evaluation
+    from bench.harness.kinds import seq2seq
     from bench.harness.models import load_model
 
     prompts = [e2e.prompt(ex) for ex in eval_examples(e2e, "e2e", 8)]
@@ -148,7 +149,7 @@ def test_smollm2_real_prompts_equal(task_name, new):
     the same, and rows end at different steps (zero-shot SmolLM2 never emits its end token within the limit, but
     ends its first line). The same through bench.harness.evaluation.generate with a LoRA delta."""
     from bench.harness import evaluation
-    from bench.harness.evaluation import clean_generation
+    from bench.harness.tokens import clean_generation
     from bench.harness.generation import FirstLineDone
     from bench.harness.models import load_model
 

@@ -100,7 +100,9 @@ class _DecoderRows:
 
     def __init__(self, model, input_ids, attention_mask):
         peft = _peft_config(model)
-        self.forward = model.get_base_model() if peft is not None else model
+        # a peft model's `generate` runs its base model's (with any LoRA/IA3 layers inside): so does this loop, which
+        # then sees `logits_to_keep` in the signature (PeftModel.forward hides it in **kwargs: logits everywhere)
+        self.forward = model.get_base_model() if hasattr(model, "peft_config") else model
         self.extra = {"use_cache": True}
         if _accepts(self.forward, "logits_to_keep"):
             self.extra["logits_to_keep"] = 1

@@ -1073,8 +1073,11 @@ def decode_drop_details(by_item: dict) -> list[str]:
                    f"{', '.join(f'{t:.2f}' for t in info['ours_s'])} | {info['ratio']:.2f}× (rounds "
                    f"{', '.join(f'{r:.2f}' for r in info['per_round'])}) | "
                    f"{'yes' if info['outputs_equal'] else '**no**'} ({info['equal_count']}/{info['examples']}) |")
-    out += ["", "The share of new tokens made is what bounds the gain: a decoding step costs about as much per row, "
-            "and today every row of a batch runs as many steps as the batch's longest output. Beam search "
+    out += ["", "The share of new tokens made bounds the gain: today every row of a batch runs as many steps as the "
+            "batch's longest output. Two things keep the measured gain below that bound: the prompts' forward pass "
+            "(prefill, up to `max_len` tokens per row) is the same on both sides and, for long prompts at batch 64, "
+            "a large part of the time; and a decoding step of a few dozen rows costs less than proportionally to "
+            "its rows (the weights are read once per step whatever the rows). Beam search "
             "(`num_beams` > 1, the paper grid) keeps `generate`; so do soft prompts on encoder-decoder models "
             "(bench/harness/generation.py says why).", ""]
     return out

@@ -152,7 +152,8 @@ def part_train(shape: str, quick: bool, plan: dict, tok, peak: float | None, mea
     from bench.harness.flops import flops_per_step, lm_head_parameters, token_path_parameters
     from bench.harness.method import CellContext, get_method, resolve_hparams
     from bench.harness.tasks import get_task
-    from bench.harness.train import target_positions, train
+    from bench.harness.kinds.causal_lm import target_positions
+    from bench.harness.train import train
 
     task, method = get_task("sst2"), get_method("lora")
     hp = resolve_hparams(method, {**SST2_HP, "lr": 1e-3, "r": 8, "alpha": 16, "steps": plan["steps"]})
@@ -172,7 +173,7 @@ def part_train(shape: str, quick: bool, plan: dict, tok, peak: float | None, mea
                                                                                                    enabled=False)
     with autocast:
         result = paired(lambda: bare_train(bare_model, prebuilt, hp["lr"], hp["grad_clip"]),
-                        lambda: train(ours_model, method, hp, batches(), progress="bench").losses, plan["rounds"])
+                        lambda: train(ours_model, method, hp, batches(), "causal_lm", progress="bench").losses, plan["rounds"])
     tokens = sum(int(b["attention_mask"].sum()) for b in prebuilt)
     n_params, trainable = token_path_parameters(ours_model)
     heads = sum(int(target_positions(b["labels"])[0].sum()) for b in prebuilt)
@@ -284,7 +285,7 @@ def run_cell(shape: str, quick: bool, steps: int, seed: int) -> dict:
         "cpu", enabled=False)
     with autocast:
         losses = train(model, method, hp, training_batches(tok, task, "causal_lm", examples, 8, 64, seed),
-                       progress="bench").losses
+                       "causal_lm", progress="bench").losses
         scores = rank_scores(model.eval(), tok, task, sst2_examples(64), 32, 64)
     peak = torch.cuda.max_memory_allocated() if _device() == "cuda" else 0
     return {"losses": losses, "accuracy": float((scores.argmax(-1) == torch.arange(64) % 2).float().mean()),
