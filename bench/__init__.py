@@ -1,5 +1,6 @@
 """peft-repro, in layers (each imports only those below it; tests/test_layers.py): api (interfaces), harness (what
 makes a record), grid (planning), report (records -> tables, claims, plots), tools, cli."""
+
 import warnings
 
 # Library warnings that say nothing to the user of a cell, filtered for every entry point (CLI, Snakemake jobs, the

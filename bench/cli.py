@@ -1,4 +1,5 @@
 """Command line: `peft-repro <command>` or `python -m bench <command>` (the same); see `--help`."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,24 @@ def cmd_run_cell(args) -> None:
 
     use_tasks_file(args.tasks)
 
-    config = CellConfig(task=args.task, model=args.model, method=args.method,
-                        train_size=parse_train_size(args.train_size), seed=args.seed, hp=parse_hp(args.hp),
-                        eval_limit=args.eval_limit, grid=args.grid, data_root=args.data_root, dev_limit=args.dev_limit,
-                        data_seed=args.data_seed,
-                        shifts=tuple(s for s in args.shifts.split(",") if s) if args.shifts is not None else None)
+    config = CellConfig(
+        task=args.task,
+        model=args.model,
+        method=args.method,
+        train_size=parse_train_size(args.train_size),
+        seed=args.seed,
+        hp=parse_hp(args.hp),
+        eval_limit=args.eval_limit,
+        grid=args.grid,
+        data_root=args.data_root,
+        dev_limit=args.dev_limit,
+        data_seed=args.data_seed,
+        shifts=tuple(s for s in args.shifts.split(",") if s) if args.shifts is not None else None,
+    )
     record = run_cell(config, Path(args.out), threads=args.threads)
-    scores = {name: {k: round(v, 2) for k, v in m.items() if isinstance(v, float)}
-              for name, m in record["metrics"].items()}
+    scores = {
+        name: {k: round(v, 2) for k, v in m.items() if isinstance(v, float)} for name, m in record["metrics"].items()
+    }
     print(f"{record['status']}: {args.out}/record.json {scores}")
 
 
@@ -61,7 +72,6 @@ def cmd_methods(args) -> None:
         total_parameters,
         trainable_parameters,
     )
-
     from bench.harness.tasks import get_task
 
     task = get_task(args.task)  # an unknown task is refused with or without --model
@@ -91,6 +101,7 @@ def cmd_methods(args) -> None:
 
 def listing(what: str) -> list[str]:
     """One line per registered model, task, grid or method: its name and a short description."""
+
     def first_line(text) -> str:
         return " ".join(str(text or "").split())[:100]
 
@@ -98,8 +109,10 @@ def listing(what: str) -> list[str]:
         from bench.harness.models import get_model_spec, model_names
 
         specs = [get_model_spec(n) for n in model_names()]
-        return [f"{s.name:24s} {s.kind:10s} {s.source:6s} {s.architecture or '':10s} {first_line(s.description)}"
-                for s in specs]
+        return [
+            f"{s.name:24s} {s.kind:10s} {s.source:6s} {s.architecture or '':10s} {first_line(s.description)}"
+            for s in specs
+        ]
     if what == "tasks":
         from bench.harness.tasks import get_task, task_names
 
@@ -134,8 +147,9 @@ def cmd_power(args) -> None:
 def cmd_restamp(args) -> None:
     from bench.tools.restamp import main as restamp_main
 
-    status = restamp_main(args.grids, args.against, args.check_all or [], Path(args.log), args.dry_run,
-                          args.logged_only)
+    status = restamp_main(
+        args.grids, args.against, args.check_all or [], Path(args.log), args.dry_run, args.logged_only
+    )
     if status:
         sys.exit(status)
 
@@ -161,8 +175,9 @@ def cmd_benchmarks(args) -> None:
         return
     from bench.tools.benchmarks import run_benchmarks
 
-    status = run_benchmarks(quick=args.quick, threads=args.threads, out=Path(args.out) if args.out else None,
-                            report_only=args.report_only)
+    status = run_benchmarks(
+        quick=args.quick, threads=args.threads, out=Path(args.out) if args.out else None, report_only=args.report_only
+    )
     if status:
         sys.exit(status)  # pytest's status: a correctness check failed (speed never fails)
 
@@ -207,18 +222,31 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     run.add_argument("--method", required=True, help="a method of methods/ (`list methods`)")
     run.add_argument("--train-size", required=True, help="integer or 'full'")
     run.add_argument("--seed", type=int, default=0, help="seeds init and batch order (and the training subsample)")
-    run.add_argument("--data-seed", type=int, default=None,
-                     help="seed of the training subsample when it differs from --seed (default: --seed)")
+    run.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="seed of the training subsample when it differs from --seed (default: --seed)",
+    )
     run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     run.add_argument("--eval-limit", type=int, default=None, help="examples per eval set (default: all)")
-    run.add_argument("--dev-limit", type=int, default=None,
-                     help="hold this many training examples out as eval set `dev` (default: none)")
+    run.add_argument(
+        "--dev-limit",
+        type=int,
+        default=None,
+        help="hold this many training examples out as eval set `dev` (default: none)",
+    )
     run.add_argument("--shifts", default=None, help="comma list of shifted eval sets (default: all of the task's)")
     run.add_argument("--grid", default=None, help="grid name, recorded only")
-    run.add_argument("--data-root", default=None, help="folder with SHA256SUMS (default: $PEFT_REPRO_DATA or "
-                                                       "../shared/data)")
-    run.add_argument("--tasks", default=None, metavar="FILE",
-                     help="your tasks file, merged over config/tasks.yaml (default: $PEFT_REPRO_TASKS)")
+    run.add_argument(
+        "--data-root", default=None, help="folder with SHA256SUMS (default: $PEFT_REPRO_DATA or ../shared/data)"
+    )
+    run.add_argument(
+        "--tasks",
+        default=None,
+        metavar="FILE",
+        help="your tasks file, merged over config/tasks.yaml (default: $PEFT_REPRO_TASKS)",
+    )
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     run.add_argument("--out", required=True, help="cell directory")
     run.set_defaults(func=cmd_run_cell)
@@ -232,40 +260,58 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     methods.add_argument("--task", default="sst2", help="task used to build the model head/verbalizer")
     methods.set_defaults(func=cmd_methods)
 
-    report = sub.add_parser("report", help="aggregate a grid's records into results/<grid>/summary.csv and "
-                                           "reports/<grid>/")
+    report = sub.add_parser(
+        "report", help="aggregate a grid's records into results/<grid>/summary.csv and reports/<grid>/"
+    )
     report.add_argument("grid", help="a grid of config/grids/ (`list grids`)")
     report.set_defaults(func=cmd_report)
 
-    power = sub.add_parser("power", help="seeds × eval examples that would decide each claim with 80%% power, and "
-                                         "their cost (cell-hours here, GPU-hours requested)")
+    power = sub.add_parser(
+        "power",
+        help="seeds × eval examples that would decide each claim with 80%% power, and "
+        "their cost (cell-hours here, GPU-hours requested)",
+    )
     power.add_argument("grid", help="a grid whose records give the variance components (e.g. study)")
     power.add_argument("claim", nargs="?", default=None, help="one claim id (default: every claim)")
     power.set_defaults(func=cmd_power)
 
-    restamp = sub.add_parser("restamp", help="prove a harness change result-neutral on golden cells, then carry the "
-                                             "grids' records over to today's harness fingerprint "
-                                             "(bench/tools/restamp.py)")
+    restamp = sub.add_parser(
+        "restamp",
+        help="prove a harness change result-neutral on golden cells, then carry the "
+        "grids' records over to today's harness fingerprint "
+        "(bench/tools/restamp.py)",
+    )
     restamp.add_argument("grids", nargs="+", help="grids whose records to re-stamp (`list grids`)")
-    restamp.add_argument("--against", default="HEAD",
-                         help="git commit of the harness the records were made with (default: HEAD)")
-    restamp.add_argument("--check-all", action="append", metavar="GRID",
-                         help="rerun every record of GRID, not only its cheapest (repeatable)")
+    restamp.add_argument(
+        "--against", default="HEAD", help="git commit of the harness the records were made with (default: HEAD)"
+    )
+    restamp.add_argument(
+        "--check-all",
+        action="append",
+        metavar="GRID",
+        help="rerun every record of GRID, not only its cheapest (repeatable)",
+    )
     restamp.add_argument("--log", default="reports/identity/restamp.json", help="what was checked and written")
     restamp.add_argument("--dry-run", action="store_true", help="check, and say what would be written")
-    restamp.add_argument("--logged-only", action="store_true",
-                         help="run no golden cell: re-stamp what the checks already in --log prove")
+    restamp.add_argument(
+        "--logged-only", action="store_true", help="run no golden cell: re-stamp what the checks already in --log prove"
+    )
     restamp.set_defaults(func=cmd_restamp)
 
     cells = sub.add_parser("cells", help="list a grid's cells and their run-cell arguments")
     cells.add_argument("grid", help="a grid of config/grids/ or a grid file's path (`list grids`)")
     cells.set_defaults(func=cmd_cells)
 
-    benchmarks = sub.add_parser("benchmarks", help="benchmark our own machinery against baselines (pytest-benchmark); "
-                                                   "writes reports/benchmarks.md + .json")
+    benchmarks = sub.add_parser(
+        "benchmarks",
+        help="benchmark our own machinery against baselines (pytest-benchmark); writes reports/benchmarks.md + .json",
+    )
     mode = benchmarks.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="tiny models, fewer rounds (CI; under 2 minutes); writes "
-                                                           ".benchmarks/quick.md + .json")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny models, fewer rounds (CI; under 2 minutes); writes .benchmarks/quick.md + .json",
+    )
     mode.add_argument("--full", action="store_false", dest="quick", help="SmolLM2-135M (the default)")
     mode.add_argument(
         "--gpu",
@@ -280,18 +326,28 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     benchmarks.set_defaults(func=cmd_benchmarks)
 
     lock = sub.add_parser("lock", help="regenerate config/requirements.lock (every dependency pinned with sha256)")
-    lock.add_argument("--upgrade", action="store_true", help="move every pin to the newest version pyproject.toml "
-                                                             "allows (default: keep pins, resolve only what changed)")
+    lock.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="move every pin to the newest version pyproject.toml "
+        "allows (default: keep pins, resolve only what changed)",
+    )
     lock.set_defaults(func=cmd_lock)
 
-    compat = sub.add_parser("compat", help="run the tests in a throwaway venv with the newest versions pyproject.toml "
-                                           "allows (finds the next upstream break; not part of CI)")
+    compat = sub.add_parser(
+        "compat",
+        help="run the tests in a throwaway venv with the newest versions pyproject.toml "
+        "allows (finds the next upstream break; not part of CI)",
+    )
     compat.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (e.g. -x -m 'not slow')")
     compat.set_defaults(func=cmd_compat)
 
-    serve = sub.add_parser("serve-mixed", help="one frozen base + several cells' deltas scoring mixed-task batches, "
-                                               "checked against each cell's own scores (bench/tools/serve.py; --help "
-                                               "there)")
+    serve = sub.add_parser(
+        "serve-mixed",
+        help="one frozen base + several cells' deltas scoring mixed-task batches, "
+        "checked against each cell's own scores (bench/tools/serve.py; --help "
+        "there)",
+    )
     serve.add_argument("serve_args", nargs=argparse.REMAINDER, help="cell folders, --limit N, --batch-size N")
     serve.set_defaults(func=cmd_serve_mixed)
 

@@ -1,4 +1,5 @@
 """Helpers shared by method files (not a method: the leading underscore keeps it out of the registry)."""
+
 from __future__ import annotations
 
 from bench.api.errors import BenchError
@@ -38,8 +39,10 @@ def train_head(model, ctx) -> None:
         return
     heads = [module for name, module in model.named_children() if name in HEAD_NAMES]
     if not heads:
-        raise BenchError(f"encoder {model_label(model)} has no classification head named "
-                         f"{' or '.join(HEAD_NAMES)}: load it with AutoModelForSequenceClassification")
+        raise BenchError(
+            f"encoder {model_label(model)} has no classification head named "
+            f"{' or '.join(HEAD_NAMES)}: load it with AutoModelForSequenceClassification"
+        )
     for head in heads:
         for parameter in head.parameters():
             parameter.requires_grad_(True)
@@ -58,9 +61,14 @@ def block_stacks(model) -> list:
 def transformer_blocks(model):
     """(qualified name, ModuleList) of the model's stack of transformer blocks, bottom first (one stack)."""
     layers = getattr(model.config, "num_hidden_layers", None)
-    found = [(name, module) for name, module in model.named_modules()
-             if type(module).__name__ == "ModuleList" and len(module) == layers]
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module).__name__ == "ModuleList" and len(module) == layers
+    ]
     if len(found) != 1:
-        raise BenchError(f"cannot find the {layers} transformer blocks of {model_label(model)} "
-                         f"({type(model).__name__}): found {len(found)} candidate module lists")
+        raise BenchError(
+            f"cannot find the {layers} transformer blocks of {model_label(model)} "
+            f"({type(model).__name__}): found {len(found)} candidate module lists"
+        )
     return found[0]

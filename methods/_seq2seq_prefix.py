@@ -12,6 +12,7 @@ decoding re-reads the prefix at every step and the cache never holds it), lets e
 without a prefix pass through unchanged. T5's relative position bias gets p zero columns: the prefix sits at no
 position, as a causal LM's peft prefix has no position either. Modules of the model are not copied or replaced.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,15 +41,16 @@ def prefix_attention(module, query, key, value, attention_mask, position_bias=No
     if attention_mask is None and q_length > 1 and getattr(module, "is_causal", False):
         # sdpa's mask skip left causality to is_causal, which a prefix-lengthened key no longer fits
         positions = torch.arange(kv_length, device=query.device)
-        attention_mask = positions[None, :] <= positions[kv_length - q_length:, None]
+        attention_mask = positions[None, :] <= positions[kv_length - q_length :, None]
         attention_mask = attention_mask[None, None].expand(batch, 1, -1, -1)
     if attention_mask is not None:
         allowed = True if attention_mask.dtype == torch.bool else 0.0
         attention_mask = torch.nn.functional.pad(attention_mask, (p, 0), value=allowed)
     if position_bias is not None:
         position_bias = torch.nn.functional.pad(position_bias, (p, 0), value=0.0)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias,
-                                  is_causal=False, **kwargs)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, position_bias=position_bias, is_causal=False, **kwargs
+    )
 
 
 AttentionInterface.register(ATTENTION, prefix_attention)
@@ -60,15 +62,22 @@ def attention_modules(model) -> dict[str, list]:
     self_attn / encoder_attn)."""
     if model.config.model_type == "t5":
         encoder, decoder = model.encoder.block, model.decoder.block
-        return {"encoder": [b.layer[0].SelfAttention for b in encoder],
-                "decoder": [b.layer[0].SelfAttention for b in decoder],
-                "cross": [b.layer[1].EncDecAttention for b in decoder]}
+        return {
+            "encoder": [b.layer[0].SelfAttention for b in encoder],
+            "decoder": [b.layer[0].SelfAttention for b in decoder],
+            "cross": [b.layer[1].EncDecAttention for b in decoder],
+        }
     if model.config.model_type == "bart":
         encoder, decoder = model.model.encoder.layers, model.model.decoder.layers
-        return {"encoder": [b.self_attn for b in encoder], "decoder": [b.self_attn for b in decoder],
-                "cross": [b.encoder_attn for b in decoder]}
-    raise BenchError(f"prefix_tuning on encoder-decoder models knows T5 and BART attention, not "
-                     f"{model.config.model_type} ({model_label(model)}): use lora or prompt_tuning")
+        return {
+            "encoder": [b.self_attn for b in encoder],
+            "decoder": [b.self_attn for b in decoder],
+            "cross": [b.encoder_attn for b in decoder],
+        }
+    raise BenchError(
+        f"prefix_tuning on encoder-decoder models knows T5 and BART attention, not "
+        f"{model.config.model_type} ({model_label(model)}): use lora or prompt_tuning"
+    )
 
 
 class PrefixSet(torch.nn.Module):
@@ -80,8 +89,9 @@ class PrefixSet(torch.nn.Module):
         width = layers * 2 * heads * head_dim
         if hidden:
             self.embedding = torch.nn.Embedding(p, d_model)
-            self.mlp = torch.nn.Sequential(torch.nn.Linear(d_model, hidden), torch.nn.Tanh(),
-                                           torch.nn.Linear(hidden, width))
+            self.mlp = torch.nn.Sequential(
+                torch.nn.Linear(d_model, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, width)
+            )
         else:
             self.table = torch.nn.Parameter(torch.randn(p, width) * 0.02)
 
@@ -99,8 +109,9 @@ class Seq2SeqPrefix(torch.nn.Module):
         heads = config.num_attention_heads if config.model_type == "bart" else config.num_heads
         head_dim = config.d_kv if config.model_type == "t5" else config.d_model // heads
         modules = attention_modules(model)
-        self.sets = torch.nn.ModuleDict({kind: PrefixSet(len(modules[kind]), heads, head_dim, p, config.d_model,
-                                                         hidden) for kind in KINDS})
+        self.sets = torch.nn.ModuleDict(
+            {kind: PrefixSet(len(modules[kind]), heads, head_dim, p, config.d_model, hidden) for kind in KINDS}
+        )
         self._tables, self._stamp = None, None
 
     def tables(self) -> dict[str, torch.Tensor]:
@@ -159,8 +170,10 @@ def load_tables(base, p: int, path):
         for kind, prefix in model.prompt_encoder.sets.items():
             saved = tables.get(f"prefix.{kind}")
             if saved is None or saved.shape != prefix().shape:
-                raise BenchError(f"delta at {path} does not fit prefix_tuning on {model_label(base)}: its "
-                                 f"prefix.{kind} is {None if saved is None else tuple(saved.shape)}, expected "
-                                 f"{tuple(prefix().shape)}: rerun the cell")
+                raise BenchError(
+                    f"delta at {path} does not fit prefix_tuning on {model_label(base)}: its "
+                    f"prefix.{kind} is {None if saved is None else tuple(saved.shape)}, expected "
+                    f"{tuple(prefix().shape)}: rerun the cell"
+                )
             prefix.table.copy_(saved.permute(3, 0, 1, 2, 4).reshape(prefix.table.shape))
     return model

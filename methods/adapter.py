@@ -44,6 +44,7 @@ Placement (`placement`), the two designs Hu et al. compare (LoRA arXiv v2 §5.1,
   sits on the feed-forward projection's output before the add (the hook of Houlsby's second adapter); the
   parameter count is the same.
 """
+
 from __future__ import annotations
 
 import torch
@@ -84,14 +85,19 @@ class Adapter(Method):
 
     def check_hparams(self, hp: dict, task=None, model_kind=None) -> None:
         if hp["reduction_factor"] <= 0:
-            raise BenchError(f"adapter reduction_factor={hp['reduction_factor']} must be a positive divisor of the "
-                             "hidden size (m = d / reduction_factor; e.g. 16)")
+            raise BenchError(
+                f"adapter reduction_factor={hp['reduction_factor']} must be a positive divisor of the "
+                "hidden size (m = d / reduction_factor; e.g. 16)"
+            )
         if hp["bottleneck"] < 0:
-            raise BenchError(f"adapter bottleneck={hp['bottleneck']} invalid: use a positive width m, or 0 for "
-                             "d / reduction_factor")
+            raise BenchError(
+                f"adapter bottleneck={hp['bottleneck']} invalid: use a positive width m, or 0 for d / reduction_factor"
+            )
         if hp["placement"] not in PLACEMENTS:
-            raise BenchError(f"adapter placement={hp['placement']!r} unknown: choose one of {', '.join(PLACEMENTS)} "
-                             "(houlsby: after attention and feed-forward; lin: after feed-forward, with a LayerNorm)")
+            raise BenchError(
+                f"adapter placement={hp['placement']!r} unknown: choose one of {', '.join(PLACEMENTS)} "
+                "(houlsby: after attention and feed-forward; lin: after feed-forward, with a LayerNorm)"
+            )
         if hp["activation"] not in ACTIVATIONS:
             raise BenchError(f"adapter activation={hp['activation']!r} unknown: choose one of {', '.join(ACTIVATIONS)}")
 
@@ -102,8 +108,9 @@ class Adapter(Method):
         if d % factor:
             valid = [f for f in range(1, d + 1) if d % f == 0]
             shown = ", ".join(map(str, valid[:12])) + (", ..." if len(valid) > 12 else "")
-            raise BenchError(f"adapter reduction_factor={factor} does not divide the hidden size {d} of {label}: "
-                             f"valid: {shown}")
+            raise BenchError(
+                f"adapter reduction_factor={factor} does not divide the hidden size {d} of {label}: valid: {shown}"
+            )
         return d // factor
 
     def apply(self, model, hp, ctx):
@@ -112,8 +119,12 @@ class Adapter(Method):
         m = self.bottleneck(hp, d, label)
         lin = hp["placement"] == "lin"
         sublayers = ("feed_forward_output",) if lin else ("attention_output", "feed_forward_output")
-        projections = [block.get_submodule(getattr(arch, name)) for _, blocks, arch in block_stacks(model)
-                       for block in blocks for name in sublayers]
+        projections = [
+            block.get_submodule(getattr(arch, name))
+            for _, blocks, arch in block_stacks(model)
+            for block in blocks
+            for name in sublayers
+        ]
         if any(hasattr(projection, "adapter") for projection in projections):
             raise BenchError(f"adapter: {label} already has adapters: apply the method to a fresh base model")
         freeze(model)

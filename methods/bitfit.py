@@ -13,6 +13,7 @@ their architecture in config/models.yaml) are refused when the cell is planned r
 biases: adding biases would be a different method, not BitFit. Qwen2 keeps its q/k/v biases, so BitFit there trains only
 those. lr 1e-3 (the top of the paper's grid {1e-4, 4e-4, 7e-4, 1e-3}).
 """
+
 from __future__ import annotations
 
 from bench.api.errors import BenchError
@@ -33,8 +34,10 @@ class BitFit(Method):
 
         if not arch.bias:
             with_bias = ", ".join(name for name, other in architectures().items() if other.bias)
-            raise BenchError(f"bitfit needs bias terms: {arch.model_type} models have none; use ia3 or lora, or a "
-                             f"model with biases ({with_bias})")
+            raise BenchError(
+                f"bitfit needs bias terms: {arch.model_type} models have none; use ia3 or lora, or a "
+                f"model with biases ({with_bias})"
+            )
 
     def apply(self, model, hp, ctx):
         self.check_architecture(hp, model_architecture(model))

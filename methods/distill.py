@@ -26,6 +26,7 @@ is freed before it does, so it is not in train_s, and on CUDA the peak-memory co
 CPU the process's peak RSS is the larger of the teacher's inference and the student's training. The
 teacher's record is checked before any model loads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,21 +44,28 @@ def teacher_config(teacher: str, task) -> dict:
     folder = Path(teacher)
     record_file = folder / "record.json"
     if not record_file.is_file():
-        raise BenchError(f"distill teacher {folder} has no record.json: run the teacher cell first (snakemake "
-                         f"{record_file} --config grid=GRID, or python -m bench run-cell ... --out {folder}) or "
-                         "add it to the grid (distill: {teacher_model: M, teacher_method: LABEL})")
+        raise BenchError(
+            f"distill teacher {folder} has no record.json: run the teacher cell first (snakemake "
+            f"{record_file} --config grid=GRID, or python -m bench run-cell ... --out {folder}) or "
+            "add it to the grid (distill: {teacher_model: M, teacher_method: LABEL})"
+        )
     try:
         record = json.loads(record_file.read_text())
         config = record["config"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise BenchError(f"distill teacher record {record_file} is unreadable ({type(error).__name__}): "
-                         "rerun the teacher cell") from None
+        raise BenchError(
+            f"distill teacher record {record_file} is unreadable ({type(error).__name__}): rerun the teacher cell"
+        ) from None
     if config.get("task") != task.name:
-        raise BenchError(f"distill teacher {folder} is a cell of task {config.get('task')!r}, not {task.name}: "
-                         f"choose a teacher cell of task {task.name}")
+        raise BenchError(
+            f"distill teacher {folder} is a cell of task {config.get('task')!r}, not {task.name}: "
+            f"choose a teacher cell of task {task.name}"
+        )
     if record.get("status") != "ok":
-        raise BenchError(f"distill teacher {folder} has status {record.get('status')!r}, not ok: rerun it with "
-                         "other hyperparameters or choose another teacher")
+        raise BenchError(
+            f"distill teacher {folder} has status {record.get('status')!r}, not ok: rerun it with "
+            "other hyperparameters or choose another teacher"
+        )
     if not (folder / "delta").is_dir():
         raise BenchError(f"distill teacher {folder} has no delta/ folder: rerun the teacher cell")
     return config
@@ -75,23 +83,35 @@ def teacher_outputs(teacher: str, task, examples: list) -> list:
     config = teacher_config(teacher, task)
     method = get_method(config["method"])
     if type(method).evaluate is not Method.evaluate:
-        raise BenchError(f"distill teacher {teacher} uses method {method.name}, which scores with its own "
-                         "evaluate hook: its predictions are not rank scores; choose a teacher of another method")
+        raise BenchError(
+            f"distill teacher {teacher} uses method {method.name}, which scores with its own "
+            "evaluate hook: its predictions are not rank scores; choose a teacher of another method"
+        )
     hp = resolve_hparams(method, config["hp"])
     task = get_task(task.name).with_template(hp["template"])  # the teacher's own prompt, not the student's
     spec = get_model_spec(config["model"])
     model, tokenizer, _ = load_model(config["model"], num_labels=len(task.verbalizer) or None)
     # the teacher's own training examples: a method may read them (prompt_design's demonstrations)
-    own = train_examples(task, config["train_size"], config["seed"], config.get("data_root"),
-                         config.get("dev_limit")) if task.train_split else []
+    own = (
+        train_examples(task, config["train_size"], config["seed"], config.get("data_root"), config.get("dev_limit"))
+        if task.train_split
+        else []
+    )
     ctx = CellContext(task=task, model_kind=spec.kind, tokenizer=tokenizer, train_examples=own, seed=config["seed"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = method.load_delta(model, hp, ctx, Path(teacher) / "delta").to(device).eval()
     prompted = FormattedTask(task, method, hp, ctx)
     kind, extra = get_kind(spec.kind), method.extra_positions(hp)
     if task.kind == "generation":  # greedy outputs
-        out = kind.generate(model, tokenizer, [prompted.prompt(ex) for ex in examples], task.max_new_tokens,
-                            {**hp, "num_beams": 1}, extra, None)
+        out = kind.generate(
+            model,
+            tokenizer,
+            [prompted.prompt(ex) for ex in examples],
+            task.max_new_tokens,
+            {**hp, "num_beams": 1},
+            extra,
+            None,
+        )
     else:  # the harness's rank scores (encoders: the head's)
         out = kind.label_scores(model, tokenizer, prompted, examples, hp, extra, None).argmax(dim=-1).tolist()
     del model
@@ -107,8 +127,10 @@ class Distill(FullFineTuning):
 
     def check_hparams(self, hp, task, model_kind):
         if not hp["teacher"].strip():
-            raise BenchError(f"{self.name or 'distill'} needs hp teacher=<the teacher cell's directory> (in a grid: "
-                             "teacher_model and teacher_method in the method entry)")
+            raise BenchError(
+                f"{self.name or 'distill'} needs hp teacher=<the teacher cell's directory> (in a grid: "
+                "teacher_model and teacher_method in the method entry)"
+            )
 
     def prepare_train_examples(self, examples, hp, ctx):
         outputs = teacher_outputs(hp["teacher"], ctx.task, examples)

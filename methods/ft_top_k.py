@@ -13,6 +13,7 @@ BART's post-LN decoder has none: its `layernorm_embedding`, registered after the
 embeddings at the bottom), named in config/models.yaml (`decoder_final_norm`); the encoder stays frozen.
 The delta is a safetensors file of the trained tensors (the base `Method.save_delta`).
 """
+
 from __future__ import annotations
 
 from bench.api.errors import BenchError
@@ -27,7 +28,7 @@ def modules_above(model, path: str) -> list:
         parent = model.get_submodule(".".join(parts[:depth]))
         children = list(parent.named_children())
         position = [name for name, _ in children].index(parts[depth])
-        above += [module for _, module in children[position + 1:]]
+        above += [module for _, module in children[position + 1 :]]
     return above
 
 
@@ -45,8 +46,9 @@ class FineTuneTopK(Method):
         path, blocks, arch = block_stacks(model)[-1]  # the top stack: an encoder-decoder's decoder
         k = hp["k"]
         if not 1 <= k <= len(blocks):
-            raise BenchError(f"ft_top_k k={k} invalid for {model_label(model)} with {len(blocks)} blocks: "
-                             f"choose 1..{len(blocks)}")
+            raise BenchError(
+                f"ft_top_k k={k} invalid for {model_label(model)} with {len(blocks)} blocks: choose 1..{len(blocks)}"
+            )
         freeze(model)
         output_embedding = model.get_output_embeddings()
         frozen = set() if output_embedding is None else {id(p) for p in output_embedding.parameters()}

@@ -1,4 +1,5 @@
 """Full fine-tuning: every weight of the model trains (the "model tuning" baseline)."""
+
 from bench.harness.method import Method
 
 

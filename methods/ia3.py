@@ -18,6 +18,7 @@ paper's T0 do: per encoder block 2*d_kv + d_ff values, per decoder block 4*d_kv 
 So per (decoder-only) block 2*d_kv + d_ff trainable values (+ the classification head for encoders).
 lr 3e-3 (the paper's T-Few recipe uses 3e-3 with Adafactor; `--hp optimizer=adafactor` gives that).
 """
+
 from __future__ import annotations
 
 from bench.harness.method import PeftMethod
@@ -41,8 +42,12 @@ class IA3(PeftMethod):
         from peft import IA3Config, get_peft_model
 
         targets, feed_forward = paper_targets(model)
-        config = IA3Config(task_type=peft_task_type(ctx), target_modules=targets, feedforward_modules=feed_forward,
-                           fan_in_fan_out=type(model.get_submodule(targets[0])).__name__ == "Conv1D")
+        config = IA3Config(
+            task_type=peft_task_type(ctx),
+            target_modules=targets,
+            feedforward_modules=feed_forward,
+            fan_in_fan_out=type(model.get_submodule(targets[0])).__name__ == "Conv1D",
+        )
         return get_peft_model(model, config)
 
 

@@ -6,6 +6,7 @@ Defaults follow the paper's GPT-2 setting: rank 4 on the query and value project
 as peft does, where Hu et al. adapt only its q and v parts); a comma list names modules explicitly, from the
 architecture's `linear` names. Encoders also train their head.
 """
+
 from bench.api.errors import BenchError
 from bench.harness.method import PeftMethod
 from methods._common import model_architecture, peft_task_type
@@ -22,8 +23,9 @@ class LoRA(PeftMethod):
     def check_architecture(self, hp, arch):
         absent = [t for t in self.targets(hp, arch) if t not in arch.linear]
         if absent:
-            raise BenchError(f"lora target_modules {absent} not in {arch.model_type} models: choose from "
-                             f"{', '.join(arch.linear)}")
+            raise BenchError(
+                f"lora target_modules {absent} not in {arch.model_type} models: choose from {', '.join(arch.linear)}"
+            )
 
     @staticmethod
     def targets(hp, arch) -> list[str]:
@@ -35,8 +37,13 @@ class LoRA(PeftMethod):
         arch = model_architecture(model)
         self.check_hparams(hp)
         self.check_architecture(hp, arch)
-        config = LoraConfig(r=hp["r"], lora_alpha=hp["alpha"], lora_dropout=hp["dropout"],
-                            target_modules=self.targets(hp, arch), task_type=peft_task_type(ctx))
+        config = LoraConfig(
+            r=hp["r"],
+            lora_alpha=hp["alpha"],
+            lora_dropout=hp["dropout"],
+            target_modules=self.targets(hp, arch),
+            task_type=peft_task_type(ctx),
+        )
         return get_peft_model(model, config)
 
 

@@ -16,6 +16,7 @@ so 20 tokens (peft's example) stand in for the paper's slots. The encoder's inpu
 peft initialises it (N(0, 1), drawn after the cell's seed is set). Encoder-decoder models: the prompt goes before
 the encoder's input only (peft SEQ_2_SEQ_LM with `num_transformer_submodules=1`, as in prompt tuning).
 """
+
 from __future__ import annotations
 
 from bench.api.errors import BenchError
@@ -27,28 +28,40 @@ ENCODERS = ("LSTM", "MLP")
 
 class PTuning(PeftMethod):
     description = __doc__
-    defaults = {"lr": 1e-3, "weight_decay": 0.01, "num_virtual_tokens": 20, "encoder": "LSTM",
-                "encoder_hidden_size": 128}
+    defaults = {
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "num_virtual_tokens": 20,
+        "encoder": "LSTM",
+        "encoder_hidden_size": 128,
+    }
 
     def check_hparams(self, hp, task, model_kind):
         name = self.name or "p_tuning"
         if hp["num_virtual_tokens"] < 1:
-            raise BenchError(f"{name} num_virtual_tokens={hp['num_virtual_tokens']} must be a positive integer "
-                             f"(prompt length; default {self.defaults['num_virtual_tokens']})")
+            raise BenchError(
+                f"{name} num_virtual_tokens={hp['num_virtual_tokens']} must be a positive integer "
+                f"(prompt length; default {self.defaults['num_virtual_tokens']})"
+            )
         if hp["encoder"].upper() not in ENCODERS:
             raise BenchError(f"{name} encoder '{hp['encoder']}' unknown: choose one of {', '.join(ENCODERS)}")
         if hp["encoder_hidden_size"] < 1:
-            raise BenchError(f"{name} encoder_hidden_size={hp['encoder_hidden_size']} must be a positive integer "
-                             f"(default {self.defaults['encoder_hidden_size']})")
+            raise BenchError(
+                f"{name} encoder_hidden_size={hp['encoder_hidden_size']} must be a positive integer "
+                f"(default {self.defaults['encoder_hidden_size']})"
+            )
 
     def apply(self, model, hp, ctx):
         from peft import PromptEncoderConfig, get_peft_model
 
         self.check_hparams(hp, ctx.task, ctx.model_kind)
-        config = PromptEncoderConfig(num_virtual_tokens=hp["num_virtual_tokens"],
-                                     encoder_reparameterization_type=hp["encoder"].upper(),
-                                     encoder_hidden_size=hp["encoder_hidden_size"],
-                                     task_type=peft_task_type(ctx), num_transformer_submodules=1)
+        config = PromptEncoderConfig(
+            num_virtual_tokens=hp["num_virtual_tokens"],
+            encoder_reparameterization_type=hp["encoder"].upper(),
+            encoder_hidden_size=hp["encoder_hidden_size"],
+            task_type=peft_task_type(ctx),
+            num_transformer_submodules=1,
+        )
         return peft_generation_compat(get_peft_model(model, config))
 
     def delta_parameters(self, model) -> int:

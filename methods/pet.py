@@ -29,6 +29,7 @@ softmax with temperature 2; PET's auxiliary language-modelling loss and iPET are
 must be one token each (PET's own single-mask setting): checked when the model's tokenizer loads, with one line.
 Own code on the harness's loop (no library implements PET on transformers 5); causal LMs only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,14 @@ NOT_BASES = ("pet", "distill", "prompt_design", "prompt_ensemble")  # no own tra
 
 class PET(Method):
     description = __doc__
-    defaults = {"lr": 2e-5, "stage": "pattern", "base": "full_ft", "patterns": "", "pool_size": 200,
-                "weighting": "uniform"}
+    defaults = {
+        "lr": 2e-5,
+        "stage": "pattern",
+        "base": "full_ft",
+        "patterns": "",
+        "pool_size": 200,
+        "weighting": "uniform",
+    }
     model_kinds = ("causal_lm",)
     tunes_base = True  # the default base, full_ft (FLOPs and resources: an upper bound for a LoRA base)
 
@@ -71,8 +78,10 @@ class PET(Method):
         if task.kind != "classification":
             raise BenchError(f"pet needs a classification task (label words), not {task.kind} task {task.name}")
         if hp["stage"] == "final" and not hp["patterns"].strip():
-            raise BenchError("pet stage=final needs hp patterns=<the pattern cells' directories, comma-separated> "
-                             "(in a grid: patterns_method: \"LABEL,LABEL,...\")")
+            raise BenchError(
+                "pet stage=final needs hp patterns=<the pattern cells' directories, comma-separated> "
+                '(in a grid: patterns_method: "LABEL,LABEL,...")'
+            )
         if hp["stage"] == "final" and hp["pool_size"] < 1:
             raise BenchError(f"pet pool_size={hp['pool_size']} must be a positive number of unlabelled examples")
         base, base_hp = self.base_method(hp)
@@ -133,8 +142,9 @@ class PET(Method):
 
         dirs = [d.strip() for d in hp["patterns"].split(",") if d.strip()]
         first = [pattern_config(d, ctx.task, len(examples), ctx.seed) for d in dirs][0]
-        pool = unlabelled_pool(ctx.task, examples, hp["pool_size"], ctx.seed, first.get("data_root"),
-                               first.get("dev_limit"))
+        pool = unlabelled_pool(
+            ctx.task, examples, hp["pool_size"], ctx.seed, first.get("data_root"), first.get("dev_limit")
+        )
         distributions, accuracies = [], []
         for folder in dirs:
             on_pool, on_labelled = pattern_distributions(folder, ctx.task, [pool, examples])
@@ -152,9 +162,11 @@ def label_token_ids(tokenizer, task) -> list[int]:
 
     ids = [continuation_ids(tokenizer, word) for word in task.verbalizer]
     if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
-        raise BenchError(f"pet needs label words of one distinct token each; task {task.name}'s verbalizer "
-                         f"{list(task.verbalizer)} tokenises to {ids}: choose a template whose label words are "
-                         "single tokens (hp template)")
+        raise BenchError(
+            f"pet needs label words of one distinct token each; task {task.name}'s verbalizer "
+            f"{list(task.verbalizer)} tokenises to {ids}: choose a template whose label words are "
+            "single tokens (hp template)"
+        )
     return [i[0] for i in ids]
 
 
@@ -170,8 +182,10 @@ def ensemble(distributions: list, weights: list[float]):
 
     total = sum(weights)
     if total <= 0:
-        raise BenchError("pet weighting=train_accuracy: every pattern model has accuracy 0 on the labelled "
-                         "sample: use weighting=uniform")
+        raise BenchError(
+            "pet weighting=train_accuracy: every pattern model has accuracy 0 on the labelled "
+            "sample: use weighting=uniform"
+        )
     return sum(w * d for w, d in zip(weights, distributions)) / total
 
 
@@ -182,10 +196,15 @@ def pattern_config(folder: str, task, train_size: int, seed: int) -> dict:
         record = json.loads(record_file.read_text())
         config = record["config"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise BenchError(f"pet pattern cell {folder} has no readable record.json: run it first (in a grid: "
-                         "patterns_method names its label)") from None
-    wrong = [f"{key} {config.get(key)!r}, not {want!r}" for key, want in
-             (("task", task.name), ("seed", seed), ("method", "pet")) if config.get(key) != want]
+        raise BenchError(
+            f"pet pattern cell {folder} has no readable record.json: run it first (in a grid: "
+            "patterns_method names its label)"
+        ) from None
+    wrong = [
+        f"{key} {config.get(key)!r}, not {want!r}"
+        for key, want in (("task", task.name), ("seed", seed), ("method", "pet"))
+        if config.get(key) != want
+    ]
     if config.get("train_size") not in (train_size, "full"):  # "full": the split's size, known only to the cell
         wrong.append(f"train_size {config.get('train_size')!r}, not {train_size}")
     if config.get("hp", {}).get("stage") != "pattern":
@@ -193,8 +212,10 @@ def pattern_config(folder: str, task, train_size: int, seed: int) -> dict:
     if record.get("status") != "ok" or not (Path(folder) / "delta").is_dir():
         wrong.append(f"status {record.get('status')!r} or no delta/")
     if wrong:
-        raise BenchError(f"pet pattern cell {folder}: {'; '.join(wrong)}: name pattern cells of this cell's task, "
-                         "train size and seed, trained with pet stage=pattern")
+        raise BenchError(
+            f"pet pattern cell {folder}: {'; '.join(wrong)}: name pattern cells of this cell's task, "
+            "train size and seed, trained with pet stage=pattern"
+        )
     return config
 
 
@@ -216,8 +237,12 @@ def pattern_distributions(folder: str, task, example_sets: list[list]) -> list:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = method.load_delta(model, hp, ctx, Path(folder) / "delta").to(device).eval()
     prompted = FormattedTask(own, method, hp, ctx)
-    out = [evaluation.rank_scores(model, tokenizer, prompted, examples, hp["eval_batch_size"], hp["max_len"])
-           .softmax(dim=-1) for examples in example_sets]
+    out = [
+        evaluation.rank_scores(model, tokenizer, prompted, examples, hp["eval_batch_size"], hp["max_len"]).softmax(
+            dim=-1
+        )
+        for examples in example_sets
+    ]
     del model
     gc.collect()
     return out

@@ -44,6 +44,7 @@ prefix moves ~h times further per step. Measured on SmolLM2-135M, SST-2, 200 exa
 real-token init (100 dev / 100 IMDB): mlp_hidden=512, lr 1e-2: loss 1.65 -> 16.2 after one step,
 49% / 43% (chance); mlp_hidden=0, lr 1e-2: 85% / 83%.
 """
+
 from __future__ import annotations
 
 from string import Formatter
@@ -63,27 +64,37 @@ class PrefixTuning(PeftMethod):
     def check_hparams(self, hp: dict, task=None, model_kind=None) -> None:
         p, h = hp["prefix_length"], hp["mlp_hidden"]
         if p <= 0:
-            raise BenchError(f"prefix_tuning prefix_length={p} must be a positive integer (e.g. 10, the paper's "
-                             "table-to-text length)")
+            raise BenchError(
+                f"prefix_tuning prefix_length={p} must be a positive integer (e.g. 10, the paper's "
+                "table-to-text length)"
+            )
         if hp["init"] not in INITS:
             raise BenchError(f"prefix_tuning init={hp['init']!r} unknown: choose one of {', '.join(INITS)}")
         if h < 0:
             raise BenchError(f"prefix_tuning mlp_hidden={h} invalid: use 0 (no MLP) or a positive width (paper: 512)")
         if hp["init"] == "real_tokens" and model_kind == "seq2seq":
-            raise BenchError("prefix_tuning init=real_tokens needs a causal LM: the encoder-decoder prefixes (encoder, "
-                             "decoder and cross-attention) have no real-token init here; use init=random")
+            raise BenchError(
+                "prefix_tuning init=real_tokens needs a causal LM: the encoder-decoder prefixes (encoder, "
+                "decoder and cross-attention) have no real-token init here; use init=random"
+            )
         if hp["init"] == "real_tokens" and 0 < h < p:
-            raise BenchError(f"prefix_tuning mlp_hidden={h} cannot reproduce {p} real-token prefixes: use "
-                             f"mlp_hidden >= {p}, mlp_hidden=0 (no MLP), or init=random")
+            raise BenchError(
+                f"prefix_tuning mlp_hidden={h} cannot reproduce {p} real-token prefixes: use "
+                f"mlp_hidden >= {p}, mlp_hidden=0 (no MLP), or init=random"
+            )
 
     def check_architecture(self, hp: dict, arch) -> None:
         if arch.encoder_decoder and arch.model_type not in SEQ2SEQ_FAMILIES:
-            raise BenchError(f"prefix_tuning on encoder-decoder models knows {' and '.join(SEQ2SEQ_FAMILIES)} "
-                             f"attention, not {arch.model_type}: use lora or prompt_tuning")
+            raise BenchError(
+                f"prefix_tuning on encoder-decoder models knows {' and '.join(SEQ2SEQ_FAMILIES)} "
+                f"attention, not {arch.model_type}: use lora or prompt_tuning"
+            )
         if not arch.past_key_values:
-            raise BenchError(f"prefix_tuning passes its prefixes as past key/values, which {arch.model_type} models "
-                             "do not take (transformers 5): use p_tuning or prompt_tuning (a soft prompt on the "
-                             "input) on this encoder, or prefix_tuning on a causal LM")
+            raise BenchError(
+                f"prefix_tuning passes its prefixes as past key/values, which {arch.model_type} models "
+                "do not take (transformers 5): use p_tuning or prompt_tuning (a soft prompt on the "
+                "input) on this encoder, or prefix_tuning on a causal LM"
+            )
 
     def apply(self, model, hp, ctx):
         from peft import PrefixTuningConfig, get_peft_model
@@ -96,8 +107,9 @@ class PrefixTuning(PeftMethod):
 
             return seq2seq_prefix.attach(model, p, h)
         target = real_token_prefix(model, init_token_ids(hp, ctx, p)) if hp["init"] == "real_tokens" else None
-        config = PrefixTuningConfig(task_type=peft_task_type(ctx), num_virtual_tokens=p,
-                                    prefix_projection=h > 0, encoder_hidden_size=h or None)
+        config = PrefixTuningConfig(
+            task_type=peft_task_type(ctx), num_virtual_tokens=p, prefix_projection=h > 0, encoder_hidden_size=h or None
+        )
         adapted = peft_generation_compat(get_peft_model(model, config))
         if target is not None:
             set_prefix(adapted.prompt_encoder["default"], target, model_label(model))
@@ -167,8 +179,10 @@ def set_prefix(encoder, target, label: str) -> None:
 
     width = encoder.embedding.weight.shape[1] if not encoder.prefix_projection else encoder.transform[2].out_features
     if target.shape[1] != width:
-        raise BenchError(f"prefix_tuning real-token init: {label} gives key/values of width {target.shape[1]} per "
-                         f"position but peft expects {width}: use init=random for this architecture")
+        raise BenchError(
+            f"prefix_tuning real-token init: {label} gives key/values of width {target.shape[1]} per "
+            f"position but peft expects {width}: use init=random for this architecture"
+        )
     with torch.no_grad():
         if not encoder.prefix_projection:
             encoder.embedding.weight.copy_(target)
@@ -181,8 +195,9 @@ def set_prefix(encoder, target, label: str) -> None:
         last.bias.copy_(solution[-1].to(last.bias.dtype))
         error = (encoder.transform(encoder.embedding.weight) - target).abs().max().item()
     if error > 1e-3 * (1.0 + target.abs().max().item()):
-        raise BenchError(f"prefix_tuning real-token init: the MLP fit is off by {error:.2e}: "
-                         "use mlp_hidden=0 or init=random")
+        raise BenchError(
+            f"prefix_tuning real-token init: the MLP fit is off by {error:.2e}: use mlp_hidden=0 or init=random"
+        )
 
 
 METHOD = PrefixTuning()

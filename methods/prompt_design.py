@@ -11,6 +11,7 @@ example of the cell (a fixed prompt per seed, as in Zhao et al. 2021); other see
 `max_len` to keep all k. Causal LMs and encoder-decoder models (the encoder reads the prompt); not encoders (they
 read the text fields, not a prompt). `steps` must stay 0.
 """
+
 from __future__ import annotations
 
 import random
@@ -29,17 +30,20 @@ class PromptDesign(Method):
         if hp["steps"] != 0:
             raise BenchError(f"{name} trains nothing: use steps=0 (got steps={hp['steps']})")
         if hp["shots"] < 0:
-            raise BenchError(f"{name} shots={hp['shots']} must be 0 (zero-shot) or a positive number of "
-                             "demonstrations")
+            raise BenchError(f"{name} shots={hp['shots']} must be 0 (zero-shot) or a positive number of demonstrations")
         if hp["shots"] > 0 and task.train_split is None:
-            raise BenchError(f"{name} shots={hp['shots']} needs training examples but task {task.name} has "
-                             "no training split: use shots=0")
+            raise BenchError(
+                f"{name} shots={hp['shots']} needs training examples but task {task.name} has "
+                "no training split: use shots=0"
+            )
 
     def apply(self, model, hp, ctx):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         if hp["shots"] > len(ctx.train_examples):
-            raise BenchError(f"{self.name or 'prompt_design'} shots={hp['shots']} exceeds the "
-                             f"{len(ctx.train_examples)} training examples: raise train_size or lower shots")
+            raise BenchError(
+                f"{self.name or 'prompt_design'} shots={hp['shots']} exceeds the "
+                f"{len(ctx.train_examples)} training examples: raise train_size or lower shots"
+            )
         model.requires_grad_(False)
         return model
 

@@ -28,6 +28,7 @@ come from the decoder's rank scoring (bench/harness/kinds/seq2seq.py), still one
 Delta: k peft prompt-tuning adapters, `prompt_<i>/` (adapter_config.json + adapter_model.safetensors with
 `prompt_embeddings`), each of which loads on its own with `peft.PeftModel.from_pretrained`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,22 +72,33 @@ class PromptEnsembleModel(torch.nn.Module):
     def get_encoder(self):
         return self.base.get_encoder()
 
-    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, decoder_input_ids=None,
-                decoder_attention_mask=None, **kwargs):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        logits_to_keep=0,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        **kwargs,
+    ):
         k, (batch, length) = len(self.prompts), input_ids.shape
         text = self.base.get_input_embeddings()(input_ids)
         prompts = torch.stack(list(self.prompts)).to(text.dtype)
         virtual = prompts.shape[1]
-        embeds = torch.cat([prompts.unsqueeze(1).expand(-1, batch, -1, -1),
-                            text.unsqueeze(0).expand(k, -1, -1, -1)], dim=2).reshape(k * batch, virtual + length, -1)
+        embeds = torch.cat(
+            [prompts.unsqueeze(1).expand(-1, batch, -1, -1), text.unsqueeze(0).expand(k, -1, -1, -1)], dim=2
+        ).reshape(k * batch, virtual + length, -1)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1).repeat(k, 1)
         if self.base.config.is_encoder_decoder:  # the prompts go before the encoder's input; each copy decodes alike
-            return self.base(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids.repeat(k,
-                                                                                                                   1),
-                             decoder_attention_mask=None if decoder_attention_mask is None
-                             else decoder_attention_mask.repeat(k, 1), **kwargs)
+            return self.base(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                decoder_input_ids=decoder_input_ids.repeat(k, 1),
+                decoder_attention_mask=None if decoder_attention_mask is None else decoder_attention_mask.repeat(k, 1),
+                **kwargs,
+            )
         if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() == 2:  # per input row: per copy
             logits_to_keep = logits_to_keep.repeat(k, 1)
         return self.base(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=logits_to_keep, **kwargs)
@@ -102,8 +114,15 @@ def vote(scores) -> list[int]:
 
 class PromptEnsemble(Method):
     description = __doc__
-    defaults = {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "grad_clip": 0.0,
-                "num_virtual_tokens": 100, "init": "class_label", "k": 5}
+    defaults = {
+        "optimizer": "adafactor",
+        "lr": 0.3,
+        "weight_decay": 1e-5,
+        "grad_clip": 0.0,
+        "num_virtual_tokens": 100,
+        "init": "class_label",
+        "k": 5,
+    }
     model_kinds = ("causal_lm", "seq2seq")
 
     def check_hparams(self, hp, task, model_kind):
@@ -112,18 +131,26 @@ class PromptEnsemble(Method):
         if hp["k"] < 1:
             raise BenchError(f"{name} k={hp['k']} must be a positive number of prompts (default {self.defaults['k']})")
         if hp["grad_clip"] != 0:
-            raise BenchError(f"{name} needs grad_clip=0 (got {hp['grad_clip']}): the loop clips the joint gradient "
-                             "norm, which would couple the k prompts")
+            raise BenchError(
+                f"{name} needs grad_clip=0 (got {hp['grad_clip']}): the loop clips the joint gradient "
+                "norm, which would couple the k prompts"
+            )
         if task.kind != "classification":
-            raise BenchError(f"{name} supports classification tasks only (majority vote): {task.name} is "
-                             f"{task.kind}; use prompt_tuning")
+            raise BenchError(
+                f"{name} supports classification tasks only (majority vote): {task.name} is "
+                f"{task.kind}; use prompt_tuning"
+            )
 
     def apply(self, model, hp, ctx):
         self.check_hparams(hp, ctx.task, ctx.model_kind)
         model.requires_grad_(False)
         embeddings = input_embeddings(model)
-        prompts = [initial_prompt(embeddings, ctx.tokenizer, ctx.task, hp["init"], hp["num_virtual_tokens"],
-                                  ctx.seed + i).to(embeddings.dtype) for i in range(hp["k"])]
+        prompts = [
+            initial_prompt(embeddings, ctx.tokenizer, ctx.task, hp["init"], hp["num_virtual_tokens"], ctx.seed + i).to(
+                embeddings.dtype
+            )
+            for i in range(hp["k"])
+        ]
         return PromptEnsembleModel(model, prompts)
 
     def extra_positions(self, hp):
@@ -141,13 +168,22 @@ class PromptEnsemble(Method):
         from bench.harness.kinds import seq2seq
 
         if model.config.is_encoder_decoder:
-            scores = seq2seq.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer,
-                                         copies=model.num_prompts)
+            scores = seq2seq.rank_scores(
+                model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer, copies=model.num_prompts
+            )
         else:
-            scores = rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"],
-                                 self.extra_positions(hp), timer, copies=model.num_prompts)
-        scores = scores.reshape(
-                                 model.num_prompts, len(examples), len(task.verbalizer))
+            scores = rank_scores(
+                model,
+                tokenizer,
+                task,
+                examples,
+                hp["eval_batch_size"],
+                hp["max_len"],
+                self.extra_positions(hp),
+                timer,
+                copies=model.num_prompts,
+            )
+        scores = scores.reshape(model.num_prompts, len(examples), len(task.verbalizer))
         rows = classification_outputs(scores.mean(dim=0), examples)  # logprobs: the mean over prompts
         for row, voted, singles in zip(rows, vote(scores), scores.argmax(dim=-1).T.tolist()):
             row.update(pred=voted, preds=singles)
@@ -159,8 +195,9 @@ class PromptEnsemble(Method):
         labels = [r["gold"] for r in rows]
         singles = [classification_metrics(list(preds), labels, names) for preds in zip(*(r["preds"] for r in rows))]
         metrics = classification_metrics([r["pred"] for r in rows], labels, names)
-        by_mean = classification_metrics([max(range(len(r["logprobs"])), key=r["logprobs"].__getitem__)
-                                          for r in rows], labels, names)
+        by_mean = classification_metrics(
+            [max(range(len(r["logprobs"])), key=r["logprobs"].__getitem__) for r in rows], labels, names
+        )
         for name in list(metrics):
             values = [m[name] for m in singles]
             metrics[f"{name}_avg_single"] = sum(values) / len(values)
@@ -177,10 +214,15 @@ class PromptEnsemble(Method):
             folder = path / f"prompt_{i}"
             folder.mkdir(parents=True, exist_ok=True)
             task_type = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
-            PromptTuningConfig(task_type=task_type, num_virtual_tokens=prompt.shape[0], token_dim=prompt.shape[1],
-                               num_transformer_submodules=1).save_pretrained(str(folder))
-            save_file({"prompt_embeddings": prompt.detach().cpu().contiguous()},
-                      str(folder / "adapter_model.safetensors"))
+            PromptTuningConfig(
+                task_type=task_type,
+                num_virtual_tokens=prompt.shape[0],
+                token_dim=prompt.shape[1],
+                num_transformer_submodules=1,
+            ).save_pretrained(str(folder))
+            save_file(
+                {"prompt_embeddings": prompt.detach().cpu().contiguous()}, str(folder / "adapter_model.safetensors")
+            )
 
     def load_delta(self, base, hp, ctx, path):
         from safetensors.torch import load_file
@@ -191,9 +233,11 @@ class PromptEnsemble(Method):
                 file = path / f"prompt_{i}" / "adapter_model.safetensors"
                 saved = load_file(str(file)) if file.is_file() else {}
                 if saved.get("prompt_embeddings", torch.empty(0)).shape != prompt.shape:
-                    raise BenchError(f"delta at {path} does not fit {self.name}: prompt_{i} missing or not of "
-                                     f"shape {tuple(prompt.shape)} (k={hp['k']}, num_virtual_tokens="
-                                     f"{hp['num_virtual_tokens']})")
+                    raise BenchError(
+                        f"delta at {path} does not fit {self.name}: prompt_{i} missing or not of "
+                        f"shape {tuple(prompt.shape)} (k={hp['k']}, num_virtual_tokens="
+                        f"{hp['num_virtual_tokens']})"
+                    )
                 prompt.copy_(saved["prompt_embeddings"])
         return model
 

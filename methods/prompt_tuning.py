@@ -35,6 +35,7 @@ Encoder-decoder models (T5, BART: Lester's own setting) use peft's SEQ_2_SEQ_LM 
 before the encoder's input only (`num_transformer_submodules=1`; peft's seq2seq default, 2, would allocate and
 save a second p × d table that its forward never reads), so decoder positions do not move.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,10 @@ RANDOM_RANGE = 0.5
 
 def check_prompt_hparams(hp: dict, name: str) -> None:
     if hp["num_virtual_tokens"] < 1:
-        raise BenchError(f"{name} num_virtual_tokens={hp['num_virtual_tokens']} must be a positive integer "
-                         f"(prompt length; default {PromptTuning.defaults['num_virtual_tokens']})")
+        raise BenchError(
+            f"{name} num_virtual_tokens={hp['num_virtual_tokens']} must be a positive integer "
+            f"(prompt length; default {PromptTuning.defaults['num_virtual_tokens']})"
+        )
     if hp["init"] not in INITS:
         raise BenchError(f"{name} init '{hp['init']}' unknown: choose one of {', '.join(INITS)}")
 
@@ -134,15 +137,27 @@ def prompt_neighbours(prompt, embeddings, tokenizer, task, k: int = NEIGHBOURS) 
     def rows_with(words) -> int:
         return sum(any(token.strip().lower() in words for token in row) for row in tokens)
 
-    return {"k": k, "tokens": tokens, "cosine": [[round(c, 4) for c in row] for row in cosine.tolist()],
-            "label_words": label_words, "task_words": task_words,
-            "rows_with_label_word": rows_with(set(label_words)), "rows_with_task_word": rows_with(set(task_words))}
+    return {
+        "k": k,
+        "tokens": tokens,
+        "cosine": [[round(c, 4) for c in row] for row in cosine.tolist()],
+        "label_words": label_words,
+        "task_words": task_words,
+        "rows_with_label_word": rows_with(set(label_words)),
+        "rows_with_task_word": rows_with(set(task_words)),
+    }
 
 
 class PromptTuning(PeftMethod):
     description = __doc__
-    defaults = {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "grad_clip": 0.0,
-                "num_virtual_tokens": 100, "init": "class_label"}
+    defaults = {
+        "optimizer": "adafactor",
+        "lr": 0.3,
+        "weight_decay": 1e-5,
+        "grad_clip": 0.0,
+        "num_virtual_tokens": 100,
+        "init": "class_label",
+    }
 
     def check_hparams(self, hp, task, model_kind):
         check_prompt_hparams(hp, self.name or "prompt_tuning")
@@ -152,10 +167,12 @@ class PromptTuning(PeftMethod):
         from peft import PromptTuningConfig, get_peft_model
 
         self.check_hparams(hp, ctx.task, ctx.model_kind)
-        prompt = initial_prompt(input_embeddings(model), ctx.tokenizer, ctx.task, hp["init"],
-                                hp["num_virtual_tokens"], ctx.seed)
-        config = PromptTuningConfig(num_virtual_tokens=hp["num_virtual_tokens"], task_type=peft_task_type(ctx),
-                                    num_transformer_submodules=1)
+        prompt = initial_prompt(
+            input_embeddings(model), ctx.tokenizer, ctx.task, hp["init"], hp["num_virtual_tokens"], ctx.seed
+        )
+        config = PromptTuningConfig(
+            num_virtual_tokens=hp["num_virtual_tokens"], task_type=peft_task_type(ctx), num_transformer_submodules=1
+        )
         adapted = peft_generation_compat(get_peft_model(model, config))
         weight = adapted.prompt_encoder["default"].embedding.weight
         with torch.no_grad():
@@ -167,8 +184,9 @@ class PromptTuning(PeftMethod):
 
     def analyse(self, model, hp, ctx):
         prompt = model.prompt_encoder["default"].embedding.weight
-        return {"prompt_neighbours": prompt_neighbours(prompt, model.get_input_embeddings().weight, ctx.tokenizer,
-                                                       ctx.task)}
+        return {
+            "prompt_neighbours": prompt_neighbours(prompt, model.get_input_embeddings().weight, ctx.tokenizer, ctx.task)
+        }
 
 
 METHOD = PromptTuning()

@@ -1,6 +1,7 @@
 """docs/add-a-method.md, followed end to end on a copy of the project: every file its code blocks name is written
 (methods/dora.py, a grid), every `$ peft-repro ...` command is run, and each line the page shows under a command is
 the start of a line that command prints."""
+
 import os
 import re
 import shlex
@@ -40,13 +41,19 @@ def test_the_guide_adds_dora_end_to_end(tmp_path, models_cache):
     for path, content in files.items():
         assert not (copy / path).exists(), f"the guide overwrites {path}"
         (copy / path).write_text(content)
-    env = {**os.environ, "PYTHONPATH": str(copy), "PEFT_REPRO_DATA": str(data_root()),
-           "PEFT_REPRO_MODELS": str(models_cache), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(copy),
+        "PEFT_REPRO_DATA": str(data_root()),
+        "PEFT_REPRO_MODELS": str(models_cache),
+        "OMP_NUM_THREADS": "1",
+    }
     for command, shown in commands:
         argv = shlex.split(command)
         assert argv[0] == "peft-repro"
-        done = subprocess.run([sys.executable, "-m", "bench", *argv[1:]], cwd=copy, env=env, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "bench", *argv[1:]], cwd=copy, env=env, capture_output=True, text=True, timeout=600
+        )
         printed = (done.stdout + done.stderr).splitlines()
         assert done.returncode == (2 if any(s.startswith("error:") for s in shown) else 0), (command, printed[-5:])
         for line in shown:

@@ -1,5 +1,6 @@
 """`python -m bench benchmarks --gpu` in its CPU quick mode (tiny shapes): every part runs, its correctness checks
 hold, and the report names each part (bench/tools/benchmarks_gpu.py)."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,13 @@ from bench.tools.benchmarks_gpu import PROJECT_ROOT, SHAPES, bf16_peak
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the quick mode is what runs without CUDA")
 def test_gpu_check_runs_in_quick_mode_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
-    run = subprocess.run([sys.executable, "-m", "bench", "benchmarks", "--gpu", "--out", str(out)], cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "benchmarks", "--gpu", "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["mode"] == "quick" and data["device"] == "cpu"
@@ -37,6 +43,11 @@ def test_bf16_peaks_by_device_name():
 
 
 def test_bad_mode_combination_is_refused():
-    run = subprocess.run([sys.executable, "-m", "bench", "benchmarks", "--gpu", "--quick"], cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "benchmarks", "--gpu", "--quick"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode != 0 and "not allowed with argument" in run.stderr

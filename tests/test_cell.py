@@ -1,4 +1,5 @@
 """The cell contract end to end on a tiny model: record schema, atomic write, determinism, bad input."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _cell(**changes):
-    settings = dict(task="sst2", model="tiny-llama", method="lora", train_size=16, seed=0,
-                    hp={"steps": 2, "batch_size": 4, "max_len": 48, "lr": 1e-2}, eval_limit=8, shifts=("imdb",))
+    settings = dict(
+        task="sst2",
+        model="tiny-llama",
+        method="lora",
+        train_size=16,
+        seed=0,
+        hp={"steps": 2, "batch_size": 4, "max_len": 48, "lr": 1e-2},
+        eval_limit=8,
+        shifts=("imdb",),
+    )
     settings.update(changes)
     return CellConfig(**settings)
 
@@ -31,11 +40,23 @@ def test_record_is_self_describing_and_repeatable(models_cache, tmp_path, rescor
     assert set(record["metrics"]) == {"sst2", "imdb"}
     assert record["metrics"]["sst2"]["n"] == 8 and 0 <= record["metrics"]["sst2"]["accuracy"] <= 100
     cost = record["cost"]
-    for key in ("trainable_params", "total_params", "delta_bytes", "peak_mem_bytes", "train_tokens_per_s",
-                "eval_tokens_per_s", "train_s", "eval_s", "flops_per_step", "train_flops_per_s", "matmul_peak_flops"):
+    for key in (
+        "trainable_params",
+        "total_params",
+        "delta_bytes",
+        "peak_mem_bytes",
+        "train_tokens_per_s",
+        "eval_tokens_per_s",
+        "train_s",
+        "eval_s",
+        "flops_per_step",
+        "train_flops_per_s",
+        "matmul_peak_flops",
+    ):
         assert cost[key] > 0, key
-    assert 0 < cost["mfu"] <= 1 and cost["mfu"] == pytest.approx(cost["train_flops_per_s"] / cost["matmul_peak_flops"],
-                                                                  rel=1e-2)
+    assert 0 < cost["mfu"] <= 1 and cost["mfu"] == pytest.approx(
+        cost["train_flops_per_s"] / cost["matmul_peak_flops"], rel=1e-2
+    )
     assert cost["trainable_params"] < cost["total_params"]
     for key in ("python", "torch", "transformers", "peft", "git_commit", "harness_sha256", "device"):
         assert key in record["env"]
@@ -55,8 +76,11 @@ def test_data_seed_draws_the_subsample_and_seed_the_rest(models_cache, tmp_path,
     import bench.harness.tasks
 
     drawn, sample = [], bench.harness.tasks.train_examples
-    monkeypatch.setattr(bench.harness.tasks, "train_examples", lambda task, size, seed, *rest: drawn.append(seed) or
-                        sample(task, size, seed, *rest))
+    monkeypatch.setattr(
+        bench.harness.tasks,
+        "train_examples",
+        lambda task, size, seed, *rest: drawn.append(seed) or sample(task, size, seed, *rest),
+    )
     record = run_cell(_cell(seed=1, data_seed=3), tmp_path / "a", threads=1)
     same_data = run_cell(_cell(seed=2, data_seed=3), tmp_path / "b", threads=1)
     assert drawn == [3, 3] and record["config"]["data_seed"] == 3 and record["config"]["seed"] == 1
@@ -73,8 +97,11 @@ def test_dev_limit_evaluates_a_dev_split_first(models_cache, tmp_path):
 
 
 def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path, rescoring_gives_the_record):
-    record = run_cell(_cell(task="e2e", shifts=None, hp={"steps": 1, "batch_size": 2, "max_len": 64}, eval_limit=4),
-                      tmp_path, threads=1)
+    record = run_cell(
+        _cell(task="e2e", shifts=None, hp={"steps": 1, "batch_size": 2, "max_len": 64}, eval_limit=4),
+        tmp_path,
+        threads=1,
+    )
     assert {"bleu", "rouge_l", "n", "samples"} <= set(record["metrics"]["e2e"])
     assert record["metrics"]["e2e"]["n"] == 4
     rescoring_gives_the_record(record, tmp_path)  # BLEU, NIST, METEOR, ROUGE-L, CIDEr
@@ -83,8 +110,9 @@ def test_generation_cell_reports_bleu_and_rouge(models_cache, tmp_path, rescorin
 
 
 def test_diverged_training_is_recorded_with_its_step(models_cache, tmp_path):
-    record = run_cell(_cell(method="full_ft", hp={"steps": 3, "lr": 1e30, "grad_clip": 0.0, "batch_size": 4}),
-                      tmp_path, threads=1)
+    record = run_cell(
+        _cell(method="full_ft", hp={"steps": 3, "lr": 1e30, "grad_clip": 0.0, "batch_size": 4}), tmp_path, threads=1
+    )
     assert record["status"] == "diverged" and record["diverged_at_step"] is not None
     assert record["metrics"] == {}
 
@@ -102,23 +130,31 @@ def test_atomic_write_leaves_old_record_when_interrupted(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {"status": "ok", "n": 1}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "sst3"], "unknown task 'sst3'"),
-    (["--model", "gpt5"], "unknown model 'gpt5'"),
-    (["--method", "dora"], "unknown method 'dora'"),
-    (["--train-size", "0"], "train size 0 invalid for sst2"),
-    (["--train-size", "10000000"], "train size 10000000 invalid for sst2"),
-    (["--train-size", "many"], "--train-size 'many'"),
-    (["--hp", "lr"], "--hp 'lr' must look like key=value"),
-    (["--hp", "precision=fp16"], "precision 'fp16' unknown: use fp32 or bf16"),
-    (["--shifts", "yelp"], "not defined for task sst2"),
-    (["--data-root", "/nonexistent"], "data root"),
-    (["--dev-limit", "67349"], "dev_limit 67349 is out of range for task sst2: its training split sst2/train has "
-                               "67349 examples; use an integer from 1 to 67348"),
-    (["--dev-limit", "67340"], "train size 16 invalid for sst2 (its training split less dev_limit=67340): use 'full' "
-                               "or 1..9"),
-    (["--task", "boolq", "--method", "prompt_design", "--dev-limit", "5"], "task boolq has no training split"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "sst3"], "unknown task 'sst3'"),
+        (["--model", "gpt5"], "unknown model 'gpt5'"),
+        (["--method", "dora"], "unknown method 'dora'"),
+        (["--train-size", "0"], "train size 0 invalid for sst2"),
+        (["--train-size", "10000000"], "train size 10000000 invalid for sst2"),
+        (["--train-size", "many"], "--train-size 'many'"),
+        (["--hp", "lr"], "--hp 'lr' must look like key=value"),
+        (["--hp", "precision=fp16"], "precision 'fp16' unknown: use fp32 or bf16"),
+        (["--shifts", "yelp"], "not defined for task sst2"),
+        (["--data-root", "/nonexistent"], "data root"),
+        (
+            ["--dev-limit", "67349"],
+            "dev_limit 67349 is out of range for task sst2: its training split sst2/train has "
+            "67349 examples; use an integer from 1 to 67348",
+        ),
+        (
+            ["--dev-limit", "67340"],
+            "train size 16 invalid for sst2 (its training split less dev_limit=67340): use 'full' or 1..9",
+        ),
+        (["--task", "boolq", "--method", "prompt_design", "--dev-limit", "5"], "task boolq has no training split"),
+    ],
+)
 def test_bad_input_is_one_line_before_training_and_keeps_records(models_cache, tmp_path, capsys, args, message):
     out = tmp_path / "cell"
     write_json_atomic(out / "record.json", {"status": "ok", "finished": True})
@@ -140,13 +176,26 @@ def test_generation_metrics_without_java_are_one_line_before_training(models_cac
     import bench.harness.models
 
     monkeypatch.setattr(bench.harness.models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
-    argv = ["run-cell", "--task", "e2e", "--model", "tiny-llama", "--method", "lora", "--train-size", "8",
-            "--out", str(tmp_path / "cell")]
+    argv = [
+        "run-cell",
+        "--task",
+        "e2e",
+        "--model",
+        "tiny-llama",
+        "--method",
+        "lora",
+        "--train-size",
+        "8",
+        "--out",
+        str(tmp_path / "cell"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: metric(s) meteor, rouge_l, cider need Java (`java` on PATH), which is not installed: "
-                   "install a "
-                   "JRE, e.g. apt-get install openjdk-17-jre-headless")
+    assert err == (
+        "error: metric(s) meteor, rouge_l, cider need Java (`java` on PATH), which is not installed: "
+        "install a "
+        "JRE, e.g. apt-get install openjdk-17-jre-headless"
+    )
     assert not (tmp_path / "cell").exists()
 
 
@@ -167,8 +216,14 @@ bench.harness.cell.matmul_peak_flops = matmul_peak_flops
 record = bench.harness.cell.run_cell(_cell(), __import__("pathlib").Path(sys.argv[1]), threads=1)
 print(json.dumps([record["cost"]["peak_mem_bytes"], PROBE]))
 """
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     peak, probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0 < peak < probe
@@ -176,8 +231,21 @@ print(json.dumps([record["cost"]["peak_mem_bytes"], PROBE]))
 
 def test_tiny_grid_through_snakemake(models_cache, tmp_path):
     env = {**os.environ, "PEFT_REPRO_MODELS": str(models_cache)}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(tmp_path), "--cores", "2", "--config", "grid=tiny", "--quiet", "all"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--config",
+        "grid=tiny",
+        "--quiet",
+        "all",
+    ]
     planned = subprocess.run(command + ["-n"], env=env, capture_output=True, text=True)
     assert planned.returncode == 0, planned.stderr
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -1,5 +1,6 @@
 """config/claims.yaml names only tasks, eval sets, methods and metrics that exist: a misspelt selector would
 leave a claim "not run" forever without saying why."""
+
 from pathlib import Path
 
 import yaml
@@ -23,8 +24,9 @@ def _selectors(claim: dict) -> list[dict]:
 
 
 def test_claims_name_known_tasks_eval_sets_methods_and_metrics():
-    known_metrics = {m + suffix for name in task_names() for m in get_task(name).metrics
-                     for suffix in ENSEMBLE_SUFFIXES}
+    known_metrics = {
+        m + suffix for name in task_names() for m in get_task(name).metrics for suffix in ENSEMBLE_SUFFIXES
+    }
     for claim in CLAIMS:
         assert {"id", "source", "headline", "statement", "paper", "check"} <= set(claim), claim["id"]
         assert "unverified" not in yaml.safe_dump(claim["paper"]), claim["id"]

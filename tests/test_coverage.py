@@ -8,6 +8,7 @@ their interaction (each seed's own right/wrong draws) -- in three mixes: seed-do
 mixed. The true difference is known exactly (no probability is clipped). The simulation runs the report's own
 arithmetic (bench.report.stats.interval_of_means, which bench.report.stats.interval calls for accuracy; their
 equality is checked below on the records' path)."""
+
 import numpy as np
 import pytest
 
@@ -18,8 +19,12 @@ EXAMPLES = 200  # the study's classification eval sets: 200 examples (CB: 56)
 REPLICATES = 2000  # Monte Carlo standard error of a 95% coverage: 0.5 points
 # Each mix: (answer probabilities: "graded" 0.35-0.65 per example, or "settled" 0.1 / 0.9 as trained classifiers
 # mostly answer; seed shift half-width; example gain half-width (graded) or share of examples A flips (settled))
-MIXES = {"seed-dominated": ("graded", 0.12, 0.0), "example-dominated": ("settled", 0.0, 0.25),
-         "mixed": ("graded", 0.06, 0.14), "settled, seeds and examples": ("settled", 0.04, 0.25)}
+MIXES = {
+    "seed-dominated": ("graded", 0.12, 0.0),
+    "example-dominated": ("settled", 0.0, 0.25),
+    "mixed": ("graded", 0.06, 0.14),
+    "settled, seeds and examples": ("settled", 0.04, 0.25),
+}
 
 
 def truth(mix: str, delta: float) -> float:
@@ -108,6 +113,7 @@ def test_the_records_path_gives_the_arrays_interval():
     def system(answers):
         outputs = [[{"id": f"e{i}", "pred": int(v > 0), "gold": 1} for i, v in enumerate(row)] for row in answers]
         return System("t/t", "accuracy", (0, 1, 2), answers.mean(axis=1), outputs, None)
+
     via_records = interval([system(a), system(b)], [1, -1])
     via_arrays = interval_of_means([((0, 1, 2), "t/t", a), ((0, 1, 2), "t/t", b)], [1, -1])
     assert (via_records.low, via_records.high) == pytest.approx((via_arrays.low, via_arrays.high), abs=1e-9)

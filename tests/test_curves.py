@@ -1,4 +1,5 @@
 """Learning curves, retention and one base for many tasks (issue #17), on tiny models built in code."""
+
 import math
 import time
 
@@ -12,14 +13,23 @@ CURVE_HP = {"steps": 4, "batch_size": 4, "max_len": 48, "eval_every": 2, "curve_
 
 
 def _cell(**changes):
-    settings = dict(task="sst2", model="tiny-llama", method="lora", train_size=16, seed=0,
-                    hp={**CURVE_HP, "lr": 1e-2}, eval_limit=8, shifts=())
+    settings = dict(
+        task="sst2",
+        model="tiny-llama",
+        method="lora",
+        train_size=16,
+        seed=0,
+        hp={**CURVE_HP, "lr": 1e-2},
+        eval_limit=8,
+        shifts=(),
+    )
     settings.update(changes)
     return CellConfig(**settings)
 
 
-@pytest.mark.parametrize("method,hp", [("lora", {"lr": 1e-2}), ("prompt_tuning", {"num_virtual_tokens": 4,
-                                                                                "optimizer": "adamw", "lr": 0.3})])
+@pytest.mark.parametrize(
+    "method,hp", [("lora", {"lr": 1e-2}), ("prompt_tuning", {"num_virtual_tokens": 4, "optimizer": "adamw", "lr": 0.3})]
+)
 def test_curve_ends_at_the_final_score_and_keeps_its_time_apart(models_cache, tmp_path, method, hp):
     record = run_cell(_cell(method=method, hp={**CURVE_HP, **hp}), tmp_path, threads=1)
     curve = record["curve"]
@@ -53,9 +63,14 @@ def test_periodic_evaluation_time_is_not_training_time(models_cache, tiny_llama)
 
     examples = train_examples(task, 16, 0)
     start = time.perf_counter()
-    result = train(model, method, hp, training_batches(tokenizer, task, "causal_lm", examples, 4, 48, 0, True),
-                   "causal_lm",
-                   on_eval=slow_eval)
+    result = train(
+        model,
+        method,
+        hp,
+        training_batches(tokenizer, task, "causal_lm", examples, 4, 48, 0, True),
+        "causal_lm",
+        on_eval=slow_eval,
+    )
     wall = time.perf_counter() - start
     assert [step for step, _ in calls] == [0, 2, 4]
     assert result.curve_eval_s >= 3 * pause
@@ -71,12 +86,14 @@ def test_curve_is_off_by_default(models_cache, tmp_path):
 
 
 def test_bad_curve_and_retention_settings_are_refused_at_plan_time(models_cache):
-    for changes, words in [({"hp": {"steps": 0, "eval_every": 2}}, "needs a cell that trains"),
-                           ({"hp": {"eval_every": -1}}, "eval_every >= 0"),
-                           ({"hp": {"retention": True, "retention_task": "sst2"}}, "other than the cell's"),
-                           ({"hp": {"retention": True, "retention_task": "e2e"}}, "classification task"),
-                           ({"hp": {"retention_task": "qqp"}}, "retention is off"),
-                           ({"hp": {"retention": True}, "model": "tiny-bert"}, "need a causal LM")]:
+    for changes, words in [
+        ({"hp": {"steps": 0, "eval_every": 2}}, "needs a cell that trains"),
+        ({"hp": {"eval_every": -1}}, "eval_every >= 0"),
+        ({"hp": {"retention": True, "retention_task": "sst2"}}, "other than the cell's"),
+        ({"hp": {"retention": True, "retention_task": "e2e"}}, "classification task"),
+        ({"hp": {"retention_task": "qqp"}}, "retention is off"),
+        ({"hp": {"retention": True}, "model": "tiny-bert"}, "need a causal LM"),
+    ]:
         with pytest.raises(BenchError, match=words):
             plan_cell(_cell(**changes))
 
@@ -114,8 +131,9 @@ def test_retention_loss_equals_the_models_own_loss(models_cache, tiny_llama):
     ctx = CellContext(task=get_task("sst2"), model_kind="causal_lm", tokenizer=tokenizer)
     prompted = method.apply(model, pt_hp, ctx).eval()
     adapted = retention.measure(prompted, 3)
-    assert adapted["nll"] == pytest.approx(_direct_passage_nll(prompted, tokenizer, retention.texts),
-                                           rel=1e-4, abs=1e-3)
+    assert adapted["nll"] == pytest.approx(
+        _direct_passage_nll(prompted, tokenizer, retention.texts), rel=1e-4, abs=1e-3
+    )
     assert adapted["tokens"] == base["tokens"] and adapted["nll"] != base["nll"]
     record = retention.record(base, adapted)
     lm = record["lm"]
@@ -126,19 +144,26 @@ def test_retention_loss_equals_the_models_own_loss(models_cache, tiny_llama):
 
 
 def test_retention_in_a_cell_record(models_cache, tmp_path):
-    record = run_cell(_cell(hp={**CURVE_HP, "lr": 1e-2, "retention": True, "retention_task": "qqp"}), tmp_path,
-                      threads=1)
+    record = run_cell(
+        _cell(hp={**CURVE_HP, "lr": 1e-2, "retention": True, "retention_task": "qqp"}), tmp_path, threads=1
+    )
     retention = record["retention"]
     assert retention["text"]["dataset"] == "xsum/test"
     assert "xsum_sample/xsum_articles_321.jsonl" in record["inputs"]["data"]
     assert "qqp_subset/qqp_subset.tsv" in record["inputs"]["data"]
     assert retention["lm"]["loss_increase"] == pytest.approx(
-        retention["lm"]["adapted"]["loss"] - retention["lm"]["base"]["loss"], abs=1e-5)
+        retention["lm"]["adapted"]["loss"] - retention["lm"]["base"]["loss"], abs=1e-5
+    )
     assert record["cost"]["retention_s"] == retention["seconds"] > 0
 
 
-FROZEN_BASE = {"lora": {"lr": 0.05}, "ia3": {"lr": 0.5}, "prompt_tuning": {"num_virtual_tokens": 3, "lr": 0.5},
-               "prefix_tuning": {"prefix_length": 3, "lr": 0.05}, "p_tuning": {"num_virtual_tokens": 3, "lr": 0.05}}
+FROZEN_BASE = {
+    "lora": {"lr": 0.05},
+    "ia3": {"lr": 0.5},
+    "prompt_tuning": {"num_virtual_tokens": 3, "lr": 0.5},
+    "prefix_tuning": {"prefix_length": 3, "lr": 0.05},
+    "p_tuning": {"num_virtual_tokens": 3, "lr": 0.05},
+}
 
 
 @pytest.mark.parametrize("name", sorted(FROZEN_BASE))
@@ -155,17 +180,23 @@ def test_removing_the_delta_gives_the_base_back_bit_for_bit(models_cache, name):
     assert not method.tunes_base
     model, tokenizer, _ = load_model("tiny-llama", cache=models_cache)
     fresh, _, _ = load_model("tiny-llama", cache=models_cache)
-    hp = resolve_hparams(method, {"steps": 3, "batch_size": 4, "max_len": 48, "optimizer": "adamw",
-                                  **FROZEN_BASE[name]})
+    hp = resolve_hparams(
+        method, {"steps": 3, "batch_size": 4, "max_len": 48, "optimizer": "adamw", **FROZEN_BASE[name]}
+    )
     ctx = CellContext(task=task, model_kind="causal_lm", tokenizer=tokenizer, train_examples=train_examples(task, 8, 0))
     adapted = method.apply(model, hp, ctx)
-    train(adapted, method, hp, training_batches(tokenizer, task, "causal_lm", ctx.train_examples, 4, 48, 0, True),
-          "causal_lm")
+    train(
+        adapted,
+        method,
+        hp,
+        training_batches(tokenizer, task, "causal_lm", ctx.train_examples, 4, 48, 0, True),
+        "causal_lm",
+    )
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     adapted.eval(), fresh.eval()
     with torch.no_grad():
         base_logits = fresh(input_ids=ids).logits
-        assert not torch.equal(adapted(input_ids=ids).logits[:, -ids.shape[1]:], base_logits)  # it did train
+        assert not torch.equal(adapted(input_ids=ids).logits[:, -ids.shape[1] :], base_logits)  # it did train
         with adapted.disable_adapter():
             assert torch.equal(adapted(input_ids=ids).logits, base_logits)
     removed = adapted.get_base_model() if adapted.peft_config["default"].is_prompt_learning else adapted.unload()
@@ -177,15 +208,24 @@ def test_removing_the_delta_gives_the_base_back_bit_for_bit(models_cache, name):
 
 def _trained(models_cache, tmp_path, method, task, hp):
     shifts = ()
-    config = CellConfig(task=task, model="tiny-llama", method=method, train_size=16, seed=0,
-                        hp={"steps": 2, "batch_size": 4, "max_len": 64, **hp}, eval_limit=12, shifts=shifts)
+    config = CellConfig(
+        task=task,
+        model="tiny-llama",
+        method=method,
+        train_size=16,
+        seed=0,
+        hp={"steps": 2, "batch_size": 4, "max_len": 64, **hp},
+        eval_limit=12,
+        shifts=shifts,
+    )
     out = tmp_path / f"{task}-{method}"
     run_cell(config, out, threads=1)
     return str(out)
 
 
-@pytest.mark.parametrize("method,hp", [("lora", {"lr": 0.05}),
-                                       ("prompt_tuning", {"num_virtual_tokens": 3, "optimizer": "adamw", "lr": 0.5})])
+@pytest.mark.parametrize(
+    "method,hp", [("lora", {"lr": 0.05}), ("prompt_tuning", {"num_virtual_tokens": 3, "optimizer": "adamw", "lr": 0.5})]
+)
 def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path, method, hp):
     from bench.tools.serve import compare, length_batches, score_mixed, serve, setup
 
@@ -204,8 +244,9 @@ def test_serve_mixed_scores_each_example_as_its_own_cell(models_cache, tmp_path,
     assert compare(mixed, {(1 - owner, i): values for (owner, i), values in scores.items()})[0] > 1e-3
 
 
-@pytest.mark.parametrize("method,hp", [("lora", {"lr": 0.05}),
-                                       ("prompt_tuning", {"num_virtual_tokens": 3, "optimizer": "adamw", "lr": 0.5})])
+@pytest.mark.parametrize(
+    "method,hp", [("lora", {"lr": 0.05}), ("prompt_tuning", {"num_virtual_tokens": 3, "optimizer": "adamw", "lr": 0.5})]
+)
 def test_serving_path_over_one_adapted_model_scores_as_its_cell(models_cache, tmp_path, method, hp):
     """Item 9's second baseline: the serving path over a separately adapted model (`Mixed(..., adapted=)`, as
     `Method.load_delta` builds it) gives the cell's own scores; it refuses more than one cell."""
@@ -231,8 +272,10 @@ def test_serve_mixed_soft_prompts_of_different_lengths(models_cache, tmp_path):
     scores, in one batch and in odd ones."""
     from bench.tools.serve import serve, setup
 
-    cells = [_trained(models_cache, tmp_path, "prompt_tuning", task, {"num_virtual_tokens": n, "lr": 0.5})
-             for task, n in (("sst2", 3), ("qqp", 5))]
+    cells = [
+        _trained(models_cache, tmp_path, "prompt_tuning", task, {"num_virtual_tokens": n, "lr": 0.5})
+        for task, n in (("sst2", 3), ("qqp", 5))
+    ]
     assert setup(cells).mixed.states is None  # no cached prompt states: each row carries its prompt
     for batch_size in (24, 5):
         result = serve(cells, batch_size=batch_size)
@@ -242,8 +285,10 @@ def test_serve_mixed_soft_prompts_of_different_lengths(models_cache, tmp_path):
 def test_serve_mixed_refuses_a_mix_of_delta_kinds(models_cache, tmp_path):
     from bench.tools.serve import serve
 
-    cells = [_trained(models_cache, tmp_path, "lora", "sst2", {"lr": 0.05}),
-             _trained(models_cache, tmp_path, "prompt_tuning", "qqp", {"num_virtual_tokens": 3})]
+    cells = [
+        _trained(models_cache, tmp_path, "lora", "sst2", {"lr": 0.05}),
+        _trained(models_cache, tmp_path, "prompt_tuning", "qqp", {"num_virtual_tokens": 3}),
+    ]
     with pytest.raises(BenchError, match="mix delta kinds"):
         serve(cells)
 
@@ -260,19 +305,37 @@ def _synthetic_cell(root, method, seed, reach_step, loss_increase, rng, items=60
         accuracy = 0.5 if step < reach_step else 0.9
         right = round(accuracy * items)  # exactly, in a random order
         correct = "".join(str(b) for b in rng.permutation([1] * right + [0] * (items - right)))
-        points.append({"step": step, "train_s": step * 0.5, "score": 100.0 * correct.count("1") / items,
-                       "correct": correct})
+        points.append(
+            {"step": step, "train_s": step * 0.5, "score": 100.0 * correct.count("1") / items, "correct": correct}
+        )
     tokens = [127] * passages
     base = [float(rng.uniform(400, 500)) for _ in range(passages)]
     adapted = [b + 127 * loss_increase + float(rng.normal(0, 5)) for b in base]
-    record = {"curve": {"eval_set": "sst2", "metric": "accuracy", "n": items, "ids": [str(i) for i in range(items)],
-                        "eval_s": 1.0, "points": points},
-              "retention": {"lm": {"base_nll": base, "adapted_nll": adapted, "tokens": tokens}}}
+    record = {
+        "curve": {
+            "eval_set": "sst2",
+            "metric": "accuracy",
+            "n": items,
+            "ids": [str(i) for i in range(items)],
+            "eval_s": 1.0,
+            "points": points,
+        },
+        "retention": {"lm": {"base_nll": base, "adapted_nll": adapted, "tokens": tokens}},
+    }
     cell_dir = root / method / f"s{seed}"
     cell_dir.mkdir(parents=True)
     (cell_dir / "record.json").write_text(json.dumps(record))
-    return {"grid": "g", "task": "sst2", "model": "m", "method": method, "variant": method, "train_size": "200",
-            "seed": seed, "dir": str(cell_dir), "status": "ok"}
+    return {
+        "grid": "g",
+        "task": "sst2",
+        "model": "m",
+        "method": method,
+        "variant": method,
+        "train_size": "200",
+        "seed": seed,
+        "dir": str(cell_dir),
+        "status": "ok",
+    }
 
 
 def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
@@ -282,8 +345,10 @@ def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
     from bench.report.curves import curve_groups, curve_tables, reach, records, retention_tables, to_fraction
 
     rng = np.random.default_rng(0)
-    cells = pd.DataFrame([_synthetic_cell(tmp_path, "prompt_tuning", s, 32, 0.0, rng) for s in range(3)]
-                         + [_synthetic_cell(tmp_path, "full_ft", s, 8, 0.3, rng) for s in range(3)])
+    cells = pd.DataFrame(
+        [_synthetic_cell(tmp_path, "prompt_tuning", s, 32, 0.0, rng) for s in range(3)]
+        + [_synthetic_cell(tmp_path, "full_ft", s, 8, 0.3, rng) for s in range(3)]
+    )
     # the first point at start + f · (final − start); none where the score never rises
     assert list(reach(np.array([[50.0, 60, 86, 90], [50, 95, 90, 90], [70, 60, 50, 50]]), 0.9)) == [2, 1, -1]
     groups = curve_groups(records(cells))
@@ -294,8 +359,12 @@ def test_time_to_quality_and_retention_claims_decide_a_known_truth(tmp_path):
     verdict, found, gone = _verdict("time_to_fraction", cells, {**slower, "op": ">"})
     assert verdict == "reproduced" and not gone and round(found[0].interval.estimate) == 24
     assert _verdict("time_to_fraction", cells, {**slower, "op": "<"})[0] == "contradicted"
-    forgets_less = {"left": {"method": "prompt_tuning"}, "right": {"method": "full_ft"}, "margin": 0,
-                    "measure": "lm_loss_increase"}
+    forgets_less = {
+        "left": {"method": "prompt_tuning"},
+        "right": {"method": "full_ft"},
+        "margin": 0,
+        "measure": "lm_loss_increase",
+    }
     assert _verdict("retention", cells, {**forgets_less, "op": "<"})[0] == "reproduced"
     assert _verdict("retention", cells, {**forgets_less, "op": ">"})[0] == "contradicted"
     missing = _verdict("retention", cells, {**forgets_less, "left": {"method": "lora"}})
@@ -310,8 +379,9 @@ def test_identical_methods_are_rarely_called_different(tmp_path):
     import pandas as pd
 
     rng = np.random.default_rng(1)
-    cells = pd.DataFrame([_synthetic_cell(tmp_path, method, s, 16, 0.1, rng) for method in ("lora", "full_ft")
-                          for s in range(3)])
+    cells = pd.DataFrame(
+        [_synthetic_cell(tmp_path, method, s, 16, 0.1, rng) for method in ("lora", "full_ft") for s in range(3)]
+    )
     check = {"left": {"method": "lora"}, "right": {"method": "full_ft"}, "margin": 0}
     assert _verdict("time_to_fraction", cells, {**check, "op": ">"})[0] != "reproduced"
     assert _verdict("retention", cells, {**check, "op": "<"})[0] != "reproduced"

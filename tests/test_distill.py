@@ -1,4 +1,5 @@
 """distill: a student trained on a teacher cell's labels; the teacher is another cell of the grid (DAG edge)."""
+
 import json
 import os
 import shutil
@@ -51,8 +52,9 @@ def _reloaded(teacher: Path):
     config = json.loads((teacher / "record.json").read_text())["config"]
     method, task = get_method(config["method"]), get_task(config["task"])
     model, tokenizer, _ = load_model(config["model"], num_labels=len(task.verbalizer) or None)
-    ctx = CellContext(task=task, model_kind="encoder" if config["model"] == "tiny-bert" else "causal_lm",
-                      tokenizer=tokenizer)
+    ctx = CellContext(
+        task=task, model_kind="encoder" if config["model"] == "tiny-bert" else "causal_lm", tokenizer=tokenizer
+    )
     return method.load_delta(model, config["hp"], ctx, teacher / "delta").eval(), tokenizer, config["hp"]
 
 
@@ -64,8 +66,11 @@ def test_classification_labels_are_the_teachers_predictions(teachers, name):
     prepared, examples = _prepare(name, teachers[name], 16)
     model, tokenizer, hp = _reloaded(teachers[name])
     task = get_task(name)
-    scores = encoder_logits(model, tokenizer, task, examples, 16, hp["max_len"]) if name == "mrpc" else \
-        rank_scores(model, tokenizer, task, examples, 16, hp["max_len"])
+    scores = (
+        encoder_logits(model, tokenizer, task, examples, 16, hp["max_len"])
+        if name == "mrpc"
+        else rank_scores(model, tokenizer, task, examples, 16, hp["max_len"])
+    )
     assert [ex.label for ex in prepared] == scores.argmax(dim=-1).tolist()
     assert [ex.fields for ex in prepared] == [ex.fields for ex in examples]
 
@@ -96,8 +101,9 @@ def test_generation_references_are_the_teachers_greedy_outputs(teachers):
 
 def test_student_cell_trains_on_the_teacher_and_records_it(teachers, tmp_path):
     hp = {"steps": 2, "batch_size": 4, "max_len": 48, "lr": 1e-3, "teacher": str(teachers["sst2"])}
-    record = run_cell(CellConfig("sst2", "tiny-llama", "distill", 16, 0, hp, eval_limit=4, shifts=()), tmp_path,
-                      threads=1)
+    record = run_cell(
+        CellConfig("sst2", "tiny-llama", "distill", 16, 0, hp, eval_limit=4, shifts=()), tmp_path, threads=1
+    )
     assert record["status"] == "ok" and record["config"]["hp"]["teacher"] == str(teachers["sst2"])
     assert record["cost"]["trainable_params"] == record["cost"]["total_params"]  # the student: all weights train
     assert len(record["train"]["losses"]) == 2
@@ -112,21 +118,41 @@ def _fake_teacher(tmp_path, source: Path, **changes) -> Path:
     return teacher
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "distill teacher {dir} has no record.json: run the teacher cell first"),
-    ("other_task", "distill teacher {dir} is a cell of task 'e2e', not sst2: choose a teacher cell of task sst2"),
-    ("diverged", "distill teacher {dir} has status 'diverged', not ok"),
-    ("none", "distill needs hp teacher=<the teacher cell's directory>"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "distill teacher {dir} has no record.json: run the teacher cell first"),
+        ("other_task", "distill teacher {dir} is a cell of task 'e2e', not sst2: choose a teacher cell of task sst2"),
+        ("diverged", "distill teacher {dir} has status 'diverged', not ok"),
+        ("none", "distill needs hp teacher=<the teacher cell's directory>"),
+    ],
+)
 def test_bad_teacher_is_one_line_and_keeps_the_record(teachers, tmp_path, capsys, case, message):
-    teacher = {"missing": lambda: tmp_path / "nowhere",
-               "other_task": lambda: teachers["e2e"],
-               "diverged": lambda: _fake_teacher(tmp_path, teachers["sst2"], status="diverged"),
-               "none": lambda: ""}[case]()
+    teacher = {
+        "missing": lambda: tmp_path / "nowhere",
+        "other_task": lambda: teachers["e2e"],
+        "diverged": lambda: _fake_teacher(tmp_path, teachers["sst2"], status="diverged"),
+        "none": lambda: "",
+    }[case]()
     out = tmp_path / "cell"
     write_json_atomic(out / "record.json", {"status": "ok", "finished": True})
-    argv = ["run-cell", "--task", "sst2", "--model", "tiny-llama", "--method", "distill", "--train-size", "16",
-            "--hp", "steps=1", "--hp", f"teacher={teacher}", "--out", str(out)]
+    argv = [
+        "run-cell",
+        "--task",
+        "sst2",
+        "--model",
+        "tiny-llama",
+        "--method",
+        "distill",
+        "--train-size",
+        "16",
+        "--hp",
+        "steps=1",
+        "--hp",
+        f"teacher={teacher}",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
@@ -134,10 +160,14 @@ def test_bad_teacher_is_one_line_and_keeps_the_record(teachers, tmp_path, capsys
     assert json.loads((out / "record.json").read_text()) == {"status": "ok", "finished": True}
 
 
-GRID = {"models": ["tiny-llama"], "methods": {"full_ft": {"lr": 1e-2}, "distill": {"teacher_model": "tiny-llama",
-                                                                                  "teacher_method": "full_ft"}},
-        "tasks": {"sst2": {"shifts": [], "eval_limit": 4, "hp": {"max_len": 32, "batch_size": 2}}},
-        "train_sizes": [8], "seeds": [0], "hp": {"steps": 1}}
+GRID = {
+    "models": ["tiny-llama"],
+    "methods": {"full_ft": {"lr": 1e-2}, "distill": {"teacher_model": "tiny-llama", "teacher_method": "full_ft"}},
+    "tasks": {"sst2": {"shifts": [], "eval_limit": 4, "hp": {"max_len": 32, "batch_size": 2}}},
+    "train_sizes": [8],
+    "seeds": [0],
+    "hp": {"steps": 1},
+}
 
 
 def _grid(tmp_path, **changes):
@@ -150,27 +180,35 @@ def test_grid_fills_in_the_teacher_cell(tmp_path):
     cells = grid_cells(_grid(tmp_path, train_sizes=[8, 16], seeds=[0, 1]))
     check_cells(cells)
     for student in [c for c in cells if c.method == "distill"]:
-        teacher = next(c for c in cells if c.method == "full_ft" and (c.train_size, c.seed) ==
-                       (student.train_size, student.seed))
+        teacher = next(
+            c for c in cells if c.method == "full_ft" and (c.train_size, c.seed) == (student.train_size, student.seed)
+        )
         assert student.hp == {"steps": 1, "max_len": 32, "batch_size": 2, "teacher": teacher.dir}
         assert student.needs == (teacher.dir,) and teacher.needs == ()
         assert f"--hp teacher={teacher.dir}" in student.cli_args()
     # teacher_model defaults to the student's model; a list of teacher labels sweeps the teacher
     methods = {"full_ft": None, "lora": None, "distill": {"teacher_method": ["full_ft", "lora"]}}
     swept = {c.label: c.hp["teacher"] for c in grid_cells(_grid(tmp_path, methods=methods)) if c.method == "distill"}
-    assert swept == {"distill-teacher_method=full_ft": "results/g/sst2/tiny-llama/full_ft/n8/s0",
-                     "distill-teacher_method=lora": "results/g/sst2/tiny-llama/lora/n8/s0"}
+    assert swept == {
+        "distill-teacher_method=full_ft": "results/g/sst2/tiny-llama/full_ft/n8/s0",
+        "distill-teacher_method=lora": "results/g/sst2/tiny-llama/lora/n8/s0",
+    }
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"teacher_model": "tiny-bert", "teacher_method": "full_ft"},
-     "grid g: cell sst2/tiny-llama/distill/n8: teacher cell results/g/sst2/tiny-bert/full_ft/n8/s0 is not in the "
-     "grid: add its model and method label to the grid"),
-    ({"teacher_method": "lora"}, "teacher cell results/g/sst2/tiny-llama/lora/n8/s0 is not in the grid"),
-    ({"teacher_method": "distill"}, "teacher cell results/g/sst2/tiny-llama/distill/n8/s0 is the cell itself"),
-    ({"teacher_model": "tiny-llama"}, "has teacher_model but no teacher_method"),
-    ({"lr": 1e-3}, "distill needs hp teacher=<the teacher cell's directory>"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            {"teacher_model": "tiny-bert", "teacher_method": "full_ft"},
+            "grid g: cell sst2/tiny-llama/distill/n8: teacher cell results/g/sst2/tiny-bert/full_ft/n8/s0 is not in "
+            "the grid: add its model and method label to the grid",
+        ),
+        ({"teacher_method": "lora"}, "teacher cell results/g/sst2/tiny-llama/lora/n8/s0 is not in the grid"),
+        ({"teacher_method": "distill"}, "teacher cell results/g/sst2/tiny-llama/distill/n8/s0 is the cell itself"),
+        ({"teacher_model": "tiny-llama"}, "has teacher_model but no teacher_method"),
+        ({"lr": 1e-3}, "distill needs hp teacher=<the teacher cell's directory>"),
+    ],
+)
 def test_grid_without_its_teacher_cell_is_one_clear_line(tmp_path, entry, message):
     with pytest.raises(BenchError) as caught:
         check_cells(grid_cells(_grid(tmp_path, methods={"full_ft": None, "distill": entry})))
@@ -185,8 +223,14 @@ def test_snakemake_runs_the_teacher_before_the_student(models_cache, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_DATA": str(data_root())}
 
     def snakemake(*args):
-        return subprocess.run([sys.executable, "-m", "snakemake", *args, "--cores", "2", "--config", "grid=kd"],
-                              cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--config", "grid=kd"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     student = "results/kd/sst2/tiny-llama/distill/n8/s0/record.json"
     teacher = "results/kd/sst2/tiny-llama/full_ft/n8/s0/record.json"

@@ -1,5 +1,6 @@
 """The docs site (mkdocs.yml) builds with --strict, and a real browser (headless Chromium) shows its landing page
 with the study's verdict table and forest plot; no page of the built site has a broken local link or image."""
+
 import os
 import re
 import shutil
@@ -25,9 +26,14 @@ def _need(found, what: str):
 def site(tmp_path_factory) -> Path:
     _need(shutil.which("mkdocs") or (Path(sys.executable).parent / "mkdocs").is_file(), "mkdocs")
     out = tmp_path_factory.mktemp("site")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -65,8 +71,12 @@ def test_every_local_link_and_image_of_the_built_site_resolves(site):
                 target = target / "index.html"
             if not target.is_file():
                 broken.append(f"{page.name}: {tag} {ref}")
-            elif parts.fragment and target.suffix == ".html" and target in parsed and \
-                    unquote(parts.fragment) not in parsed[target].ids:
+            elif (
+                parts.fragment
+                and target.suffix == ".html"
+                and target in parsed
+                and unquote(parts.fragment) not in parsed[target].ids
+            ):
                 broken.append(f"{page.name}: {tag} {ref} (no such anchor)")
     assert broken == []
 
@@ -91,21 +101,38 @@ document.getElementById("page").addEventListener("load", () => {
 def test_a_real_browser_shows_the_verdict_table_and_the_forest_plot(site, tmp_path):
     import json
 
-    browser = _need(shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome"),
-                    "chromium")
+    browser = _need(
+        shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome"), "chromium"
+    )
     (site / "check-landing.html").write_text(CHECK)
     try:
-        done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                               "--disable-component-update", "--disable-sync", "--no-first-run",
-                               f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
-                               "--virtual-time-budget=10000", "--dump-dom", (site / "check-landing.html").as_uri()],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--allow-file-access-from-files",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                (site / "check-landing.html").as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         (site / "check-landing.html").unlink()
     found = re.search(r'<pre id="result">(.*?)</pre>', done.stdout, re.S)
     assert found and found.group(1) != "pending", done.stderr[-2000:]
-    page = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-                      .replace("&quot;", '"'))
+    page = json.loads(
+        found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").replace("&quot;", '"')
+    )
     assert page["title"].startswith("peft-repro")
     forest = [i for i in page["images"] if i[0].endswith("reports/study/plots/forest-claims.png")]
     assert forest and all(complete and width > 600 for _, complete, width in forest)  # loaded, decoded, drawn
@@ -115,8 +142,13 @@ def test_a_real_browser_shows_the_verdict_table_and_the_forest_plot(site, tmp_pa
     table = verdicts[0]
     assert len(table["rows"]) >= 20
     column = table["head"].index("verdict")
-    assert {row[column] for row in table["rows"]} <= {"reproduced", "contradicted", "inconclusive", "not decided",
-                                                     "not run"}
+    assert {row[column] for row in table["rows"]} <= {
+        "reproduced",
+        "contradicted",
+        "inconclusive",
+        "not decided",
+        "not run",
+    }
     assert all(link.startswith("reports/study/claims.html#") for link in table["links"])
     assert all(w > 100 and h > 100 for w, h in page["shown"])  # the table and the plot take room on the page
 

@@ -1,5 +1,6 @@
 """Batching, rank scoring, decoding and classification metrics on a tiny random model, against brute force or
 by hand (generation metrics: tests/test_scorers.py)."""
+
 import collections
 import dataclasses
 import itertools
@@ -17,8 +18,10 @@ from bench.harness.tokens import clean_generation, continuation_ids, prompt_ids
 def test_labels_mask_prompt_and_padding_but_keep_eos(tiny_llama, e2e):
     _, tokenizer, _ = tiny_llama
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the SmolLM2 trap this guards against
-    examples = [Example(fields={"mr": "name[A]"}, references=("A is.",)),
-                Example(fields={"mr": "name[Bb], food[Thai]"}, references=("Bb serves Thai food.",))]
+    examples = [
+        Example(fields={"mr": "name[A]"}, references=("A is.",)),
+        Example(fields={"mr": "name[Bb], food[Thai]"}, references=("Bb serves Thai food.",)),
+    ]
     batch = causal_lm_batch(tokenizer, e2e, examples, max_len=128)
     for row, ex in enumerate(examples):
         prompt = prompt_ids(tokenizer, e2e.prompt(ex))
@@ -47,18 +50,25 @@ def test_length_grouped_batches_draw_every_example_once_per_epoch_with_less_padd
     examples = train_examples(sst2, 200, 0)[:draws]
 
     def stream(grouped):
-        batches = list(itertools.islice(training_batches(tokenizer, sst2, "causal_lm", examples, batch_size, 64, 0,
-                                                         grouped), draws // batch_size))
-        padding = sum(int((1 - b["attention_mask"]).sum()) for b in batches) / sum(b["input_ids"].numel()
-                                                                                    for b in batches)
-        rows = collections.Counter(tuple(r[m.bool()].tolist()) for b in batches
-                                   for r, m in zip(b["input_ids"], b["attention_mask"]))
+        batches = list(
+            itertools.islice(
+                training_batches(tokenizer, sst2, "causal_lm", examples, batch_size, 64, 0, grouped),
+                draws // batch_size,
+            )
+        )
+        padding = sum(int((1 - b["attention_mask"]).sum()) for b in batches) / sum(
+            b["input_ids"].numel() for b in batches
+        )
+        rows = collections.Counter(
+            tuple(r[m.bool()].tolist()) for b in batches for r, m in zip(b["input_ids"], b["attention_mask"])
+        )
         return padding, rows
 
     plain_padding, plain_rows = stream(False)
     grouped_padding, grouped_rows = stream(True)
-    every_example_once = collections.Counter(tuple(causal_lm_batch(tokenizer, sst2, [ex], 64)["input_ids"][0].tolist())
-                                             for ex in examples)
+    every_example_once = collections.Counter(
+        tuple(causal_lm_batch(tokenizer, sst2, [ex], 64)["input_ids"][0].tolist()) for ex in examples
+    )
     assert grouped_rows == plain_rows == every_example_once
     # byte-level tiny tokenizer: 13% of a plain batch is padding here (SmolLM2 on SST-2: 42-49% -> 12-14%)
     assert plain_padding > 0.1 and grouped_padding < plain_padding / 3, (plain_padding, grouped_padding)
@@ -68,8 +78,10 @@ def test_length_grouped_batches_draw_every_example_once_per_epoch_with_less_padd
 def test_rank_scores_match_one_sequence_at_a_time(tiny_llama, sst2, verbalizer, brute_force_scores):
     model, tokenizer, _ = tiny_llama
     task = dataclasses.replace(sst2, verbalizer=verbalizer)
-    examples = [Example(fields={"sentence": s}, label=k % 2) for k, s in
-                enumerate(["great fun", "a dull , tired mess that never ends", "ok", "not bad at all"])]
+    examples = [
+        Example(fields={"sentence": s}, label=k % 2)
+        for k, s in enumerate(["great fun", "a dull , tired mess that never ends", "ok", "not bad at all"])
+    ]
     batched = rank_scores(model, tokenizer, task, examples, batch_size=3, max_len=128)
     assert torch.allclose(batched, brute_force_scores(model, tokenizer, task, examples), atol=1e-4)
 
@@ -79,8 +91,9 @@ def test_single_token_labels_share_one_row(tiny_llama, sst2):
     task = dataclasses.replace(sst2, verbalizer=("0", "1"))
     assert all(len(continuation_ids(tokenizer, w)) == 1 for w in task.verbalizer)
     calls = []
-    hook = model.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
-                                       with_kwargs=True)
+    hook = model.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     examples = [Example(fields={"sentence": f"text {k}"}, label=0) for k in range(5)]
     rank_scores(model, tokenizer, task, examples, batch_size=16, max_len=64)
     hook.remove()
@@ -89,8 +102,11 @@ def test_single_token_labels_share_one_row(tiny_llama, sst2):
 
 def test_batched_greedy_decoding_equals_one_at_a_time(tiny_llama):
     model, tokenizer, _ = tiny_llama
-    prompts = ["name[The Eagle]\nDescription:", "a much longer prompt with many more bytes in it\nDescription:",
-               "x\nDescription:"]
+    prompts = [
+        "name[The Eagle]\nDescription:",
+        "a much longer prompt with many more bytes in it\nDescription:",
+        "x\nDescription:",
+    ]
     batched = generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=3, max_len=128)
     single = [generate(model, tokenizer, [p], max_new_tokens=8, batch_size=1, max_len=128)[0] for p in prompts]
     assert batched == single

@@ -5,21 +5,27 @@ Tiny random models hardly ever emit their end token, so each test decodes once w
 token the token whose first occurrence falls on the most different steps: rows then end at different steps and
 the loop drops them one by one, which is what has to stay exact. The weights are drawn wider than their init
 (std 0.3; Gemma 0.05) so that greedy outputs vary between prompts instead of repeating one token."""
+
 import collections
 
 import pytest
 import torch
 
-from bench.harness.tokens import pad, prompt_ids
 from bench.harness.generation import decode, unsupported
 from bench.harness.method import CellContext, get_method, resolve_hparams
 from bench.harness.tasks import eval_examples, get_task
+from bench.harness.tokens import pad, prompt_ids
 
 CAUSAL = ["tiny-llama", "tiny-gemma3", "tiny-qwen2", "tiny-gpt2"]
 SEQ2SEQ = ["tiny-t5", "tiny-bart"]
-HP = {"full_ft": {}, "lora": {"r": 4, "alpha": 8}, "ia3": {}, "prompt_tuning": {"num_virtual_tokens": 3},
-      "p_tuning": {"num_virtual_tokens": 3, "encoder_hidden_size": 8},
-      "prefix_tuning": {"prefix_length": 3, "mlp_hidden": 0, "init": "random"}}
+HP = {
+    "full_ft": {},
+    "lora": {"r": 4, "alpha": 8},
+    "ia3": {},
+    "prompt_tuning": {"num_virtual_tokens": 3},
+    "p_tuning": {"num_virtual_tokens": 3, "encoder_hidden_size": 8},
+    "prefix_tuning": {"prefix_length": 3, "mlp_hidden": 0, "init": "random"},
+}
 NEW = 16
 STD = {"tiny-gemma3": 0.05}  # Gemma's sqrt(d)-scaled, tied embeddings repeat one token at wider weights
 
@@ -39,7 +45,13 @@ def _adapted(name, method_name, models_cache, task):
     _widen(model, STD.get(name, 0.3))
     method = get_method(method_name)
     hp = resolve_hparams(method, HP[method_name])
-    ctx = CellContext(task=task, model_kind="seq2seq" if model.config.is_encoder_decoder else "causal_lm", tokenizer=tokenizer, train_examples=[], seed=0)
+    ctx = CellContext(
+        task=task,
+        model_kind="seq2seq" if model.config.is_encoder_decoder else "causal_lm",
+        tokenizer=tokenizer,
+        train_examples=[],
+        seed=0,
+    )
     torch.manual_seed(1)
     model = method.apply(model, hp, ctx)
     generator = torch.Generator().manual_seed(2)
@@ -53,7 +65,7 @@ def _adapted(name, method_name, models_cache, task):
 def _batch(tokenizer, task, encoder_decoder: bool, equal_length: bool, n=12):
     ids = [prompt_ids(tokenizer, task.prompt(ex))[-48:] for ex in eval_examples(task, task.name, n)]
     if equal_length:  # soft prompts: the harness batches prompts of one length (bench.harness.evaluation.generate)
-        ids = [row[-min(map(len, ids)):] for row in ids]
+        ids = [row[-min(map(len, ids)) :] for row in ids]
     return pad(ids, tokenizer.pad_token_id, side="right" if encoder_decoder else "left")
 
 
@@ -106,9 +118,12 @@ def test_soft_prompts_on_encoder_decoders_and_beams_take_generate(name, models_c
     assert "encoder-decoder" in unsupported(model)
     assert unsupported(model, num_beams=5) == "beam search (num_beams=5)"
     input_ids, attention_mask = _batch(tokenizer, e2e, True, False, n=4)
-    assert torch.equal(decode(model, input_ids, attention_mask, 6, tokenizer.pad_token_id, tokenizer.eos_token_id),
-                       decode(model, input_ids, attention_mask, 6, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                              drop_finished=False))
+    assert torch.equal(
+        decode(model, input_ids, attention_mask, 6, tokenizer.pad_token_id, tokenizer.eos_token_id),
+        decode(
+            model, input_ids, attention_mask, 6, tokenizer.pad_token_id, tokenizer.eos_token_id, drop_finished=False
+        ),
+    )
 
 
 def test_forced_end_token_and_processors(models_cache, e2e):
@@ -119,15 +134,16 @@ def test_forced_end_token_and_processors(models_cache, e2e):
     input_ids, attention_mask = _batch(tokenizer, e2e, True, False, n=6)
     out = decode(model, input_ids, attention_mask, 5, tokenizer.pad_token_id, -1)
     assert out.shape[1] == 6 and (out[:, -1] == tokenizer.eos_token_id).all()
-    assert torch.equal(out, decode(model, input_ids, attention_mask, 5, tokenizer.pad_token_id, -1,
-                                   drop_finished=False))
+    assert torch.equal(
+        out, decode(model, input_ids, attention_mask, 5, tokenizer.pad_token_id, -1, drop_finished=False)
+    )
     model.generation_config.no_repeat_ngram_size = 3
     assert unsupported(model) == "generation config sets no_repeat_ngram_size=3"
 
 
 def test_harness_generate_equal_and_not_a_wrapper(models_cache, e2e):
-    """bench.harness.evaluation.generate and bench.harness.kinds.seq2seq.generate give the same texts on both paths; a model that is
-    neither a transformers nor a peft model (prompt ensembles' wrapper) goes to `generate`."""
+    """bench.harness.evaluation.generate and bench.harness.kinds.seq2seq.generate give the same texts on both paths; a
+    model that is neither a transformers nor a peft model (prompt ensembles' wrapper) goes to `generate`."""
     from bench.harness import evaluation
     from bench.harness.kinds import seq2seq
     from bench.harness.models import load_model
@@ -149,9 +165,9 @@ def test_smollm2_real_prompts_equal(task_name, new):
     the same, and rows end at different steps (zero-shot SmolLM2 never emits its end token within the limit, but
     ends its first line). The same through bench.harness.evaluation.generate with a LoRA delta."""
     from bench.harness import evaluation
-    from bench.harness.tokens import clean_generation
     from bench.harness.generation import FirstLineDone
     from bench.harness.models import load_model
+    from bench.harness.tokens import clean_generation
 
     task = get_task(task_name)
     prompts = [task.prompt(ex) for ex in eval_examples(task, task_name, 16)]
@@ -163,24 +179,29 @@ def test_smollm2_real_prompts_equal(task_name, new):
     assert torch.equal(decode(model, input_ids, attention_mask, new, pad_id, tokenizer.eos_token_id), today)
     ours = decode(model, input_ids, attention_mask, new, pad_id, tokenizer.eos_token_id, stop=FirstLineDone(tokenizer))
     ended = []
-    for mine, theirs in zip(ours[:, input_ids.shape[1]:].tolist(), today[:, input_ids.shape[1]:].tolist()):
+    for mine, theirs in zip(ours[:, input_ids.shape[1] :].tolist(), today[:, input_ids.shape[1] :].tolist()):
         made = mine.index(pad_id) if pad_id in mine else len(mine)
         assert mine[:made] == theirs[:made]
-        assert clean_generation(tokenizer.decode(mine, skip_special_tokens=True)) == \
-            clean_generation(tokenizer.decode(theirs, skip_special_tokens=True))
+        assert clean_generation(tokenizer.decode(mine, skip_special_tokens=True)) == clean_generation(
+            tokenizer.decode(theirs, skip_special_tokens=True)
+        )
         ended.append(made)
     assert len(set(ended)) > 1 and min(ended) < new
     lora = get_method("lora")
-    adapted = lora.apply(model, resolve_hparams(lora, {"r": 8, "alpha": 16}),
-                         CellContext(task=task, model_kind="causal_lm", tokenizer=tokenizer, train_examples=[], seed=0))
+    adapted = lora.apply(
+        model,
+        resolve_hparams(lora, {"r": 8, "alpha": 16}),
+        CellContext(task=task, model_kind="causal_lm", tokenizer=tokenizer, train_examples=[], seed=0),
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in adapted.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.01)
     adapted.eval()
-    texts = [evaluation.generate(adapted, tokenizer, prompts[:8], new, 8, 128, drop_finished=drop)
-             for drop in (True, False)]
+    texts = [
+        evaluation.generate(adapted, tokenizer, prompts[:8], new, 8, 128, drop_finished=drop) for drop in (True, False)
+    ]
     assert texts[0] == texts[1]
 
 
@@ -191,8 +212,11 @@ def test_first_line_done_only_after_text(tiny_llama):
 
     tokenizer = tiny_llama[1]
     stop = FirstLineDone(tokenizer)
-    rows = [tokenizer("\n", add_special_tokens=False)["input_ids"], tokenizer("ab\n", add_special_tokens=False)["input_ids"],
-            tokenizer("ab c", add_special_tokens=False)["input_ids"]]
+    rows = [
+        tokenizer("\n", add_special_tokens=False)["input_ids"],
+        tokenizer("ab\n", add_special_tokens=False)["input_ids"],
+        tokenizer("ab c", add_special_tokens=False)["input_ids"],
+    ]
     width = max(map(len, rows))
     new = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
     latest = torch.tensor([row[-1] for row in rows])

@@ -1,4 +1,5 @@
 """The per-cell GPU-memory estimate (bench/grid/gpu_memory.py) and the GPU requests it decides (bench.grid.plan)."""
+
 import json
 import os
 import re
@@ -22,8 +23,15 @@ def _estimate(config: dict) -> int:
     """A record's estimate without the per-process overhead (what torch itself would hold)."""
     spec, hp = get_method(config["method"]), config["hp"]
     shape = model_shape(config["model"], get_model_spec(config["model"]), RULES["shapes"])
-    return estimate_bytes(get_model_spec(config["model"]).params, shape, spec.tunes_base, config["method"], hp,
-                          spec.extra_positions(hp), 0)["total"]
+    return estimate_bytes(
+        get_model_spec(config["model"]).params,
+        shape,
+        spec.tunes_base,
+        config["method"],
+        hp,
+        spec.extra_positions(hp),
+        0,
+    )["total"]
 
 
 @pytest.mark.parametrize("grid", ["smoke", "methods"])
@@ -33,8 +41,11 @@ def test_estimate_against_measured_peaks(grid):
     more than 10% under, at most 1.5x over (FT-top-k is the loosest: its frozen blocks' share is approximate)."""
     records = [json.loads(p.read_text()) for p in sorted((REPO / "results" / grid).glob("**/record.json"))]
     assert records, f"no committed records in results/{grid}"
-    host = min(r["cost"]["peak_mem_bytes"] - _estimate(r["config"]) for r in records
-               if r["config"]["method"] == "prompt_design")
+    host = min(
+        r["cost"]["peak_mem_bytes"] - _estimate(r["config"])
+        for r in records
+        if r["config"]["method"] == "prompt_design"
+    )
     for r in records:
         measured = r["cost"]["peak_mem_bytes"] - host
         ratio = _estimate(r["config"]) / measured
@@ -92,9 +103,23 @@ def test_smoke_cells_estimates():
 
 def test_snakemake_plans_each_cell_with_its_gpu_memory(tmp_path, models_cache):
     """The Snakefile hands the estimate to Snakemake (what `--resources gpu_mem_mb=<MiB>` caps) and the request."""
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(tmp_path), "--config", "grid=tiny"], capture_output=True, text=True,
-                          env={**os.environ, "PEFT_REPRO_MODELS": str(models_cache)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--config",
+            "grid=tiny",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PEFT_REPRO_MODELS": str(models_cache)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     expected = {c.label: cell_resources(c) for c in grid_cells("tiny")}
     planned = re.findall(r"wildcards: .*variant=(\w+).*\n.*\n\s+resources: (.*)", done.stdout)

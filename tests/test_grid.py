@@ -1,4 +1,5 @@
 """Grids as data: expansion into cells, and malformed grids rejected with one clear line before planning."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,14 @@ from bench.api.errors import BenchError
 from bench.grid.plan import check_cells, grid_cells, grid_names
 
 REPO = Path(__file__).resolve().parent.parent
-VALID = {"models": ["tiny-llama"], "methods": {"lora": {"r": 2}, "full_ft": None},
-         "tasks": {"sst2": {"shifts": ["imdb"], "eval_limit": 8, "hp": {"max_len": 32}}},
-         "train_sizes": [16, 32], "seeds": [0, 1], "hp": {"steps": 2}}
+VALID = {
+    "models": ["tiny-llama"],
+    "methods": {"lora": {"r": 2}, "full_ft": None},
+    "tasks": {"sst2": {"shifts": ["imdb"], "eval_limit": 8, "hp": {"max_len": 32}}},
+    "train_sizes": [16, 32],
+    "seeds": [0, 1],
+    "hp": {"steps": 2},
+}
 
 
 def _write(tmp_path, data, name="g"):
@@ -42,8 +48,11 @@ def test_dev_limit_reaches_every_cell_of_its_task(tmp_path):
     data["tasks"]["cb"] = None
     cells = grid_cells(_write(tmp_path, data))
     assert {(c.task, c.label, c.dev_limit) for c in cells} == {
-        ("sst2", "lora-lr=0.001", 100), ("sst2", "lora-lr=0.01", 100), ("cb", "lora-lr=0.001", None),
-        ("cb", "lora-lr=0.01", None)}
+        ("sst2", "lora-lr=0.001", 100),
+        ("sst2", "lora-lr=0.01", 100),
+        ("cb", "lora-lr=0.001", None),
+        ("cb", "lora-lr=0.01", None),
+    }
     sst2 = next(c for c in cells if c.task == "sst2")
     assert "--dev-limit 100" in sst2.cli_args() and sst2.dir == "results/g/sst2/tiny-llama/lora-lr=0.001/n16/s0"
     check_cells(cells)
@@ -80,8 +89,10 @@ MALFORMED = [
     (_with(tasks__sst2__dev_limit=0), "tasks.sst2.dev_limit: 0 is less than the minimum of 1"),
     (_with(tasks__sst2__dev_limit="many"), "tasks.sst2.dev_limit: 'many' is not of type 'integer'"),
     (_with(tasks__sst2__dev_limit=67349), "dev_limit 67349 is out of range for task sst2"),
-    (_with(tasks={"boolq": {"dev_limit": 5}}, methods={"prompt_design": None}, hp={"steps": 0}),
-     "task boolq has no training split to hold a dev set out of"),
+    (
+        _with(tasks={"boolq": {"dev_limit": 5}}, methods={"prompt_design": None}, hp={"steps": 0}),
+        "task boolq has no training split to hold a dev set out of",
+    ),
     (_with(tasks__sst2__shifts="imdb"), "tasks.sst2.shifts: 'imdb' is not of type 'array'"),
     (_with(hp=[1, 2]), "hp: [1, 2] is not of type 'object'"),
     (_with(hp={"lr": [1]}), "hp.lr"),
@@ -114,25 +125,55 @@ def test_unknown_grid_name_lists_grids():
 
 def test_snakemake_reports_a_bad_grid_without_traceback(tmp_path):
     path = _write(tmp_path, _with(methods={"dora": None}))
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(tmp_path), "--config", f"grid={path}"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--config",
+            f"grid={path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0
     output = (done.stdout + done.stderr).strip()
     assert "unknown method 'dora'" in output and "Traceback" not in output
-    lines = [line for line in output.splitlines()  # but Snakemake's own note that it read profiles/default
-             if not line.endswith("for setting default command line arguments.")]
+    lines = [
+        line
+        for line in output.splitlines()  # but Snakemake's own note that it read profiles/default
+        if not line.endswith("for setting default command line arguments.")
+    ]
     assert len(lines) == 1 and lines[0].startswith("error: ")
 
 
 def test_blocks_and_sweeps(tmp_path):
-    data = {"train_sizes": [16], "tasks": {"sst2": None}, "models": ["tiny-llama"],
-            "blocks": [{"methods": {"lora": None}},
-                       {"methods": {"pt": {"method": "full_ft", "lr": [1e-3, 1e-2], "steps": 2}},
-                        "seeds": [0, 1], "train_sizes": [8]}]}
+    data = {
+        "train_sizes": [16],
+        "tasks": {"sst2": None},
+        "models": ["tiny-llama"],
+        "blocks": [
+            {"methods": {"lora": None}},
+            {
+                "methods": {"pt": {"method": "full_ft", "lr": [1e-3, 1e-2], "steps": 2}},
+                "seeds": [0, 1],
+                "train_sizes": [8],
+            },
+        ],
+    }
     cells = grid_cells(_write(tmp_path, data))
     assert sorted(c.dir.split("/", 3)[3] for c in cells) == [
-        "tiny-llama/lora/n16/s0", "tiny-llama/pt-lr=0.001/n8/s0", "tiny-llama/pt-lr=0.001/n8/s1",
-        "tiny-llama/pt-lr=0.01/n8/s0", "tiny-llama/pt-lr=0.01/n8/s1"]
+        "tiny-llama/lora/n16/s0",
+        "tiny-llama/pt-lr=0.001/n8/s0",
+        "tiny-llama/pt-lr=0.001/n8/s1",
+        "tiny-llama/pt-lr=0.01/n8/s0",
+        "tiny-llama/pt-lr=0.01/n8/s1",
+    ]
     swept = next(c for c in cells if c.label == "pt-lr=0.01")
     assert swept.method == "full_ft" and swept.hp == {"lr": 0.01, "steps": 2}
     check_cells(cells)
@@ -154,11 +195,14 @@ def test_a_grid_of_parts_is_the_union_of_its_parts_cells_in_their_folders(tmp_pa
     check_cells(cells)
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"parts": ["SELF"]}, r"grid loop: its parts include itself \(through loop\)"),
-    ({"parts": ["smoke"], "models": ["tiny-llama"]}, r"grid loop: .*Additional properties are not allowed"),
-    ({"parts": []}, r"grid loop: .*(should be non-empty|too short)"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"parts": ["SELF"]}, r"grid loop: its parts include itself \(through loop\)"),
+        ({"parts": ["smoke"], "models": ["tiny-llama"]}, r"grid loop: .*Additional properties are not allowed"),
+        ({"parts": []}, r"grid loop: .*(should be non-empty|too short)"),
+    ],
+)
 def test_a_bad_grid_of_parts_is_one_line(tmp_path, data, message):
     path = tmp_path / "loop.yaml"
     data = {k: [str(path) if p == "SELF" else p for p in v] if k == "parts" else v for k, v in data.items()}

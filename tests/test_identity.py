@@ -1,6 +1,7 @@
 """Cell identity (bench/harness/identity.py): the harness fingerprint is the code's meaning, a record's spec is what its
 cell asks for, differences are listed field by field, and the committed records and reports agree with the committed
 code."""
+
 import json
 import shlex
 import subprocess
@@ -49,30 +50,56 @@ def test_docstrings_comments_and_formatting_leave_the_fingerprint(tmp_path):
 
 def test_the_harness_is_its_packages():
     names = {str(p.relative_to(REPO)) for p in identity.harness_files()}
-    assert {"bench/harness/cell.py", "bench/harness/train.py", "bench/harness/tasks.py", "bench/harness/models.py",
-            "bench/harness/method.py", "bench/harness/evaluation.py", "bench/harness/identity.py",
-            "bench/api/errors.py", "bench/__init__.py", "methods/__init__.py"} <= names
-    assert all(n.startswith(("bench/harness/", "bench/api/")) for n in names - {"bench/__init__.py",
-                                                                               "methods/__init__.py"})
+    assert {
+        "bench/harness/cell.py",
+        "bench/harness/train.py",
+        "bench/harness/tasks.py",
+        "bench/harness/models.py",
+        "bench/harness/method.py",
+        "bench/harness/evaluation.py",
+        "bench/harness/identity.py",
+        "bench/api/errors.py",
+        "bench/__init__.py",
+        "methods/__init__.py",
+    } <= names
+    assert all(
+        n.startswith(("bench/harness/", "bench/api/")) for n in names - {"bench/__init__.py", "methods/__init__.py"}
+    )
     assert not any(n.startswith("methods/") and n != "methods/__init__.py" for n in names)  # per method: its spec
 
 
 def test_a_new_module_is_in_the_harness_by_its_package(tmp_path, monkeypatch):
-    for rel in ("bench/__init__.py", "bench/harness/cell.py", "bench/harness/new.py", "bench/api/errors.py",
-                "bench/report/new.py", "bench/tools/new.py"):
+    for rel in (
+        "bench/__init__.py",
+        "bench/harness/cell.py",
+        "bench/harness/new.py",
+        "bench/api/errors.py",
+        "bench/report/new.py",
+        "bench/tools/new.py",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x = 1\n")
     monkeypatch.setattr(identity, "PROJECT_ROOT", tmp_path)
     monkeypatch.setattr(identity, "HARNESS_EXTRA", ())
     assert [str(p.relative_to(tmp_path)) for p in identity.harness_files()] == [
-        "bench/__init__.py", "bench/api/errors.py", "bench/harness/cell.py", "bench/harness/new.py"]
+        "bench/__init__.py",
+        "bench/api/errors.py",
+        "bench/harness/cell.py",
+        "bench/harness/new.py",
+    ]
 
 
 def test_differences_by_field():
-    spec = {"hp": {"steps": 20, "lr": 0.001}, "task": {"sst2": {"template": "Review: {sentence}\nSentiment:" * 3}},
-            "harness": "a" * 64}
-    changed = {"hp": {"steps": 30, "lr": 0.001}, "task": {"sst2": {"template": "Text: {sentence}\nLabel:" * 3}},
-               "harness": "b" * 64}
+    spec = {
+        "hp": {"steps": 20, "lr": 0.001},
+        "task": {"sst2": {"template": "Review: {sentence}\nSentiment:" * 3}},
+        "harness": "a" * 64,
+    }
+    changed = {
+        "hp": {"steps": 30, "lr": 0.001},
+        "task": {"sst2": {"template": "Text: {sentence}\nLabel:" * 3}},
+        "harness": "b" * 64,
+    }
     assert differences(spec, changed) == ["harness", "hp.steps 20 → 30", "task.sst2.template"]
     assert differences(spec, spec) == []
     assert differences(None, spec) == ["no resolved spec (made before cell identity)"]
@@ -84,8 +111,10 @@ def test_a_record_made_by_a_cell_carries_its_planned_identity(tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "g.yaml"
-    grid.write_text("models: [tiny-llama]\nmethods: {lora: {lr: 1.0e-2}}\ntasks: {sst2: {shifts: [], eval_limit: 4, "
-                    "hp: {max_len: 32, batch_size: 4}}}\ntrain_sizes: [8]\nseeds: [0]\nhp: {steps: 1}\n")
+    grid.write_text(
+        "models: [tiny-llama]\nmethods: {lora: {lr: 1.0e-2}}\ntasks: {sst2: {shifts: [], eval_limit: 4, "
+        "hp: {max_len: 32, batch_size: 4}}}\ntrain_sizes: [8]\nseeds: [0]\nhp: {steps: 1}\n"
+    )
     [cell] = grid_cells(str(grid))
     assert main(["run-cell", *shlex.split(cell.cli_args()), "--threads", "1", "--out", cell.dir]) == 0
     record = read_record(cell.dir)

@@ -1,5 +1,6 @@
 """Model kinds (bench/harness/kinds/): a kind added in one place, by a subclass registered from here, is what the
 harness's batches, training step and evaluation use; nothing else in the harness needs to know it exists."""
+
 import itertools
 from types import SimpleNamespace
 
@@ -71,8 +72,14 @@ def test_a_registered_kind_is_what_the_harness_uses(recording, tiny_llama):
     assert recording.calls == ["encode", "collate"] and set(batch) == {"input_ids", "attention_mask", "labels"}
 
     torch.manual_seed(0)
-    result = train(model, method, hp, training_batches(tokenizer, sst2, "recording", examples, 4, 48, 0), "recording",
-                   progress="test")
+    result = train(
+        model,
+        method,
+        hp,
+        training_batches(tokenizer, sst2, "recording", examples, 4, 48, 0),
+        "recording",
+        progress="test",
+    )
     assert recording.calls.count("step_loss") == 2 and result.tokens == 2000 and result.encoder_tokens == 14
 
     plan = SimpleNamespace(task=sst2, hp=hp, method=method, model_spec=SimpleNamespace(kind="recording"))
@@ -91,8 +98,9 @@ def test_the_kinds_loss_is_the_step_loss(recording, tiny_llama):
     model, tokenizer, _ = tiny_llama
     method, sst2 = get_method("full_ft"), get_task("sst2")
     hp = resolve_hparams(method, {"max_len": 48})
-    batch = next(itertools.islice(training_batches(tokenizer, sst2, "causal_lm", train_examples(sst2, 8, 0), 4, 48,
-                                                   0), 1))
+    batch = next(
+        itertools.islice(training_batches(tokenizer, sst2, "causal_lm", train_examples(sst2, 8, 0), 4, 48, 0), 1)
+    )
     with torch.no_grad():
         plain, _ = step_loss(model, method, hp, batch, "causal_lm")
         doubled, _ = step_loss(model, method, hp, batch, "recording")

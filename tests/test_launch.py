@@ -1,4 +1,5 @@
 """bench/launch: a job run through the fork server is the job run plainly, only faster to start."""
+
 import json
 import os
 import signal
@@ -12,12 +13,44 @@ import pytest
 from bench.tools import launch
 
 REPO = Path(__file__).resolve().parent.parent
-CELL = ["-m", "bench", "run-cell", "--grid", "t", "--task", "rte", "--model", "tiny-t5", "--method", "prompt_tuning",
-        "--train-size", "8", "--seed", "0", "--hp", "steps=2", "--hp", "batch_size=4", "--hp", "num_virtual_tokens=4",
-        "--eval-limit", "4", "--threads", "1"]
+CELL = [
+    "-m",
+    "bench",
+    "run-cell",
+    "--grid",
+    "t",
+    "--task",
+    "rte",
+    "--model",
+    "tiny-t5",
+    "--method",
+    "prompt_tuning",
+    "--train-size",
+    "8",
+    "--seed",
+    "0",
+    "--hp",
+    "steps=2",
+    "--hp",
+    "batch_size=4",
+    "--hp",
+    "num_virtual_tokens=4",
+    "--eval-limit",
+    "4",
+    "--threads",
+    "1",
+]
 # how long it took and how much memory the process held: a forked child skips the imports' peak RSS
-MEASURED = {"train_s", "train_tokens_per_s", "train_flops_per_s", "mfu", "eval_s", "eval_tokens_per_s",
-            "peak_mem_bytes", "matmul_peak_flops"}
+MEASURED = {
+    "train_s",
+    "train_tokens_per_s",
+    "train_flops_per_s",
+    "mfu",
+    "eval_s",
+    "eval_tokens_per_s",
+    "peak_mem_bytes",
+    "matmul_peak_flops",
+}
 
 
 @pytest.fixture()
@@ -32,14 +65,27 @@ def server(tmp_path, models_cache):
 
 
 def _run(argv, env, cwd, **kwargs):
-    return subprocess.run([sys.executable, "-m", "bench.tools.launch", "run", *argv], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.tools.launch", "run", *argv],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def test_a_cell_forked_writes_the_record_a_plain_run_writes(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    plain = subprocess.run([sys.executable, *CELL, "--out", str(tmp_path / "plain")], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=600)
+    plain = subprocess.run(
+        [sys.executable, *CELL, "--out", str(tmp_path / "plain")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert plain.returncode == 0, plain.stderr[-2000:]
     forked = _run([*CELL, "--out", "forked"], {**env, launch.SOCKET_ENV: server}, tmp_path)  # a relative --out: cwd
     assert forked.returncode == 0, forked.stderr[-2000:]
@@ -53,8 +99,24 @@ def test_a_cell_forked_writes_the_record_a_plain_run_writes(server, tmp_path):
 
 def test_exit_status_and_errors_pass_through(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for argv in (["-m", "bench", "run-cell", "--task"], ["-m", "bench", "run-cell", "--grid", "t", "--task", "nope",
-                                                          "--model", "tiny-t5", "--method", "lora", "--out", "x"]):
+    for argv in (
+        ["-m", "bench", "run-cell", "--task"],
+        [
+            "-m",
+            "bench",
+            "run-cell",
+            "--grid",
+            "t",
+            "--task",
+            "nope",
+            "--model",
+            "tiny-t5",
+            "--method",
+            "lora",
+            "--out",
+            "x",
+        ],
+    ):
         plain = subprocess.run([sys.executable, *argv], env=env, cwd=tmp_path, capture_output=True, text=True)
         forked = _run(argv, {**env, launch.SOCKET_ENV: server}, tmp_path)
         assert plain.returncode != 0
@@ -76,9 +138,23 @@ def test_a_cancelled_job_ends_its_child(server, tmp_path):
     """Snakemake cancels a job by signalling its shell: the client ends, and the server ends the child's group."""
     env = {**os.environ, "PYTHONPATH": str(REPO), launch.SOCKET_ENV: server}
     pid_file = tmp_path / "pid"
-    client = subprocess.Popen([sys.executable, "-m", "bench.tools.launch", "run", "-m", "timeit", "-n", "1", "-s",
-                               f"import os; open({str(pid_file)!r}, 'w').write(str(os.getpid()))",
-                               "import time; time.sleep(120)"], env=env, cwd=tmp_path)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.tools.launch",
+            "run",
+            "-m",
+            "timeit",
+            "-n",
+            "1",
+            "-s",
+            f"import os; open({str(pid_file)!r}, 'w').write(str(os.getpid()))",
+            "import time; time.sleep(120)",
+        ],
+        env=env,
+        cwd=tmp_path,
+    )
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline and client.poll() is None

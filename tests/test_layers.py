@@ -3,6 +3,7 @@ importing): no import cycle, and each layer imports only the layers below it.
 
     cli > tools > report > grid > harness (+ methods/) > api
 """
+
 import ast
 from pathlib import Path
 
@@ -91,9 +92,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
     """Each import of a module from a layer above its own (a package's __init__ importing its parent is fine)."""
     rank = {name: i for i, name in enumerate(LAYERS)}  # a module in no layer is test_every_module_sits_in_a_layer's
-    return [f"{source} ({layer(source)}) imports {target} ({layer(target)})"
-            for source, targets in sorted(graph.items()) for target in sorted(targets)
-            if target != "bench" and rank.get(layer(target), -1) > rank.get(layer(source), len(LAYERS))]
+    return [
+        f"{source} ({layer(source)}) imports {target} ({layer(target)})"
+        for source, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if target != "bench" and rank.get(layer(target), -1) > rank.get(layer(source), len(LAYERS))
+    ]
 
 
 def test_every_module_sits_in_a_layer():

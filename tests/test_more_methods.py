@@ -1,5 +1,6 @@
 """prefix_tuning, adapter, ia3, bitfit, ft_top_k on the tiny models: closed-form parameter counts, frozen
 base after training, delta round trips and sizes, initialisation, scoring/generation, bad input, cells."""
+
 import json
 
 import pytest
@@ -16,9 +17,11 @@ from bench.harness.train import train
 # tiny-llama: d 32, 2 layers, 4 heads, 2 key/value heads of 8 -> d_kv 16, d_ff 64 (config/models.yaml)
 # tiny-bert:  d 32, 2 layers, 4 heads of 8 -> d_kv 32, d_ff 64; head Linear(32, 2)
 # tiny-gpt2:  d 32, 2 layers, d_ff 64; IA3 rescales its fused q/k/v output (3d = 96 values, so d_kv "48" here)
-SHAPES = {"tiny-llama": dict(d=32, L=2, d_kv=16, d_ff=64, head=0),
-          "tiny-bert": dict(d=32, L=2, d_kv=32, d_ff=64, head=32 * 2 + 2),
-          "tiny-gpt2": dict(d=32, L=2, d_kv=48, d_ff=64, head=0)}
+SHAPES = {
+    "tiny-llama": dict(d=32, L=2, d_kv=16, d_ff=64, head=0),
+    "tiny-bert": dict(d=32, L=2, d_kv=32, d_ff=64, head=32 * 2 + 2),
+    "tiny-gpt2": dict(d=32, L=2, d_kv=48, d_ff=64, head=0),
+}
 KIND = {"tiny-llama": "causal_lm", "tiny-bert": "encoder", "tiny-gpt2": "causal_lm"}
 TRAIN_HP = {"steps": 2, "lr": 0.1, "batch_size": 4, "max_len": 48}
 CASES = [  # (method, model, hyperparameter overrides)
@@ -70,8 +73,13 @@ def _setup(method_name, model_name, overrides, models_cache, sst2, n_train=16):
     method = get_method(method_name)
     hp = resolve_hparams(method, {**TRAIN_HP, **overrides})
     model, tokenizer, _ = load_model(model_name, cache=models_cache, num_labels=2)
-    ctx = CellContext(task=sst2, model_kind=KIND[model_name], tokenizer=tokenizer,
-                      train_examples=train_examples(sst2, n_train, 0), seed=0)
+    ctx = CellContext(
+        task=sst2,
+        model_kind=KIND[model_name],
+        tokenizer=tokenizer,
+        train_examples=train_examples(sst2, n_train, 0),
+        seed=0,
+    )
     return method, hp, model, tokenizer, ctx
 
 
@@ -100,17 +108,24 @@ def test_train_frozen_base_and_delta_round_trip(method_name, model_name, overrid
     assert trainable_parameters(adapted) == trainable
     assert method.delta_parameters(adapted) == delta
 
-    result = train(adapted, method, hp, training_batches(tokenizer, sst2, ctx.model_kind, ctx.train_examples,
-                                                        hp["batch_size"], hp["max_len"], 0), ctx.model_kind,
-                   progress="test")
+    result = train(
+        adapted,
+        method,
+        hp,
+        training_batches(tokenizer, sst2, ctx.model_kind, ctx.train_examples, hp["batch_size"], hp["max_len"], 0),
+        ctx.model_kind,
+        progress="test",
+    )
     assert result.steps_done == 2 and result.diverged_at_step is None
 
     changed = {name for (name, p), before in zip(originals, snapshot) if not torch.equal(p, before)}
     trained = {name for name, p in originals if p.requires_grad}  # base tensors the method itself trains
     assert changed <= trained  # everything else of the base is bit-identical
     if method_name == "ft_top_k":  # exactly the top block (+ final norm / pooler + head) trains and changed
-        top = {"tiny-llama": ("model.layers.1.", "model.norm."),
-               "tiny-bert": ("bert.encoder.layer.1.", "bert.pooler.", "classifier.")}[model_name]
+        top = {
+            "tiny-llama": ("model.layers.1.", "model.norm."),
+            "tiny-bert": ("bert.encoder.layer.1.", "bert.pooler.", "classifier."),
+        }[model_name]
         assert trained == {name for name, _ in originals if name.startswith(top)}
         # the softmax ignores a key bias (it adds the same amount to every score of a query): zero gradient
         assert trained - changed <= {"bert.encoder.layer.1.attention.self.key.bias"}
@@ -149,8 +164,9 @@ def test_prefix_real_token_init_is_the_base_model_reading_real_tokens(mlp_hidden
     from bench.harness.models import load_model
     from methods.prefix_tuning import init_token_ids
 
-    method, hp, model, tokenizer, ctx = _setup("prefix_tuning", "tiny-llama",
-                                               {"prefix_length": 5, "mlp_hidden": mlp_hidden}, models_cache, sst2)
+    method, hp, model, tokenizer, ctx = _setup(
+        "prefix_tuning", "tiny-llama", {"prefix_length": 5, "mlp_hidden": mlp_hidden}, models_cache, sst2
+    )
     real = init_token_ids(hp, ctx, 5)
     assert real == prompt_ids(tokenizer, sst2.prompt(ctx.train_examples[0]))[:5]  # task text, first example
     adapted = method.apply(model, hp, ctx)
@@ -165,8 +181,15 @@ def test_prefix_real_token_init_is_the_base_model_reading_real_tokens(mlp_hidden
 
     def scores(m, sequences):  # left-padded batch, as bench.harness.evaluation.generate decodes
         input_ids, attention_mask = pad(sequences, tokenizer.pad_token_id, side="left")
-        out = m.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=3,
-                         output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        out = m.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,
+            max_new_tokens=3,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         return torch.stack(out.scores)
 
     assert torch.allclose(scores(adapted, prompts), scores(base, [real + p for p in prompts]), atol=1e-5, rtol=0)
@@ -212,20 +235,37 @@ def test_rank_scoring_and_generation_run(method_name, models_cache, sst2, e2e):
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
-@pytest.mark.parametrize("method_name, model_name, overrides, message", [
-    ("prefix_tuning", "tiny-llama", {"prefix_length": 0}, r"prefix_length=0 must be a positive integer"),
-    ("prefix_tuning", "tiny-llama", {"init": "zeros"}, r"init='zeros' unknown: choose one of real_tokens, random"),
-    ("prefix_tuning", "tiny-llama", {"prefix_length": 10, "mlp_hidden": 4}, r"use mlp_hidden >= 10"),
-    ("adapter", "tiny-llama", {"reduction_factor": 0}, r"reduction_factor=0 must be a positive divisor"),
-    ("adapter", "tiny-llama", {"reduction_factor": 5},
-     r"reduction_factor=5 does not divide the hidden size 32 of tiny-llama: valid: 1, 2, 4, 8, 16, 32$"),
-    ("adapter", "tiny-bert", {"activation": "elu"}, r"activation='elu' unknown: choose one of gelu, relu"),
-    ("adapter", "tiny-gpt2", {"placement": "pfeiffer"}, r"placement='pfeiffer' unknown: choose one of houlsby, lin"),
-    ("ft_top_k", "tiny-llama", {"k": 3}, r"k=3 invalid for tiny-llama with 2 blocks: choose 1\.\.2"),
-    ("ft_top_k", "tiny-bert", {"k": 0}, r"k=0 must be at least 1"),
-    ("bitfit", "tiny-llama", {}, r"bitfit needs bias terms: llama models have none; use ia3 or lora, or a model with "
-                                 r"biases \(qwen2, gpt2, bert, roberta, mpnet, bart\)$"),
-])
+@pytest.mark.parametrize(
+    "method_name, model_name, overrides, message",
+    [
+        ("prefix_tuning", "tiny-llama", {"prefix_length": 0}, r"prefix_length=0 must be a positive integer"),
+        ("prefix_tuning", "tiny-llama", {"init": "zeros"}, r"init='zeros' unknown: choose one of real_tokens, random"),
+        ("prefix_tuning", "tiny-llama", {"prefix_length": 10, "mlp_hidden": 4}, r"use mlp_hidden >= 10"),
+        ("adapter", "tiny-llama", {"reduction_factor": 0}, r"reduction_factor=0 must be a positive divisor"),
+        (
+            "adapter",
+            "tiny-llama",
+            {"reduction_factor": 5},
+            r"reduction_factor=5 does not divide the hidden size 32 of tiny-llama: valid: 1, 2, 4, 8, 16, 32$",
+        ),
+        ("adapter", "tiny-bert", {"activation": "elu"}, r"activation='elu' unknown: choose one of gelu, relu"),
+        (
+            "adapter",
+            "tiny-gpt2",
+            {"placement": "pfeiffer"},
+            r"placement='pfeiffer' unknown: choose one of houlsby, lin",
+        ),
+        ("ft_top_k", "tiny-llama", {"k": 3}, r"k=3 invalid for tiny-llama with 2 blocks: choose 1\.\.2"),
+        ("ft_top_k", "tiny-bert", {"k": 0}, r"k=0 must be at least 1"),
+        (
+            "bitfit",
+            "tiny-llama",
+            {},
+            r"bitfit needs bias terms: llama models have none; use ia3 or lora, or a model with "
+            r"biases \(qwen2, gpt2, bert, roberta, mpnet, bart\)$",
+        ),
+    ],
+)
 def test_bad_hyperparameters_are_one_clear_error(method_name, model_name, overrides, message, models_cache, sst2):
     method, hp, model, _, ctx = _setup(method_name, model_name, overrides, models_cache, sst2, n_train=1)
     with pytest.raises(BenchError, match=message) as caught:
@@ -236,8 +276,21 @@ def test_bad_hyperparameters_are_one_clear_error(method_name, model_name, overri
 def test_bad_hyperparameter_fails_before_the_model_loads(models_cache, tmp_path, capsys):
     from bench.cli import main
 
-    argv = ["run-cell", "--task", "sst2", "--model", "tiny-llama", "--method", "prefix_tuning", "--train-size", "8",
-            "--hp", "prefix_length=-1", "--out", str(tmp_path)]
+    argv = [
+        "run-cell",
+        "--task",
+        "sst2",
+        "--model",
+        "tiny-llama",
+        "--method",
+        "prefix_tuning",
+        "--train-size",
+        "8",
+        "--hp",
+        "prefix_length=-1",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "prefix_length=-1" in err and len(err.splitlines()) == 1
@@ -253,8 +306,9 @@ def test_cell_runs(method_name, model_name, models_cache, tmp_path):
     hp = {"steps": 2, "batch_size": 4, "max_len": 48, "lr": 1e-2}
     if method_name == "prefix_tuning":
         hp.update(prefix_length=4, mlp_hidden=16)
-    config = CellConfig(task="sst2", model=model_name, method=method_name, train_size=16, seed=0, hp=hp,
-                        eval_limit=8, shifts=())
+    config = CellConfig(
+        task="sst2", model=model_name, method=method_name, train_size=16, seed=0, hp=hp, eval_limit=8, shifts=()
+    )
     record = run_cell(config, tmp_path, threads=1)
     assert record == json.loads((tmp_path / "record.json").read_text())
     assert record["status"] == "ok" and record["metrics"]["sst2"]["n"] == 8
@@ -267,9 +321,16 @@ def test_cell_runs(method_name, model_name, models_cache, tmp_path):
 def test_prefix_generation_cell(models_cache, tmp_path):
     from bench.harness.cell import CellConfig, run_cell
 
-    config = CellConfig(task="e2e", model="tiny-llama", method="prefix_tuning", train_size=8, seed=0,
-                        hp={"steps": 1, "batch_size": 2, "max_len": 64, "prefix_length": 4, "mlp_hidden": 16},
-                        eval_limit=2, shifts=None)
+    config = CellConfig(
+        task="e2e",
+        model="tiny-llama",
+        method="prefix_tuning",
+        train_size=8,
+        seed=0,
+        hp={"steps": 1, "batch_size": 2, "max_len": 64, "prefix_length": 4, "mlp_hidden": 16},
+        eval_limit=2,
+        shifts=None,
+    )
     record = run_cell(config, tmp_path, threads=1)
     assert record["status"] == "ok" and {"bleu", "rouge_l"} <= set(record["metrics"]["e2e"])
 
@@ -277,8 +338,9 @@ def test_prefix_generation_cell(models_cache, tmp_path):
 def test_bitfit_cell_on_a_bias_free_model_fails_clearly(models_cache, tmp_path):
     from bench.harness.cell import CellConfig, run_cell
 
-    config = CellConfig(task="sst2", model="tiny-llama", method="bitfit", train_size=8, seed=0, hp={"steps": 1},
-                        eval_limit=2, shifts=())
+    config = CellConfig(
+        task="sst2", model="tiny-llama", method="bitfit", train_size=8, seed=0, hp={"steps": 1}, eval_limit=2, shifts=()
+    )
     with pytest.raises(BenchError, match="bitfit needs bias terms"):
         run_cell(config, tmp_path, threads=1)
     assert not (tmp_path / "record.json").exists()

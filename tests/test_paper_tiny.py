@@ -1,5 +1,6 @@
 """paper-tiny is paper.yaml cut mechanically (bench/grid/derive.py), and it runs: every cell ok through Snakemake,
 and the report has every table the paper grid would fill."""
+
 import csv
 import os
 import subprocess
@@ -50,8 +51,9 @@ def test_paper_tiny_keeps_every_block_task_method_hp_key_and_sweep_value():
         assert derived.get("data_seeds") == (source["data_seeds"][:1] if "data_seeds" in source else None)
         assert len(derived["train_sizes"]) == len(source["train_sizes"])  # the low-data curve keeps its points
     # and cell by cell: every (task, method variant) of the paper grid is a cell of paper-tiny
-    assert ({(offline_task(c.task), c.label) for c in grid_cells("paper")}
-            == {(c.task, c.label) for c in grid_cells("paper-tiny")})
+    assert {(offline_task(c.task), c.label) for c in grid_cells("paper")} == {
+        (c.task, c.label) for c in grid_cells("paper-tiny")
+    }
 
 
 def _grid(tmp_path, name, data):
@@ -60,27 +62,49 @@ def _grid(tmp_path, name, data):
     return str(path)
 
 
-SOURCE = {"models": ["gpt2-medium", "gpt2-large"], "tasks": {"sst2": {"eval_limit": 100}},
-          "methods": {"lora": {"r": [4, 8], "lr": 2e-4}}, "train_sizes": [50, "full"], "seeds": [0, 1],
-          "hp": {"steps": 1000}}
+SOURCE = {
+    "models": ["gpt2-medium", "gpt2-large"],
+    "tasks": {"sst2": {"eval_limit": 100}},
+    "methods": {"lora": {"r": [4, 8], "lr": 2e-4}},
+    "train_sizes": [50, "full"],
+    "seeds": [0, 1],
+    "hp": {"steps": 1000},
+}
 
 
 def test_derive_maps_models_tasks_sizes_and_caps(tmp_path):
     source = _grid(tmp_path, "source", SOURCE)
-    derived = _grid(tmp_path, "derived", {"derive": {"from": source, "seeds": 1, "eval_limit": 4,
-                                                     "train_sizes": {"scale": 0.04, "full": 16},
-                                                     "hp_max": {"steps": 2, "r": 8}}})
+    derived = _grid(
+        tmp_path,
+        "derived",
+        {
+            "derive": {
+                "from": source,
+                "seeds": 1,
+                "eval_limit": 4,
+                "train_sizes": {"scale": 0.04, "full": 16},
+                "hp_max": {"steps": 2, "r": 8},
+            }
+        },
+    )
     cells = grid_cells(derived)
     assert {(c.model, c.label, c.train_size, c.seed, c.eval_limit, c.hp["steps"]) for c in cells} == {
-        ("tiny-gpt2", f"lora-r={r}", n, 0, 4, 2) for r in (4, 8) for n in (2, 16)}
+        ("tiny-gpt2", f"lora-r={r}", n, 0, 4, 2) for r in (4, 8) for n in (2, 16)
+    }
     assert tiny_stand_in("t5-xl-lm-adapt") == "tiny-t5" and tiny_stand_in("tiny-llama") == "tiny-llama"
 
 
-@pytest.mark.parametrize("derive, message", [
-    ({"hp_max": {"r": 4}}, r"hp_max.r=4 would merge the sweep \[4, 8\] of block 0 method lora: raise hp_max.r above 4"),
-    ({"from": "SELF"}, r"derives from itself"),
-    ({"seeds": 0}, r"derive.seeds: 0 is less than the minimum of 1"),
-])
+@pytest.mark.parametrize(
+    "derive, message",
+    [
+        (
+            {"hp_max": {"r": 4}},
+            r"hp_max.r=4 would merge the sweep \[4, 8\] of block 0 method lora: raise hp_max.r above 4",
+        ),
+        ({"from": "SELF"}, r"derives from itself"),
+        ({"seeds": 0}, r"derive.seeds: 0 is less than the minimum of 1"),
+    ],
+)
 def test_bad_derivation_is_one_line(tmp_path, derive, message):
     source = _grid(tmp_path, "source", SOURCE)
     spec = {"from": source, "seeds": 1, "eval_limit": 4, "train_sizes": {"scale": 0.04, "full": 16}, **derive}
@@ -92,28 +116,55 @@ def test_bad_derivation_is_one_line(tmp_path, derive, message):
 
 def test_a_derived_grid_lists_no_blocks_of_its_own(tmp_path):
     with pytest.raises(BenchError, match=r"top level: Additional properties are not allowed \('models' was"):
-        grid_cells(_grid(tmp_path, "derived", {"derive": {"from": "paper", "seeds": 1, "eval_limit": 4,
-                                                          "train_sizes": {"scale": 0.1, "full": 8}},
-                                               "models": ["tiny-gpt2"]}))
+        grid_cells(
+            _grid(
+                tmp_path,
+                "derived",
+                {
+                    "derive": {"from": "paper", "seeds": 1, "eval_limit": 4, "train_sizes": {"scale": 0.1, "full": 8}},
+                    "models": ["tiny-gpt2"],
+                },
+            )
+        )
 
 
 def test_data_seeds_cross_seeds_and_name_the_subsample(tmp_path):
-    grid = _grid(tmp_path, "g", {**SOURCE, "models": ["tiny-gpt2"], "methods": {"lora": None}, "train_sizes": [8],
-                                 "seeds": [0, 1], "data_seeds": [0, 1, 2]})
+    grid = _grid(
+        tmp_path,
+        "g",
+        {
+            **SOURCE,
+            "models": ["tiny-gpt2"],
+            "methods": {"lora": None},
+            "train_sizes": [8],
+            "seeds": [0, 1],
+            "data_seeds": [0, 1, 2],
+        },
+    )
     cells = grid_cells(grid)
     assert sorted(c.dir.rsplit("/", 1)[1] for c in cells) == [f"s{s}-d{d}" for s in (0, 1) for d in (0, 1, 2)]
     assert all(c.cli_args().endswith(f"--data-seed {c.data_seed}") for c in cells)
-    with pytest.raises(BenchError, match=r"data seed 0 set for sst2 at train size full: a data seed draws a "
-                                         r"subsample"):
-        check_cells(grid_cells(_grid(tmp_path, "f", {**SOURCE, "models": ["tiny-gpt2"], "train_sizes": ["full"],
-                                                        "data_seeds": [0]})))
+    with pytest.raises(
+        BenchError,
+        match=r"data seed 0 set for sst2 at train size full: a data seed draws a "
+        r"subsample",
+    ):
+        check_cells(
+            grid_cells(
+                _grid(tmp_path, "f", {**SOURCE, "models": ["tiny-gpt2"], "train_sizes": ["full"], "data_seeds": [0]})
+            )
+        )
 
 
 def test_a_cell_larger_than_one_gpu_is_refused_when_planned(tmp_path):
-    grid = _grid(tmp_path, "g", {**SOURCE, "models": ["t5-xxl-lm-adapt"], "methods": {"full_ft": None},
-                                 "train_sizes": [50]})
-    with pytest.raises(BenchError, match=r"full_ft on t5-xxl-lm-adapt needs ~182 GiB of GPU memory "
-                                         r"\(bench/grid/gpu_memory.py\), more than one GPU's 78 GiB"):
+    grid = _grid(
+        tmp_path, "g", {**SOURCE, "models": ["t5-xxl-lm-adapt"], "methods": {"full_ft": None}, "train_sizes": [50]}
+    )
+    with pytest.raises(
+        BenchError,
+        match=r"full_ft on t5-xxl-lm-adapt needs ~182 GiB of GPU memory "
+        r"\(bench/grid/gpu_memory.py\), more than one GPU's 78 GiB",
+    ):
         check_cells(grid_cells(grid))
 
 
@@ -147,12 +198,34 @@ def test_paper_tiny_runs_every_cell_ok_with_every_paper_table(tmp_path):
     """The CI run of the paper grid's shape: Snakemake, two cores, every cell `ok`, the report's tables those of
     paper.yaml (tasks through their offline twins). Jobs fork one imported process (bench/launch): a Python
     process per cell would spend more on imports than the tiny cells compute."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PEFT_REPRO_MODELS": str(tmp_path / "models"),
-           "PEFT_REPRO_DATA": str(data_root()), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PEFT_REPRO_MODELS": str(tmp_path / "models"),
+        "PEFT_REPRO_DATA": str(data_root()),
+        "HF_HUB_OFFLINE": "1",
+    }
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                           str(tmp_path), "--cores", "2", "--config", "grid=paper-tiny", "forkserver=true"],
-                          env=env, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--cores",
+            "2",
+            "--config",
+            "grid=paper-tiny",
+            "forkserver=true",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     wall = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "results/paper-tiny/cells.csv").open()))

@@ -1,5 +1,6 @@
 """PET (methods/pet.py): pattern cells, the unlabelled pool, ensemble soft labels, the soft-label loss; templates as an
 hp; the template-spread statistic."""
+
 import json
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def test_fewglue_pools_come_from_superglue_train_less_the_32():
     labelled = T.train_examples(task, "full", 0)
     assert len(labelled) == 32
     pool = T.unlabelled_pool(task, labelled, 500, 0)
-    assert not {ex.fields["premise"] + ex.fields["hypothesis"] for ex in labelled} & \
-        {ex.fields["premise"] + ex.fields["hypothesis"] for ex in pool}
+    assert not {ex.fields["premise"] + ex.fields["hypothesis"] for ex in labelled} & {
+        ex.fields["premise"] + ex.fields["hypothesis"] for ex in pool
+    }
     with pytest.raises(BenchError, match="unlabelled pool of 50 does not fit task fewglue_boolq"):
         T.unlabelled_pool(T.get_task("fewglue_boolq"), T.train_examples(T.get_task("fewglue_boolq"), "full", 0), 50, 0)
 
@@ -83,8 +85,10 @@ def test_the_final_stage_never_reads_the_pools_labels(monkeypatch, sst2):
     def fake_distributions(folder, task, sets):
         pool, labelled = sets
         seen.append([ex.label for ex in pool])
-        return [torch.full((len(pool), 2), 0.5).index_fill_(1, torch.tensor([1]), 0.8).softmax(-1),
-                torch.full((len(labelled), 2), 0.5)]
+        return [
+            torch.full((len(pool), 2), 0.5).index_fill_(1, torch.tensor([1]), 0.8).softmax(-1),
+            torch.full((len(labelled), 2), 0.5),
+        ]
 
     monkeypatch.setattr("methods.pet.pattern_distributions", fake_distributions)
     monkeypatch.setattr("methods.pet.pattern_config", lambda *a: {})
@@ -103,7 +107,7 @@ def _brute_force_distribution(model, tokenizer, task, ex) -> torch.Tensor:
     from bench.harness.tokens import continuation_ids, prompt_ids
 
     with torch.no_grad():
-        ids = torch.tensor([prompt_ids(tokenizer, task.prompt(ex))[-(HP["max_len"] - 1):]])
+        ids = torch.tensor([prompt_ids(tokenizer, task.prompt(ex))[-(HP["max_len"] - 1) :]])
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
     return torch.softmax(torch.stack([logprobs[continuation_ids(tokenizer, w)[0]] for w in task.verbalizer]), dim=-1)
 
@@ -116,14 +120,18 @@ def test_soft_labels_are_the_mean_of_the_pattern_models_distributions(bytes_task
     dirs = []
     for template in ("", "review"):
         out = tmp_path / f"pattern-{template or 'default'}"
-        run_cell(CellConfig("sst2_bytes", "tiny-llama", "pet", 16, 0, {**HP, "template": template},
-                            eval_limit=4, shifts=()), out, threads=1)
+        run_cell(
+            CellConfig("sst2_bytes", "tiny-llama", "pet", 16, 0, {**HP, "template": template}, eval_limit=4, shifts=()),
+            out,
+            threads=1,
+        )
         dirs.append(out)
     pet = get_method("pet")
     labelled = T.train_examples(bytes_task, 16, 0)
     for weighting in ("uniform", "train_accuracy"):
-        hp = resolve_hparams(pet, {**HP, "stage": "final", "pool_size": 6, "weighting": weighting,
-                                   "patterns": ",".join(map(str, dirs))})
+        hp = resolve_hparams(
+            pet, {**HP, "stage": "final", "pool_size": 6, "weighting": weighting, "patterns": ",".join(map(str, dirs))}
+        )
         ctx = CellContext(task=bytes_task, model_kind="causal_lm", tokenizer=None, train_examples=labelled, seed=0)
         final = pet.prepare_train_examples(labelled, hp, ctx)
         pool = T.unlabelled_pool(bytes_task, labelled, 6, 0)
@@ -134,8 +142,9 @@ def test_soft_labels_are_the_mean_of_the_pattern_models_distributions(bytes_task
             base, tokenizer, _ = load_model("tiny-llama")
             model = get_method("full_ft").load_delta(base, {}, None, folder / "delta").eval()
             dist = torch.stack([_brute_force_distribution(model, tokenizer, task, ex) for ex in pool])
-            accuracy = np.mean([int(_brute_force_distribution(model, tokenizer, task, ex).argmax()) == ex.label
-                                for ex in labelled])
+            accuracy = np.mean(
+                [int(_brute_force_distribution(model, tokenizer, task, ex).argmax()) == ex.label for ex in labelled]
+            )
             weights.append(accuracy if weighting == "train_accuracy" else 1.0)
             expected += weights[-1] * dist
         expected /= sum(weights)
@@ -150,37 +159,64 @@ def test_the_soft_label_loss_is_the_cross_entropy_to_the_distribution():
     torch.manual_seed(0)
     logits, soft = torch.randn(5, 3), torch.rand(5, 3)
     soft = soft / soft.sum(-1, keepdim=True)
-    brute = -sum(float(soft[i, j]) * float(torch.log(torch.exp(logits[i, j]) / torch.exp(logits[i]).sum()))
-                 for i in range(5) for j in range(3)) / 5
+    brute = (
+        -sum(
+            float(soft[i, j]) * float(torch.log(torch.exp(logits[i, j]) / torch.exp(logits[i]).sum()))
+            for i in range(5)
+            for j in range(3)
+        )
+        / 5
+    )
     assert float(soft_label_loss(logits, soft)) == pytest.approx(brute, rel=1e-5)
     gold = torch.tensor([0, 2, 1, 1, 0])  # one-hot soft labels: the ordinary cross-entropy
     one_hot = torch.nn.functional.one_hot(gold, 3).float()
     assert float(soft_label_loss(logits, one_hot)) == pytest.approx(
-        float(torch.nn.functional.cross_entropy(logits, gold)), rel=1e-6)
+        float(torch.nn.functional.cross_entropy(logits, gold)), rel=1e-6
+    )
 
 
 def test_a_final_cell_trains_on_soft_labels_end_to_end(bytes_task, models_cache, tmp_path):
     patterns = []
     for template in ("", "review"):
         patterns.append(tmp_path / f"p-{template or 'default'}")
-        run_cell(CellConfig("sst2_bytes", "tiny-llama", "pet", 16, 0, {**HP, "template": template}, eval_limit=4,
-                            shifts=()), patterns[-1], threads=1)
-    record = run_cell(CellConfig("sst2_bytes", "tiny-llama", "pet", 16, 0,
-                                 {**HP, "stage": "final", "pool_size": 12, "patterns": ",".join(map(str, patterns))},
-                                 eval_limit=4, shifts=()), tmp_path / "final", threads=1)
+        run_cell(
+            CellConfig("sst2_bytes", "tiny-llama", "pet", 16, 0, {**HP, "template": template}, eval_limit=4, shifts=()),
+            patterns[-1],
+            threads=1,
+        )
+    record = run_cell(
+        CellConfig(
+            "sst2_bytes",
+            "tiny-llama",
+            "pet",
+            16,
+            0,
+            {**HP, "stage": "final", "pool_size": 12, "patterns": ",".join(map(str, patterns))},
+            eval_limit=4,
+            shifts=(),
+        ),
+        tmp_path / "final",
+        threads=1,
+    )
     assert record["status"] == "ok" and record["train"]["steps"] == 2
     assert record["config"]["hp"]["stage"] == "final"
 
 
 # ------------------------------------------------------------------ plan-time refusals
-@pytest.mark.parametrize("method, hp, message", [
-    ("prompt_design", {"template": "nope"}, "template 'nope' is not one of task sst2's templates: choose one of "
-                                            "default, pet_it_was"),
-    ("pet", {"stage": "middle"}, "pet stage='middle' unknown: use pattern or final"),
-    ("pet", {"stage": "final"}, "pet stage=final needs hp patterns="),
-    ("pet", {"base": "prompt_design"}, "pet base=prompt_design trains no weights of its own"),
-    ("pet", {"weighting": "max"}, "pet weighting='max' unknown"),
-])
+@pytest.mark.parametrize(
+    "method, hp, message",
+    [
+        (
+            "prompt_design",
+            {"template": "nope"},
+            "template 'nope' is not one of task sst2's templates: choose one of default, pet_it_was",
+        ),
+        ("pet", {"stage": "middle"}, "pet stage='middle' unknown: use pattern or final"),
+        ("pet", {"stage": "final"}, "pet stage=final needs hp patterns="),
+        ("pet", {"base": "prompt_design"}, "pet base=prompt_design trains no weights of its own"),
+        ("pet", {"weighting": "max"}, "pet weighting='max' unknown"),
+    ],
+)
 def test_bad_pet_and_template_settings_are_refused_at_plan_time(method, hp, message):
     with pytest.raises(BenchError, match=message.replace("(", r"\(").replace("?", r"\?")):
         plan_cell(CellConfig("sst2", "smollm2-135m", method, 32, 0, hp))

@@ -1,6 +1,7 @@
 """The prompt family (prompt_tuning, p_tuning, prompt_design, prompt_ensemble) on tiny-llama: parameter
 counts in closed form, frozen base, delta round trips, inits, rank scoring and generation with virtual
 tokens, k-shot prompts, the ensemble's one-pass scoring, bad hyperparameters, and one cell each."""
+
 import copy
 import dataclasses
 
@@ -25,8 +26,9 @@ def _examples(n=5):
 
 
 def _ctx(tokenizer, task, seed=0, train_examples=()):
-    return CellContext(task=task, model_kind="causal_lm", tokenizer=tokenizer, train_examples=list(train_examples),
-                       seed=seed)
+    return CellContext(
+        task=task, model_kind="causal_lm", tokenizer=tokenizer, train_examples=list(train_examples), seed=seed
+    )
 
 
 def _adapt(name, loaded, task, seed=0, train_examples=(), **overrides):
@@ -60,8 +62,12 @@ def test_prompt_tuning_trains_p_times_d(tiny_llama, sst2):
     assert trainable_parameters(adapted) == P * _d(tiny_llama) == method.delta_parameters(adapted)
     assert method.extra_positions(hp) == P
     defaults = resolve_hparams(method, {})
-    assert (defaults["optimizer"], defaults["lr"], defaults["num_virtual_tokens"], defaults["init"]) == \
-        ("adafactor", 0.3, 100, "class_label")
+    assert (defaults["optimizer"], defaults["lr"], defaults["num_virtual_tokens"], defaults["init"]) == (
+        "adafactor",
+        0.3,
+        100,
+        "class_label",
+    )
 
 
 def test_p_tuning_delta_is_p_times_d_and_training_count_larger(tiny_llama, sst2, tmp_path):
@@ -94,8 +100,9 @@ def test_base_is_bit_identical_after_training(name, tiny_llama, sst2):
     method, hp, ctx, adapted = _adapt(name, tiny_llama, sst2, **_k(name))
     hp = {**hp, "steps": 2, "lr": 10.0, "batch_size": 4, "max_len": 32}
     trainable = {n: p.detach().clone() for n, p in adapted.named_parameters() if p.requires_grad}
-    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "causal_lm", _examples(), 4, 32, 0),
-                   "causal_lm")
+    result = train(
+        adapted, method, hp, training_batches(tokenizer, sst2, "causal_lm", _examples(), 4, 32, 0), "causal_lm"
+    )
     assert result.steps_done == 2 and result.diverged_at_step is None
     after = model.state_dict()
     assert set(after) == set(before)
@@ -119,7 +126,7 @@ def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path, delta_rou
     _perturb(adapted)
     logits, reloaded, base = delta_round_trip(method, hp, ctx, adapted, tmp_path, models_cache)
     assert torch.equal(logits, reloaded)
-    assert not torch.allclose(base, logits[:, -base.shape[1]:])
+    assert not torch.allclose(base, logits[:, -base.shape[1] :])
     # on disk: 4 bytes a parameter plus the safetensors header and adapter_config.json per adapter
     params = method.delta_parameters(adapted)
     adapters = [tmp_path] if name != "prompt_ensemble" else sorted(tmp_path.glob("prompt_*"))
@@ -129,8 +136,9 @@ def test_delta_round_trip_and_size(name, models_cache, sst2, tmp_path, delta_rou
         base, _, _ = load_model("tiny-llama", cache=models_cache)
         peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
         with torch.no_grad():
-            assert torch.allclose(peft_model(input_ids=torch.tensor(delta_round_trip.ids)).logits, logits[i:i + 1],
-                                  atol=1e-5)
+            assert torch.allclose(
+                peft_model(input_ids=torch.tensor(delta_round_trip.ids)).logits, logits[i : i + 1], atol=1e-5
+            )
 
 
 # ------------------------------------------------------------------ inits
@@ -142,8 +150,9 @@ def test_inits_produce_what_they_say(tiny_llama, sst2):
     frequent = embeddings[frequent_token_ids(tokenizer)]
 
     def prompt(init, seed=0, length=P):
-        _, _, _, adapted = _adapt("prompt_tuning", (copy.deepcopy(model), tokenizer, None), sst2, seed,
-                                  init=init, num_virtual_tokens=length)
+        _, _, _, adapted = _adapt(
+            "prompt_tuning", (copy.deepcopy(model), tokenizer, None), sst2, seed, init=init, num_virtual_tokens=length
+        )
         return adapted.prompt_encoder["default"].embedding.weight.detach()
 
     def from_frequent(rows):
@@ -160,7 +169,7 @@ def test_inits_produce_what_they_say(tiny_llama, sst2):
     labels = prompt("class_label")
     for row, word in zip(labels, sst2.verbalizer):  # multi-token words (byte-level here): mean embedding
         assert torch.allclose(row, embeddings[continuation_ids(tokenizer, word)].mean(dim=0))
-    assert from_frequent(labels[len(sst2.verbalizer):])
+    assert from_frequent(labels[len(sst2.verbalizer) :])
 
 
 def test_token_inits_carry_the_embedding_modules_scale(tiny_llama, sst2):
@@ -170,9 +179,17 @@ def test_token_inits_carry_the_embedding_modules_scale(tiny_llama, sst2):
 
     _, tokenizer, _ = tiny_llama
     torch.manual_seed(0)
-    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
-                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                               head_dim=32))
+    gemma = Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+        )
+    )
     module = gemma.get_input_embeddings()
     assert float(module.embed_scale) == pytest.approx(8.0)  # sqrt(64)
     _, _, _, adapted = _adapt("prompt_tuning", (gemma, tokenizer, None), sst2, init="class_label")
@@ -212,8 +229,9 @@ def test_frequent_tokens_skip_special_and_byte_fallback(tiny_llama):
 
     _, tokenizer, _ = tiny_llama
     ids = frequent_token_ids(tokenizer)
-    assert tokenizer.eos_token_id not in ids and len(ids) == min(5000,
-                                                                 len(tokenizer) - len(tokenizer.added_tokens_decoder))
+    assert tokenizer.eos_token_id not in ids and len(ids) == min(
+        5000, len(tokenizer) - len(tokenizer.added_tokens_decoder)
+    )
     assert ids == sorted(ids)
 
 
@@ -225,8 +243,9 @@ def test_prompt_tuned_rank_scores_match_brute_force(tiny_llama, sst2, verbalizer
     _perturb(adapted)
     adapted.eval()
     tokenizer = tiny_llama[1]
-    batched = rank_scores(adapted, tokenizer, task, _examples(), batch_size=3, max_len=128,
-                          extra_positions=method.extra_positions(hp))
+    batched = rank_scores(
+        adapted, tokenizer, task, _examples(), batch_size=3, max_len=128, extra_positions=method.extra_positions(hp)
+    )
     assert torch.allclose(batched, brute_force_scores(adapted, tokenizer, task, _examples(), P), atol=1e-4)
 
 
@@ -237,13 +256,18 @@ def test_prompt_tuned_generation_batched_equals_one_at_a_time(tiny_llama, sst2):
             parameter.mul_(20)
     method, hp, _, adapted = _adapt("prompt_tuning", tiny_llama, sst2, init="random")
     adapted.eval()
-    prompts = ["name[The Eagle]\nDescription:", "a much longer prompt with many more bytes in it\nDescription:",
-               "x\nDescription:", "y\nDescription:"]
+    prompts = [
+        "name[The Eagle]\nDescription:",
+        "a much longer prompt with many more bytes in it\nDescription:",
+        "x\nDescription:",
+        "y\nDescription:",
+    ]
     extra = method.extra_positions(hp)
-    batched = generate(adapted, tokenizer, prompts, max_new_tokens=6, batch_size=4, max_len=128,
-                       extra_positions=extra)
-    single = [generate(adapted, tokenizer, [p], max_new_tokens=6, batch_size=1, max_len=128,
-                       extra_positions=extra)[0] for p in prompts]
+    batched = generate(adapted, tokenizer, prompts, max_new_tokens=6, batch_size=4, max_len=128, extra_positions=extra)
+    single = [
+        generate(adapted, tokenizer, [p], max_new_tokens=6, batch_size=1, max_len=128, extra_positions=extra)[0]
+        for p in prompts
+    ]
     assert batched == single and len(set(batched)) > 1
 
 
@@ -271,9 +295,15 @@ def test_kv_cached_generation_equals_recomputing_every_step(name, models_cache, 
 
     def cached(model):
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=4, output_scores=True, return_dict_in_generate=True,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=4,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         return torch.stack(out.scores)
 
     def recomputed(model):  # greedy, every step a full forward pass over the sequence so far
@@ -322,11 +352,11 @@ def test_ensemble_one_pass_equals_separate_prompt_tuned_passes(tiny_llama, model
     ensemble.eval()
     tokenizer = tiny_llama[1]
     calls = []
-    hook = ensemble.base.register_forward_hook(lambda m, a, kw, out: calls.append(kw["inputs_embeds"].shape[0]),
-                                               with_kwargs=True)
+    hook = ensemble.base.register_forward_hook(
+        lambda m, a, kw, out: calls.append(kw["inputs_embeds"].shape[0]), with_kwargs=True
+    )
     examples = _examples()
-    together = rank_scores(ensemble, tokenizer, sst2, examples, batch_size=16, max_len=128,
-                           extra_positions=P, copies=3)
+    together = rank_scores(ensemble, tokenizer, sst2, examples, batch_size=16, max_len=128, extra_positions=P, copies=3)
     hook.remove()
     assert calls == [3 * 2 * len(examples)]  # one pass: k x (examples x 2 label prefixes) rows
     for i in range(3):
@@ -344,30 +374,41 @@ def test_ensemble_one_pass_equals_separate_prompt_tuned_passes(tiny_llama, model
 def test_vote_is_majority_with_mean_logprob_ties():
     from methods.prompt_ensemble import vote
 
-    scores = torch.tensor([  # 4 prompts x 3 examples x 2 labels
-        [[0.0, -1.0], [-1.0, 0.0], [0.0, -1.0]],
-        [[0.0, -1.0], [0.0, -1.0], [-5.0, 0.0]],
-        [[-1.0, 0.0], [0.0, -1.0], [-5.0, 0.0]],
-        [[-1.0, 0.0], [0.0, -1.0], [0.0, -5.0]]])
+    scores = torch.tensor(
+        [  # 4 prompts x 3 examples x 2 labels
+            [[0.0, -1.0], [-1.0, 0.0], [0.0, -1.0]],
+            [[0.0, -1.0], [0.0, -1.0], [-5.0, 0.0]],
+            [[-1.0, 0.0], [0.0, -1.0], [-5.0, 0.0]],
+            [[-1.0, 0.0], [0.0, -1.0], [0.0, -5.0]],
+        ]
+    )
     # example 0: 2-2 tie, equal mean log-probs -> the first label; example 1: 3 votes to 1 for label 0;
     # example 2: 2-2 tie, mean log-prob -2.5 (label 0) against -1.5 (label 1) -> label 1
     assert vote(scores) == [0, 0, 1]
 
 
 # ------------------------------------------------------------------ bad hyperparameters
-@pytest.mark.parametrize("method, hp, task, message", [
-    ("prompt_tuning", {"num_virtual_tokens": 0}, "sst2", r"num_virtual_tokens=0 must be a positive integer"),
-    ("prompt_tuning", {"init": "text"}, "sst2", r"init 'text' unknown: choose one of random, vocab, class_label"),
-    ("prompt_ensemble", {"init": "zeros"}, "sst2", r"init 'zeros' unknown: choose one of random, vocab, class_label"),
-    ("prompt_ensemble", {"k": 0}, "sst2", r"k=0 must be a positive number of prompts"),
-    ("prompt_ensemble", {"num_virtual_tokens": -1}, "sst2", r"num_virtual_tokens=-1 must be a positive integer"),
-    ("prompt_ensemble", {"grad_clip": 1.0}, "sst2", r"needs grad_clip=0"),
-    ("prompt_ensemble", {}, "e2e", r"classification tasks only.*use prompt_tuning"),
-    ("p_tuning", {"encoder": "gru"}, "sst2", r"encoder 'gru' unknown: choose one of LSTM, MLP"),
-    ("p_tuning", {"num_virtual_tokens": 0}, "sst2", r"num_virtual_tokens=0 must be a positive integer"),
-    ("prompt_design", {"shots": -1}, "sst2", r"shots=-1 must be 0"),
-    ("prompt_design", {"steps": 5}, "sst2", r"trains nothing: use steps=0"),
-])
+@pytest.mark.parametrize(
+    "method, hp, task, message",
+    [
+        ("prompt_tuning", {"num_virtual_tokens": 0}, "sst2", r"num_virtual_tokens=0 must be a positive integer"),
+        ("prompt_tuning", {"init": "text"}, "sst2", r"init 'text' unknown: choose one of random, vocab, class_label"),
+        (
+            "prompt_ensemble",
+            {"init": "zeros"},
+            "sst2",
+            r"init 'zeros' unknown: choose one of random, vocab, class_label",
+        ),
+        ("prompt_ensemble", {"k": 0}, "sst2", r"k=0 must be a positive number of prompts"),
+        ("prompt_ensemble", {"num_virtual_tokens": -1}, "sst2", r"num_virtual_tokens=-1 must be a positive integer"),
+        ("prompt_ensemble", {"grad_clip": 1.0}, "sst2", r"needs grad_clip=0"),
+        ("prompt_ensemble", {}, "e2e", r"classification tasks only.*use prompt_tuning"),
+        ("p_tuning", {"encoder": "gru"}, "sst2", r"encoder 'gru' unknown: choose one of LSTM, MLP"),
+        ("p_tuning", {"num_virtual_tokens": 0}, "sst2", r"num_virtual_tokens=0 must be a positive integer"),
+        ("prompt_design", {"shots": -1}, "sst2", r"shots=-1 must be 0"),
+        ("prompt_design", {"steps": 5}, "sst2", r"trains nothing: use steps=0"),
+    ],
+)
 def test_bad_hyperparameters_are_one_line_at_planning(method, hp, task, message, models_cache):
     config = CellConfig(task=task, model="tiny-llama", method=method, train_size=16, hp=hp)
     with pytest.raises(BenchError, match=message) as error:
@@ -385,15 +426,19 @@ def test_design_and_ensemble_refuse_encoders(models_cache):
 CELL_HP = {"steps": 2, "batch_size": 4, "max_len": 48, "num_virtual_tokens": P}
 
 
-@pytest.mark.parametrize("method, hp", [
-    ("prompt_tuning", CELL_HP),
-    ("p_tuning", CELL_HP),
-    ("prompt_ensemble", {**CELL_HP, "k": 2}),
-    ("prompt_design", {"shots": 2, "max_len": 128}),
-])
+@pytest.mark.parametrize(
+    "method, hp",
+    [
+        ("prompt_tuning", CELL_HP),
+        ("p_tuning", CELL_HP),
+        ("prompt_ensemble", {**CELL_HP, "k": 2}),
+        ("prompt_design", {"shots": 2, "max_len": 128}),
+    ],
+)
 def test_cell_record(method, hp, models_cache, tmp_path, tiny_llama, rescoring_gives_the_record):
-    config = CellConfig(task="sst2", model="tiny-llama", method=method, train_size=16, seed=0, hp=hp, eval_limit=8,
-                        shifts=())
+    config = CellConfig(
+        task="sst2", model="tiny-llama", method=method, train_size=16, seed=0, hp=hp, eval_limit=8, shifts=()
+    )
     record = run_cell(config, tmp_path, threads=1)
     assert record["status"] == "ok" and record["metrics"]["sst2"]["n"] == 8
     rescoring_gives_the_record(record, tmp_path)  # the ensemble's vote, single prompts and mean log-prob too
@@ -423,14 +468,35 @@ def test_cell_record(method, hp, models_cache, tmp_path, tiny_llama, rescoring_g
 
 
 def test_encoder_cell_with_prompt_tuning(models_cache, tmp_path):
-    record = run_cell(CellConfig(task="mrpc", model="tiny-bert", method="prompt_tuning", train_size=16,
-                                 hp={**CELL_HP, "init": "vocab"}, eval_limit=8, shifts=()), tmp_path, threads=1)
+    record = run_cell(
+        CellConfig(
+            task="mrpc",
+            model="tiny-bert",
+            method="prompt_tuning",
+            train_size=16,
+            hp={**CELL_HP, "init": "vocab"},
+            eval_limit=8,
+            shifts=(),
+        ),
+        tmp_path,
+        threads=1,
+    )
     assert record["status"] == "ok" and {"accuracy", "f1"} <= set(record["metrics"]["mrpc"])
     assert record["cost"]["trainable_params"] == P * 32 + (32 * 2 + 2)  # prompt + the classifier head
 
 
 def test_generation_cell_with_prompt_tuning(models_cache, tmp_path):
-    record = run_cell(CellConfig(task="e2e", model="tiny-llama", method="prompt_tuning", train_size=8,
-                                 hp={"steps": 1, "batch_size": 2, "max_len": 64, "num_virtual_tokens": P},
-                                 eval_limit=4, shifts=()), tmp_path, threads=1)
+    record = run_cell(
+        CellConfig(
+            task="e2e",
+            model="tiny-llama",
+            method="prompt_tuning",
+            train_size=8,
+            hp={"steps": 1, "batch_size": 2, "max_len": 64, "num_virtual_tokens": P},
+            eval_limit=4,
+            shifts=(),
+        ),
+        tmp_path,
+        threads=1,
+    )
     assert record["status"] == "ok" and {"bleu", "rouge_l"} <= set(record["metrics"]["e2e"])

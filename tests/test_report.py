@@ -1,6 +1,7 @@
 """The report from synthetic records (no training): aggregation, missing/diverged/stale cells, tables only
 with their data, claim verdicts (holds / fails / not run), plots. Records copy the structure written by
 bench.harness.cell.run_cell; each test works in its own tmp dir (results/ and reports/ land there)."""
+
 import json
 import re
 from pathlib import Path
@@ -18,15 +19,26 @@ from bench.harness.cell import OUTPUTS, harness_hash, write_outputs_atomic
 from bench.harness.identity import identity
 
 SIZES = {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}
-TRAINABLE = {"full_ft": lambda total: total, "lora": lambda total: total * 0.0034, "prompt_tuning": lambda _: 11_520,
-             "prompt_ensemble": lambda _: 57_600, "prefix_tuning": lambda _: 1_000_000}
+TRAINABLE = {
+    "full_ft": lambda total: total,
+    "lora": lambda total: total * 0.0034,
+    "prompt_tuning": lambda _: 11_520,
+    "prompt_ensemble": lambda _: 57_600,
+    "prefix_tuning": lambda _: 1_000_000,
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parent.parent
 
 
 def write_grid(tmp_path, name="g", **data) -> str:
-    data = {"models": ["smollm2-135m"], "methods": {"full_ft": {"lr": 2e-5}, "lora": {"lr": 1e-3}},
-            "tasks": {"sst2": {"shifts": ["imdb"], "eval_limit": 100}}, "train_sizes": [50], "seeds": [0], **data}
+    data = {
+        "models": ["smollm2-135m"],
+        "methods": {"full_ft": {"lr": 2e-5}, "lora": {"lr": 1e-3}},
+        "tasks": {"sst2": {"shifts": ["imdb"], "eval_limit": 100}},
+        "train_sizes": [50],
+        "seeds": [0],
+        **data,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
@@ -39,44 +51,104 @@ def example_outputs(scores: dict, n: int = 100) -> dict:
     out = {}
     for eval_set, metrics in scores.items():
         if "accuracy" in metrics:
+
             def answer(i, accuracy):
                 return i % 2 if i < round(accuracy * n / 100) else 1 - i % 2
-            out[eval_set] = [{"id": f"{eval_set}-{i}", "gold": i % 2, "pred": answer(i, metrics["accuracy"]),
-                              "logprobs": [-0.5, -1.0],
-                              **({"preds": [answer(i, metrics["accuracy_avg_single"])] * 3}
-                                 if "accuracy_avg_single" in metrics else {})} for i in range(n)]
+
+            out[eval_set] = [
+                {
+                    "id": f"{eval_set}-{i}",
+                    "gold": i % 2,
+                    "pred": answer(i, metrics["accuracy"]),
+                    "logprobs": [-0.5, -1.0],
+                    **(
+                        {"preds": [answer(i, metrics["accuracy_avg_single"])] * 3}
+                        if "accuracy_avg_single" in metrics
+                        else {}
+                    ),
+                }
+                for i in range(n)
+            ]
     return out
 
 
-def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flops=None, peak=1.9e9, analysis=None,
-                 model_sha256=None, outputs=True):
+def write_record(
+    cell,
+    scores: dict,
+    *,
+    hp=None,
+    status="ok",
+    harness=None,
+    flops=None,
+    peak=1.9e9,
+    analysis=None,
+    model_sha256=None,
+    outputs=True,
+):
     """A record.json as run_cell writes it, from today's harness, method files, converted model and lock unless
     told; scores: {eval_set: {metric: value}}; outputs: with per-example outputs (example_outputs) beside it."""
     total = SIZES.get(cell.model, 134_515_008)
     trainable = int(TRAINABLE.get(cell.method, lambda t: 10_000)(total))
-    hp = {"lr": 1e-3, "steps": 20, "batch_size": 8, "max_len": 64, "eval_batch_size": 16, "num_beams": 1,
-          **cell.hp, **(hp or {})}
+    hp = {
+        "lr": 1e-3,
+        "steps": 20,
+        "batch_size": 8,
+        "max_len": 64,
+        "eval_batch_size": 16,
+        "num_beams": 1,
+        **cell.hp,
+        **(hp or {}),
+    }
     record = {
         "schema": 1,
-        "config": {"task": cell.task, "model": cell.model, "method": cell.method, "train_size": cell.train_size,
-                   "seed": cell.seed, "hp": hp, "eval_limit": cell.eval_limit, "shifts": list(cell.shifts or []),
-                   "grid": cell.grid, "data_root": None, "hp_overrides": {k: str(v) for k, v in cell.hp.items()}},
-        "status": status, "diverged_at_step": 7 if status == "diverged" else None,
+        "config": {
+            "task": cell.task,
+            "model": cell.model,
+            "method": cell.method,
+            "train_size": cell.train_size,
+            "seed": cell.seed,
+            "hp": hp,
+            "eval_limit": cell.eval_limit,
+            "shifts": list(cell.shifts or []),
+            "grid": cell.grid,
+            "data_root": None,
+            "hp_overrides": {k: str(v) for k, v in cell.hp.items()},
+        },
+        "status": status,
+        "diverged_at_step": 7 if status == "diverged" else None,
         "metrics": {} if status != "ok" else {e: {**m, "n": 100} for e, m in scores.items()},
         "train": {"steps": 20, "losses": [2.1, 1.4, 0.9]},
-        "cost": {"trainable_params": trainable,  # prefix tuning trains an MLP, saves only its output (the delta)
-                 "delta_params": trainable // (4 if cell.method == "prefix_tuning" else 1),
-                 "total_params": total + (0 if cell.method == "full_ft" else trainable),
-                 "delta_bytes": 4 * trainable + 1000, "peak_mem_bytes": int(peak), "peak_mem_kind": "process_max_rss",
-                 "train_s": 50.0, "train_tokens_per_s": 52.0, "eval_s": 60.0, "eval_tokens_per_s": 230.0,
-                 **({"flops_per_step": flops} if flops else {})},
-        "env": {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "peft": "0.21.2",
-                "git_commit": "df8cd27", "harness_sha256": harness or harness_hash(), "device": "cpu",
-                "cpu": "x86_64", "threads": 1, "host": "vm", **lock.environment()},
-        "inputs": {"data": {"sst2/dev.tsv": "0" * 64},
-                   "model": {"name": cell.model,
-                             "sha256": model_sha256 or current_model_fingerprint(cell.model) or "1" * 64},
-                   "method_sha256": current_method_sha256(cell.method)},
+        "cost": {
+            "trainable_params": trainable,  # prefix tuning trains an MLP, saves only its output (the delta)
+            "delta_params": trainable // (4 if cell.method == "prefix_tuning" else 1),
+            "total_params": total + (0 if cell.method == "full_ft" else trainable),
+            "delta_bytes": 4 * trainable + 1000,
+            "peak_mem_bytes": int(peak),
+            "peak_mem_kind": "process_max_rss",
+            "train_s": 50.0,
+            "train_tokens_per_s": 52.0,
+            "eval_s": 60.0,
+            "eval_tokens_per_s": 230.0,
+            **({"flops_per_step": flops} if flops else {}),
+        },
+        "env": {
+            "python": "3.11.7",
+            "torch": "2.13.0+cpu",
+            "transformers": "5.23.0",
+            "peft": "0.21.2",
+            "git_commit": "df8cd27",
+            "harness_sha256": harness or harness_hash(),
+            "device": "cpu",
+            "cpu": "x86_64",
+            "threads": 1,
+            "host": "vm",
+            **lock.environment(),
+        },
+        "inputs": {
+            "data": {"sst2/dev.tsv": "0" * 64},
+            "model": {"name": cell.model, "sha256": model_sha256 or current_model_fingerprint(cell.model) or "1" * 64},
+            "method_sha256": current_method_sha256(cell.method),
+        },
         **({"analysis": analysis} if analysis else {}),
     }
     grid = Path(f"{cell.grid}.yaml")  # write_grid's file, in the test's folder
@@ -86,8 +158,10 @@ def write_record(cell, scores: dict, *, hp=None, status="ok", harness=None, flop
     record["identity"] = identity({**spec, "model": model, "harness": record["env"]["harness_sha256"]})
     path = Path(cell.dir) / "record.json"
     if outputs and status == "ok":
-        record["outputs"] = {"file": OUTPUTS, "sha256": write_outputs_atomic(path.parent / OUTPUTS,
-                                                                            example_outputs(scores))}
+        record["outputs"] = {
+            "file": OUTPUTS,
+            "sha256": write_outputs_atomic(path.parent / OUTPUTS, example_outputs(scores)),
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))
 
@@ -103,8 +177,11 @@ def plain(readme: str) -> str:
 
 def read(tmp_path, grid="g"):
     rep = tmp_path / "reports" / grid
-    return ((rep / "README.md").read_text(), pd.read_csv(tmp_path / "results" / grid / "summary.csv"),
-            (rep / "claims.md").read_text())
+    return (
+        (rep / "README.md").read_text(),
+        pd.read_csv(tmp_path / "results" / grid / "summary.csv"),
+        (rep / "claims.md").read_text(),
+    )
 
 
 @pytest.fixture()
@@ -139,7 +216,7 @@ def test_records_without_outputs_get_intervals_over_seeds_and_cells_without_resu
     assert imdb["mean"] == 72.0 and imdb["std"] == pytest.approx(2.6458, abs=1e-4)
     assert summary[(summary.method == "full_ft") & (summary.eval_set == "sst2")]["seeds"].tolist() == [1]
     # no per-example outputs: t over the 3 seeds only (2 df: wider than their range); none for one seed
-    half = 4.302653 * 2.0 / 3 ** 0.5  # t(0.975; 2) · std / √3
+    half = 4.302653 * 2.0 / 3**0.5  # t(0.975; 2) · std / √3
     assert lora["interval"].startswith("t over seeds") and lora["ci_low"] == pytest.approx(82 - half, abs=1e-3)
     assert f"82.0 [{lora['ci_low']:.1f}, {lora['ci_high']:.1f}] (n=3)" in readme and "85.0 (n=1)" in readme
     assert summary[(summary.method == "full_ft") & (summary.eval_set == "sst2")]["ci_low"].isna().all()
@@ -157,15 +234,26 @@ def test_records_without_outputs_get_intervals_over_seeds_and_cells_without_resu
     for absent in ("Table-to-text", "Low-data", "Ablation", "Prompt ensembling"):
         assert absent not in readme
     plots = sorted(p.name for p in (tmp_path / "reports/g/plots").iterdir() if not p.name.startswith("claim-"))
-    assert plots == ["pareto-sst2.png", "shift-sst2.png"] or plots == ["forest-claims.png", "pareto-sst2.png",
-                                                                        "shift-sst2.png"]
+    assert plots == ["pareto-sst2.png", "shift-sst2.png"] or plots == [
+        "forest-claims.png",
+        "pareto-sst2.png",
+        "shift-sst2.png",
+    ]
     assert verdicts(claims)["lora_e2e_not_inferior_to_full_ft"] == "not run"
 
 
 def _neighbours(rows: list[list[str]], label_rows: int, task_rows: int) -> dict:
-    return {"prompt_neighbours": {"k": len(rows[0]), "tokens": rows, "cosine": [[0.5, 0.25][: len(r)] for r in rows],
-                                  "label_words": ["negative", "positive"], "task_words": ["review", "sentiment"],
-                                  "rows_with_label_word": label_rows, "rows_with_task_word": task_rows}}
+    return {
+        "prompt_neighbours": {
+            "k": len(rows[0]),
+            "tokens": rows,
+            "cosine": [[0.5, 0.25][: len(r)] for r in rows],
+            "label_words": ["negative", "positive"],
+            "task_words": ["review", "sentiment"],
+            "rows_with_label_word": label_rows,
+            "rows_with_task_word": task_rows,
+        }
+    }
 
 
 def test_soft_prompt_interpretability_tables(tmp_path, monkeypatch, no_plots):
@@ -232,9 +320,13 @@ def test_records_of_another_converted_model_are_stale_with_the_rerun_command(tmp
 
 def _sweep_grid(tmp_path, lora_bleu=(55.0, 60.0), ft_bleu=(50.0, 52.0), prompt_gap=(20.0, 5.0), pt_ood=+4.0):
     """Two models x {full_ft, lora, prompt_tuning} x {sst2 (+imdb, amazon_books), e2e} x n {50, 200}."""
-    grid = write_grid(tmp_path, models=["smollm2-135m", "smollm2-360m"],
-                      methods={"full_ft": None, "lora": None, "prompt_tuning": None},
-                      tasks={"sst2": {"shifts": ["imdb", "amazon_books"]}, "e2e": None}, train_sizes=[50, 200])
+    grid = write_grid(
+        tmp_path,
+        models=["smollm2-135m", "smollm2-360m"],
+        methods={"full_ft": None, "lora": None, "prompt_tuning": None},
+        tasks={"sst2": {"shifts": ["imdb", "amazon_books"]}, "e2e": None},
+        train_sizes=[50, 200],
+    )
     for cell in grid_cells(grid):
         big, many = cell.model == "smollm2-360m", cell.train_size == 200
         if cell.task == "e2e":
@@ -247,9 +339,11 @@ def _sweep_grid(tmp_path, lora_bleu=(55.0, 60.0), ft_bleu=(50.0, 52.0), prompt_g
             ft = 80.0 + 5 * big + 2 * many
             acc = {"full_ft": ft, "lora": ft - 1, "prompt_tuning": ft - prompt_gap[big]}[cell.method]
             ood = {"full_ft": 0.0, "lora": 1.0, "prompt_tuning": pt_ood}[cell.method]
-            write_record(cell, {"sst2": {"accuracy": acc}, "imdb": {"accuracy": 60.0 + ood},
-                                "amazon_books": {"accuracy": 62.0 + ood}},
-                         peak=3.2e9 if cell.method == "full_ft" else 2.0e9)
+            write_record(
+                cell,
+                {"sst2": {"accuracy": acc}, "imdb": {"accuracy": 60.0 + ood}, "amazon_books": {"accuracy": 62.0 + ood}},
+                peak=3.2e9 if cell.method == "full_ft" else 2.0e9,
+            )
     return grid
 
 
@@ -279,17 +373,29 @@ def test_tables_plots_and_claims_on_a_two_model_grid(tmp_path, monkeypatch):
     tex = (tmp_path / "reports/g/tables.tex").read_text()
     assert tex.count(r"\begin{tabular}") == readme.count("\n### ") and r"prompt\_tuning" in tex and "$\\pm$" not in tex
     plots = {p.name for p in paths if p.suffix == ".png"}
-    assert plots == {f"{kind}-{task}.png" for kind in ("size", "trainsize", "pareto") for task in ("sst2", "e2e")} \
-        | {"shift-sst2.png", "forest-claims.png"} | {f"claim-{r}.png" for r in (  # the claims with an interval
-            "prompt_tuning_gap_shrinks_with_scale", "prompt_tuning_robust_to_domain_shift")}
+    assert plots == {f"{kind}-{task}.png" for kind in ("size", "trainsize", "pareto") for task in ("sst2", "e2e")} | {
+        "shift-sst2.png",
+        "forest-claims.png",
+    } | {
+        f"claim-{r}.png"
+        for r in (  # the claims with an interval
+            "prompt_tuning_gap_shrinks_with_scale",
+            "prompt_tuning_robust_to_domain_shift",
+        )
+    }
     for name in plots:
         assert (tmp_path / "reports/g/plots" / name).read_bytes()[:8] == PNG
     v = verdicts(claims)
     assert v["lora_e2e_not_inferior_to_full_ft"] == "inconclusive"  # BLEU records without outputs, one seed
     assert v["prompt_tuning_gap_shrinks_with_scale"] == "reproduced"
     assert v["prompt_tuning_robust_to_domain_shift"] == "reproduced"
-    for absent in ("prefix_unseen_webnlg", "prefix_low_data", "class_label_init_best_at_small_size",
-                   "prompt_length_plateaus_after_20", "prompt_ensemble_not_inferior_to_average"):
+    for absent in (
+        "prefix_unseen_webnlg",
+        "prefix_low_data",
+        "class_label_init_best_at_small_size",
+        "prompt_length_plateaus_after_20",
+        "prompt_ensemble_not_inferior_to_average",
+    ):
         assert v[absent] == "not run", absent
     assert "the grid has no cells with task=webnlg" in claims
     assert "200: gap by size smollm2-135m (135M) +20.0, smollm2-360m (362M) +5.0" in claims
@@ -318,8 +424,16 @@ def test_claims_that_fail_are_contradicted(tmp_path, monkeypatch):
 def test_compare_needs_the_parameter_budget_and_names_missing_cells(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path, tasks={"sst2": None}, train_sizes=[50, 200])
-    check = {"kind": "compare", "where": {"task": "sst2"}, "left": {"method": "lora"}, "op": ">=",
-             "right": {"method": "full_ft"}, "trainable_pct_below": 0.1, "hypothesis": "superiority", "margin": 0}
+    check = {
+        "kind": "compare",
+        "where": {"task": "sst2"},
+        "left": {"method": "lora"},
+        "op": ">=",
+        "right": {"method": "full_ft"},
+        "trainable_pct_below": 0.1,
+        "hypothesis": "superiority",
+        "margin": 0,
+    }
     for cell in grid_cells(grid):
         if cell.train_size == 50:
             write_record(cell, {"sst2": {"accuracy": 90.0 if cell.method == "lora" else 50.0}})
@@ -327,8 +441,10 @@ def test_compare_needs_the_parameter_budget_and_names_missing_cells(tmp_path, mo
     summary = report.summarize(frame, hp_cols)
 
     def claim(**changes):
-        return report.evaluate_claims(summary, cells, hp_cols, [{"id": "c", "source": "s", "statement": "t",
-                                                                 "check": {**check, **changes}}])[0]
+        return report.evaluate_claims(
+            summary, cells, hp_cols, [{"id": "c", "source": "s", "statement": "t", "check": {**check, **changes}}]
+        )[0]
+
     budget = claim()
     assert budget["verdict"] == "contradicted" and "left trainable % (max): 0.340 (claim: < 0.1)" in budget["ours"]
     assert claim(trainable_pct_below=1)["verdict"] == "reproduced"  # LoRA at 0.34% < 1%, 40 points better
@@ -336,24 +452,35 @@ def test_compare_needs_the_parameter_budget_and_names_missing_cells(tmp_path, mo
     assert absent["verdict"] == "not run" and absent["ours"] == []
     assert "results/g/sst2/smollm2-135m/lora/n200/s0 (not run)" in absent["missing"][0]
     with pytest.raises(BenchError, match="declares no margin: add `margin: <units>`"):
-        report.evaluate_claims(summary, cells, hp_cols, [{"id": "c", "source": "s", "statement": "t", "check": {
-            k: v for k, v in check.items() if k != "margin"}}])
+        report.evaluate_claims(
+            summary,
+            cells,
+            hp_cols,
+            [{"id": "c", "source": "s", "statement": "t", "check": {k: v for k, v in check.items() if k != "margin"}}],
+        )
 
 
 def test_prompt_ablations_and_ensembles(tmp_path, monkeypatch, no_plots):
     monkeypatch.chdir(tmp_path)
-    grid = write_grid(tmp_path, models=["smollm2-135m", "smollm2-360m"], tasks={"sst2": None}, methods={
-        "prompt_tuning": {"num_virtual_tokens": [1, 5, 20, 100], "init": "class_label"},  # a sweep: 4 variants
-        "pt_init": {"method": "prompt_tuning", "num_virtual_tokens": 20, "init": ["vocab", "random"]},
-        "prompt_ensemble": {"k": 5}})
+    grid = write_grid(
+        tmp_path,
+        models=["smollm2-135m", "smollm2-360m"],
+        tasks={"sst2": None},
+        methods={
+            "prompt_tuning": {"num_virtual_tokens": [1, 5, 20, 100], "init": "class_label"},  # a sweep: 4 variants
+            "pt_init": {"method": "prompt_tuning", "num_virtual_tokens": 20, "init": ["vocab", "random"]},
+            "prompt_ensemble": {"k": 5},
+        },
+    )
     by_len = {1: 50.0, 5: 60.0, 20: 70.0, 100: 70.0}
     by_init = {"class_label": 70.0, "vocab": 65.0, "random": 60.0}
 
     def write_all(ensemble):
         for cell in grid_cells(grid):
             if cell.method == "prompt_ensemble":
-                write_record(cell, {"sst2": {"accuracy": ensemble, "accuracy_avg_single": 70.0,
-                                             "accuracy_best_single": 72.0}})
+                write_record(
+                    cell, {"sst2": {"accuracy": ensemble, "accuracy_avg_single": 70.0, "accuracy_best_single": 72.0}}
+                )
             elif cell.model == "smollm2-135m":
                 acc = by_len[cell.hp["num_virtual_tokens"]] + by_init[cell.hp["init"]] - 70.0
                 write_record(cell, {"sst2": {"accuracy": acc}})
@@ -380,15 +507,21 @@ def test_prompt_ablations_and_ensembles(tmp_path, monkeypatch, no_plots):
     assert "num_virtual_tokens=100 70.0 vs num_virtual_tokens=20 70.0: Δ +0.00 [+0.00, +0.00]" in claims
     assert v["prompt_ensemble_not_inferior_to_average"] == "reproduced"
     # one variant on both sides: the metric each side reads names it
-    assert re.search(r"prompt_ensemble \(accuracy\) 73\.0 \[[^]]*\] \(n=1\) "
-                     r"vs prompt_ensemble \(accuracy_avg_single\) 70\.0 ", claims)
+    assert re.search(
+        r"prompt_ensemble \(accuracy\) 73\.0 \[[^]]*\] \(n=1\) "
+        r"vs prompt_ensemble \(accuracy_avg_single\) 70\.0 ",
+        claims,
+    )
     assert v["prompt_tuning_gap_shrinks_with_scale"] == "not run"
 
     by_len[100], by_init["random"] = 80.0, 75.0  # gains continue after 20 tokens; random beats vocab
     write_all(ensemble=60.0)  # and the ensemble falls below the average prompt
     result = _claims(grid)
-    for claim in ("class_label_init_best_at_small_size", "prompt_length_plateaus_after_20",
-                  "prompt_ensemble_not_inferior_to_average"):
+    for claim in (
+        "class_label_init_best_at_small_size",
+        "prompt_length_plateaus_after_20",
+        "prompt_ensemble_not_inferior_to_average",
+    ):
         assert result[claim]["verdict"] == "contradicted", claim
 
 
@@ -396,8 +529,19 @@ def test_smallest_model_of_an_ablation_is_the_smallest_that_ran_it():
     """`model: smallest` in an ordering over `init`: a smaller model that ran one init only (another part of a
     grid of parts) does not hide the ablation run on a larger one."""
     rows = [("small", 10, "class_label")] + [("large", 100, init) for init in ("class_label", "vocab", "random")]
-    S = pd.DataFrame([{"model": m, "model_params": p, "primary": True, "in_domain": True, "method": "prompt_tuning",
-                       "hp": json.dumps({"init": init})} for m, p, init in rows])
+    S = pd.DataFrame(
+        [
+            {
+                "model": m,
+                "model_params": p,
+                "primary": True,
+                "in_domain": True,
+                "method": "prompt_tuning",
+                "hp": json.dumps({"init": init}),
+            }
+            for m, p, init in rows
+        ]
+    )
     assert set(report.select(S, {"model": "smallest"}).model) == {"small"}
     assert set(report.select(S, {"model": "smallest"}, by="init").model) == {"large"}
     assert set(report.select(S, {"model": "largest"}, by="init").model) == {"large"}
@@ -406,8 +550,9 @@ def test_smallest_model_of_an_ablation_is_the_smallest_that_ran_it():
 
 def test_ordering_with_a_missing_value_is_not_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    grid = write_grid(tmp_path, methods={"prompt_tuning": {"num_virtual_tokens": 20,
-                                                           "init": ["class_label", "random"]}})
+    grid = write_grid(
+        tmp_path, methods={"prompt_tuning": {"num_virtual_tokens": 20, "init": ["class_label", "random"]}}
+    )
     for cell in grid_cells(grid):
         write_record(cell, {"sst2": {"accuracy": 70.0}, "imdb": {"accuracy": 60.0}})
     result = _claims(grid)["class_label_init_best_at_small_size"]
@@ -419,45 +564,64 @@ def test_ordering_with_a_missing_value_is_not_run(tmp_path, monkeypatch):
     assert len(report.select(summary, {"num_virtual_tokens": 20})) == 2
     assert report.select(summary, {"num_virtual_tokens": 100}).empty
     plateau = _claims(grid)["prompt_length_plateaus_after_20"]  # by a hyperparameter with one value here
-    assert plateau["verdict"] == "not run" and "needs num_virtual_tokens=20 and a larger value, has [20.0]" \
-        in plateau["missing"][0]
+    assert (
+        plateau["verdict"] == "not run"
+        and "needs num_virtual_tokens=20 and a larger value, has [20.0]" in plateau["missing"][0]
+    )
 
 
 def test_lr_selected_on_the_dev_split_not_on_test(tmp_path, monkeypatch, no_plots):
     monkeypatch.chdir(tmp_path)
-    grid = write_grid(tmp_path, seeds=[0, 1], tasks={"sst2": {"shifts": ["imdb"], "dev_limit": 100}}, methods={
-        "full_ft": {"lr": [1e-5, 1e-4]}, "lora": {"lr": [1e-4, 1e-3, 1e-2]},
-        "lora_r8": {"method": "lora", "r": 8, "lr": [1e-3, 1e-2]}, "ia3": None})
+    grid = write_grid(
+        tmp_path,
+        seeds=[0, 1],
+        tasks={"sst2": {"shifts": ["imdb"], "dev_limit": 100}},
+        methods={
+            "full_ft": {"lr": [1e-5, 1e-4]},
+            "lora": {"lr": [1e-4, 1e-3, 1e-2]},
+            "lora_r8": {"method": "lora", "r": 8, "lr": [1e-3, 1e-2]},
+            "ia3": None,
+        },
+    )
     # (dev by seed, test): dev-best != test-best everywhere; lora lr=1e-2 has the best single dev seed (90), not mean
-    scores = {"full_ft": {1e-5: ((80, 80), 81), 1e-4: ((70, 72), 85)},
-              "lora": {1e-4: ((60, 60), 65), 1e-3: ((74, 76), 78), 1e-2: ((90, 50), 80)},
-              "lora_r8": {1e-3: ((60, 62), 90), 1e-2: ((70, 70), 60)}, "ia3": {None: ((99, 99), 50)}}
+    scores = {
+        "full_ft": {1e-5: ((80, 80), 81), 1e-4: ((70, 72), 85)},
+        "lora": {1e-4: ((60, 60), 65), 1e-3: ((74, 76), 78), 1e-2: ((90, 50), 80)},
+        "lora_r8": {1e-3: ((60, 62), 90), 1e-2: ((70, 70), 60)},
+        "ia3": {None: ((99, 99), 50)},
+    }
     for cell in grid_cells(grid):
         family = cell.label.split("-")[0]
         dev, test = scores[family][cell.hp.get("lr")]
-        write_record(cell, {"dev": {"accuracy": dev[cell.seed]}, "sst2": {"accuracy": test},
-                            "imdb": {"accuracy": test - 10}}, hp={"r": cell.hp.get("r", 4)})
+        write_record(
+            cell,
+            {"dev": {"accuracy": dev[cell.seed]}, "sst2": {"accuracy": test}, "imdb": {"accuracy": test - 10}},
+            hp={"r": cell.hp.get("r", 4)},
+        )
     report.write_report(grid)
     readme, summary, _ = read(tmp_path)
     readme = plain(readme)
     table = readme.split("### Learning rate selected on the dev split: sst2 (accuracy)")[1].split("###")[0]
-    assert "| model | method | train size | lr (dev-selected) | dev | sst2 (in-domain test) | imdb | " \
-           "lr (best on test) | sst2 (best on test) |" in table
+    assert (
+        "| model | method | train size | lr (dev-selected) | dev | sst2 (in-domain test) | imdb | "
+        "lr (best on test) | sst2 (best on test) |" in table
+    )
     rows = {line.split(" | ")[1]: line for line in table.splitlines() if "smollm2" in line}
     assert rows == {  # method: dev-selected lr, its dev, test and shifted scores; best-on-test lr and its test score
         "full_ft": "| smollm2-135m | full_ft | 50 | 1e-05 | 80.0 (n=2) | 81.0 (n=2) | 71.0 (n=2) | 0.0001 | "
-                   "85.0 (n=2) |",
+        "85.0 (n=2) |",
         "lora r=4": "| smollm2-135m | lora r=4 | 50 | 0.001 | 75.0 (n=2) | 78.0 (n=2) | 68.0 (n=2) | 0.01 | "
-                    "80.0 (n=2) |",
+        "80.0 (n=2) |",
         "lora r=8": "| smollm2-135m | lora r=8 | 50 | 0.01 | 70.0 (n=2) | 60.0 (n=2) | 50.0 (n=2) | 0.001 | "
-                    "90.0 (n=2) |"}
+        "90.0 (n=2) |",
+    }
     assert "ia3" not in table and "selected on the test set" in table  # no lr sweep, no row
     chosen = summary[summary["selected_on_dev"]]
     assert set(chosen["variant"]) == {"full_ft-lr=1e-05", "lora-lr=0.001", "lora_r8-lr=0.01"}
     assert len(chosen) == 3 * 3  # every row of a chosen variant: dev, sst2, imdb
     assert set(summary["eval_set"]) == {"dev", "sst2", "imdb"}  # dev stays in summary.csv ...
     shift = readme.split("### Domain shift: sst2")[1].split("###")[0]
-    assert "| dev |" not in shift and "| imdb |" in shift         # ... but is no shift in the tables
+    assert "| dev |" not in shift and "| imdb |" in shift  # ... but is no shift in the tables
 
 
 def test_empty_grid_reports_every_cell_as_not_run(tmp_path, monkeypatch):
@@ -486,10 +650,19 @@ def test_snakemake_report_rule_and_html_report_offline(tmp_path, monkeypatch):
     (tmp_path / "models/tiny-llama").mkdir(parents=True)
     (tmp_path / "models/tiny-llama/manifest.json").write_text('{"files": {}}')  # the records are made from it
     monkeypatch.setenv("PEFT_REPRO_MODELS", str(tmp_path / "models"))
-    grid = write_grid(project / "config/grids", "mini", models=["tiny-llama"], train_sizes=[8, 16],
-                      methods={"full_ft": None, "prompt_tuning": None})  # a claim that runs: the domain-shift one
-    env = {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_MODELS": str(tmp_path / "models"),
-           "PEFT_REPRO_DATA": str(data_root())}
+    grid = write_grid(
+        project / "config/grids",
+        "mini",
+        models=["tiny-llama"],
+        train_sizes=[8, 16],
+        methods={"full_ft": None, "prompt_tuning": None},
+    )  # a claim that runs: the domain-shift one
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(project),
+        "PEFT_REPRO_MODELS": str(tmp_path / "models"),
+        "PEFT_REPRO_DATA": str(data_root()),
+    }
     cwd = os.getcwd()
     os.chdir(project)
     try:
@@ -498,17 +671,33 @@ def test_snakemake_report_rule_and_html_report_offline(tmp_path, monkeypatch):
     finally:
         os.chdir(cwd)
     smk = [sys.executable, "-m", "snakemake", "--cores", "1", "--config", "grid=mini"]
-    run = subprocess.run(smk + ["--allowed-rules", "report", "all"], cwd=project, env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        smk + ["--allowed-rules", "report", "all"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert {p.name for p in (project / "reports/mini/plots").glob("*.png")} >= \
-        {"trainsize-sst2.png", "shift-sst2.png", "pareto-sst2.png"}
-    html = subprocess.run(smk + ["--report", "reports/mini/report.html"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=300)
+    assert {p.name for p in (project / "reports/mini/plots").glob("*.png")} >= {
+        "trainsize-sst2.png",
+        "shift-sst2.png",
+        "pareto-sst2.png",
+    }
+    html = subprocess.run(
+        smk + ["--report", "reports/mini/report.html"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert html.returncode == 0, html.stderr[-2000:]
     page = (project / "reports/mini/report.html").read_text()
-    for label in ("Tables", "Plots", "Claims", "README.html (all tables)", "claims.html (every claim in full)",
-                  "trainsize"):
+    for label in (
+        "Tables",
+        "Plots",
+        "Claims",
+        "README.html (all tables)",
+        "claims.html (every claim in full)",
+        "trainsize",
+    ):
         assert label in page, label
     # it opens on the workflow description: the verdict table as HTML and the forest plot, not a bare rule graph
     assert "peft-repro: full fine-tuning vs parameter-efficient methods" in page
@@ -549,8 +738,9 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
         assert f"| Δ prompt_tuning [{part}] |" in shift and f"Δ = method − full_ft [{part}] (points)" in shift
         assert "| imdb | 80.5 [" in shift and f"| -{gap:.1f} [" in shift
     shift = claims.split("## prompt_tuning_robust_to_domain_shift\n")[1].split("\n## ")[0]
-    pairs = re.findall(r"prompt_tuning \[(\w)\] 85\.0 → ([\d.]+) \([-+\d.]+\) vs full_ft \[(\w)\] 85\.0 → ([\d.]+)",
-                       shift)
+    pairs = re.findall(
+        r"prompt_tuning \[(\w)\] 85\.0 → ([\d.]+) \([-+\d.]+\) vs full_ft \[(\w)\] 85\.0 → ([\d.]+)", shift
+    )
     assert sorted(pairs) == [("a", "78.5", "a", "80.5"), ("b", "70.5", "b", "80.5")]  # each part's own drop
     assert "mean over 2 setting(s)" in shift and "random effects over 2 settings (t, 1 df)" in shift
     headline = (tmp_path / "reports/study/headline.md").read_text()
@@ -561,8 +751,9 @@ def test_a_grid_of_parts_reports_all_parts_and_pairs_claims_within_a_part(tmp_pa
     assert "old table" not in written and written.startswith("# Suite\n") and written.endswith("\n\n## Next\n")
     block = written.split(report.HEADLINE_START)[1].split(report.HEADLINE_END)[0]
     rows = [line for line in block.splitlines() if line.startswith("| [")]
-    assert len(rows) == headline.count("\n| [") and all(len(cell.strip()) <= report.CELL_CHARS for row in rows
-                                                        for cell in row.strip("|").split(" | "))
+    assert len(rows) == headline.count("\n| [") and all(
+        len(cell.strip()) <= report.CELL_CHARS for row in rows for cell in row.strip("|").split(" | ")
+    )
     slim = next(line for line in block.splitlines() if line.startswith("| [prompt_tuning_robust_to_domain_shift]"))
     assert "| -6.00 [" in slim and "2 seeds × 100 ex. | **inconclusive** |" in slim
     assert "[c1]: reports/study/claims.md#" in block
@@ -621,6 +812,7 @@ def test_readme_claims_table_is_the_study_reports():
 
     def verdicts(text):
         return re.findall(r"^\| \[(\w+)\][^|]*\|.*\| \*\*([a-z ]+)\*\*", text, re.M)
+
     assert verdicts(block) == verdicts(table) and len(verdicts(block)) >= 20
     rows = [line for line in block.splitlines() if line.startswith("| [")]
     assert all(len(cell.strip()) <= report.CELL_CHARS for row in rows for cell in row.strip("|").split(" | "))
@@ -636,8 +828,12 @@ def test_power_planner_prints_a_plan_for_every_claim(tmp_path, monkeypatch, no_p
     from bench.report.write import power_report
 
     monkeypatch.chdir(tmp_path)
-    grid = write_grid(tmp_path, seeds=[0, 1, 2], methods={"full_ft": None, "prompt_tuning": None},
-                      tasks={"sst2": {"shifts": ["imdb"]}})
+    grid = write_grid(
+        tmp_path,
+        seeds=[0, 1, 2],
+        methods={"full_ft": None, "prompt_tuning": None},
+        tasks={"sst2": {"shifts": ["imdb"]}},
+    )
     for cell in grid_cells(grid):
         acc = 80.0 + cell.seed + (-3.0 if cell.method == "prompt_tuning" else 0.0)
         drop = 10 + (2 * cell.seed if cell.method == "prompt_tuning" else -cell.seed)
@@ -646,8 +842,9 @@ def test_power_planner_prints_a_plan_for_every_claim(tmp_path, monkeypatch, no_p
     claims = yaml.safe_load(report.CLAIMS.read_text())["claims"]
     assert all(f"## {c['id']}: " in text for c in claims)
     robust = text.split("## prompt_tuning_robust_to_domain_shift:")[1].split("\n## ")[0]
-    assert re.search(r"observed at Δ [-+][\d.]+: (\d+ seeds × \d+ examples to (reproduce|contradict)|.*no number|even)",
-                     robust), robust
+    assert re.search(
+        r"observed at Δ [-+][\d.]+: (\d+ seeds × \d+ examples to (reproduce|contradict)|.*no number|even)", robust
+    ), robust
     assert power_report(grid, "prompt_ensemble_beats_average").count("\n## ") == 1  # the old id finds it
     with pytest.raises(BenchError, match="no claim 'nosuch'"):
         power_report(grid, "nosuch")

@@ -1,4 +1,5 @@
 """Exact reruns and resume after kill -9, through real snakemake runs on a fresh clone of the project."""
+
 import json
 import os
 import random
@@ -16,9 +17,14 @@ import yaml
 from bench.harness.tasks import data_root
 
 REPO = Path(__file__).resolve().parent.parent
-GRID = {"models": ["tiny-llama"], "methods": {"full_ft": {"lr": 1e-3}, "lora": {"lr": 1e-2}},
-        "tasks": {"sst2": {"shifts": [], "eval_limit": 4, "hp": {"max_len": 32, "batch_size": 2}}},
-        "train_sizes": [8, 16], "seeds": [0], "hp": {"steps": 1}}
+GRID = {
+    "models": ["tiny-llama"],
+    "methods": {"full_ft": {"lr": 1e-3}, "lora": {"lr": 1e-2}},
+    "tasks": {"sst2": {"shifts": [], "eval_limit": 4, "hp": {"max_len": 32, "batch_size": 2}}},
+    "train_sizes": [8, 16],
+    "seeds": [0],
+    "hp": {"steps": 1},
+}
 
 
 def git(cwd, *args) -> str:
@@ -44,14 +50,23 @@ def clone(tmp_path) -> Path:
 
 def snakemake(project, *args, timeout=600, env=None):
     """The default invocation (Snakemake loads profiles/default by itself) with the clone's code."""
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
-                          cwd=project, env={**environment(project), **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=project,
+        env={**environment(project), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def environment(project) -> dict:
-    return {**os.environ, "PYTHONPATH": str(project), "PEFT_REPRO_MODELS": str(project.parent / "models"),
-            "PEFT_REPRO_DATA": str(data_root())}  # the clone has no ../shared beside it
+    return {
+        **os.environ,
+        "PYTHONPATH": str(project),
+        "PEFT_REPRO_MODELS": str(project.parent / "models"),
+        "PEFT_REPRO_DATA": str(data_root()),
+    }  # the clone has no ../shared beside it
 
 
 def plan(project, *args, env=None) -> tuple[dict[str, int], list[str]]:
@@ -70,8 +85,13 @@ def plan(project, *args, env=None) -> tuple[dict[str, int], list[str]]:
             break
         counts[parts[0]] = int(parts[1])
     counts.pop("all", None)
-    cells = sorted({line.split("output:", 1)[1].strip() for line in lines
-                    if line.strip().startswith("output:") and line.strip().endswith("record.json")})
+    cells = sorted(
+        {
+            line.split("output:", 1)[1].strip()
+            for line in lines
+            if line.strip().startswith("output:") and line.strip().endswith("record.json")
+        }
+    )
     return counts, cells
 
 
@@ -80,8 +100,10 @@ def planned_jobs(project) -> dict[str, int]:
 
 
 def records(project) -> dict[str, dict]:
-    return {str(p.relative_to(project)): json.loads(p.read_text())
-            for p in sorted(project.glob("results/mini/**/record.json"))}
+    return {
+        str(p.relative_to(project)): json.loads(p.read_text())
+        for p in sorted(project.glob("results/mini/**/record.json"))
+    }
 
 
 def backdate(project, seconds_ago):
@@ -99,7 +121,7 @@ def add_readme_dora(project):
     grid = project / "config/grids/smoke.yaml"
     text = grid.read_text()
     methods = re.search(r"^( *)(- )?methods:\n( *)", text, re.M)  # the first methods: and its entries' indent
-    grid.write_text(text[:methods.end()] + line + "\n" + text[methods.end() - len(methods[3]):])
+    grid.write_text(text[: methods.end()] + line + "\n" + text[methods.end() - len(methods[3]) :])
 
 
 # The committed records of the default grid (SmolLM2, not converted here: planning only).
@@ -141,12 +163,21 @@ def smoke_cells(*parts) -> list[str]:
 
 def report_stale_rows(project, grid="smoke") -> list[str]:
     """`python -m bench report GRID` in the project (records only, no training): its Stale cells rows."""
-    done = subprocess.run([sys.executable, "-m", "bench", "report", grid], cwd=project, env=environment(project),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "report", grid],
+        cwd=project,
+        env=environment(project),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     readme = (project / f"reports/{grid}/README.md").read_text()
-    return [line for line in readme.split("## Stale cells")[-1].splitlines() if line.startswith("| `results/")] \
-        if "## Stale cells" in readme else []
+    return (
+        [line for line in readme.split("## Stale cells")[-1].splitlines() if line.startswith("| `results/")]
+        if "## Stale cells" in readme
+        else []
+    )
 
 
 # A fresh clone has no .snakemake metadata: what reruns is decided by the records' identities alone.
@@ -186,10 +217,13 @@ def test_a_data_file_change_reruns_exactly_the_cells_reading_it(clone, tmp_path)
     testset = root / "e2e/testset_w_refs.csv"
     text = testset.read_text()
     testset.write_text(text.replace("restaurant", "Restaurant", 1))  # one reference word
-    digest = subprocess.run(["sha256sum", "e2e/testset_w_refs.csv"], cwd=root, capture_output=True, text=True,
-                            check=True).stdout.split()[0]
-    sums = [f"{digest}  e2e/testset_w_refs.csv" if line.endswith("e2e/testset_w_refs.csv") else line
-            for line in (shared / "SHA256SUMS").read_text().splitlines()]
+    digest = subprocess.run(
+        ["sha256sum", "e2e/testset_w_refs.csv"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    sums = [
+        f"{digest}  e2e/testset_w_refs.csv" if line.endswith("e2e/testset_w_refs.csv") else line
+        for line in (shared / "SHA256SUMS").read_text().splitlines()
+    ]
     (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     assert plan(clone, env={"PEFT_REPRO_DATA": str(root)})[1] == smoke_cells("/e2e/")
 
@@ -224,20 +258,28 @@ def test_a_deleted_record_reruns_its_cell_under_a_current_report(clone):
 def test_kill_9_unlock_and_the_same_command_finishes(clone):
     command = ["--cores", "1", "--config", "grid=tiny"]  # config/grids/tiny.yaml: 2 cells, one at a time
     env = environment(clone)
-    run = subprocess.Popen([sys.executable, "-m", "snakemake", *command], cwd=clone, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", *command],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
     while not list(clone.glob("results/tiny/**/record.json")) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)  # the first record is written, the second cell is on its way
     run.wait()
-    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns)
-                for path in clone.glob("results/tiny/**/record.json")}
+    finished = {
+        path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in clone.glob("results/tiny/**/record.json")
+    }
     assert len(finished) == 1, "the kill should land between the two cells"
 
     assert snakemake(clone, "--unlock", *command[2:]).returncode == 0
-    again = subprocess.run([sys.executable, "-m", "snakemake", *command], cwd=clone, env=env, capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "snakemake", *command], cwd=clone, env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     done = sorted(clone.glob("results/tiny/**/record.json"))
     assert len(done) == 2
@@ -309,13 +351,17 @@ def test_kill_9_at_random_moments_then_resume(clone):
     for attempt in range(20):
         unlock = subprocess.run(command + ["--unlock"], cwd=project, env=env, capture_output=True, text=True)
         assert unlock.returncode == 0, unlock.stderr
-        run = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+        run = subprocess.Popen(
+            command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         if attempt % 2:  # every other kill lands just after a cell finished, whatever the machine's speed
             before = len(list(project.glob("results/mini/**/record.json")))
             deadline = time.monotonic() + 300
-            while (len(list(project.glob("results/mini/**/record.json"))) == before and run.poll() is None
-                   and time.monotonic() < deadline):
+            while (
+                len(list(project.glob("results/mini/**/record.json"))) == before
+                and run.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)
             time.sleep(rng.uniform(0.0, 3.0))
         else:  # the others at a random moment: start-up, model preparation, training, evaluation, report
@@ -331,8 +377,9 @@ def test_kill_9_at_random_moments_then_resume(clone):
             assert record["status"] == "ok" and set(record["metrics"]) == {"sst2"}
             stat = path.stat()
             key = str(path)
-            assert seen.setdefault(key, (stat.st_ino, stat.st_mtime_ns)) == (stat.st_ino, stat.st_mtime_ns), \
+            assert seen.setdefault(key, (stat.st_ino, stat.st_mtime_ns)) == (stat.st_ino, stat.st_mtime_ns), (
                 f"finished cell {path} was recomputed after kill {attempt}"
+            )
         kills_mid_grid += bool(seen) and not finished_before_kill and len(seen) < 8
     assert subprocess.run(command + ["--unlock"], cwd=project, env=env, capture_output=True).returncode == 0
     final = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)

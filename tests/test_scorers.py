@@ -1,5 +1,6 @@
 """Generation metrics against the official scorers' own output (tests/fixtures/scorers, see its README) and
 against cases derived by hand."""
+
 import json
 import math
 from pathlib import Path
@@ -22,19 +23,25 @@ def test_rouge_score_scorer_by_hand():
 
 
 def test_e2e_bleu_by_hand():
-    assert generation_metrics(["the cat sat on the mat today"], [["a dog", "the cat sat on the mat today"]],
-                              ["bleu"])["bleu"] == pytest.approx(100.0)
+    assert generation_metrics(["the cat sat on the mat today"], [["a dog", "the cat sat on the mat today"]], ["bleu"])[
+        "bleu"
+    ] == pytest.approx(100.0)
     assert generation_metrics(["zzz qqq"], [["the cat sat on the mat"]], ["bleu"])["bleu"] == pytest.approx(0.0)
     # different reference counts per example are allowed; lowercased, as mteval scores by default
-    both = generation_metrics(["The cat sat on the mat today", "a big red dog ran home fast"],
-                              [["the cat sat on the mat today"], ["x", "a big red dog ran home fast"]], ["bleu"])
+    both = generation_metrics(
+        ["The cat sat on the mat today", "a big red dog ran home fast"],
+        [["the cat sat on the mat today"], ["x", "a big red dog ran home fast"]],
+        ["bleu"],
+    )
     assert both["bleu"] == pytest.approx(100.0)
 
 
 # ---------------------------------------------------------------- E2E metric set: NIST, METEOR, CIDEr
-REFS = [["The Eagle is a pub near the river.", "There is a pub called The Eagle by the river."],
-        ["Alimentum serves cheap Chinese food.", "A cheap Chinese place is Alimentum."],
-        ["The Golden Palace is a coffee shop in the city centre.", "Golden Palace is a city centre coffee shop."]]
+REFS = [
+    ["The Eagle is a pub near the river.", "There is a pub called The Eagle by the river."],
+    ["Alimentum serves cheap Chinese food.", "A cheap Chinese place is Alimentum."],
+    ["The Golden Palace is a coffee shop in the city centre.", "Golden Palace is a city centre coffee shop."],
+]
 # each hypothesis repeats one of its references: the first, the second, the first
 SAME = [REFS[0][0], REFS[1][1], REFS[2][0]]
 WRONG = ["A dog ran home.", "It rains in Cambridge today.", "Nothing to see here."]
@@ -126,11 +133,13 @@ def test_multi_bleu_by_hand():
 
     # closest reference length 7 for 5 words, all n-grams match: exp(1 - 7/5)
     assert multi_bleu(["a b c d e"], [["a b c d e f g"]], lowercase=True, slots=3) == pytest.approx(
-        100 * math.exp(-0.4))
+        100 * math.exp(-0.4)
+    )
     # a missing reference is an empty line of its file: length 0, closer to 4 words than 10 -> no penalty
     assert multi_bleu(["a b c d"], [["a b c d e f g h i j"]], lowercase=True, slots=3) == pytest.approx(100.0)
     assert multi_bleu(["a b c d"], [["a b c d e f g h i j"]], lowercase=True, slots=1) == pytest.approx(
-        100 * math.exp(1 - 10 / 4))
+        100 * math.exp(1 - 10 / 4)
+    )
     # no smoothing: no matching 4-gram -> 0; -lc lowercases, without it case counts
     assert multi_bleu(["a b c x"], [["a b c d"]], lowercase=True, slots=1) == 0.0
     assert multi_bleu(["A B C D"], [["a b c d"]], lowercase=True, slots=1) == pytest.approx(100.0)
@@ -141,8 +150,9 @@ def test_webnlg_scorer_normalises_and_keeps_three_references():
     pytest.importorskip("unidecode")
     ref = "Adolfo Suárez Madrid–Barajas Airport's runway is 3,500 m long."
     # unidecoded, lowercased, every non-word character a token: case, accents and spacing do not count
-    same = generation_metrics(["ADOLFO SUAREZ Madrid - Barajas airport ' s runway is 3 , 500 m long ."], [[ref]],
-                              ["bleu"], "webnlg-2017")
+    same = generation_metrics(
+        ["ADOLFO SUAREZ Madrid - Barajas airport ' s runway is 3 , 500 m long ."], [[ref]], ["bleu"], "webnlg-2017"
+    )
     assert same["bleu"] == pytest.approx(100.0)
     hyp = "the cat sat on the mat"
     assert generation_metrics([hyp], [["x y", "x z", "z z", hyp]], ["bleu"], "webnlg-2017")["bleu"] == 0.0
@@ -152,8 +162,10 @@ def test_webnlg_scorer_normalises_and_keeps_three_references():
 
 def test_dart_scorer_normalises_like_its_reference_files():
     # DART's reference files: split at non-word characters, lowercased, no unidecode
-    assert _dart_text(" Jeff Daniels played in the Hawaii Five-O episode, in 1982. ") == \
-        "jeff daniels played in the hawaii five - o episode , in 1982 ."
+    assert (
+        _dart_text(" Jeff Daniels played in the Hawaii Five-O episode, in 1982. ")
+        == "jeff daniels played in the hawaii five - o episode , in 1982 ."
+    )
     assert _dart_text("Piñero") == "piñero"
     hyp = "The cat sat on the mat."
     assert generation_metrics([hyp.lower()], [[hyp]], ["bleu"], "dart")["bleu"] == pytest.approx(100.0)
@@ -175,8 +187,12 @@ def test_every_generation_eval_set_has_its_papers_scorer():
     from bench.harness.tasks import eval_scorer, get_task
 
     assert {s: eval_scorer(get_task("webnlg"), s) for s in get_task("webnlg").eval_sets + ["dev"]} == {
-        "webnlg": "webnlg-2017", "test_seen": "webnlg-2017", "test_unseen": "webnlg-2017", "dart": "dart",
-        "dev": "webnlg-2017"}
+        "webnlg": "webnlg-2017",
+        "test_seen": "webnlg-2017",
+        "test_unseen": "webnlg-2017",
+        "dart": "dart",
+        "dev": "webnlg-2017",
+    }
     assert eval_scorer(get_task("e2e"), "e2e") == "e2e-metrics"
     assert eval_scorer(get_task("xsum"), "xsum") == "rouge-score"
     assert eval_scorer(get_task("sst2"), "sst2") is None
@@ -235,24 +251,32 @@ def test_e2e_metrics_as_measure_scores_prints_them():
     examples = [e for e in load_split("e2e/test") if len(e.references) >= 2][:40]
     refs = [list(e.references[1:]) for e in examples]
     held_out = [e.references[0] for e in examples]
-    systems = {"reference": held_out,
-               "drop4": [" ".join(w for i, w in enumerate(h.split()) if i % 4 != 3) for h in held_out],
-               "constant": ["There is a restaurant in the city centre."] * len(examples)}
+    systems = {
+        "reference": held_out,
+        "drop4": [" ".join(w for i, w in enumerate(h.split()) if i % 4 != 3) for h in held_out],
+        "constant": ["There is a restaurant in the city centre."] * len(examples),
+    }
     official = _official("e2e-metrics/official-scores.json")
     assert set(official) == set(systems)
     for system, printed in official.items():
         names = ["bleu", "nist", "rouge_l", "cider"] + (["meteor"] if system == "drop4" else [])
         ours = generation_metrics(systems[system], refs, names)
-        got = {"BLEU": ours["bleu"] / 100, "NIST": ours["nist"], "ROUGE_L": ours["rouge_l"] / 100,
-               "CIDEr": ours["cider"]} | ({"METEOR": ours["meteor"] / 100} if "meteor" in ours else {})
+        got = {
+            "BLEU": ours["bleu"] / 100,
+            "NIST": ours["nist"],
+            "ROUGE_L": ours["rouge_l"] / 100,
+            "CIDEr": ours["cider"],
+        } | ({"METEOR": ours["meteor"] / 100} if "meteor" in ours else {})
         assert {k: f"{v:.4f}" for k, v in got.items()} == {k: printed[k] for k in got}, system
 
 
 def _webnlg_systems(examples):
     """The systems the official WebNLG scorer scored (see the fixtures' README)."""
-    return {"last": [e.references[-1] for e in examples],
-            "drop4": [" ".join(w for i, w in enumerate(e.references[0].split()) if i % 4 != 3) for e in examples],
-            "constant": ["The airport is in the city."] * len(examples)}
+    return {
+        "last": [e.references[-1] for e in examples],
+        "drop4": [" ".join(w for i, w in enumerate(e.references[0].split()) if i % 4 != 3) for e in examples],
+        "constant": ["The airport is in the city."] * len(examples),
+    }
 
 
 def test_webnlg_2017_as_the_challenge_scripts_print_them():
@@ -288,9 +312,11 @@ def test_dart_as_its_scripts_print_them():
     examples = load_split("dart/test")
     refs = [list(e.references) for e in examples]
     first = [e.references[0].split() for e in examples]
-    systems = {"dup3": [" ".join(w + (" " + w if i % 3 == 2 else "") for i, w in enumerate(ws)) for ws in first],
-               "drop4": [" ".join(w for i, w in enumerate(ws) if i % 4 != 3) for ws in first],
-               "constant": ["The team played in the city."] * len(examples)}
+    systems = {
+        "dup3": [" ".join(w + (" " + w if i % 3 == 2 else "") for i, w in enumerate(ws)) for ws in first],
+        "drop4": [" ".join(w for i, w in enumerate(ws) if i % 4 != 3) for ws in first],
+        "constant": ["The team played in the city."] * len(examples),
+    }
     for system, hyps in systems.items():
         assert f"{generation_metrics(hyps, refs, ['bleu'], 'dart')['bleu']:.2f}" == official["scores"][system]["BLEU"]
 

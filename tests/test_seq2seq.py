@@ -1,6 +1,7 @@
 """Encoder-decoder models (tiny-t5, tiny-bart; bench/harness/kinds/seq2seq.py): special ids, the training loss against
 the model's own, rank scoring against one (example, label) pair at a time, batched and KV-cached generation against
 unbatched and recomputed decoding, and every method's closed-form parameter counts, frozen base and delta round trip."""
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,8 +20,11 @@ MODELS = ["tiny-t5", "tiny-bart"]
 D, LE, LD, D_KV, D_FF = 32, 2, 2, 32, 64
 
 
-SMALL = {"prompt_tuning": {"num_virtual_tokens": 3}, "p_tuning": {"num_virtual_tokens": 3, "encoder_hidden_size": 8},
-         "prefix_tuning": {"prefix_length": 3, "mlp_hidden": 0, "init": "random"}}
+SMALL = {
+    "prompt_tuning": {"num_virtual_tokens": 3},
+    "p_tuning": {"num_virtual_tokens": 3, "encoder_hidden_size": 8},
+    "prefix_tuning": {"prefix_length": 3, "mlp_hidden": 0, "init": "random"},
+}
 
 
 def _load(name, cache):
@@ -42,18 +46,28 @@ def _perturb(model):
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
 
 
-@pytest.mark.parametrize("name, ids", [("tiny-t5", dict(pad=0, eos=1, start=0, bos=None)),
-                                       ("tiny-bart", dict(pad=1, eos=2, start=2, bos=0))])
+@pytest.mark.parametrize(
+    "name, ids", [("tiny-t5", dict(pad=0, eos=1, start=0, bos=None)), ("tiny-bart", dict(pad=1, eos=2, start=2, bos=0))]
+)
 def test_stand_ins_have_their_familys_special_ids(name, ids, models_cache):
     model, tokenizer, _ = _load(name, models_cache)
     config = model.config
-    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (ids["pad"], ids["eos"],
-                                                                                        ids["bos"])
-    assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (ids["pad"], ids["eos"],
-                                                                                         ids["start"])
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (
+        ids["pad"],
+        ids["eos"],
+        ids["bos"],
+    )
+    assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (
+        ids["pad"],
+        ids["eos"],
+        ids["start"],
+    )
     encoded = prompt_ids(tokenizer, "hi")
-    assert encoded[-1] == ids["eos"] and encoded[:-1] == ([ids["bos"]] if ids["bos"] is not None else []) + \
-        tokenizer("hi", add_special_tokens=False)["input_ids"]
+    assert (
+        encoded[-1] == ids["eos"]
+        and encoded[:-1]
+        == ([ids["bos"]] if ids["bos"] is not None else []) + tokenizer("hi", add_special_tokens=False)["input_ids"]
+    )
     assert model.config.is_encoder_decoder
 
 
@@ -88,8 +102,9 @@ def _one_pair_at_a_time(model, tokenizer, task, examples):
         for i, ex in enumerate(examples):
             ids = torch.tensor([prompt_ids(tokenizer, task.prompt(ex))])
             for j, word in enumerate(task.verbalizer):
-                label = torch.tensor([tokenizer(word,
-                                                add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
+                label = torch.tensor(
+                    [tokenizer(word, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+                )
                 logits = model(input_ids=ids, decoder_input_ids=decoder_input_ids(model, label)).logits
                 out[i, j] = torch.log_softmax(logits[0], -1).gather(-1, label[0, :, None]).sum()
     return out
@@ -118,8 +133,10 @@ def test_batched_generation_equals_one_at_a_time(name, method_name, models_cache
     prompts = [e2e.prompt(ex) for ex in train_examples(e2e, 5, 0, data_root(None))]
     for beams in (1, 2):
         batched = generate(adapted, tokenizer, prompts, max_new_tokens=6, batch_size=4, max_len=128, num_beams=beams)
-        single = [generate(adapted, tokenizer, [p], max_new_tokens=6, batch_size=1, max_len=128, num_beams=beams)[0]
-                  for p in prompts]
+        single = [
+            generate(adapted, tokenizer, [p], max_new_tokens=6, batch_size=1, max_len=128, num_beams=beams)[0]
+            for p in prompts
+        ]
         assert batched == single
 
 
@@ -139,9 +156,17 @@ def test_kv_cached_generation_equals_recomputing_every_step(name, method_name, m
 
     def cached(peft_model):
         with torch.no_grad():
-            out = peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=4, output_scores=True, return_dict_in_generate=True,
-                                      pad_token_id=tokenizer.pad_token_id, forced_eos_token_id=None, eos_token_id=None)
+            out = peft_model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=4,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id,
+                forced_eos_token_id=None,
+                eos_token_id=None,
+            )
         return torch.stack(out.scores)
 
     def recomputed(peft_model):
@@ -149,8 +174,11 @@ def test_kv_cached_generation_equals_recomputing_every_step(name, method_name, m
         steps = []
         with torch.no_grad():
             for _ in range(4):
-                steps.append(peft_model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                        decoder_input_ids=sequence).logits[:, -1])
+                steps.append(
+                    peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=sequence).logits[
+                        :, -1
+                    ]
+                )
                 sequence = torch.cat([sequence, steps[-1].argmax(-1, keepdim=True)], dim=1)
         return torch.stack(steps)
 
@@ -199,11 +227,14 @@ CASES = {  # method -> (overrides, trainable while training, parameters in the d
     "prompt_tuning": ({"num_virtual_tokens": P}, P * D),  # one p x d table, before the encoder's input
     # encoder self-, decoder self- and cross-attention prefixes, each with its MLP (E, Linear, tanh, Linear) while
     # training; the delta keeps the three tables (Li & Liang)
-    "prefix_tuning": ({"prefix_length": P, "mlp_hidden": H, "init": "random"},
-                      (sum(P * D + D * H + H + H * L * 2 * D_KV + L * 2 * D_KV for L in (LE, LD, LD)),
-                       P * 2 * D_KV * (LE + 2 * LD))),
-    "p_tuning": ({"num_virtual_tokens": P, "encoder": "MLP", "encoder_hidden_size": H},
-                 (P * D + (D * H + H) + (H * H + H) + (H * D + D), P * D)),
+    "prefix_tuning": (
+        {"prefix_length": P, "mlp_hidden": H, "init": "random"},
+        (sum(P * D + D * H + H + H * L * 2 * D_KV + L * 2 * D_KV for L in (LE, LD, LD)), P * 2 * D_KV * (LE + 2 * LD)),
+    ),
+    "p_tuning": (
+        {"num_virtual_tokens": P, "encoder": "MLP", "encoder_hidden_size": H},
+        (P * D + (D * H + H) + (H * H + H) + (H * D + D), P * D),
+    ),
 }
 
 
@@ -223,8 +254,7 @@ def test_counts_frozen_base_and_delta_round_trip(name, method_name, models_cache
     examples = train_examples(sst2, 8, 0, data_root(None))
     method = get_method(method_name)
     overrides, counts = CASES.get(method_name, ({"k": K} if method_name == "ft_top_k" else {}, None))
-    hp = resolve_hparams(method, {**overrides, "steps": 2, "lr": 0.1, "batch_size": 4, "max_len": 48,
-                                  "grad_clip": 0.0})
+    hp = resolve_hparams(method, {**overrides, "steps": 2, "lr": 0.1, "batch_size": 4, "max_len": 48, "grad_clip": 0.0})
     ctx = _ctx(tokenizer, sst2, examples)
     originals = list(model.named_parameters())
     snapshot = [p.detach().clone() for _, p in originals]
@@ -242,8 +272,9 @@ def test_counts_frozen_base_and_delta_round_trip(name, method_name, models_cache
     assert trainable_parameters(adapted) == trainable
     assert method.delta_parameters(adapted) == delta
 
-    result = train(adapted, method, hp, training_batches(tokenizer, sst2, "seq2seq", examples, 4, 48, 0), "seq2seq",
-                   "test")
+    result = train(
+        adapted, method, hp, training_batches(tokenizer, sst2, "seq2seq", examples, 4, 48, 0), "seq2seq", "test"
+    )
     assert result.steps_done == 2 and result.diverged_at_step is None
     changed = {n for (n, p), before in zip(originals, snapshot) if not torch.equal(p, before)}
     assert changed <= trained  # the rest of the base is bit-identical
@@ -276,8 +307,9 @@ def test_ensemble_one_pass_equals_separate_prompt_tuned_passes(name, models_cach
     examples = train_examples(sst2, 4, 0, data_root(None))
     rows = ensemble.evaluate(adapted, tokenizer, sst2, examples, hp)
     for i, prompt in enumerate(adapted.prompts):
-        single = tuning.apply(_load(name, models_cache)[0], resolve_hparams(tuning, {"num_virtual_tokens": P}),
-                              _ctx(tokenizer, sst2)).eval()
+        single = tuning.apply(
+            _load(name, models_cache)[0], resolve_hparams(tuning, {"num_virtual_tokens": P}), _ctx(tokenizer, sst2)
+        ).eval()
         with torch.no_grad():
             single.prompt_encoder["default"].embedding.weight.copy_(prompt)
         scores = rank_scores(single, tokenizer, sst2, examples, batch_size=8, max_len=128)
@@ -302,10 +334,16 @@ def test_plan_time_refusals(models_cache):
         get_method("prefix_tuning").check_architecture({}, pegasus)
 
 
-@pytest.mark.parametrize("name, encoder_prefix", [("tiny-t5", ("encoder.block.", "encoder.final_layer_norm.")),
-                                                  ("tiny-bart", ("model.encoder.embed_positions.",
-                                                                 "model.encoder.layers.",
-                                                                 "model.encoder.layernorm_embedding."))])
+@pytest.mark.parametrize(
+    "name, encoder_prefix",
+    [
+        ("tiny-t5", ("encoder.block.", "encoder.final_layer_norm.")),
+        (
+            "tiny-bart",
+            ("model.encoder.embed_positions.", "model.encoder.layers.", "model.encoder.layernorm_embedding."),
+        ),
+    ],
+)
 def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, models_cache):
     from bench.harness.flops import (
         encoder_parameters,
@@ -324,13 +362,15 @@ def test_flops_count_each_position_through_its_own_stack(name, encoder_prefix, m
     total, _ = token_path_parameters(model)
     head = lm_head_parameters(model)
     # 100 encoder tokens, 20 decoder tokens, 30 head positions, full fine-tuning: 6 FLOPs per weight and position
-    assert train_flops(model, True, 120, 100, 0, 4,
-                       30) == 6 * (encoder * 100 + (total - encoder - head) * 20 + head * 30)
+    assert train_flops(model, True, 120, 100, 0, 4, 30) == 6 * (
+        encoder * 100 + (total - encoder - head) * 20 + head * 30
+    )
     llama, _, _ = _load("tiny-llama", models_cache)
     assert encoder_parameters(llama) == (0, 0)
     llama_total, llama_trainable = token_path_parameters(llama)
-    assert train_flops(llama, False, 50, 0, 2, 4, 5) == flops_per_step(llama_total, False, 50, 2, 4, llama_trainable,
-                                                                       lm_head_parameters(llama), 5)
+    assert train_flops(llama, False, 50, 0, 2, 4, 5) == flops_per_step(
+        llama_total, False, 50, 2, 4, llama_trainable, lm_head_parameters(llama), 5
+    )
 
 
 def test_untied_t5_head_loads_untied(models_cache, tmp_path, monkeypatch):

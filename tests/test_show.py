@@ -1,6 +1,7 @@
 """Issue 33: what a reader sees at the end of a run (the verdicts summary) and in the figures (one message each:
 at most 6 series per axes, legends outside the axes, human labels, titles that say train size, seeds and eval
 examples). The report is built once from synthetic records (tests/test_report.py's two-model grid)."""
+
 import io
 import os
 import re
@@ -82,8 +83,14 @@ def _series(ax) -> int:
 def test_every_figure_has_at_most_6_series_per_axes_and_its_legends_outside(built):
     tmp_path, _, figures = built
     names = {Path(p).name for p in (tmp_path / "reports/g/plots").glob("*.png")}
-    assert {"size-sst2.png", "trainsize-sst2.png", "shift-sst2.png", "pareto-sst2.png", "pareto-e2e.png",
-            "forest-claims.png"} <= names
+    assert {
+        "size-sst2.png",
+        "trainsize-sst2.png",
+        "shift-sst2.png",
+        "pareto-sst2.png",
+        "pareto-e2e.png",
+        "forest-claims.png",
+    } <= names
     assert any(n.startswith("claim-") for n in names)  # one figure per claim with comparisons
     assert len(figures) == len(names)
     for fig in figures:
@@ -130,8 +137,9 @@ def test_figures_speak_in_words_and_name_train_size_seeds_and_eval_examples(buil
             assert not re.search(r"\bn=", text), text  # "n" never stands for two things
         for text in legends:  # variants in words, not the grid's keys
             assert "full_ft" not in text and "prompt_tuning" not in text and "method=" not in text, text
-    labels = {t.get_text() for fig in figures for ax in fig.axes if ax.get_legend()
-              for t in ax.get_legend().get_texts()}
+    labels = {
+        t.get_text() for fig in figures for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+    }
     assert {"full fine-tuning", "LoRA", "prompt tuning"} <= labels
 
 
@@ -139,20 +147,30 @@ def test_shift_and_pareto_plots_show_every_model(built):
     _, _, figures = built
     by_title = {fig._suptitle.get_text(): fig for fig in figures if fig._suptitle}
     shift = next(f for t, f in by_title.items() if t.startswith("sst2: in-domain vs shifted"))
-    assert sorted(ax._left_title.get_text() for ax in shift.axes) == ["smollm2-135m, train size 200",
-                                                                     "smollm2-360m, train size 200"]
+    assert sorted(ax._left_title.get_text() for ax in shift.axes) == [
+        "smollm2-135m, train size 200",
+        "smollm2-360m, train size 200",
+    ]
     pareto = next(f for t, f in by_title.items() if t.startswith("e2e: score vs cost"))
     assert sorted(ax._left_title.get_text() for ax in pareto.axes if ax._left_title.get_text()) == [
-        f"{m}, train size {n}" for m in ("smollm2-135m", "smollm2-360m") for n in (200, 50)]
+        f"{m}, train size {n}" for m in ("smollm2-135m", "smollm2-360m") for n in (200, 50)
+    ]
 
 
 def test_variant_labels_are_words():
     from bench.report.plots import variant_label
 
-    assert variant_label({"variant": "prompt_tuning-init-init=class_label", "method": "prompt_tuning",
-                          "num_virtual_tokens": 20.0, "init": "class_label"}) == \
-        "prompt tuning, 20 tokens, class-label init"
+    assert (
+        variant_label(
+            {
+                "variant": "prompt_tuning-init-init=class_label",
+                "method": "prompt_tuning",
+                "num_virtual_tokens": 20.0,
+                "init": "class_label",
+            }
+        )
+        == "prompt tuning, 20 tokens, class-label init"
+    )
     assert variant_label({"variant": "prompt_tuning-init-init=random"}) == "prompt tuning, random init"
-    assert variant_label({"variant": "full_ft [study-e2e]", "method": "full_ft"}) == \
-        "full fine-tuning (study-e2e part)"
+    assert variant_label({"variant": "full_ft [study-e2e]", "method": "full_ft"}) == "full fine-tuning (study-e2e part)"
     assert variant_label({"variant": "lora-lr=0.001", "method": "lora"}) == "LoRA, lr 0.001"

@@ -3,6 +3,7 @@ bench/report/verdicts.py): a clear difference is reproduced, a reversed one cont
 superiority margin "did not clear the margin" (not contradicted), identical systems are inconclusive (and
 reproduced in at most 5% of simulated null pairs), verdicts do not depend on the bootstrap seed, corpus metrics
 (BLEU, NIST, METEOR, CIDEr) are resampled at corpus level and paired. Coverage: tests/test_coverage.py."""
+
 import numpy as np
 import pytest
 
@@ -20,17 +21,29 @@ def classifier(rng, accuracy: float, seeds: int = SEEDS, examples: int = EXAMPLE
     outputs = []
     for _ in range(seeds):
         right = rng.random(examples) < accuracy
-        outputs.append([{"id": f"ex{i}", "gold": int(g), "pred": int(g if r else 1 - g)}
-                        for i, (g, r) in enumerate(zip(gold, right))])
+        outputs.append(
+            [
+                {"id": f"ex{i}", "gold": int(g), "pred": int(g if r else 1 - g)}
+                for i, (g, r) in enumerate(zip(gold, right))
+            ]
+        )
     values = np.array([100.0 * np.mean([r["pred"] == r["gold"] for r in rows]) for rows in outputs])
-    return System(space=space, metric="accuracy", seeds=tuple(range(seeds)), values=values, outputs=outputs,
-                  scorer=lambda rows: score_outputs(rows, ["accuracy"])["accuracy"])
+    return System(
+        space=space,
+        metric="accuracy",
+        seeds=tuple(range(seeds)),
+        values=values,
+        outputs=outputs,
+        scorer=lambda rows: score_outputs(rows, ["accuracy"])["accuracy"],
+    )
 
 
-def verdict(left: System, right: System, margin: float = 0.0, side: int = 1, seed: int = 0,
-            hypothesis: str = "superiority") -> tuple[str, str]:
-    comparison = Comparison("all", [], margin, side, "left vs right",
-                            lambda: bootstrap([left, right], [1, -1], seed=seed))
+def verdict(
+    left: System, right: System, margin: float = 0.0, side: int = 1, seed: int = 0, hypothesis: str = "superiority"
+) -> tuple[str, str]:
+    comparison = Comparison(
+        "all", [], margin, side, "left vs right", lambda: bootstrap([left, right], [1, -1], seed=seed)
+    )
     found = decide([comparison], hypothesis)
     f = found[0]
     iv = f.interval
@@ -70,8 +83,9 @@ def test_an_inconclusive_comparison_gets_a_plan_with_more_seeds():
     left, right = classifier(rng, 0.80, seeds=3, examples=60), classifier(rng, 0.74, seeds=3, examples=60)
     found = decide([Comparison("all", [], 0.0, 1, "", lambda: bootstrap([left, right], [1, -1]))], "superiority")
     assert found[0].verdict == "inconclusive"
-    p = plan(found[0], "superiority", 0.025, 1, found[0].interval.estimate, cap=400,
-             rows_cost=lambda get: (60.0, 30.0, 10.0))
+    p = plan(
+        found[0], "superiority", 0.025, 1, found[0].interval.estimate, cap=400, rows_cost=lambda get: (60.0, 30.0, 10.0)
+    )
     assert p["goal"] == "reproduce" and (p["seeds"] > 3 or p["examples"] > 60) and p["examples"] <= 400
     beyond = plan(found[0], "superiority", 0.025, 1, 0.0, cap=400, rows_cost=lambda get: (60.0, 30.0, 10.0))
     assert beyond["goal"] is None and "neither side" in beyond["why"]  # a true Δ of 0 never clears a superiority
@@ -79,9 +93,11 @@ def test_an_inconclusive_comparison_gets_a_plan_with_more_seeds():
 
 def test_verdicts_do_not_depend_on_the_bootstrap_seed():
     rng = np.random.default_rng(4)
-    cases = {"reproduced": (classifier(rng, 0.85), classifier(rng, 0.70)),
-             "contradicted": (classifier(rng, 0.60), classifier(rng, 0.80)),
-             "inconclusive": (classifier(rng, 0.75), classifier(rng, 0.75))}
+    cases = {
+        "reproduced": (classifier(rng, 0.85), classifier(rng, 0.70)),
+        "contradicted": (classifier(rng, 0.60), classifier(rng, 0.80)),
+        "inconclusive": (classifier(rng, 0.75), classifier(rng, 0.75)),
+    }
     for expected, (left, right) in cases.items():
         assert {verdict(left, right, seed=seed)[0] for seed in range(8)} == {expected}
     first, again = bootstrap([cases["inconclusive"][0]], [1.0]), bootstrap([cases["inconclusive"][0]], [1.0])
@@ -103,8 +119,14 @@ def test_single_system_interval_covers_its_accuracy():
 def generator(hypotheses, references, space="e2e/e2e") -> System:
     rows = [{"id": f"mr{i}", "gold": refs, "hyp": h} for i, (h, refs) in enumerate(zip(hypotheses, references))]
     bleu = score_outputs(rows, ["bleu"])["bleu"]
-    return System(space=space, metric="bleu", seeds=(0,), values=np.array([bleu]), outputs=[rows],
-                  scorer=lambda subset: score_outputs(subset, ["bleu"])["bleu"])
+    return System(
+        space=space,
+        metric="bleu",
+        seeds=(0,),
+        values=np.array([bleu]),
+        outputs=[rows],
+        scorer=lambda subset: score_outputs(subset, ["bleu"])["bleu"],
+    )
 
 
 def test_bleu_is_resampled_at_corpus_level_and_paired():
@@ -148,9 +170,14 @@ def test_multi_bleu_scorers_are_resampled_from_statistics(scorer):
 def test_metrics_without_statistics_are_rescored_on_every_replicate():
     rng = np.random.default_rng(8)
     accurate = classifier(rng, 0.8, seeds=2, examples=80)
-    f1 = System(accurate.space, "f1", accurate.seeds,
-                np.array([score_outputs(rows, ["f1"])["f1"] for rows in accurate.outputs]), accurate.outputs,
-                lambda rows: score_outputs(rows, ["f1"])["f1"])
+    f1 = System(
+        accurate.space,
+        "f1",
+        accurate.seeds,
+        np.array([score_outputs(rows, ["f1"])["f1"] for rows in accurate.outputs]),
+        accurate.outputs,
+        lambda rows: score_outputs(rows, ["f1"])["f1"],
+    )
     interval = bootstrap([f1], [1.0], corpus_resamples=100)
     assert interval.method.startswith("seeds (t) + examples (100 bootstrap replicates)")
     assert interval.low < f1.values.mean() < interval.high
@@ -184,8 +211,9 @@ def test_an_eval_set_with_a_repeated_example_gets_its_interval():
 
     examples = [Example(fields={"sentence": s}, label=i % 2) for i, s in enumerate(["a", "b", "a", "c", "d", "e"])]
     rows = classification_outputs(torch.tensor([[0.0, -1.0]] * 6), examples)  # always predicts label 0
-    system = System(space="t/e", metric="accuracy", seeds=(0,), values=np.array([50.0]), outputs=[rows],
-                    scorer=lambda r: 0.0)
+    system = System(
+        space="t/e", metric="accuracy", seeds=(0,), values=np.array([50.0]), outputs=[rows], scorer=lambda r: 0.0
+    )
     interval = bootstrap([system], [1.0])
     assert interval is not None and interval.low <= 50.0 <= interval.high and interval.low < interval.high
 
@@ -202,21 +230,36 @@ def corpus_system(metric: str, hypotheses, references, scorer_name: str = "e2e-m
     from bench.harness.scorers import generation_metrics
 
     rows = [{"id": f"mr{i}", "gold": refs, "hyp": h} for i, (h, refs) in enumerate(zip(hypotheses, references))]
-    rescore = lambda subset: generation_metrics([r["hyp"] for r in subset], [r["gold"] for r in subset],  # noqa
-                                                [metric], scorer_name)[metric]
-    return System(space="e2e/e2e", metric=metric, seeds=(0,), values=np.array([rescore(rows)]), outputs=[rows],
-                  scorer=rescore, scorer_name=scorer_name)
+    rescore = lambda subset: generation_metrics(  # noqa: E731
+        [r["hyp"] for r in subset],
+        [r["gold"] for r in subset],
+        [metric],
+        scorer_name,
+    )[metric]
+    return System(
+        space="e2e/e2e",
+        metric=metric,
+        seeds=(0,),
+        values=np.array([rescore(rows)]),
+        outputs=[rows],
+        scorer=rescore,
+        scorer_name=scorer_name,
+    )
 
 
-@pytest.mark.parametrize("metric, scorer_name", [("nist", "e2e-metrics"), ("cider", "e2e-metrics"),
-                                                 ("meteor", "e2e-metrics"), ("meteor", "webnlg-2017")])
+@pytest.mark.parametrize(
+    "metric, scorer_name",
+    [("nist", "e2e-metrics"), ("cider", "e2e-metrics"), ("meteor", "e2e-metrics"), ("meteor", "webnlg-2017")],
+)
 def test_nist_cider_meteor_are_resampled_at_corpus_level_with_one_seed(metric, scorer_name):
     """A replicate is the metric of the drawn multiset of examples (information weights, IDF and METEOR's
     statistics from the drawn examples, each as often as drawn), as bench.harness.scorers re-scores it."""
     rng = np.random.default_rng(9)
     words = "the Eagle is a cheap coffee shop near Burger King in the city centre , it is family-friendly .".split()
-    references = [[" ".join(rng.choice(words, int(rng.integers(6, 12)))) for _ in range(int(rng.integers(1, 4)))]
-                  for _ in range(24)]
+    references = [
+        [" ".join(rng.choice(words, int(rng.integers(6, 12)))) for _ in range(int(rng.integers(1, 4)))]
+        for _ in range(24)
+    ]
     hypotheses = [refs[0] if i % 3 else " ".join(rng.choice(words, 8)) for i, refs in enumerate(references)]
     system = corpus_system(metric, hypotheses, references, scorer_name)
     rows = system.outputs[0]
@@ -239,8 +282,11 @@ def test_nist_cider_meteor_are_resampled_at_corpus_level_with_one_seed(metric, s
 def test_without_java_meteor_and_cider_fall_back_to_seeds(monkeypatch):
     import shutil
 
-    system = corpus_system("cider", ["the eagle is a coffee shop", "a cheap shop", "a shop near the river"],
-                           [["the eagle is a shop"], ["a shop", "a cheap shop"], ["a shop by the river"]])
+    system = corpus_system(
+        "cider",
+        ["the eagle is a coffee shop", "a cheap shop", "a shop near the river"],
+        [["the eagle is a shop"], ["a shop", "a cheap shop"], ["a shop by the river"]],
+    )
     system.seeds, system.values, system.outputs = (0, 1), np.repeat(system.values, 2), system.outputs * 2
     assert bootstrap([system], [1.0], resamples=1_000).method.startswith("seeds (t) + examples (1,000 bootstrap")
     which = shutil.which

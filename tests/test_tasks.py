@@ -1,4 +1,5 @@
 """Task registry tests: split sizes against the data READMEs, sampling, errors, checksum checks."""
+
 from __future__ import annotations
 
 import collections
@@ -30,30 +31,92 @@ needs_data = pytest.mark.skipif(REAL_ROOT is None, reason="shared/data not found
 # share 4,159 distinct triple sets, and one of its 12,552 references is empty in the original XML).
 # webnlg/dev: 872 entries, 871 distinct triple sets.
 SIZES = [
-    ("e2e/train", 42061, 42061), ("e2e/dev", 547, 4672), ("e2e/test", 630, 4693),
-    ("webnlg/train", 18102, 18102), ("webnlg/dev", 871, 2268), ("webnlg/test_all", 1862, 4928),
-    ("webnlg/test_seen", 971, 2495), ("webnlg/test_unseen", 891, 2433),
-    ("dart/dev", 2768, 6980), ("dart/test", 5097, 12551), ("xsum/test", 321, 321),
-    ("xsum/sports", 90, 90), ("xsum/news", 223, 223), ("xsum/sample_train", 221, 221), ("xsum/sample_test", 100, 100),
-    ("xsum/sample_test_sports", 31, 31), ("xsum/sample_test_news", 66, 66),
-    ("sst2/train", 67349, 0), ("sst2/dev", 872, 0), ("imdb/test", 25000, 0),
-    ("amazon/books", 2000, 0), ("amazon/dvd", 2000, 0), ("amazon/electronics", 2000, 0),
-    ("amazon/kitchen", 2000, 0), ("amazon/airline", 2000, 0),
-    ("mrpc/train", 3668, 0), ("mrpc/dev", 408, 0), ("mrpc/test", 1725, 0),
-    ("qqp/train", 21497, 0), ("qqp/dev", 2000, 0),
-    ("rte/train", 2490, 0), ("rte/val", 277, 0), ("cb/train", 250, 0), ("cb/val", 56, 0),
-    ("copa/train", 400, 0), ("copa/val", 100, 0), ("wic/train", 5428, 0), ("wic/val", 638, 0),
-    ("wsc/train", 554, 0), ("wsc/val", 104, 0), ("multirc/train", 27243, 0), ("multirc/val", 4848, 0),
-    ("boolq/val", 3270, 0), ("fewglue/rte/train", 32, 0), ("fewglue/cb/train", 32, 0), ("fewglue/copa/train", 32, 0),
-    ("fewglue/wic/train", 32, 0), ("fewglue/wsc/train", 32, 0), ("fewglue/boolq/train", 32, 0),
+    ("e2e/train", 42061, 42061),
+    ("e2e/dev", 547, 4672),
+    ("e2e/test", 630, 4693),
+    ("webnlg/train", 18102, 18102),
+    ("webnlg/dev", 871, 2268),
+    ("webnlg/test_all", 1862, 4928),
+    ("webnlg/test_seen", 971, 2495),
+    ("webnlg/test_unseen", 891, 2433),
+    ("dart/dev", 2768, 6980),
+    ("dart/test", 5097, 12551),
+    ("xsum/test", 321, 321),
+    ("xsum/sports", 90, 90),
+    ("xsum/news", 223, 223),
+    ("xsum/sample_train", 221, 221),
+    ("xsum/sample_test", 100, 100),
+    ("xsum/sample_test_sports", 31, 31),
+    ("xsum/sample_test_news", 66, 66),
+    ("sst2/train", 67349, 0),
+    ("sst2/dev", 872, 0),
+    ("imdb/test", 25000, 0),
+    ("amazon/books", 2000, 0),
+    ("amazon/dvd", 2000, 0),
+    ("amazon/electronics", 2000, 0),
+    ("amazon/kitchen", 2000, 0),
+    ("amazon/airline", 2000, 0),
+    ("mrpc/train", 3668, 0),
+    ("mrpc/dev", 408, 0),
+    ("mrpc/test", 1725, 0),
+    ("qqp/train", 21497, 0),
+    ("qqp/dev", 2000, 0),
+    ("rte/train", 2490, 0),
+    ("rte/val", 277, 0),
+    ("cb/train", 250, 0),
+    ("cb/val", 56, 0),
+    ("copa/train", 400, 0),
+    ("copa/val", 100, 0),
+    ("wic/train", 5428, 0),
+    ("wic/val", 638, 0),
+    ("wsc/train", 554, 0),
+    ("wsc/val", 104, 0),
+    ("multirc/train", 27243, 0),
+    ("multirc/val", 4848, 0),
+    ("boolq/val", 3270, 0),
+    ("fewglue/rte/train", 32, 0),
+    ("fewglue/cb/train", 32, 0),
+    ("fewglue/copa/train", 32, 0),
+    ("fewglue/wic/train", 32, 0),
+    ("fewglue/wsc/train", 32, 0),
+    ("fewglue/boolq/train", 32, 0),
     ("fewglue/multirc/train", 154, 0),  # 32 FewGLUE passages, one example per (question, answer)
 ]
 # positives (label 1) from the READMEs where stated
-POSITIVES = {"sst2/train": 37569, "sst2/dev": 444, "imdb/test": 12500, "amazon/books": 1000,
-             "amazon/airline": 1000, "mrpc/train": 2474, "mrpc/dev": 279, "mrpc/test": 1147}
-EXPECTED_TASKS = {"e2e", "webnlg", "xsum", "xsum_full", "xsum_full_offline", "sst2", "mrpc", "qqp", "rte", "cb",
-                  "copa", "wic", "wsc", "multirc", "boolq", "fewglue_boolq", "fewglue_cb", "fewglue_copa",
-                  "fewglue_multirc", "fewglue_rte", "fewglue_wic", "fewglue_wsc"}
+POSITIVES = {
+    "sst2/train": 37569,
+    "sst2/dev": 444,
+    "imdb/test": 12500,
+    "amazon/books": 1000,
+    "amazon/airline": 1000,
+    "mrpc/train": 2474,
+    "mrpc/dev": 279,
+    "mrpc/test": 1147,
+}
+EXPECTED_TASKS = {
+    "e2e",
+    "webnlg",
+    "xsum",
+    "xsum_full",
+    "xsum_full_offline",
+    "sst2",
+    "mrpc",
+    "qqp",
+    "rte",
+    "cb",
+    "copa",
+    "wic",
+    "wsc",
+    "multirc",
+    "boolq",
+    "fewglue_boolq",
+    "fewglue_cb",
+    "fewglue_copa",
+    "fewglue_multirc",
+    "fewglue_rte",
+    "fewglue_wic",
+    "fewglue_wsc",
+}
 HUB = {"xsum/hub_train": 204045, "xsum/hub_test": 11334}  # declared rows; read from the hub when a cell runs
 
 
@@ -74,8 +137,14 @@ def test_registry_declares_all_tasks_and_datasets():
             assert set(task.metrics) <= {"bleu", "nist", "meteor", "rouge_1", "rouge_2", "rouge_l", "cider"}
     assert T.get_task("boolq").train_split is None and T.get_task("xsum").train_split is None
     assert T.get_task("xsum").metrics == ("rouge_1", "rouge_2", "rouge_l")
-    assert set(T.get_task("sst2").shifts) == {"imdb", "amazon_books", "amazon_dvd", "amazon_electronics",
-                                              "amazon_kitchen", "airline"}
+    assert set(T.get_task("sst2").shifts) == {
+        "imdb",
+        "amazon_books",
+        "amazon_dvd",
+        "amazon_electronics",
+        "amazon_kitchen",
+        "airline",
+    }
     assert set(T.get_task("webnlg").shifts) == {"test_seen", "test_unseen", "dart"}
     assert T.get_task("mrpc").shifts == {"qqp": "qqp/dev"} and T.get_task("qqp").shifts == {"mrpc": "mrpc/dev"}
     assert T.get_task("cb").verbalizer == (" yes", " no", " maybe")
@@ -103,13 +172,15 @@ def test_sample_nested_and_seeded():
     items = [T.Example({"i": str(i)}, label=i % 2) for i in range(1000)]
     a50, a100 = T.sample(items, 50, seed=1), T.sample(items, 100, seed=1)
     assert a100[:50] == a50 and len(a100) == 100 and len(set(map(id, a100))) == 100
-    assert T.sample(items, 100, seed=1) == a100                       # same seed, same order
-    assert T.sample(items, 100, seed=2) != a100                       # different seed differs
-    assert a100 != items[:100]                                        # actually shuffled
-    assert T.sample(items, "full", seed=7) == items                   # file order
-    assert T.sample(items, "100", seed=1) == a100                     # wildcard strings work
-    assert T.sample(items, 1000, seed=1) != items and sorted(T.sample(items, 1000, 1),
-                                                             key=lambda e: int(e.fields["i"])) == items
+    assert T.sample(items, 100, seed=1) == a100  # same seed, same order
+    assert T.sample(items, 100, seed=2) != a100  # different seed differs
+    assert a100 != items[:100]  # actually shuffled
+    assert T.sample(items, "full", seed=7) == items  # file order
+    assert T.sample(items, "100", seed=1) == a100  # wildcard strings work
+    assert (
+        T.sample(items, 1000, seed=1) != items
+        and sorted(T.sample(items, 1000, 1), key=lambda e: int(e.fields["i"])) == items
+    )
 
 
 @pytest.mark.parametrize("size", [0, -5, 1001, "abc", 2.5, None])
@@ -120,8 +191,10 @@ def test_sample_bad_size(size):
 
 
 def test_module_imports_no_heavy_libraries():
-    code = ("import sys, bench.harness.tasks; "
-            "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys, bench.harness.tasks; "
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=T.PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -146,7 +219,7 @@ def test_data_root_missing_error(tmp_path, monkeypatch):
         T.data_root(tmp_path / "nowhere")
     msg = str(err.value)
     assert str(tmp_path / "nowhere") in msg and "PEFT_REPRO_DATA" in msg and "--data-root" in msg
-    monkeypatch.setenv("PEFT_REPRO_DATA", str(tmp_path))             # folder without SHA256SUMS
+    monkeypatch.setenv("PEFT_REPRO_DATA", str(tmp_path))  # folder without SHA256SUMS
     with pytest.raises(BenchError, match="no SHA256SUMS"):
         T.data_root()
 
@@ -186,7 +259,7 @@ def test_tamper_detected(tmp_path):
         T.load_split("cb/val", root)
     msg = str(err.value)
     assert "superglue/CB/val.jsonl" in msg and "sha256" in msg and "restore" in msg
-    assert len(T.load_split("copa/val", root)) == 100                 # untouched file still loads
+    assert len(T.load_split("copa/val", root)) == 100  # untouched file still loads
 
 
 @needs_data
@@ -215,7 +288,7 @@ def test_split_sizes(dataset_id, n, n_refs):
             assert counts[1] == POSITIVES[dataset_id]
     assert all(isinstance(v, str) for ex in examples for v in ex.fields.values())
     empty = sum(not all(v.strip() for v in ex.fields.values()) for ex in examples)
-    assert empty == (3 if dataset_id == "multirc/train" else 0)       # 3 empty answers in official MultiRC
+    assert empty == (3 if dataset_id == "multirc/train" else 0)  # 3 empty answers in official MultiRC
 
 
 @needs_data
@@ -260,7 +333,7 @@ def test_eval_limit_fixed_and_shift_names():
     a = T.eval_examples(sst2, "imdb", 200)
     assert a == T.eval_examples(sst2, "imdb", 200) and len(a) == 200
     assert T.eval_examples(sst2, "imdb", 100) == a[:100]
-    assert len({ex.label for ex in a}) == 2                           # not the sorted neg-first head
+    assert len({ex.label for ex in a}) == 2  # not the sorted neg-first head
     assert len(T.eval_examples(sst2, "sst2", None)) == 872
     assert len(T.eval_examples(sst2, "sst2", 10**6)) == 872
     with pytest.raises(BenchError) as err:
@@ -273,6 +346,7 @@ def test_eval_limit_fixed_and_shift_names():
 @needs_data
 def test_qqp_holdout_disjoint_and_mrpc_shift():
     train, dev = T.load_split("qqp/train"), T.load_split("qqp/dev")
+
     def pairs(xs):
         return {(e.fields["sentence1"], e.fields["sentence2"]) for e in xs}
 
@@ -285,8 +359,12 @@ def test_qqp_holdout_disjoint_and_mrpc_shift():
 @needs_data
 def test_file_sha256s_records_every_file():
     sums = T.file_sha256s(T.get_task("sst2"), ["sst2", "imdb", "airline"])
-    assert set(sums) == {"sst2/train.tsv", "sst2/dev.tsv", "imdb/test.jsonl.gz",
-                         "amazon_multidomain_blitzer/airline/all_labeled.tsv"}
+    assert set(sums) == {
+        "sst2/train.tsv",
+        "sst2/dev.tsv",
+        "imdb/test.jsonl.gz",
+        "amazon_multidomain_blitzer/airline/all_labeled.tsv",
+    }
     assert all(len(v) == 64 for v in sums.values())
     listed = (REAL_ROOT / "SHA256SUMS").read_text()
     assert all(f"{v}  ./{k}" in listed for k, v in sums.items())
@@ -295,31 +373,34 @@ def test_file_sha256s_records_every_file():
 
 @needs_data
 def test_dev_split_held_out_of_every_training_sample():
-    cb, split = T.get_task("cb"), T.load_split("cb/train")                 # 250 training examples
+    cb, split = T.get_task("cb"), T.load_split("cb/train")  # 250 training examples
     dev = T.dev_examples(cb, 50)
     held = {id(ex) for ex in dev}
     assert len(dev) == len(held) == 50 and held <= {id(ex) for ex in split}
     assert T.dev_examples(cb, 50) == dev and T.dev_examples(cb, 20) == dev[:20]  # fixed; smaller is a prefix
-    assert dev != split[-50:] and dev != split[:50]                         # a permutation, not the file's ends
+    assert dev != split[-50:] and dev != split[:50]  # a permutation, not the file's ends
     full = T.train_examples(cb, "full", 0, holdout=50)
     assert len(full) == 200 and held.isdisjoint(map(id, full))
-    assert held | {id(ex) for ex in full} == {id(ex) for ex in split}        # nothing else is lost
+    assert held | {id(ex) for ex in full} == {id(ex) for ex in split}  # nothing else is lost
     content = lambda xs: {(tuple(sorted(ex.fields.items())), ex.label) for ex in xs}  # noqa: E731
     assert content(dev).isdisjoint(content(full))
-    for seed in (0, 1, 7):                                                  # the dev set does not move with the seed
+    for seed in (0, 1, 7):  # the dev set does not move with the seed
         a16, a32 = (T.train_examples(cb, n, seed, holdout=50) for n in (16, 32))
         assert a32[:16] == a16 and held.isdisjoint(map(id, a32))
         assert T.train_examples(cb, "full", seed, holdout=50) == full
     assert T.train_examples(cb, 32, 0, holdout=50) != T.train_examples(cb, 32, 0)  # documented: other samples
-    assert T.train_examples(cb, 32, 0) == T.sample(split, 32, 0)            # without holdout: as before
+    assert T.train_examples(cb, 32, 0) == T.sample(split, 32, 0)  # without holdout: as before
 
 
 @needs_data
 def test_dev_split_errors():
     cb = T.get_task("cb")
     for n in (250, 10_000, 0):
-        with pytest.raises(BenchError, match=rf"dev_limit {n} is out of range for task cb: its training split "
-                                             r"cb/train has 250 examples; use an integer from 1 to 249"):
+        with pytest.raises(
+            BenchError,
+            match=rf"dev_limit {n} is out of range for task cb: its training split "
+            r"cb/train has 250 examples; use an integer from 1 to 249",
+        ):
             T.dev_examples(cb, n)
     with pytest.raises(BenchError, match="sample size 201 is out of range for a split of 200 examples"):
         T.train_examples(cb, 201, 0, holdout=50)
@@ -330,9 +411,12 @@ def test_dev_split_errors():
 def test_hub_splits_plan_offline_and_stop_in_one_line_when_read(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert {d: T.split_size(d) for d in HUB} == HUB  # planning reads the declared rows, no network
-    with pytest.raises(BenchError, match=r"dataset xsum/hub_test is EdinburghNLP/xsum \(test\) on the hub and could "
-                                         r"not "
-                                         r"be loaded \(.*\): run where the hub is reachable .* offline twin"):
+    with pytest.raises(
+        BenchError,
+        match=r"dataset xsum/hub_test is EdinburghNLP/xsum \(test\) on the hub and could "
+        r"not "
+        r"be loaded \(.*\): run where the hub is reachable .* offline twin",
+    ):
         T.load_split("xsum/hub_test")
     full = T.get_task("xsum_full")
     assert T.task_offline_twin("xsum_full") == "xsum_full_offline" and T.task_offline_twin("xsum") is None

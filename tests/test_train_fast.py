@@ -1,6 +1,7 @@
 """The training step's two shortcuts against the code they replace: logits only at the target positions (loss
 and every trainable gradient equal to the full-logits loss, per causal method) and batches padded from ids
 tokenised once (the same tensors, in the same order, as tokenising every batch)."""
+
 import itertools
 import random
 
@@ -17,9 +18,15 @@ from bench.harness.train import step_loss, train
 
 P = 4  # virtual tokens / prefix length: short keeps the tests fast
 CAUSAL_METHODS = {  # method -> hyperparameter overrides (small, and dropout-free where the method has dropout)
-    "full_ft": {}, "ft_top_k": {"k": 1}, "lora": {"dropout": 0.0}, "prompt_tuning": {"num_virtual_tokens": P},
-    "prefix_tuning": {"prefix_length": P, "mlp_hidden": 8}, "p_tuning": {"num_virtual_tokens": P},
-    "adapter": {}, "ia3": {}, "distill": {"teacher": "unused: the student's step does not read the teacher"},
+    "full_ft": {},
+    "ft_top_k": {"k": 1},
+    "lora": {"dropout": 0.0},
+    "prompt_tuning": {"num_virtual_tokens": P},
+    "prefix_tuning": {"prefix_length": P, "mlp_hidden": 8},
+    "p_tuning": {"num_virtual_tokens": P},
+    "adapter": {},
+    "ia3": {},
+    "distill": {"teacher": "unused: the student's step does not read the teacher"},
 }
 
 
@@ -75,8 +82,9 @@ def test_ensemble_step_has_each_prompts_loss_and_gradient(models_cache):
     from peft import PromptTuningConfig, get_peft_model
 
     task = get_task("sst2")
-    method, hp, ensemble, tokenizer, examples = _adapted("prompt_ensemble", {"num_virtual_tokens": P, "k": 2}, task,
-                                                         models_cache)
+    method, hp, ensemble, tokenizer, examples = _adapted(
+        "prompt_ensemble", {"num_virtual_tokens": P, "k": 2}, task, models_cache
+    )
     batch = next(training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0))
     loss, head_positions = step_loss(ensemble, method, hp, batch, "causal_lm")
     loss.backward()
@@ -97,8 +105,9 @@ def test_ensemble_step_has_each_prompts_loss_and_gradient(models_cache):
 
 def test_train_counts_the_positions_where_the_head_ran(models_cache):
     task = get_task("sst2")
-    method, hp, model, tokenizer, examples = _adapted("prompt_tuning", {"num_virtual_tokens": P, "steps": 3},
-                                                      task, models_cache)
+    method, hp, model, tokenizer, examples = _adapted(
+        "prompt_tuning", {"num_virtual_tokens": P, "steps": 3}, task, models_cache
+    )
     batches = list(itertools.islice(training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0), 3))
     result = train(model, method, hp, iter(batches), "causal_lm", progress="test")
     # SST-2: every target token has a predecessor in the text, so one head position per target token
@@ -114,16 +123,16 @@ def _linear_output_dtypes(model) -> list:
 
 
 @pytest.mark.parametrize("precision, matmul_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_precision_sets_the_dtype_of_training_and_rank_scoring_not_of_generation(precision, matmul_dtype,
-                                                                                 models_cache):
+def test_precision_sets_the_dtype_of_training_and_rank_scoring_not_of_generation(precision, matmul_dtype, models_cache):
     """bf16: every Linear of a training step and of classification scoring runs in bfloat16 (autocast), generation
     in fp32; the trainable weights stay fp32, and the loss is the fp32 loss up to bf16 rounding."""
     from bench.harness.cell import CellConfig, evaluate_set, plan_cell
     from bench.harness.tasks import eval_examples
 
     task = get_task("sst2")
-    method, hp, model, tokenizer, examples = _adapted("lora", {"dropout": 0.0, "precision": precision}, task,
-                                                      models_cache)
+    method, hp, model, tokenizer, examples = _adapted(
+        "lora", {"dropout": 0.0, "precision": precision}, task, models_cache
+    )
     batch = next(training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0))
     with torch.no_grad():
         reference, _ = step_loss(model, method, hp, batch, "causal_lm")  # fp32: no autocast outside train()
@@ -145,16 +154,17 @@ def test_precision_sets_the_dtype_of_training_and_rank_scoring_not_of_generation
 def _per_batch_training_batches(tokenizer, task, model_kind, examples, batch_size, max_len, seed, group_by_length):
     """training_batches as it was before ids were cached (commit ea42e0f): every batch tokenised from its
     examples, every example tokenised once more for its length. The reference the cached batches must equal."""
+
     def causal_lm_batch(batch_examples):
         pairs = []
         for ex in batch_examples:
             target = tokenizer(task.target(ex), add_special_tokens=False)["input_ids"]
             target = (target + [tokenizer.eos_token_id] if task.kind == "generation" else target)[: max_len - 1]
-            pairs.append((prompt_ids(tokenizer, task.prompt(ex))[-(max_len - len(target)):], target))
+            pairs.append((prompt_ids(tokenizer, task.prompt(ex))[-(max_len - len(target)) :], target))
         input_ids, attention_mask = pad([p + t for p, t in pairs], tokenizer.pad_token_id)
         labels = torch.full_like(input_ids, -100)
         for row, (p, t) in enumerate(pairs):
-            labels[row, len(p): len(p) + len(t)] = torch.tensor(t)
+            labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def encoder_batch(batch_examples):
@@ -176,17 +186,20 @@ def _per_batch_training_batches(tokenizer, task, model_kind, examples, batch_siz
             window, order = order[:size], order[size:]
             if group_by_length:
                 window.sort(key=lambda i: build([examples[i]])["input_ids"].shape[1])
-            ready = [window[start:start + batch_size] for start in range(0, size, batch_size)]
+            ready = [window[start : start + batch_size] for start in range(0, size, batch_size)]
             if group_by_length:
                 rng.shuffle(ready)
         yield build([examples[i] for i in ready.pop(0)])
 
 
 @pytest.mark.parametrize("group_by_length", [True, False])
-@pytest.mark.parametrize("model_name,task_name", [("tiny-llama", "sst2"), ("tiny-llama", "e2e"),
-                                                  ("tiny-bert", "sst2"), ("tiny-bert", "mrpc")])
-def test_batches_from_cached_ids_equal_batches_tokenised_each_time(model_name, task_name, group_by_length,
-                                                                   models_cache):
+@pytest.mark.parametrize(
+    "model_name,task_name",
+    [("tiny-llama", "sst2"), ("tiny-llama", "e2e"), ("tiny-bert", "sst2"), ("tiny-bert", "mrpc")],
+)
+def test_batches_from_cached_ids_equal_batches_tokenised_each_time(
+    model_name, task_name, group_by_length, models_cache
+):
     _, tokenizer, _ = load_model(model_name, cache=models_cache)
     task, kind = get_task(task_name), "causal_lm" if model_name == "tiny-llama" else "encoder"
     examples, batch_size = train_examples(task, 20, 3), 3  # 20 % 3 != 0: batches and windows straddle epochs

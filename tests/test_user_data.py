@@ -1,5 +1,6 @@
 """A user's own data: tasks files merged over config/tasks.yaml, data roots of their own, and docs/extend.md's
 "Add a dataset" example followed step by step (CLI and Snakemake, on tiny-llama)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,10 +21,18 @@ from bench.harness import tasks as T
 
 REPO = Path(__file__).resolve().parent.parent
 REVIEWS = [{"text": "A fine film.", "label": 1}, {"text": "A dull film.", "label": 0}]
-SHIFT = {"data_roots": ["data"],
-         "datasets": {"mine/reviews": {"files": ["reviews.jsonl"], "loader": "jsonl", "fields": {"sentence": "text"},
-                                       "label": "label"}},
-         "tasks": {"sst2": {"shifts": {"my_reviews": "mine/reviews"}}}}
+SHIFT = {
+    "data_roots": ["data"],
+    "datasets": {
+        "mine/reviews": {
+            "files": ["reviews.jsonl"],
+            "loader": "jsonl",
+            "fields": {"sentence": "text"},
+            "label": "label",
+        }
+    },
+    "tasks": {"sst2": {"shifts": {"my_reviews": "mine/reviews"}}},
+}
 
 
 def _own_root(folder: Path, files: dict[str, str]) -> Path:
@@ -43,8 +52,10 @@ def use(tmp_path, monkeypatch):
     written = []
 
     def use(content: dict, data: dict[str, str] | None = None) -> Path:
-        _own_root(tmp_path / "data", {"reviews.jsonl": "".join(json.dumps(r) + "\n" for r in REVIEWS)}
-                  if data is None else data)
+        _own_root(
+            tmp_path / "data",
+            {"reviews.jsonl": "".join(json.dumps(r) + "\n" for r in REVIEWS)} if data is None else data,
+        )
         path = tmp_path / f"tasks{len(written)}.yaml"
         path.write_text(yaml.safe_dump(content))
         written.append(path)
@@ -76,9 +87,22 @@ def test_without_a_tasks_file_the_registry_is_config_tasks_yaml(use, monkeypatch
 
 
 def test_a_new_task_over_shared_data_depends_on_the_tasks_file_only(use):
-    path = use({"tasks": {"sst2_terse": {"kind": "classification", "template": "{sentence} ->", "text_fields":
-                                         ["sentence"], "verbalizer": [" bad", " good"], "metrics": ["accuracy"],
-                                         "train": "sst2/train", "eval": "sst2/dev", "shifts": {}}}})
+    path = use(
+        {
+            "tasks": {
+                "sst2_terse": {
+                    "kind": "classification",
+                    "template": "{sentence} ->",
+                    "text_fields": ["sentence"],
+                    "verbalizer": [" bad", " good"],
+                    "metrics": ["accuracy"],
+                    "train": "sst2/train",
+                    "eval": "sst2/dev",
+                    "shifts": {},
+                }
+            }
+        }
+    )
     task = T.get_task("sst2_terse")
     assert T.user_inputs(task, ["sst2_terse"]) == [str(path)]
     assert T.user_inputs(T.get_task("sst2"), ["sst2", "imdb"]) == []
@@ -87,10 +111,20 @@ def test_a_new_task_over_shared_data_depends_on_the_tasks_file_only(use):
 
 def test_a_users_dataset_may_read_a_shared_file_but_never_shadows_a_shared_dataset(use, tmp_path):
     shadow = "sentence\tlabel\nnot the shared dev set\t1\n"
-    use({"data_roots": ["data"],
-         "datasets": {"mine/dvd_train": {"files": ["amazon_multidomain_blitzer/dvd/train.tsv"], "loader": "tsv",
-                                         "fields": {"sentence": "sentence"}, "label": "label"}}},
-        data={"sst2/dev.tsv": shadow})
+    use(
+        {
+            "data_roots": ["data"],
+            "datasets": {
+                "mine/dvd_train": {
+                    "files": ["amazon_multidomain_blitzer/dvd/train.tsv"],
+                    "loader": "tsv",
+                    "fields": {"sentence": "sentence"},
+                    "label": "label",
+                }
+            },
+        },
+        data={"sst2/dev.tsv": shadow},
+    )
     assert len(T.load_split("mine/dvd_train")) > 0  # not in the user's root: found in the shared one
     dev = T.load_split("sst2/dev")
     assert len(dev) == 872 and (tmp_path / "data/sst2/dev.tsv").read_text() == shadow
@@ -102,23 +136,41 @@ def test_the_keys_a_tasks_file_may_use_are_those_of_config_tasks_yaml():
     assert set().union(*map(set, shared["tasks"].values())) == T.TASK_KEYS
 
 
-@pytest.mark.parametrize("content,message", [
-    ({"dataset": {}}, r"tasks0.yaml: unknown key 'dataset': use data_roots, datasets, tasks"),
-    ({"datasets": {"mine/reviews": {**SHIFT["datasets"]["mine/reviews"], "file": ["x"]}}},
-     r"datasets.mine/reviews: unknown key 'file': use clean, explode, fields, files, .*"),
-    ({"datasets": {"mine/reviews": {"files": ["reviews.jsonl"], "fields": {"sentence": "text"}}}},
-     r"datasets.mine/reviews: no 'loader': .*a new one needs files, loader, fields"),
-    ({"tasks": {"sst2": {"template": "{sentence} ->"}}},
-     r"tasks0.yaml: tasks.sst2: config/tasks.yaml declares it and a tasks file may only add: give yours a new name "
-     r"\(to one of its tasks, only `shifts: \{name: dataset\}`\)"),
-    ({"tasks": {"sst2": {"max_new_tokens": 3}}}, r"tasks.sst2: config/tasks.yaml declares it"),  # adding is changing
-    ({**SHIFT, "tasks": {"sst2": {"shifts": {"imdb": "mine/reviews"}}}},
-     r"tasks.sst2.shifts.imdb: config/tasks.yaml declares it and a tasks file may only add: give yours a new name"),
-    ({"datasets": {"sst2/dev": {"files": ["reviews.jsonl"]}}}, r"dataset sst2/dev: config/tasks.yaml declares it"),
-    ({**SHIFT, "tasks": {"sst2": {"shifts": {"dev": "mine/reviews"}}}}, r"task sst2: shift name 'dev' is taken"),
-    ({"tasks": {"sst2": {"shifts": {"x": "mine/nothing"}}}}, r"task sst2 uses undeclared dataset 'mine/nothing'"),
-    ({**SHIFT, "data_roots": ["nowhere"]}, r"data root .*nowhere \(data_roots of .*\) has no SHA256SUMS: create it"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"dataset": {}}, r"tasks0.yaml: unknown key 'dataset': use data_roots, datasets, tasks"),
+        (
+            {"datasets": {"mine/reviews": {**SHIFT["datasets"]["mine/reviews"], "file": ["x"]}}},
+            r"datasets.mine/reviews: unknown key 'file': use clean, explode, fields, files, .*",
+        ),
+        (
+            {"datasets": {"mine/reviews": {"files": ["reviews.jsonl"], "fields": {"sentence": "text"}}}},
+            r"datasets.mine/reviews: no 'loader': .*a new one needs files, loader, fields",
+        ),
+        (
+            {"tasks": {"sst2": {"template": "{sentence} ->"}}},
+            r"tasks0.yaml: tasks.sst2: config/tasks.yaml declares it and a tasks file may only add: give yours a new "
+            r"name \(to one of its tasks, only `shifts: \{name: dataset\}`\)",
+        ),
+        (
+            {"tasks": {"sst2": {"max_new_tokens": 3}}},
+            r"tasks.sst2: config/tasks.yaml declares it",
+        ),  # adding is changing
+        (
+            {**SHIFT, "tasks": {"sst2": {"shifts": {"imdb": "mine/reviews"}}}},
+            r"tasks.sst2.shifts.imdb: config/tasks.yaml declares it and a tasks file may only add: give yours a new "
+            r"name",
+        ),
+        ({"datasets": {"sst2/dev": {"files": ["reviews.jsonl"]}}}, r"dataset sst2/dev: config/tasks.yaml declares it"),
+        ({**SHIFT, "tasks": {"sst2": {"shifts": {"dev": "mine/reviews"}}}}, r"task sst2: shift name 'dev' is taken"),
+        ({"tasks": {"sst2": {"shifts": {"x": "mine/nothing"}}}}, r"task sst2 uses undeclared dataset 'mine/nothing'"),
+        (
+            {**SHIFT, "data_roots": ["nowhere"]},
+            r"data root .*nowhere \(data_roots of .*\) has no SHA256SUMS: create it",
+        ),
+    ],
+)
 def test_bad_tasks_files_are_one_line_naming_the_fix(use, content, message):
     use(content)
     with pytest.raises(BenchError, match=message) as error:
@@ -128,12 +180,15 @@ def test_bad_tasks_files_are_one_line_naming_the_fix(use, content, message):
 
 def test_a_users_file_missing_from_every_root(use):
     use({**SHIFT, "datasets": {"mine/reviews": {**SHIFT["datasets"]["mine/reviews"], "files": ["gone.jsonl"]}}})
-    with pytest.raises(BenchError, match=r"data file gone.jsonl of dataset mine/reviews not found in data roots "
-                                         r".*/data, .*: put it in one of the data_roots of .*tasks0.yaml"):
+    with pytest.raises(
+        BenchError,
+        match=r"data file gone.jsonl of dataset mine/reviews not found in data roots "
+        r".*/data, .*: put it in one of the data_roots of .*tasks0.yaml",
+    ):
         T.eval_examples(T.get_task("sst2"), "my_reviews", None)
 
 
-# --------------------------------------------------------------------------- docs/extend.md "Add a dataset", step by step
+# ------------------------------------------------------------------ docs/extend.md "Add a dataset", step by step
 def _readme_blocks() -> list[tuple[str, str]]:
     section = (REPO / "docs" / "extend.md").read_text().split("## Add a dataset\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
@@ -190,8 +245,10 @@ def test_readme_add_a_dataset_step_by_step(checkout):
     out = checkout / "results/mine/lora"
     record = json.loads((out / "record.json").read_text())
     assert list(record["metrics"]) == ["sst2", "imdb", "my_reviews"] and record["metrics"]["my_reviews"]["n"] == 8
-    assert record["config"]["tasks_file"] == {"path": str(tasks_file.resolve()),
-                                              "sha256": hashlib.sha256(tasks_file.read_bytes()).hexdigest()}
+    assert record["config"]["tasks_file"] == {
+        "path": str(tasks_file.resolve()),
+        "sha256": hashlib.sha256(tasks_file.read_bytes()).hexdigest(),
+    }
     own = str((data / "my_reviews.jsonl").resolve())
     listed = (data / "SHA256SUMS").read_text().split()
     assert record["inputs"]["data"][own] == listed[0] and listed[1] == "my_reviews.jsonl"

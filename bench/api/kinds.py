@@ -2,6 +2,7 @@
 encoder-decoder, behind one class. Each kind is one module in bench/harness/kinds/, registered by name; no code
 outside those modules branches on the kind (a new kind: a subclass, `register_kind`, and a `kind:` in
 config/models.yaml that names it)."""
+
 from __future__ import annotations
 
 
@@ -56,7 +57,8 @@ class ModelKind:
         """Log-scores of each label word per example, shape (examples, labels); highest wins."""
         raise NotImplementedError
 
-    def generate(self, model, tokenizer, prompts: list[str], max_new_tokens: int, hp: dict, extra_positions: int,
-                 timer) -> list[str]:
+    def generate(
+        self, model, tokenizer, prompts: list[str], max_new_tokens: int, hp: dict, extra_positions: int, timer
+    ) -> list[str]:
         """The decoded continuation of each prompt (hp: eval_batch_size, max_len, num_beams)."""
         raise NotImplementedError

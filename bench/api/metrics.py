@@ -2,6 +2,7 @@
 predictions, its per-example value where it is a mean over examples (what the report's bootstrap resamples), and
 the official scorers that compute a generation metric (bench/harness/scorers.py implements them; its corpus-level
 statistics for the bootstrap are in bench/report/stats.py). A new metric: one `register_metric` call."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,8 +57,10 @@ def _f1(predictions: list[int], labels: list[int]) -> float:
 E2E, WEBNLG, DART, ROUGE = "e2e-metrics", "webnlg-2017", "dart", "rouge-score"
 for builtin in (
     Metric("accuracy", value=_accuracy, per_example=lambda row: 100.0 * (row["pred"] == row["gold"])),
-    Metric("accuracy_avg_single", # prompt_ensemble: each prompt alone, averaged
-           per_example=lambda row: 100.0 * sum(p == row["gold"] for p in row["preds"]) / len(row["preds"])),
+    Metric(
+        "accuracy_avg_single",  # prompt_ensemble: each prompt alone, averaged
+        per_example=lambda row: 100.0 * sum(p == row["gold"] for p in row["preds"]) / len(row["preds"]),
+    ),
     Metric("f1", value=_f1),
     Metric("bleu", scorers=(E2E, WEBNLG, DART)),
     Metric("nist", scale="raw", scorers=(E2E,)),

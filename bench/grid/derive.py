@@ -13,6 +13,7 @@ these change, mechanically:
   is refused, since every sweep value is kept.
 Nothing here reads a model or data file: it runs while Snakemake plans.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,11 +28,16 @@ def tiny_stand_in(model: str) -> str:
     spec = get_model_spec(model)
     if spec.source == "tiny":
         return model
-    found = [name for name in model_names()
-             if get_model_spec(name).source == "tiny" and get_model_spec(name).architecture == spec.architecture]
+    found = [
+        name
+        for name in model_names()
+        if get_model_spec(name).source == "tiny" and get_model_spec(name).architecture == spec.architecture
+    ]
     if not found:
-        raise BenchError(f"model {model} (architecture {spec.architecture}) has no tiny stand-in: add a `source: "
-                         f"tiny` entry with config.model_type {spec.architecture} to config/models.yaml")
+        raise BenchError(
+            f"model {model} (architecture {spec.architecture}) has no tiny stand-in: add a `source: "
+            f"tiny` entry with config.model_type {spec.architecture} to config/models.yaml"
+        )
     return found[0]
 
 
@@ -54,8 +60,10 @@ def _cap_hp(hp: dict, caps: dict, where: str) -> dict:
         if key in caps and isinstance(value, list):
             capped = [_capped(v, caps[key]) for v in value]
             if len(set(capped)) < len(set(value)):
-                raise BenchError(f"derive: hp_max.{key}={caps[key]} would merge the sweep {value} of {where}: "
-                                 f"raise hp_max.{key} above {sorted(value)[-2]}, or drop it from hp_max")
+                raise BenchError(
+                    f"derive: hp_max.{key}={caps[key]} would merge the sweep {value} of {where}: "
+                    f"raise hp_max.{key} above {sorted(value)[-2]}, or drop it from hp_max"
+                )
             out[key] = capped
         else:
             out[key] = _capped(value, caps[key]) if key in caps else value
@@ -86,8 +94,10 @@ def derive_grid(spec: dict, source: list[dict]) -> dict:
             tasks[offline_task(task)] = settings
         derived = {
             "models": list(dict.fromkeys(tiny_stand_in(m) for m in block["models"])),
-            "methods": {label: _cap_hp(entry or {}, caps, f"{where} method {label}") or None
-                        for label, entry in block["methods"].items()},
+            "methods": {
+                label: _cap_hp(entry or {}, caps, f"{where} method {label}") or None
+                for label, entry in block["methods"].items()
+            },
             "tasks": tasks,
             "train_sizes": list(dict.fromkeys(_train_size(s, spec["train_sizes"]) for s in block["train_sizes"])),
             "seeds": block.get("seeds", [0])[:keep],

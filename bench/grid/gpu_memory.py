@@ -15,6 +15,7 @@ config/resources.yaml `gpu_mem.shapes`. Cells run in fp32 on CUDA as on CPU: 4 b
   bound, since the harness computes the head only at target positions);
 - `overhead_mb` per process (CUDA context, allocator slack), which torch's own counters do not see.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,14 +45,23 @@ def model_shape(model: str, spec, shapes: dict) -> tuple[int, int, int, int]:
     layers = config.get("num_hidden_layers", config.get("n_layer"))
     hidden = config.get("hidden_size", config.get("n_embd"))
     if layers is None or hidden is None:
-        raise BenchError(f"model {model} has no shape for the GPU memory estimate: add `{model}: [layers, hidden, "
-                         f"feed_forward, vocab]` (from its config.json) under gpu_mem.shapes in config/resources.yaml")
+        raise BenchError(
+            f"model {model} has no shape for the GPU memory estimate: add `{model}: [layers, hidden, "
+            f"feed_forward, vocab]` (from its config.json) under gpu_mem.shapes in config/resources.yaml"
+        )
     feed_forward = config.get("intermediate_size", config.get("n_inner")) or 4 * hidden
     return int(layers), int(hidden), int(feed_forward), int(config.get("vocab_size", 256))  # tiny: byte-level
 
 
-def estimate_bytes(params: int, shape: tuple[int, int, int, int], tunes_base: bool, method: str, hp: dict,
-                   extra_positions: int, overhead_mb: float) -> dict:
+def estimate_bytes(
+    params: int,
+    shape: tuple[int, int, int, int],
+    tunes_base: bool,
+    method: str,
+    hp: dict,
+    extra_positions: int,
+    overhead_mb: float,
+) -> dict:
     """The estimate, itemised in bytes (`total` includes the per-process overhead). Activations are the larger of
     training's and evaluation's (no autograd: the KV cache, 2h per position and layer, and one vocabulary-wide row
     of logits per sequence; a cell that trains nothing has only these)."""
@@ -70,8 +80,12 @@ def estimate_bytes(params: int, shape: tuple[int, int, int, int], tunes_base: bo
     weights = int(VALUE_BYTES * params * (1 + 3 * trained_share))
     overhead = int(overhead_mb * 2**20)
     activations = max(training, evaluation)
-    return {"weights_and_states": weights, "activations": activations, "overhead": overhead,
-            "total": weights + activations + overhead}
+    return {
+        "weights_and_states": weights,
+        "activations": activations,
+        "overhead": overhead,
+        "total": weights + activations + overhead,
+    }
 
 
 def gpu_request(gpu_mem_mb: int, rules: dict) -> dict:
@@ -101,7 +115,14 @@ def cell_gpu_memory(model: str, method: str, hp: dict, rules: dict) -> dict:
 
     spec = get_method(method)
     shape = _shape_of(model, tuple(sorted((k, tuple(v)) for k, v in (rules.get("shapes") or {}).items())))
-    estimate = estimate_bytes(get_model_spec(model).params or 0, shape, spec.tunes_base, method, hp,
-                              spec.extra_positions(hp), rules["overhead_mb"])
+    estimate = estimate_bytes(
+        get_model_spec(model).params or 0,
+        shape,
+        spec.tunes_base,
+        method,
+        hp,
+        spec.extra_positions(hp),
+        rules["overhead_mb"],
+    )
     gpu_mem_mb = -(-estimate["total"] // 2**20)
     return {"gpu_mem_mb": gpu_mem_mb, **gpu_request(gpu_mem_mb, rules["share"])}

@@ -4,6 +4,7 @@ Imported by the Snakefile while planning, so it reads YAML and nothing heavier.
 A cell's hyperparameter overrides are layered grid `hp` < task `hp` < method entry; the method's own
 file supplies the defaults underneath (see bench.harness.method.resolve_hparams).
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,8 +56,20 @@ class Cell:
 
     def cli_args(self) -> str:
         """The `python -m bench run-cell` arguments (all but --out) that reproduce this cell."""
-        args = ["--grid", self.grid, "--task", self.task, "--model", self.model, "--method", self.method,
-                "--train-size", str(self.train_size), "--seed", str(self.seed)]
+        args = [
+            "--grid",
+            self.grid,
+            "--task",
+            self.task,
+            "--model",
+            self.model,
+            "--method",
+            self.method,
+            "--train-size",
+            str(self.train_size),
+            "--seed",
+            str(self.seed),
+        ]
         for key, value in sorted(self.hp.items()):
             args += ["--hp", f"{key}={value}"]
         if self.eval_limit is not None:
@@ -79,8 +92,10 @@ def load_grid_file(name_or_path: str) -> tuple[str, dict]:
     if path.suffix not in (".yaml", ".yml"):
         path = GRIDS_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        raise BenchError(f"grid '{name_or_path}' not found: choose one of {', '.join(grid_names())} "
-                         f"(config/grids/) or pass a path to a .yaml file")
+        raise BenchError(
+            f"grid '{name_or_path}' not found: choose one of {', '.join(grid_names())} "
+            f"(config/grids/) or pass a path to a .yaml file"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -116,8 +131,10 @@ def blocks(name: str, data: dict, derived_from: tuple[str, ...] = ()) -> list[di
     if "derive" in data:
         source_name, source = load_grid_file(data["derive"]["from"])
         if source_name in (name, *derived_from):
-            raise BenchError(f"grid {name}: derive.from {data['derive']['from']} derives from itself: name a grid "
-                             "that lists its blocks")
+            raise BenchError(
+                f"grid {name}: derive.from {data['derive']['from']} derives from itself: name a grid "
+                "that lists its blocks"
+            )
         return blocks(name, derive_grid(data["derive"], blocks(source_name, source, (name, *derived_from))))
     shared = {k: v for k, v in data.items() if k not in ("blocks", "description", "derive")}
     listed = data.get("blocks") or [{}]
@@ -146,16 +163,21 @@ def method_variants(label: str, entry: dict | None) -> list[tuple[str, str, dict
 # model) become hp `<ref>` = those cells' dirs (comma-separated), for the same task, train size and seed (distill's
 # teacher, PET's pattern models); the cell then `needs` them.
 
+
 def _cell_refs(name: str, task: str, model: str, size, seed: int, hp: dict) -> tuple[dict, tuple[str, ...]]:
     hp, needs = dict(hp), []
     for ref in CELL_REFS:
         if f"{ref}_model" in hp or f"{ref}_method" in hp:
             other = hp.pop(f"{ref}_model", model)
             if f"{ref}_method" not in hp:
-                raise BenchError(f"grid {name}: a method entry has {ref}_model but no {ref}_method: add "
-                                 f"{ref}_method (the {ref} cell's method label in this grid)")
-            dirs = [Cell(name, task, str(other), label.strip(), size, seed, {}, None, None).dir
-                    for label in str(hp.pop(f"{ref}_method")).split(",")]
+                raise BenchError(
+                    f"grid {name}: a method entry has {ref}_model but no {ref}_method: add "
+                    f"{ref}_method (the {ref} cell's method label in this grid)"
+                )
+            dirs = [
+                Cell(name, task, str(other), label.strip(), size, seed, {}, None, None).dir
+                for label in str(hp.pop(f"{ref}_method")).split(",")
+            ]
             hp[ref] = ",".join(dirs)
             needs += dirs
     return hp, tuple(needs)
@@ -169,8 +191,10 @@ def grid_cells(name_or_path: str, within: tuple[str, ...] = ()) -> list[Cell]:
     if "parts" in data:
         validate_schema(name, data)
         if name in within:
-            raise BenchError(f"grid {name}: its parts include itself (through {' -> '.join(within)}): list grids of "
-                             "blocks in `parts`")
+            raise BenchError(
+                f"grid {name}: its parts include itself (through {' -> '.join(within)}): list grids of "
+                "blocks in `parts`"
+            )
         return [cell for part in data["parts"] for cell in grid_cells(part, (*within, name))]
     cells = {}
     for block in blocks(name, data):
@@ -179,17 +203,41 @@ def grid_cells(name_or_path: str, within: tuple[str, ...] = ()) -> list[Cell]:
             shifts = settings.get("shifts")
             variants = [v for label, entry in block["methods"].items() for v in method_variants(label, entry)]
             for model, (label, method, method_hp), size, seed, data_seed in itertools.product(
-                    block["models"], variants, block["train_sizes"], block.get("seeds", [0]),
-                    block.get("data_seeds", [None])):
-                hp, needs = _cell_refs(name, task, model, size, seed,
-                                       {**(block.get("hp") or {}), **(settings.get("hp") or {}), **method_hp})
-                cell = Cell(name, task, model, method, size, seed, hp, settings.get("eval_limit"),
-                            tuple(shifts) if shifts is not None else None, "" if label == method else label, needs,
-                            settings.get("dev_limit"), data_seed)
+                block["models"],
+                variants,
+                block["train_sizes"],
+                block.get("seeds", [0]),
+                block.get("data_seeds", [None]),
+            ):
+                hp, needs = _cell_refs(
+                    name,
+                    task,
+                    model,
+                    size,
+                    seed,
+                    {**(block.get("hp") or {}), **(settings.get("hp") or {}), **method_hp},
+                )
+                cell = Cell(
+                    name,
+                    task,
+                    model,
+                    method,
+                    size,
+                    seed,
+                    hp,
+                    settings.get("eval_limit"),
+                    tuple(shifts) if shifts is not None else None,
+                    "" if label == method else label,
+                    needs,
+                    settings.get("dev_limit"),
+                    data_seed,
+                )
                 if cells.setdefault(cell.dir, cell) != cell:  # two blocks, one folder, different settings
-                    raise BenchError(f"grid {name}: two blocks make cell {cell.dir} with different settings "
-                                     f"({cells[cell.dir].cli_args()} vs {cell.cli_args()}): give one of the method "
-                                     "entries another label")
+                    raise BenchError(
+                        f"grid {name}: two blocks make cell {cell.dir} with different settings "
+                        f"({cells[cell.dir].cli_args()} vs {cell.cli_args()}): give one of the method "
+                        "entries another label"
+                    )
     return list(cells.values())
 
 
@@ -205,8 +253,20 @@ def planned_identity(cell: Cell, cells: dict[str, Cell], data_root: str | None =
     key = (cell.dir, cell.cli_args(), data_root, weights)
     if key not in _PLANNED:
         needs = {d: planned_identity(cells[d], cells, data_root)["sha256"] if d in cells else None for d in cell.needs}
-        config = CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp, cell.eval_limit,
-                            cell.shifts, cell.grid, data_root, cell.dev_limit, cell.data_seed)
+        config = CellConfig(
+            cell.task,
+            cell.model,
+            cell.method,
+            cell.train_size,
+            cell.seed,
+            cell.hp,
+            cell.eval_limit,
+            cell.shifts,
+            cell.grid,
+            data_root,
+            cell.dev_limit,
+            cell.data_seed,
+        )
         _PLANNED[key] = identity(resolved_spec(config, weights, needs))
     return _PLANNED[key]
 
@@ -231,8 +291,9 @@ _RECORDS: dict[tuple, dict] = {}
 
 
 def recorded_weights(record: dict) -> str | None:
-    return (record.get("identity") or {}).get("spec", {}).get("model", {}).get("weights") \
-        or record.get("inputs", {}).get("model", {}).get("sha256")
+    return (record.get("identity") or {}).get("spec", {}).get("model", {}).get("weights") or record.get(
+        "inputs", {}
+    ).get("model", {}).get("sha256")
 
 
 def up_to_date(record: dict, planned: dict) -> bool:
@@ -242,8 +303,9 @@ def up_to_date(record: dict, planned: dict) -> bool:
 
 def stale_fields(record: dict, planned: dict) -> list[str]:
     """What differs between a record's resolved spec and its cell's planned one ([] when up to date)."""
-    return [] if up_to_date(record, planned) else differences((record.get("identity") or {}).get("spec"),
-                                                              planned["spec"])
+    return (
+        [] if up_to_date(record, planned) else differences((record.get("identity") or {}).get("spec"), planned["spec"])
+    )
 
 
 SHORT = 40  # a differing value up to this long (as JSON) is shown `old → new`; longer ones by their field's name
@@ -270,8 +332,11 @@ _MISSING = object()
 
 def _flat(value, prefix: str = "") -> dict[str, object]:
     if isinstance(value, dict) and value:
-        return {k: v for key, item in value.items()
-                for k, v in _flat(item, f"{prefix}.{key}" if prefix else str(key)).items()}
+        return {
+            k: v
+            for key, item in value.items()
+            for k, v in _flat(item, f"{prefix}.{key}" if prefix else str(key)).items()
+        }
     return {prefix: value}
 
 
@@ -312,29 +377,56 @@ def check_cells(cells: list[Cell], data_root: str | None = None) -> None:
             ref = next((k for k, v in cell.hp.items() if need in str(v).split(",")), "needed")
             if need == cell.dir or need not in dirs:
                 problem = "is the cell itself" if need == cell.dir else "is not in the grid"
-                raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "
-                                 f"{ref} cell {need} {problem}: add its model and method label to the grid (same "
-                                 f"task, train sizes and seeds) or fix {ref}_model/{ref}_method")
+                raise BenchError(
+                    f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "
+                    f"{ref} cell {need} {problem}: add its model and method label to the grid (same "
+                    f"task, train sizes and seeds) or fix {ref}_model/{ref}_method"
+                )
     seen = set()
     for cell in cells:
         need, one_gpu = cell_resources(cell)["gpu_mem_mb"], _resource_rules()["gpu_mem"]["share"]["gpu_mb"]
         if one_gpu and need > one_gpu:  # the harness trains on one device
-            raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}: {cell.method} on "
-                             f"{cell.model} needs ~{need // 1024} GiB of GPU memory (bench/grid/gpu_memory.py), more "
-                             f"than one GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains "
-                             "on one device: use a parameter-efficient method, a smaller batch_size or max_len, or a "
-                             "smaller model")
-        key = (cell.task, cell.model, cell.method, cell.train_size, tuple(sorted(cell.hp.items())), cell.shifts,
-               cell.dev_limit, cell.data_seed is None)
+            raise BenchError(
+                f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}: {cell.method} on "
+                f"{cell.model} needs ~{need // 1024} GiB of GPU memory (bench/grid/gpu_memory.py), more "
+                f"than one GPU's {one_gpu // 1024} GiB (config/resources.yaml), and the harness trains "
+                "on one device: use a parameter-efficient method, a smaller batch_size or max_len, or a "
+                "smaller model"
+            )
+        key = (
+            cell.task,
+            cell.model,
+            cell.method,
+            cell.train_size,
+            tuple(sorted(cell.hp.items())),
+            cell.shifts,
+            cell.dev_limit,
+            cell.data_seed is None,
+        )
         if key in seen:
             continue
         seen.add(key)
         try:
-            plan_cell(CellConfig(cell.task, cell.model, cell.method, cell.train_size, cell.seed, cell.hp,
-                                 cell.eval_limit, cell.shifts, cell.grid, data_root, cell.dev_limit, cell.data_seed))
+            plan_cell(
+                CellConfig(
+                    cell.task,
+                    cell.model,
+                    cell.method,
+                    cell.train_size,
+                    cell.seed,
+                    cell.hp,
+                    cell.eval_limit,
+                    cell.shifts,
+                    cell.grid,
+                    data_root,
+                    cell.dev_limit,
+                    cell.data_seed,
+                )
+            )
         except BenchError as error:
-            raise BenchError(f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: "
-                             f"{error}") from None
+            raise BenchError(
+                f"grid {cell.grid}: cell {cell.task}/{cell.model}/{cell.label}/n{cell.train_size}: {error}"
+            ) from None
 
 
 def cell_user_inputs(cell: Cell, data_root: str | None = None) -> list[str]:
@@ -380,8 +472,11 @@ def _resources(model: str, method: str, hp_json: str) -> dict:
         runtime *= rules["runtime_min"]["tunes_base_factor"]
     if hp["steps"] <= 0:
         runtime *= rules["runtime_min"]["eval_only_factor"]
-    return {"mem_mb": int(rules["mem"]["overhead_mb"] + per_param * params / 2**20), "runtime": int(runtime),
-            **cell_gpu_memory(model, method, hp, rules["gpu_mem"])}
+    return {
+        "mem_mb": int(rules["mem"]["overhead_mb"] + per_param * params / 2**20),
+        "runtime": int(runtime),
+        **cell_gpu_memory(model, method, hp, rules["gpu_mem"]),
+    }
 
 
 def cell_threads() -> int:

@@ -1,5 +1,6 @@
 """Training batches: the seeded, length-grouped stream of examples; each model kind (bench/harness/kinds/) turns
 examples into token ids and pads them."""
+
 from __future__ import annotations
 
 import random
@@ -10,8 +11,17 @@ from bench.harness.kinds import get_kind
 LENGTH_WINDOW = 8  # batches per window that `group_by_length` sorts
 
 
-def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int, max_len: int,
-                     seed: int, group_by_length: bool = True, with_index: bool = False) -> Iterator[dict]:
+def training_batches(
+    tokenizer,
+    task,
+    model_kind: str,
+    examples,
+    batch_size: int,
+    max_len: int,
+    seed: int,
+    group_by_length: bool = True,
+    with_index: bool = False,
+) -> Iterator[dict]:
     """Endless batches: each epoch is a fresh seeded shuffle of the training examples.
 
     group_by_length (as Hugging Face Trainer's): the shuffled stream is cut into windows of
@@ -43,7 +53,7 @@ def training_batches(tokenizer, task, model_kind: str, examples, batch_size: int
                 encoded.update(zip(new, kind.encode(tokenizer, task, [examples[i] for i in new], max_len)))
             if group_by_length:
                 window.sort(key=lambda i: kind.length(encoded[i]))
-            ready = [window[start:start + batch_size] for start in range(0, size, batch_size)]
+            ready = [window[start : start + batch_size] for start in range(0, size, batch_size)]
             if group_by_length:
                 rng.shuffle(ready)
         rows = ready.pop(0)

@@ -4,6 +4,7 @@ Everything a cell needs is checked before the model loads, so a bad input fails 
 line. The record is written once, at the end, through a temporary file and a rename: a killed cell
 never leaves a partial record, and a finished record is never touched by a failing rerun.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -123,8 +124,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HARNESS_DIR, capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HARNESS_DIR, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -148,10 +148,19 @@ def environment(device: str) -> dict:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "git_commit": git_commit(),
-            "harness_sha256": harness_hash(), "device": device, "cpu": cpu_description(),
-            "threads": torch.get_num_threads(), "host": platform.node(), **lock.environment()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "git_commit": git_commit(),
+        "harness_sha256": harness_hash(),
+        "device": device,
+        "cpu": cpu_description(),
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+        **lock.environment(),
+    }
 
 
 @dataclass
@@ -184,8 +193,10 @@ def plan_cell(config: CellConfig) -> Plan:
     hp = resolve_hparams(method, config.hp)
     task = task.with_template(hp["template"])
     if spec.kind not in method.model_kinds:
-        raise BenchError(f"method {method.name} does not support {spec.kind} models like {spec.name}: "
-                         f"it supports {', '.join(method.model_kinds)}")
+        raise BenchError(
+            f"method {method.name} does not support {spec.kind} models like {spec.name}: "
+            f"it supports {', '.join(method.model_kinds)}"
+        )
     if not get_kind(spec.kind).generates and task.kind != "classification":
         raise BenchError(f"{spec.kind} {spec.name} cannot do generation task {task.name}: use a causal LM")
     method.check_hparams(hp, task, spec.kind)
@@ -206,18 +217,23 @@ def plan_cell(config: CellConfig) -> Plan:
         if size != "full" and not (isinstance(size, int) and 0 < size <= available):
             raise BenchError(f"train size {size!r} invalid for {task.name}{held}: use 'full' or 1..{available}")
     if config.data_seed is not None and (task.train_split is None or config.train_size == "full"):
-        raise BenchError(f"data seed {config.data_seed} set for {task.name} at train size {config.train_size}: a data "
-                         "seed draws a subsample of the training split: drop data_seeds from this block, or use "
-                         "integer train sizes on a task with a training split")
+        raise BenchError(
+            f"data seed {config.data_seed} set for {task.name} at train size {config.train_size}: a data "
+            "seed draws a subsample of the training split: drop data_seeds from this block, or use "
+            "integer train sizes on a task with a training split"
+        )
     shifts = list(task.shifts) if config.shifts is None else list(config.shifts)
     unknown = [s for s in shifts if s not in task.shifts]
     if unknown:
-        raise BenchError(f"shift(s) {unknown} not defined for task {task.name}: choose from "
-                         f"{', '.join(task.shifts) or 'none'}")
+        raise BenchError(
+            f"shift(s) {unknown} not defined for task {task.name}: choose from {', '.join(task.shifts) or 'none'}"
+        )
     if hp["steps"] == 0 and config.eval_limit is None and config.grid is None:
-        raise BenchError(f"steps=0 scores every example of {', '.join([task.name, *shifts])} "
-                         "without training, which takes many minutes on a CPU: pass --eval-limit N (e.g. 200), or "
-                         "plan the cell in a grid")
+        raise BenchError(
+            f"steps=0 scores every example of {', '.join([task.name, *shifts])} "
+            "without training, which takes many minutes on a CPU: pass --eval-limit N (e.g. 200), or "
+            "plan the cell in a grid"
+        )
     user_inputs(task, [task.name] + shifts, root)  # a user's data file missing or failing its sha256: fail now
     return Plan(config, task, spec, method, hp, [task.name] + shifts)
 
@@ -229,11 +245,15 @@ def check_counts(config: CellConfig) -> None:
     """Seeds and example counts of a cell, each in its range: one line naming the fix, before anything loads."""
     for name, value in (("seed", config.seed), ("data seed", config.data_seed)):
         if value is not None and not (isinstance(value, int) and 0 <= value <= SEED_MAX):
-            raise BenchError(f"{name} {value} must be an integer in 0..{SEED_MAX}: use e.g. --{name.replace(' ', '-')} 0")
+            raise BenchError(
+                f"{name} {value} must be an integer in 0..{SEED_MAX}: use e.g. --{name.replace(' ', '-')} 0"
+            )
     for name, value in (("eval limit", config.eval_limit), ("dev limit", config.dev_limit)):
         if value is not None and not (isinstance(value, int) and value > 0):
-            raise BenchError(f"{name} {value} must be a positive number of examples: use e.g. "
-                             f"--{name.replace(' ', '-')} 200, or leave it out")
+            raise BenchError(
+                f"{name} {value} must be a positive number of examples: use e.g. "
+                f"--{name.replace(' ', '-')} 200, or leave it out"
+            )
 
 
 def check_writable(out_dir: Path) -> None:
@@ -245,8 +265,9 @@ def check_writable(out_dir: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".writable-"):
             pass
     except OSError as error:
-        raise BenchError(f"cannot write to {out_dir} ({error.strerror or error}): pass an --out folder you can "
-                         "write to") from None
+        raise BenchError(
+            f"cannot write to {out_dir} ({error.strerror or error}): pass an --out folder you can write to"
+        ) from None
     finally:
         for folder in made:  # deepest first
             with contextlib.suppress(OSError):
@@ -286,8 +307,9 @@ class FormattedTask:
         return self._method.format_prompt(self._task.prompt(ex), self._hp, self._ctx)
 
 
-def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
-                 scorer: str | None = None) -> tuple[dict, list[dict]]:
+def evaluate_set(
+    plan: Plan, model, tokenizer, examples, timer, task=None, scorer: str | None = None
+) -> tuple[dict, list[dict]]:
     """(metrics, per-example outputs) of one eval set; `task` (default plan.task) is the task as the method formats
     it; `scorer` the eval set's official scorer (generation; bench/harness/scorers.py). The metrics are the method's
     `score_outputs` of the outputs, so re-scoring the kept outputs gives them."""
@@ -302,8 +324,9 @@ def evaluate_set(plan: Plan, model, tokenizer, examples, timer, task=None,
             scores = kind.label_scores(model, tokenizer, task, examples, hp, extra, timer)
             rows = evaluation.classification_outputs(scores, examples)
     if rows is None:
-        hypotheses = kind.generate(model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens, hp,
-                                   extra, timer)
+        hypotheses = kind.generate(
+            model, tokenizer, [task.prompt(ex) for ex in examples], task.max_new_tokens, hp, extra, timer
+        )
         rows = evaluation.generation_outputs(hypotheses, examples)
     metrics = plan.method.score_outputs(rows, task.metrics, scorer)
     if task.kind != "classification":
@@ -318,8 +341,11 @@ def write_outputs_atomic(path: Path, outputs: dict[str, list[dict]]) -> str:
     """Per-example outputs ({eval set: rows}) as gzip'd JSON lines, each row with its `eval_set`, written like
     the record (temporary file, rename); returns the file's sha256, which the record keeps. mtime 0: the same
     outputs give the same bytes."""
-    lines = "".join(json.dumps({"eval_set": name, **row}, ensure_ascii=False) + "\n"
-                    for name, rows in outputs.items() for row in rows)
+    lines = "".join(
+        json.dumps({"eval_set": name, **row}, ensure_ascii=False) + "\n"
+        for name, rows in outputs.items()
+        for row in rows
+    )
     data = gzip.compress(lines.encode(), mtime=0)
     write_atomic(path, lambda handle: handle.write(data), "wb")
     return hashlib.sha256(data).hexdigest()
@@ -381,8 +407,9 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     eval_sets = {name: eval_examples(task, name, config.eval_limit, root) for name in plan.eval_sets}
     if config.dev_limit is not None:  # the selection split first, then in-domain and shifts
         eval_sets = {"dev": dev_examples(task, config.dev_limit, root), **eval_sets}
-    ctx = CellContext(task=task, model_kind=plan.model_spec.kind, tokenizer=None, train_examples=train_set,
-                      seed=config.seed)
+    ctx = CellContext(
+        task=task, model_kind=plan.model_spec.kind, tokenizer=None, train_examples=train_set, seed=config.seed
+    )
     if trains:  # e.g. a teacher's labels (distill), before this cell's model loads; not part of the cell's cost
         train_set = ctx.train_examples = method.prepare_train_examples(train_set, hp, ctx)
         if device == "cuda":
@@ -398,19 +425,47 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
     if hp["eval_every"] > 0:
         curve_set, curve_subset = curves.curve_examples(eval_sets, task.name, hp["curve_limit"])
         curve = curves.LearningCurve(
-            lambda m, examples: evaluate_set(plan, m, tokenizer, examples, None, prompted,
-                                             eval_scorer(plan.task, curve_set)),
-            curve_set, curve_subset, task.metrics[0])
+            lambda m, examples: evaluate_set(
+                plan, m, tokenizer, examples, None, prompted, eval_scorer(plan.task, curve_set)
+            ),
+            curve_set,
+            curve_subset,
+            task.metrics[0],
+        )
 
-    result = train(model, method, hp, training_batches(tokenizer, prompted, ctx.model_kind, train_set,
-                                                       hp["batch_size"], hp["max_len"], config.seed,
-                                                       hp["group_by_length"], with_index=True), ctx.model_kind,
-                   progress=f"{config.method} {config.task} n={config.train_size}", on_eval=curve) if trains else None
+    result = (
+        train(
+            model,
+            method,
+            hp,
+            training_batches(
+                tokenizer,
+                prompted,
+                ctx.model_kind,
+                train_set,
+                hp["batch_size"],
+                hp["max_len"],
+                config.seed,
+                hp["group_by_length"],
+                with_index=True,
+            ),
+            ctx.model_kind,
+            progress=f"{config.method} {config.task} n={config.train_size}",
+            on_eval=curve,
+        )
+        if trains
+        else None
+    )
     record = {
         "schema": RECORD_SCHEMA,
-        "config": {**{k: v for k, v in asdict(config).items()
-                      if k not in ("dev_limit", "data_seed") or v is not None},  # opt-in keys
-                   "shifts": plan.eval_sets[1:], "hp": hp, "hp_overrides": dict(config.hp)},
+        "config": {
+            **{
+                k: v for k, v in asdict(config).items() if k not in ("dev_limit", "data_seed") or v is not None
+            },  # opt-in keys
+            "shifts": plan.eval_sets[1:],
+            "hp": hp,
+            "hp_overrides": dict(config.hp),
+        },
         "status": "diverged" if result and result.diverged_at_step is not None else "ok",
         "diverged_at_step": result.diverged_at_step if result else None,
         "metrics": {},
@@ -425,17 +480,30 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         delta_bytes = sum(f.stat().st_size for f in delta_dir.rglob("*") if f.is_file())
         outputs = {}
         for name, examples in eval_sets.items():
-            record["metrics"][name], outputs[name] = evaluate_set(plan, model, tokenizer, examples, eval_timer,
-                                                                  prompted, eval_scorer(plan.task, name))
+            record["metrics"][name], outputs[name] = evaluate_set(
+                plan, model, tokenizer, examples, eval_timer, prompted, eval_scorer(plan.task, name)
+            )
             record["metrics"][name]["n"] = len(examples)
         record["outputs"] = {"file": OUTPUTS, "sha256": write_outputs_atomic(out_dir / OUTPUTS, outputs)}
         if trains and (analysis := method.analyse(model, hp, ctx)):
             record["analysis"] = analysis
     peak_mem = peak_memory_bytes(device)  # before matmul_peak_flops: its benchmark matrices would count
-    run_flops = train_flops(model, method.tunes_base, result.tokens, result.encoder_tokens, method.extra_positions(hp),
-                            result.steps_done * hp["batch_size"], result.head_positions) if result else 0.0
-    peak_flops = (matmul_peak_flops(torch.get_num_threads(), device, hp["precision"])
-                  if run_flops and result.train_s > 0 else 0.0)
+    run_flops = (
+        train_flops(
+            model,
+            method.tunes_base,
+            result.tokens,
+            result.encoder_tokens,
+            method.extra_positions(hp),
+            result.steps_done * hp["batch_size"],
+            result.head_positions,
+        )
+        if result
+        else 0.0
+    )
+    peak_flops = (
+        matmul_peak_flops(torch.get_num_threads(), device, hp["precision"]) if run_flops and result.train_s > 0 else 0.0
+    )
     record["cost"] = {
         "trainable_params": trainable_parameters(model) if trains else 0,
         "delta_params": method.delta_parameters(model) if trains else 0,
@@ -460,12 +528,18 @@ def run_cell(config: CellConfig, out_dir: Path, threads: int | None = None) -> d
         record["cost"]["retention_s"] = record["retention"]["seconds"]
     record["env"] = environment(device)
     if own := user_inputs(task, plan.eval_sets, root):  # opt-in key: cells reading only shared data are as before
-        record["config"]["tasks_file"] = {"path": own[0],
-                                          "sha256": hashlib.sha256(Path(own[0]).read_bytes()).hexdigest()}
-    record["inputs"] = {"data": {**file_sha256s(task, plan.eval_sets, root),
-                                 **(dataset_sha256s(retention.datasets(hp), root) if retained else {})},
-                        "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
-                        "method_sha256": files_sha256(method_files(config.method))}
+        record["config"]["tasks_file"] = {
+            "path": own[0],
+            "sha256": hashlib.sha256(Path(own[0]).read_bytes()).hexdigest(),
+        }
+    record["inputs"] = {
+        "data": {
+            **file_sha256s(task, plan.eval_sets, root),
+            **(dataset_sha256s(retention.datasets(hp), root) if retained else {}),
+        },
+        "model": {"name": config.model, "sha256": model_fingerprint(manifest)},
+        "method_sha256": files_sha256(method_files(config.method)),
+    }
     record["identity"] = identity(resolved_spec(config, record["inputs"]["model"]["sha256"], needed_identities(hp)))
     write_json_atomic(out_dir / "record.json", record)
     return record

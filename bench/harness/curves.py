@@ -7,6 +7,7 @@ curve_limit >= eval_limit the curve's set is the eval set, and its last point is
 Neither overlaps the training examples. The training loop calls `LearningCurve` before the first step, every K
 steps and after the last; its time is `cost.curve_eval_s`, outside `train_s`.
 """
+
 from __future__ import annotations
 
 from bench.api.errors import BenchError
@@ -15,8 +16,10 @@ from bench.api.errors import BenchError
 def check(hp: dict) -> None:
     """Plan-time refusal of curve settings that cannot work."""
     if hp["eval_every"] < 0 or hp["curve_limit"] <= 0:
-        raise BenchError(f"eval_every={hp['eval_every']}, curve_limit={hp['curve_limit']}: use eval_every >= 0 "
-                         "(0 = no curve) and curve_limit >= 1")
+        raise BenchError(
+            f"eval_every={hp['eval_every']}, curve_limit={hp['curve_limit']}: use eval_every >= 0 "
+            "(0 = no curve) and curve_limit >= 1"
+        )
     if hp["eval_every"] > 0 and hp["steps"] <= 0:
         raise BenchError("eval_every needs a cell that trains (steps > 0): drop eval_every or set steps")
 
@@ -48,5 +51,11 @@ class LearningCurve:
     def record(self, seconds: float) -> dict:
         from bench.harness.evaluation import example_ids
 
-        return {"eval_set": self.eval_set, "metric": self.metric, "n": len(self.examples),
-                "ids": example_ids(self.examples), "eval_s": round(seconds, 3), "points": self.points}
+        return {
+            "eval_set": self.eval_set,
+            "metric": self.metric,
+            "n": len(self.examples),
+            "ids": example_ids(self.examples),
+            "eval_s": round(seconds, 3),
+            "points": self.points,
+        }

@@ -6,6 +6,7 @@ prompt, highest wins (Lester / PET style, no task head). All labels of all examp
 through one forward pass; when every label word is one token, the rows for one example are the same
 sequence and collapse into one. Logits are computed only at the positions that are scored.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,12 +32,21 @@ class Timer:
 
 def _chunks(items, size):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 @torch.no_grad()
-def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
-                extra_positions: int = 0, timer: Timer | None = None, copies: int = 1) -> torch.Tensor:
+def rank_scores(
+    model,
+    tokenizer,
+    task,
+    examples,
+    batch_size: int,
+    max_len: int,
+    extra_positions: int = 0,
+    timer: Timer | None = None,
+    copies: int = 1,
+) -> torch.Tensor:
     """Sum of label-token log-probs, shape (examples, labels).
 
     `copies` > 1: the model answers every input row with `copies` rows, copy-major (row c * rows + b is
@@ -64,8 +74,11 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
         input_ids, attention_mask = pad([list(sequences[r]) for r in batch_rows], tokenizer.pad_token_id)
         wanted = sorted({p + k for r in batch_rows for (_, _, _, p, ids) in by_row[r] for k in range(len(ids))})
         start = time.perf_counter()
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                       logits_to_keep=torch.tensor(wanted, device=model.device) + extra_positions).logits.cpu()
+        logits = model(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            logits_to_keep=torch.tensor(wanted, device=model.device) + extra_positions,
+        ).logits.cpu()
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         if timer:
             timer.seconds += time.perf_counter() - start
@@ -77,7 +90,6 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
                     row = c * len(batch_rows) + b
                     scores[c, i, j] = sum(logprobs[row, column[first + k], t].item() for k, t in enumerate(ids))
     return scores[0] if copies == 1 else scores
-
 
 
 def _generation_batches(lengths: list[int], batch_size: int, equal_length: bool) -> list[list[int]]:
@@ -92,12 +104,22 @@ def _generation_batches(lengths: list[int], batch_size: int, equal_length: bool)
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
-             num_beams: int = 1, timer: Timer | None = None, extra_positions: int = 0,
-             drop_finished: bool = True) -> list[str]:
-    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1), through `bench.harness.generation.decode`:
-    greedy rows leave the batch when they end or their first line is done (the output is the first line);
-    `drop_finished=False` runs `model.generate` (the same texts, and tokens of which ours are a prefix).
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    max_len: int,
+    num_beams: int = 1,
+    timer: Timer | None = None,
+    extra_positions: int = 0,
+    drop_finished: bool = True,
+) -> list[str]:
+    """Batched, left-padded, KV-cached decoding (greedy unless num_beams > 1), through
+    `bench.harness.generation.decode`: greedy rows leave the batch when they end or their first line is done (the
+    output is the first line); `drop_finished=False` runs `model.generate` (the same texts, and tokens of which ours
+    are a prefix).
 
     With virtual tokens (`extra_positions` > 0, e.g. peft prompt tuning) left padding would sit between
     the virtual tokens and the text and shift the text's positions, so a batch then holds only prompts
@@ -110,9 +132,18 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         input_ids, attention_mask = pad([encoded[i] for i in chunk], tokenizer.pad_token_id, side="left")
         start = time.perf_counter()
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-        generated = decode(model, input_ids, attention_mask, max_new_tokens, tokenizer.pad_token_id,
-                           tokenizer.eos_token_id, num_beams, drop_finished, FirstLineDone(tokenizer))
-        new_tokens = generated[:, input_ids.shape[1]:]
+        generated = decode(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            tokenizer.pad_token_id,
+            tokenizer.eos_token_id,
+            num_beams,
+            drop_finished,
+            FirstLineDone(tokenizer),
+        )
+        new_tokens = generated[:, input_ids.shape[1] :]
         if timer:
             timer.seconds += time.perf_counter() - start
             timer.tokens += int(attention_mask.sum()) + int((new_tokens != tokenizer.pad_token_id).sum())
@@ -139,13 +170,17 @@ def example_ids(examples) -> list[str]:
 def classification_outputs(scores, examples) -> list[dict]:
     """Per-example outputs of a classifier from its scores (examples, labels): log-probabilities of each label
     (rank scoring: the label words' summed log-probs; encoders: log-softmax of the head's logits)."""
-    return [{"id": i, "gold": ex.label, "pred": int(row.argmax()), "logprobs": [round(float(v), 5) for v in row]}
-            for i, ex, row in zip(example_ids(examples), examples, scores)]
+    return [
+        {"id": i, "gold": ex.label, "pred": int(row.argmax()), "logprobs": [round(float(v), 5) for v in row]}
+        for i, ex, row in zip(example_ids(examples), examples, scores)
+    ]
 
 
 def generation_outputs(hypotheses, examples) -> list[dict]:
-    return [{"id": i, "gold": list(ex.references), "hyp": h}
-            for i, ex, h in zip(example_ids(examples), examples, hypotheses)]
+    return [
+        {"id": i, "gold": list(ex.references), "hyp": h}
+        for i, ex, h in zip(example_ids(examples), examples, hypotheses)
+    ]
 
 
 def score_outputs(rows: list[dict], names, scorer: str | None = None) -> dict[str, float]:
@@ -155,8 +190,7 @@ def score_outputs(rows: list[dict], names, scorer: str | None = None) -> dict[st
     if rows and "hyp" in rows[0]:
         from bench.harness.scorers import generation_metrics
 
-        return generation_metrics([r["hyp"] for r in rows], [r["gold"] for r in rows], names,
-                                  scorer or "e2e-metrics")
+        return generation_metrics([r["hyp"] for r in rows], [r["gold"] for r in rows], names, scorer or "e2e-metrics")
     return classification_metrics([r["pred"] for r in rows], [r["gold"] for r in rows], names)
 
 

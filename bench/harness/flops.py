@@ -35,6 +35,7 @@ bf16 on CUDA) with the given number of threads, best of several repeats, cached 
 (device, dtype, threads, CPU/GPU model, torch version) because a shared machine's background load
 should not make every cell measure a different peak.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,16 @@ from pathlib import Path
 PEAK_CACHE_ENV = "PEFT_REPRO_PEAK_CACHE"  # file holding measured peaks (default results/models/matmul_peak.json)
 
 
-def flops_per_step(n_params_total: int, tunes_base: bool, tokens: int, extra_positions: int = 0,
-                   sequences: int = 0, trainable_params: int = 0, head_params: int = 0,
-                   head_positions: int = 0) -> float:
+def flops_per_step(
+    n_params_total: int,
+    tunes_base: bool,
+    tokens: int,
+    extra_positions: int = 0,
+    sequences: int = 0,
+    trainable_params: int = 0,
+    head_params: int = 0,
+    head_positions: int = 0,
+) -> float:
     """≈ training FLOPs of one optimizer step.
 
     n_params_total: parameters used as matmul weights per position (`token_path_parameters(model)[0]`).
@@ -127,8 +135,9 @@ def _cache_file() -> Path:
     return cache_dir() / "matmul_peak.json"  # machine-local and git-ignored, like the converted models
 
 
-def measure_matmul_peak(threads: int = 1, device: str = "cpu", size: int | None = None, repeats: int = 5,
-                        precision: str = "fp32") -> float:
+def measure_matmul_peak(
+    threads: int = 1, device: str = "cpu", size: int | None = None, repeats: int = 5, precision: str = "fp32"
+) -> float:
     """Best achieved FLOP/s of an n×n @ n×n matmul (2n³ FLOPs) over `repeats` timed runs: in bf16 on CUDA or where
     `precision` is bf16 (cells that train under bf16 autocast), else fp32."""
     import torch
@@ -152,7 +161,7 @@ def measure_matmul_peak(threads: int = 1, device: str = "cpu", size: int | None 
             best = min(best, time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)
-    return 2.0 * size ** 3 / best
+    return 2.0 * size**3 / best
 
 
 @lru_cache(maxsize=None)
@@ -202,15 +211,23 @@ def encoder_parameters(model) -> tuple[int, int]:
     return sum(p.numel() for p in weights), sum(p.numel() for p in weights if p.requires_grad)
 
 
-def train_flops(model, tunes_base: bool, tokens: int, encoder_tokens: int, extra_positions: int, sequences: int,
-                head_positions: int) -> float:
+def train_flops(
+    model, tunes_base: bool, tokens: int, encoder_tokens: int, extra_positions: int, sequences: int, head_positions: int
+) -> float:
     """≈ training FLOPs of a run of `flops_per_step`'s counts (bench.harness.train.TrainResult: `tokens` all real
     tokens, `encoder_tokens` those of an encoder-decoder's encoder, 0 for other models)."""
     path_params, path_trainable = token_path_parameters(model)
     encoder, encoder_trainable = encoder_parameters(model)
-    flops = flops_per_step(path_params - encoder, tunes_base, tokens - encoder_tokens,
-                           0 if encoder else extra_positions, sequences, path_trainable - encoder_trainable,
-                           lm_head_parameters(model), head_positions)
+    flops = flops_per_step(
+        path_params - encoder,
+        tunes_base,
+        tokens - encoder_tokens,
+        0 if encoder else extra_positions,
+        sequences,
+        path_trainable - encoder_trainable,
+        lm_head_parameters(model),
+        head_positions,
+    )
     if encoder:  # virtual tokens (a soft prompt) run through the encoder only
         flops += flops_per_step(encoder, tunes_base, encoder_tokens, extra_positions, sequences, encoder_trainable)
     return flops

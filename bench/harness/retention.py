@@ -12,6 +12,7 @@ model (after training, as evaluated: a soft prompt stays prepended), on the same
 - zero-shot accuracy on another task (hp `retention_task`), rank-scored with that task's own template on
   ZERO_SHOT_EXAMPLES of its in-domain eval set (the first of the fixed seeded subset every cell uses).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,21 +36,28 @@ def check(hp: dict, task, model_kind: str) -> None:
 
     if not hp["retention"]:
         if hp["retention_task"]:
-            raise BenchError(f"retention_task={hp['retention_task']} is set but retention is off: "
-                             "add retention=true or drop retention_task")
+            raise BenchError(
+                f"retention_task={hp['retention_task']} is set but retention is off: "
+                "add retention=true or drop retention_task"
+            )
         return
     if not get_kind(model_kind).language_model:
-        raise BenchError("retention measures language-modelling loss and rank-scored zero-shot accuracy, which need "
-                         "a causal LM: drop retention for encoder models")
+        raise BenchError(
+            "retention measures language-modelling loss and rank-scored zero-shot accuracy, which need "
+            "a causal LM: drop retention for encoder models"
+        )
     text_split = get_text_split()
     if task.train_split == text_split:
-        raise BenchError(f"task {task.name} trains on {text_split}, the held-out text retention reads: "
-                         "drop retention for this task")
+        raise BenchError(
+            f"task {task.name} trains on {text_split}, the held-out text retention reads: drop retention for this task"
+        )
     if hp["retention_task"]:
         other = get_task(hp["retention_task"])
         if other.name == task.name or other.kind != "classification":
-            raise BenchError(f"retention_task={other.name} must be a classification task other than the cell's "
-                             f"({task.name}): choose another task")
+            raise BenchError(
+                f"retention_task={other.name} must be a classification task other than the cell's "
+                f"({task.name}): choose another task"
+            )
 
 
 def datasets(hp: dict) -> list[str]:
@@ -80,7 +88,7 @@ def passage_losses(model, tokenizer, texts: list[str], extra_positions: int = 0)
     ids = [prompt_ids(tokenizer, text)[:TOKENS] for text in texts]
     with torch.no_grad():
         for start in range(0, len(ids), BATCH):
-            input_ids, mask = pad(ids[start:start + BATCH], tokenizer.pad_token_id)
+            input_ids, mask = pad(ids[start : start + BATCH], tokenizer.pad_token_id)
             device = next(model.parameters()).device
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
             logits = logits[:, extra_positions:-1].float().cpu()
@@ -110,8 +118,15 @@ class Retention:
         nll, tokens = passage_losses(model, self.tokenizer, self.texts, extra_positions)
         side = {"nll": nll, "tokens": tokens}
         if self.other:
-            scores = rank_scores(model, self.tokenizer, self.other, self.examples, self.hp["eval_batch_size"],
-                                 self.hp["max_len"], extra_positions)
+            scores = rank_scores(
+                model,
+                self.tokenizer,
+                self.other,
+                self.examples,
+                self.hp["eval_batch_size"],
+                self.hp["max_len"],
+                extra_positions,
+            )
             side["correct"] = "".join(str(int(int(s.argmax()) == ex.label)) for s, ex in zip(scores, self.examples))
         self.seconds += time.perf_counter() - start
         return side
@@ -123,18 +138,30 @@ class Retention:
             loss = sum(side["nll"]) / sum(side["tokens"])
             return {"loss": round(loss, 5), "perplexity": round(math.exp(loss), 3)}
 
-        out = {"text": {"dataset": get_text_split(), "passages": len(self.texts), "tokens_per_passage": TOKENS},
-               "lm": {"base": lm(base), "adapted": lm(adapted),
-                      "loss_increase": round(lm(adapted)["loss"] - lm(base)["loss"], 5),
-                      "tokens": base["tokens"], "base_nll": base["nll"], "adapted_nll": adapted["nll"]},
-               "seconds": round(self.seconds, 3)}
+        out = {
+            "text": {"dataset": get_text_split(), "passages": len(self.texts), "tokens_per_passage": TOKENS},
+            "lm": {
+                "base": lm(base),
+                "adapted": lm(adapted),
+                "loss_increase": round(lm(adapted)["loss"] - lm(base)["loss"], 5),
+                "tokens": base["tokens"],
+                "base_nll": base["nll"],
+                "adapted_nll": adapted["nll"],
+            },
+            "seconds": round(self.seconds, 3),
+        }
         if self.other:
             accuracy = lambda s: round(100.0 * s.count("1") / len(s), 2)  # noqa: E731
-            out["zero_shot"] = {"task": self.other.name, "n": len(self.examples), "ids": example_ids(self.examples),
-                                "base_accuracy": accuracy(base["correct"]),
-                                "adapted_accuracy": accuracy(adapted["correct"]),
-                                "accuracy_change": round(accuracy(adapted["correct"]) - accuracy(base["correct"]), 2),
-                                "base_correct": base["correct"], "adapted_correct": adapted["correct"]}
+            out["zero_shot"] = {
+                "task": self.other.name,
+                "n": len(self.examples),
+                "ids": example_ids(self.examples),
+                "base_accuracy": accuracy(base["correct"]),
+                "adapted_accuracy": accuracy(adapted["correct"]),
+                "accuracy_change": round(accuracy(adapted["correct"]) - accuracy(base["correct"]), 2),
+                "base_correct": base["correct"],
+                "adapted_correct": adapted["correct"],
+            }
         return out
 
 

@@ -56,6 +56,7 @@ rouge-score  XSum as Li & Liang score it: their seq2seq/finetune.py calls seq2se
              official ROUGE output was at hand to compare).
              With several references, the best reference's F-measure.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,12 +85,15 @@ def check_scorer(scorer: str, names, where: str) -> None:
         raise BenchError(f"{where}: unknown scorer '{scorer}': use one of {', '.join(SCORERS)} in config/tasks.yaml")
     missing = [name for name in names if name not in METRICS[scorer]]
     if missing:
-        raise BenchError(f"{where}: scorer {scorer} does not define {', '.join(missing)}: use metrics from "
-                         f"{', '.join(METRICS[scorer])} or another scorer in config/tasks.yaml")
+        raise BenchError(
+            f"{where}: scorer {scorer} does not define {', '.join(missing)}: use metrics from "
+            f"{', '.join(METRICS[scorer])} or another scorer in config/tasks.yaml"
+        )
 
 
-def generation_metrics(hypotheses: list[str], references: list[list[str]], names,
-                       scorer: str = "e2e-metrics") -> dict[str, float]:
+def generation_metrics(
+    hypotheses: list[str], references: list[list[str]], names, scorer: str = "e2e-metrics"
+) -> dict[str, float]:
     """The metrics named in `names` as `scorer` computes them (see the module docstring); nothing else is
     computed, and each package is imported only when asked for. Any number of references per example."""
     check_scorer(scorer, names, "generation metrics")
@@ -129,8 +133,9 @@ def _sacrebleu(hypotheses, references, lowercase: bool, tokenize: str, smooth: s
 
     streams = max(map(len, references), default=0)
     ref_streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(streams)]
-    return sacrebleu.corpus_bleu(hypotheses, ref_streams, lowercase=lowercase, tokenize=tokenize,
-                                 smooth_method=smooth, force=True).score  # force: pre-tokenized text is expected
+    return sacrebleu.corpus_bleu(
+        hypotheses, ref_streams, lowercase=lowercase, tokenize=tokenize, smooth_method=smooth, force=True
+    ).score  # force: pre-tokenized text is expected
 
 
 def multi_bleu(hypotheses: list[str], references: list[list[str]], lowercase: bool, slots: int) -> float:
@@ -157,7 +162,7 @@ def mteval_nist(hypotheses: list[str], references: list[list[str]], order: int =
     counts: Counter = Counter()  # n-grams of every reference, for the information weights
     for words in (w for rs in refs for w in rs):
         for n in range(1, order + 1):
-            counts.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+            counts.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     ref_words = sum(len(w) for rs in refs for w in rs)
 
     def info(ngram):
@@ -166,11 +171,11 @@ def mteval_nist(hypotheses: list[str], references: list[list[str]], order: int =
     gained, hyp_ngrams = [0.0] * (order + 1), [0] * (order + 1)
     for words, rs in zip(hyps, refs):
         for n in range(1, order + 1):
-            hyp_counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+            hyp_counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
             hyp_ngrams[n] += sum(hyp_counts.values())
             most = Counter()
             for r in rs:
-                most |= Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))  # |: the max per n-gram
+                most |= Counter(tuple(r[i : i + n]) for i in range(len(r) - n + 1))  # |: the max per n-gram
             gained[n] += sum(info(g) * min(c, most[g]) for g, c in hyp_counts.items() if g in most)
     score = sum(gained[n] / max(hyp_ngrams[n], 1) for n in range(1, order + 1))
     references_per_segment = sum(1 for rs in refs for r in rs if r) / max(len(refs), 1)
@@ -192,8 +197,10 @@ def _unidecode(text: str) -> str:
     try:
         from unidecode import unidecode
     except ImportError:
-        raise BenchError("the WebNLG 2017 scorer needs the unidecode package, which is not installed: "
-                         "pip install Unidecode (it is a dependency in pyproject.toml)") from None
+        raise BenchError(
+            "the WebNLG 2017 scorer needs the unidecode package, which is not installed: "
+            "pip install Unidecode (it is a dependency in pyproject.toml)"
+        ) from None
     return unidecode(text)
 
 
@@ -220,8 +227,9 @@ def _bleu_meteor(hyps, refs, names, lowercase: bool, slots: int) -> dict[str, fl
     if "meteor" in names:
         if not all(refs):
             raise ValueError("METEOR needs at least one reference per example")
-        metrics["meteor"] = 100.0 * _meteor({i: list(rs) for i, rs in enumerate(refs)},
-                                            {i: [h] for i, h in enumerate(hyps)})
+        metrics["meteor"] = 100.0 * _meteor(
+            {i: list(rs) for i, rs in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)}
+        )
     return metrics
 
 
@@ -247,11 +255,13 @@ def check_metric_tools(names, scorers=("e2e-metrics",)) -> None:
     """One line (BenchError), before any model loads, when a metric in `names` needs Java under one of
     `scorers` (METEOR's jar always; e2e-metrics' PTBTokenizer for ROUGE-L and CIDEr too) and there is none,
     or the WebNLG scorer's unidecode is missing."""
-    needing = [name for name in names
-               if name == "meteor" or (name in ("rouge_l", "cider") and "e2e-metrics" in scorers)]
+    needing = [
+        name for name in names if name == "meteor" or (name in ("rouge_l", "cider") and "e2e-metrics" in scorers)
+    ]
     if needing and not shutil.which("java"):
-        raise BenchError(f"metric(s) {', '.join(needing)} need Java (`java` on PATH), which is not installed: "
-                         + JAVA_FIX)
+        raise BenchError(
+            f"metric(s) {', '.join(needing)} need Java (`java` on PATH), which is not installed: " + JAVA_FIX
+        )
     if "webnlg-2017" in scorers:
         _unidecode("")
 
@@ -299,8 +309,10 @@ def _coco_tokenize(hypotheses, references) -> tuple[dict, dict]:
         tokens = PTBTokenizer().tokenize(captions)
     if any(len(tokens.get(key, ())) != len(value) for key, value in captions.items()):
         raise RuntimeError("PTBTokenizer returned a different number of lines than it was given")
-    return ({i: tokens[("ref", i)] for i in range(len(references))},
-            {i: tokens[("hyp", i)] for i in range(len(hypotheses))})
+    return (
+        {i: tokens[("ref", i)] for i in range(len(references))},
+        {i: tokens[("hyp", i)] for i in range(len(hypotheses))},
+    )
 
 
 def _meteor(gts: dict, res: dict) -> float:

@@ -6,6 +6,7 @@ Loaders turn data files into flat records (dicts); the generic code maps records
 A user's tasks file ($PEFT_REPRO_TASKS, `--tasks`) is merged over config/tasks.yaml: it may add datasets, tasks and
 shifts, never change or extend what config/tasks.yaml declares, so a shared name means the same data for everyone.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,10 +32,36 @@ DEV_SEED = 4321  # the fixed permutation that holds a dev set out of a training 
 _ROOT_FIX = "set PEFT_REPRO_DATA or pass --data-root to the folder holding shared/data"
 TASKS_ENV = "PEFT_REPRO_TASKS"  # a user's tasks file, merged over config/tasks.yaml (`--tasks` sets it)
 USER_KEYS = ("data_roots", "datasets", "tasks")
-DATASET_KEYS = {"files", "loader", "fields", "label", "labels", "references", "group", "explode", "clean", "squash",
-                "holdout", "scorer", "where", "hub"}
-TASK_KEYS = {"kind", "template", "verbalizer", "text_fields", "metrics", "train", "eval", "shifts", "max_new_tokens",
-             "templates", "unlabelled", "offline"}
+DATASET_KEYS = {
+    "files",
+    "loader",
+    "fields",
+    "label",
+    "labels",
+    "references",
+    "group",
+    "explode",
+    "clean",
+    "squash",
+    "holdout",
+    "scorer",
+    "where",
+    "hub",
+}
+TASK_KEYS = {
+    "kind",
+    "template",
+    "verbalizer",
+    "text_fields",
+    "metrics",
+    "train",
+    "eval",
+    "shifts",
+    "max_new_tokens",
+    "templates",
+    "unlabelled",
+    "offline",
+}
 DEFAULT_TEMPLATE = "default"  # the name of a task's own template + verbalizer among its `templates`
 REQUIRED = {"datasets": ("files", "loader", "fields"), "tasks": ("kind", "template", "text_fields", "metrics", "eval")}
 
@@ -77,8 +104,11 @@ def _verified_path(root: Path, rel: str, own: bool = False) -> Path:
         raise BenchError(f"data file {rel} not found under data root {root}: {_ROOT_FIX}")
     expected = _checksums(root).get(rel)
     if expected is None:
-        fix = (f"list it: (cd {root} && sha256sum {rel} >> SHA256SUMS)" if own else
-               "restore SHA256SUMS from the original shared/data copy")
+        fix = (
+            f"list it: (cd {root} && sha256sum {rel} >> SHA256SUMS)"
+            if own
+            else "restore SHA256SUMS from the original shared/data copy"
+        )
         raise BenchError(f"data file {rel} is not listed in {root / 'SHA256SUMS'}: {fix}")
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -86,11 +116,13 @@ def _verified_path(root: Path, rel: str, own: bool = False) -> Path:
             h.update(chunk)
     got = h.hexdigest()
     if got != expected:
-        fix = (f"restore the file, or if you changed it on purpose replace its line in {root / 'SHA256SUMS'} "
-               f"with the output of (cd {root} && sha256sum {rel})" if own else
-               "restore it from the original shared/data copy")
-        raise BenchError(f"data file {rel} fails its sha256 check (expected {expected[:12]}…, got {got[:12]}…): "
-                         f"{fix}")
+        fix = (
+            f"restore the file, or if you changed it on purpose replace its line in {root / 'SHA256SUMS'} "
+            f"with the output of (cd {root} && sha256sum {rel})"
+            if own
+            else "restore it from the original shared/data copy"
+        )
+        raise BenchError(f"data file {rel} fails its sha256 check (expected {expected[:12]}…, got {got[:12]}…): {fix}")
     _VERIFIED.add((root, rel))
     return path
 
@@ -122,24 +154,30 @@ def _load_json(path: Path) -> list[dict]:
 
 
 def _load_webnlg(path: Path) -> list[dict]:
-    return [{"triples": _linearize([t.split(" | ") for t in r["triples"]]), "refs": r["lex"]}
-            for r in _load_jsonl(path)]
+    return [
+        {"triples": _linearize([t.split(" | ") for t in r["triples"]]), "refs": r["lex"]} for r in _load_jsonl(path)
+    ]
 
 
 def _load_dart(path: Path) -> list[dict]:
-    return [{"triples": _linearize(r["tripleset"]), "refs": [a["text"] for a in r["annotations"]]}
-            for r in _load_json(path)]
+    return [
+        {"triples": _linearize(r["tripleset"]), "refs": [a["text"] for a in r["annotations"]]} for r in _load_json(path)
+    ]
 
 
 def _load_multirc(path: Path) -> list[dict]:
-    return [{"passage": p["passage"]["text"], "question": q["question"], "answer": a["text"], "label": a["label"]}
-            for p in _load_jsonl(path) for q in p["passage"]["questions"] for a in q["answers"]]
+    return [
+        {"passage": p["passage"]["text"], "question": q["question"], "answer": a["text"], "label": a["label"]}
+        for p in _load_jsonl(path)
+        for q in p["passage"]["questions"]
+        for a in q["answers"]
+    ]
 
 
 LOADERS = {
     "csv": _load_csv,
-    "tsv": lambda p: _load_csv(p, "\t"),                        # quoted fields may hold newlines
-    "tsv_raw": lambda p: _load_csv(p, "\t", csv.QUOTE_NONE),     # GLUE style: quotes are text
+    "tsv": lambda p: _load_csv(p, "\t"),  # quoted fields may hold newlines
+    "tsv_raw": lambda p: _load_csv(p, "\t", csv.QUOTE_NONE),  # GLUE style: quotes are text
     "jsonl": _load_jsonl,
     "json": _load_json,
     "webnlg": _load_webnlg,
@@ -180,8 +218,10 @@ class Task:
         if name in ("", DEFAULT_TEMPLATE):
             return self
         if name not in self.templates:
-            raise BenchError(f"template {name!r} is not one of task {self.name}'s templates: choose one of "
-                             f"{', '.join(self.template_names())} (config/tasks.yaml: tasks.{self.name}.templates)")
+            raise BenchError(
+                f"template {name!r} is not one of task {self.name}'s templates: choose one of "
+                f"{', '.join(self.template_names())} (config/tasks.yaml: tasks.{self.name}.templates)"
+            )
         alt = self.templates[name]
         return replace(self, template=alt["template"], verbalizer=tuple(alt.get("verbalizer") or self.verbalizer))
 
@@ -189,15 +229,19 @@ class Task:
         try:
             return self.template.format(**ex.fields)
         except KeyError as err:
-            raise BenchError(f"task {self.name} template needs field {err} but the example has "
-                             f"{sorted(ex.fields)}: fix the template or fields in config/tasks.yaml") from None
+            raise BenchError(
+                f"task {self.name} template needs field {err} but the example has "
+                f"{sorted(ex.fields)}: fix the template or fields in config/tasks.yaml"
+            ) from None
 
     def target(self, ex: Example) -> str:
         if self.kind == "classification":
             return self.verbalizer[ex.label]
         if not ex.references:
-            raise BenchError(f"task {self.name}: example has no reference text: "
-                             "give its dataset a `references` key in config/tasks.yaml")
+            raise BenchError(
+                f"task {self.name}: example has no reference text: "
+                "give its dataset a `references` key in config/tasks.yaml"
+            )
         return " " + ex.references[0]
 
     @property
@@ -231,16 +275,20 @@ def _merge_user_file(cfg: dict, path: Path) -> dict:
             missing = [k for k in REQUIRED[section] if k not in entry] if name not in cfg[section] else []
             if unknown or missing:
                 problem = f"unknown key '{unknown[0]}'" if unknown else f"no '{missing[0]}'"
-                raise BenchError(f"{path}: {section}.{name}: {problem}: use {', '.join(sorted(allowed))} "
-                                 f"(a new one needs {', '.join(REQUIRED[section])}; see config/tasks.yaml)")
+                raise BenchError(
+                    f"{path}: {section}.{name}: {problem}: use {', '.join(sorted(allowed))} "
+                    f"(a new one needs {', '.join(REQUIRED[section])}; see config/tasks.yaml)"
+                )
     roots = user.get("data_roots") or []
     if not isinstance(roots, list):
         raise BenchError(f"{path}: data_roots must be a list of folders (relative to {path.parent})")
     user["data_roots"] = [(path.parent / str(r)).resolve() for r in roots]
     for root in user["data_roots"]:
         if not (root / "SHA256SUMS").is_file():
-            raise BenchError(f"data root {root} (data_roots of {path}) has no SHA256SUMS: "
-                             f"create it: (cd {root} && sha256sum FILE... > SHA256SUMS)")
+            raise BenchError(
+                f"data root {root} (data_roots of {path}) has no SHA256SUMS: "
+                f"create it: (cd {root} && sha256sum FILE... > SHA256SUMS)"
+            )
     taken = "config/tasks.yaml declares it and a tasks file may only add: give yours a new name"
     for ds, entry in user["datasets"].items():
         if ds in cfg["datasets"]:
@@ -271,8 +319,10 @@ def _merged(user_file: str | None) -> dict:
                 raise BenchError(f"task {name} uses undeclared dataset '{ds}': declare it under datasets in {declared}")
         clash = {name, "dev"} & set(t.get("shifts") or {})
         if clash:
-            raise BenchError(f"task {name}: shift name '{clash.pop()}' is taken (the in-domain and dev eval sets): "
-                             f"rename the shift in {declared}")
+            raise BenchError(
+                f"task {name}: shift name '{clash.pop()}' is taken (the in-domain and dev eval sets): "
+                f"rename the shift in {declared}"
+            )
         if t["kind"] == "generation":
             from bench.harness.scorers import check_scorer
 
@@ -291,7 +341,9 @@ def use_tasks_file(path: str | Path | None) -> None:
     """Merge `path` over config/tasks.yaml in this process and in the cells it starts (via $PEFT_REPRO_TASKS)."""
     if path:
         if not Path(path).is_file():
-            raise BenchError(f"tasks file {path} not found: pass the path of your tasks file (docs/extend.md: Add a dataset)")
+            raise BenchError(
+                f"tasks file {path} not found: pass the path of your tasks file (docs/extend.md: Add a dataset)"
+            )
         os.environ[TASKS_ENV] = os.path.abspath(path)
 
 
@@ -319,10 +371,16 @@ def task_offline_twin(name: str) -> str | None:
     if twin is None:
         return None
     task, other = get_task(name), get_task(twin)
-    if (other.kind, other.template, other.metrics, set(other.shifts)) != (task.kind, task.template, task.metrics,
-                                                                          set(task.shifts)):
-        raise BenchError(f"task {name}: its offline twin {twin} differs in kind, template, metrics or shift names: "
-                         "make them equal in config/tasks.yaml")
+    if (other.kind, other.template, other.metrics, set(other.shifts)) != (
+        task.kind,
+        task.template,
+        task.metrics,
+        set(task.shifts),
+    ):
+        raise BenchError(
+            f"task {name}: its offline twin {twin} differs in kind, template, metrics or shift names: "
+            "make them equal in config/tasks.yaml"
+        )
     return twin
 
 
@@ -332,11 +390,20 @@ def _task(name: str, user_file: str | None) -> Task:
     if name not in tasks:
         raise BenchError(f"unknown task '{name}': choose one of {', '.join(tasks)} (config/tasks.yaml)")
     t = tasks[name]
-    return Task(name=name, kind=t["kind"], template=t["template"], verbalizer=tuple(t.get("verbalizer") or ()),
-                text_fields=tuple(t["text_fields"]), metrics=tuple(t["metrics"]), train_split=t.get("train"),
-                eval_split=t["eval"], shifts=dict(t.get("shifts") or {}),
-                max_new_tokens=int(t.get("max_new_tokens") or 0), templates=_templates(name, t),
-                unlabelled_split=t.get("unlabelled"))
+    return Task(
+        name=name,
+        kind=t["kind"],
+        template=t["template"],
+        verbalizer=tuple(t.get("verbalizer") or ()),
+        text_fields=tuple(t["text_fields"]),
+        metrics=tuple(t["metrics"]),
+        train_split=t.get("train"),
+        eval_split=t["eval"],
+        shifts=dict(t.get("shifts") or {}),
+        max_new_tokens=int(t.get("max_new_tokens") or 0),
+        templates=_templates(name, t),
+        unlabelled_split=t.get("unlabelled"),
+    )
 
 
 def _templates(name: str, t: dict) -> dict[str, dict]:
@@ -345,11 +412,17 @@ def _templates(name: str, t: dict) -> dict[str, dict]:
     templates = t.get("templates") or {}
     for label, alt in templates.items():
         words = alt.get("verbalizer") if isinstance(alt, dict) else None
-        if (not isinstance(alt, dict) or not isinstance(alt.get("template"), str) or label == DEFAULT_TEMPLATE
-                or set(alt) - {"template", "verbalizer", "source"}
-                or (words is not None and len(words) != len(t.get("verbalizer") or ()))):
-            raise BenchError(f"task {name}: templates.{label} must be {{template: str, verbalizer: [one word per "
-                             f"label], source: str}} and not be named {DEFAULT_TEMPLATE!r}: fix config/tasks.yaml")
+        if (
+            not isinstance(alt, dict)
+            or not isinstance(alt.get("template"), str)
+            or label == DEFAULT_TEMPLATE
+            or set(alt) - {"template", "verbalizer", "source"}
+            or (words is not None and len(words) != len(t.get("verbalizer") or ()))
+        ):
+            raise BenchError(
+                f"task {name}: templates.{label} must be {{template: str, verbalizer: [one word per "
+                f"label], source: str}} and not be named {DEFAULT_TEMPLATE!r}: fix config/tasks.yaml"
+            )
     return dict(templates)
 
 
@@ -368,8 +441,7 @@ def _clean(text: str, spec: dict) -> str:
 
 
 def _to_example(rec: dict, spec: dict) -> Example:
-    fields = {k: _clean(src.format(**rec) if "{" in src else str(rec[src]), spec)
-              for k, src in spec["fields"].items()}
+    fields = {k: _clean(src.format(**rec) if "{" in src else str(rec[src]), spec) for k, src in spec["fields"].items()}
     label = None
     if "label" in spec:
         raw = rec[spec["label"]]
@@ -400,8 +472,10 @@ def _file_root(dataset_id: str, rel: str, root: Path) -> tuple[Path, bool]:
                 return own, True
         if not (root / rel).is_file():
             roots = ", ".join(map(str, [*user["data_roots"], root]))
-            raise BenchError(f"data file {rel} of dataset {dataset_id} not found in data roots {roots}: put it in "
-                             f"one of the data_roots of {user_tasks_file()} (paths relative to the root)")
+            raise BenchError(
+                f"data file {rel} of dataset {dataset_id} not found in data roots {roots}: put it in "
+                f"one of the data_roots of {user_tasks_file()} (paths relative to the root)"
+            )
     _verified_path(root, rel)
     return root, False
 
@@ -413,10 +487,12 @@ def _hub_records(dataset_id: str, hub: dict) -> list[dict]:
 
         return [dict(row) for row in datasets.load_dataset(hub["id"], split=hub["split"])]
     except Exception as error:  # offline, or the hub refused: one line, before any model loads
-        raise BenchError(f"dataset {dataset_id} is {hub['id']} ({hub['split']}) on the hub and could not be loaded "
-                         f"({type(error).__name__}: {' '.join(str(error).split())[:160]}): run where the hub is "
-                         "reachable (unset HF_HUB_OFFLINE), or use the task's offline twin (config/tasks.yaml "
-                         "`offline`)") from None
+        raise BenchError(
+            f"dataset {dataset_id} is {hub['id']} ({hub['split']}) on the hub and could not be loaded "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:160]}): run where the hub is "
+            "reachable (unset HF_HUB_OFFLINE), or use the task's offline twin (config/tasks.yaml "
+            "`offline`)"
+        ) from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -427,8 +503,10 @@ def _load_split_cached(dataset_id: str, root: Path, user_file: str | None) -> tu
     else:
         loader = LOADERS.get(spec["loader"])
         if loader is None:
-            raise BenchError(f"dataset {dataset_id} names unknown loader '{spec['loader']}': "
-                             f"use one of {', '.join(LOADERS)} in config/tasks.yaml")
+            raise BenchError(
+                f"dataset {dataset_id} names unknown loader '{spec['loader']}': "
+                f"use one of {', '.join(LOADERS)} in config/tasks.yaml"
+            )
         records = [rec for rel in spec["files"] for rec in loader(_file_root(dataset_id, rel, root)[0] / rel)]
     if "holdout" in spec:
         h = spec["holdout"]
@@ -438,8 +516,10 @@ def _load_split_cached(dataset_id: str, root: Path, user_file: str | None) -> tu
     try:
         examples = [_to_example(rec, spec) for rec in records]
     except (KeyError, ValueError, IndexError) as err:
-        raise BenchError(f"dataset {dataset_id}: record does not match its declaration ({err!r}): "
-                         "fix fields/label/references in config/tasks.yaml") from None
+        raise BenchError(
+            f"dataset {dataset_id}: record does not match its declaration ({err!r}): "
+            "fix fields/label/references in config/tasks.yaml"
+        ) from None
     if spec.get("explode"):
         examples = [Example(ex.fields, ex.label, (ref,)) for ex in examples for ref in ex.references]
     if spec.get("group"):
@@ -474,11 +554,14 @@ def sample(examples: list[Example], size: int | str, seed: int) -> list[Example]
         if isinstance(size, float) and size != n:
             raise ValueError
     except (TypeError, ValueError):
-        raise BenchError(f"sample size {size!r} is not valid: use 'full' or an integer "
-                         f"from 1 to {len(examples)}") from None
+        raise BenchError(
+            f"sample size {size!r} is not valid: use 'full' or an integer from 1 to {len(examples)}"
+        ) from None
     if not 1 <= n <= len(examples):
-        raise BenchError(f"sample size {n} is out of range for a split of {len(examples)} examples: "
-                         f"use 'full' or an integer from 1 to {len(examples)}")
+        raise BenchError(
+            f"sample size {n} is out of range for a split of {len(examples)} examples: "
+            f"use 'full' or an integer from 1 to {len(examples)}"
+        )
     return [examples[i] for i in _permutation(len(examples), seed)[:n]]
 
 
@@ -492,13 +575,16 @@ def _dev_split(task: Task, n, root) -> tuple[list[Example], list[Example]]:
     """(dev, rest) of the task's training split: dev = the last n of a permutation seeded with DEV_SEED (read from
     the end, so a smaller dev set is a prefix of a larger one); rest = every other example, in file order."""
     if task.train_split is None:
-        raise BenchError(f"task {task.name} has no training split to hold a dev set out of: "
-                         "drop dev_limit for this task")
+        raise BenchError(
+            f"task {task.name} has no training split to hold a dev set out of: drop dev_limit for this task"
+        )
     examples = load_split(task.train_split, root)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < len(examples):
-        raise BenchError(f"dev_limit {n!r} is out of range for task {task.name}: its training split "
-                         f"{task.train_split} has {len(examples)} examples; use an integer from 1 to "
-                         f"{len(examples) - 1} (the rest is left to train on)")
+        raise BenchError(
+            f"dev_limit {n!r} is out of range for task {task.name}: its training split "
+            f"{task.train_split} has {len(examples)} examples; use an integer from 1 to "
+            f"{len(examples) - 1} (the rest is left to train on)"
+        )
     order = list(range(len(examples)))
     random.Random(DEV_SEED).shuffle(order)
     held = order[::-1][:n]
@@ -516,24 +602,32 @@ def train_examples(task: Task, size, seed, root=None, holdout: int | None = None
     """`sample` of the training split; with `holdout` n, of the split less `dev_examples(task, n)` (still nested
     across sizes for a seed, but not the same examples as without a holdout)."""
     if task.train_split is None:
-        raise BenchError(f"task {task.name} is evaluation-only (no training split in shared/data): "
-                         "drop it from training grids or choose another task")
+        raise BenchError(
+            f"task {task.name} is evaluation-only (no training split in shared/data): "
+            "drop it from training grids or choose another task"
+        )
     pool = load_split(task.train_split, root) if holdout is None else _dev_split(task, holdout, root)[1]
     return sample(pool, size, seed)
 
 
-def unlabelled_pool(task: Task, labelled: list[Example], pool_size: int, seed, root=None,
-                    holdout: int | None = None) -> list[Example]:
+def unlabelled_pool(
+    task: Task, labelled: list[Example], pool_size: int, seed, root=None, holdout: int | None = None
+) -> list[Example]:
     """`pool_size` examples of the task's `unlabelled` split (default: its training split, less the dev hold-out)
     whose fields are those of no labelled example, with every label removed (None): the first of a seeded
     permutation (the permutation `train_examples` draws from when it is the training split), so a smaller pool is
     a prefix of a larger one (semi-supervised methods: PET's unlabelled set)."""
     source = task.unlabelled_split or task.train_split
     if source is None:
-        raise BenchError(f"task {task.name} has no training or unlabelled split to draw an unlabelled pool from: "
-                         "give it `unlabelled: <dataset>` in config/tasks.yaml or choose another task")
-    examples = _dev_split(task, holdout, root)[1] if holdout is not None and source == task.train_split \
+        raise BenchError(
+            f"task {task.name} has no training or unlabelled split to draw an unlabelled pool from: "
+            "give it `unlabelled: <dataset>` in config/tasks.yaml or choose another task"
+        )
+    examples = (
+        _dev_split(task, holdout, root)[1]
+        if holdout is not None and source == task.train_split
         else load_split(source, root)
+    )
     taken = {_fields_key(ex) for ex in labelled}
     pool = []
     for i in _permutation(len(examples), seed):
@@ -542,9 +636,11 @@ def unlabelled_pool(task: Task, labelled: list[Example], pool_size: int, seed, r
         if _fields_key(examples[i]) not in taken:
             pool.append(replace(examples[i], label=None))
     if len(pool) < pool_size or pool_size < 1:
-        raise BenchError(f"unlabelled pool of {pool_size} does not fit task {task.name}: {source} holds "
-                         f"{len(pool)} examples beside the {len(labelled)} labelled ones; use a pool_size from 1 to "
-                         f"{len(pool)}")
+        raise BenchError(
+            f"unlabelled pool of {pool_size} does not fit task {task.name}: {source} holds "
+            f"{len(pool)} examples beside the {len(labelled)} labelled ones; use a pool_size from 1 to "
+            f"{len(pool)}"
+        )
     return pool
 
 
@@ -558,8 +654,7 @@ def eval_dataset(task: Task, eval_set: str) -> str:
         return task.eval_split
     if eval_set in task.shifts:
         return task.shifts[eval_set]
-    raise BenchError(f"unknown eval set '{eval_set}' for task {task.name}: "
-                     f"choose one of {', '.join(task.eval_sets)}")
+    raise BenchError(f"unknown eval set '{eval_set}' for task {task.name}: choose one of {', '.join(task.eval_sets)}")
 
 
 def eval_scorer(task: Task, eval_set: str) -> str | None:
@@ -582,8 +677,11 @@ def eval_examples(task: Task, eval_set: str, limit: int | None, root=None) -> li
 
 
 def _datasets_read(task: Task, eval_sets: list[str]) -> list[str]:
-    return ([task.train_split] if task.train_split else []) \
-        + ([task.unlabelled_split] if task.unlabelled_split else []) + [eval_dataset(task, s) for s in eval_sets]
+    return (
+        ([task.train_split] if task.train_split else [])
+        + ([task.unlabelled_split] if task.unlabelled_split else [])
+        + [eval_dataset(task, s) for s in eval_sets]
+    )
 
 
 def file_sha256s(task: Task, eval_sets: list[str], root=None) -> dict[str, str]:

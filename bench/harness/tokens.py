@@ -1,5 +1,6 @@
 """Text to token ids and back, for every model kind: imports nothing of the project, so that batches, evaluation
 and each model kind share it without importing each other."""
+
 from __future__ import annotations
 
 

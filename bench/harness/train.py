@@ -17,6 +17,7 @@ AVX512-BF16 it speeds up training steps and classification scoring (docs/measure
 bench/harness/cell.py: evaluate_set scores classification under the same autocast; generation stays fp32, where
 decoding one token at a time gains nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,6 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
     return factor
 
 
-
-
 def step_loss(model, method, hp: dict, batch: dict, kind: str):
     """(loss, positions at which the LM head ran) of one training batch of a model of `kind`."""
     batch = dict(batch)
@@ -81,8 +80,7 @@ def train(model, method, hp: dict, batches, kind: str, progress: str = "train", 
         return result
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.make_optimizer(params, hp)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(hp["schedule"], hp["warmup_steps"], hp["steps"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(hp["schedule"], hp["warmup_steps"], hp["steps"]))
     device = next(model.parameters()).device
     model.train()
     start = time.perf_counter()

@@ -7,6 +7,7 @@ margin. Each comparison gets an interval over seeds and over the *same* eval exa
 (superiority, non-inferiority, equivalence) and one-sided `alpha`, after the learning gate. A claim's `regime`
 (train sizes, model sizes it speaks of) leaves out cells outside it; a claim with none left is not decided.
 """
+
 from __future__ import annotations
 
 import json
@@ -109,8 +110,9 @@ def _once(P: pd.DataFrame, on: list[str]) -> tuple[pd.DataFrame, list[str]]:
     ladder keeps its repeats: each part's ladder is its own comparison.)"""
     if "grid" not in on or P.empty:
         return P, []
-    same = [k for k in on if k != "grid"] + [f"{k}{s}" for k in ("method", "hp", "seed_list", "values")
-                                             for s in ("_l", "_r")]
+    same = [k for k in on if k != "grid"] + [
+        f"{k}{s}" for k in ("method", "hp", "seed_list", "values") for s in ("_l", "_r")
+    ]
     key = P[same].astype(str).agg("|".join, axis=1)
     repeat = key.duplicated()
     first = dict(zip(key[~repeat], P.loc[~repeat, "grid"]))
@@ -118,8 +120,10 @@ def _once(P: pd.DataFrame, on: list[str]) -> tuple[pd.DataFrame, list[str]]:
     notes = []
     for k, r in zip(key[repeat], P[repeat].to_dict("records")):
         setting = " ".join(f"{c}={r[c]}" for c in shown) or "all"
-        notes.append(f"{setting}: {r['grid']} ran the same cells as {first[k]} (same hyperparameters, seeds and "
-                     "scores): counted once")
+        notes.append(
+            f"{setting}: {r['grid']} ran the same cells as {first[k]} (same hyperparameters, seeds and "
+            "scores): counted once"
+        )
     return P[~repeat], notes
 
 
@@ -137,9 +141,11 @@ CLAIM_KINDS: dict[str, ClaimKind] = {}  # in the order the claims page lists the
 
 def claim_kind(name: str, reads_summary: bool = True):
     """Register the decorated check as claim kind `name`."""
+
     def register(check: Callable) -> Callable:
         CLAIM_KINDS[name] = ClaimKind(name, check, reads_summary)
         return check
+
     return register
 
 
@@ -159,8 +165,15 @@ class Claim:
 
     def comparison(self, label, rows, weights, margin, side, text) -> Comparison:
         """A comparison of summary rows whose interval is their weighted sum's (bench.report.stats.interval)."""
-        return Comparison(label, rows, margin, side, text,
-                          lambda: interval([self.make_system(r, s) for r, s in rows], weights), weights=weights)
+        return Comparison(
+            label,
+            rows,
+            margin,
+            side,
+            text,
+            lambda: interval([self.make_system(r, s) for r, s in rows], weights),
+            weights=weights,
+        )
 
 
 def _named(r: dict, suffix: str, c: dict) -> str:
@@ -185,9 +198,17 @@ def check_compare(claim: Claim, c: dict):
     side, keys = SIDE[c.get("op", ">=")], _varying(P, on)
     pairs = P.to_dict("records")
     texts = [f"{_named(r, '_l', c)} {fmt(_side(r, '_l'))} vs {_named(r, '_r', c)} {fmt(_side(r, '_r'))}" for r in pairs]
-    each = [claim.comparison(_setting(r, keys), [(r, "_l"), (r, "_r")], [1, -1],
-                             _margin(c, r.get("metric", r.get("metric_l"))), side, text)  # left's metric
-            for r, text in zip(pairs, texts)]
+    each = [
+        claim.comparison(
+            _setting(r, keys),
+            [(r, "_l"), (r, "_r")],
+            [1, -1],
+            _margin(c, r.get("metric", r.get("metric_l"))),
+            side,
+            text,
+        )  # left's metric
+        for r, text in zip(pairs, texts)
+    ]
     comparisons = _pooled(claim, each, pairs, keys) if c.get("reduce") == "mean" else each
     notes, failed = repeats, ""
     if "trainable_pct_below" in c:
@@ -209,12 +230,27 @@ def _pooled(claim: Claim, each: list[Comparison], pairs: list[dict], keys: list[
     settings = []
     for label, members in by_setting.items():
         m = len(members)
-        settings.append(claim.comparison(label, [x for comp in members for x in comp.rows],
-                                         [w / m for comp in members for w in comp.weights], members[0].margin,
-                                         members[0].side, "; ".join(comp.text for comp in members)))
-    return [Comparison(f"mean over {len(settings)} setting(s)", [x for s in settings for x in s.rows],
-                       settings[0].margin, settings[0].side, " | ".join(f"{s.label}: {s.text}" for s in settings),
-                       None, settings)]
+        settings.append(
+            claim.comparison(
+                label,
+                [x for comp in members for x in comp.rows],
+                [w / m for comp in members for w in comp.weights],
+                members[0].margin,
+                members[0].side,
+                "; ".join(comp.text for comp in members),
+            )
+        )
+    return [
+        Comparison(
+            f"mean over {len(settings)} setting(s)",
+            [x for s in settings for x in s.rows],
+            settings[0].margin,
+            settings[0].side,
+            " | ".join(f"{s.label}: {s.text}" for s in settings),
+            None,
+            settings,
+        )
+    ]
 
 
 @claim_kind("shift_drop")
@@ -230,8 +266,10 @@ def check_shift_drop(claim: Claim, c: dict):
     home = {k: v for k, v in where.items() if k != "in_domain"}
     Lin, Rin = (select(claim.S, {**home, **c[s]}) for s in ("left", "right"))
     base = [k for k in on if k not in ("eval_set",)]
-    index = {side: {tuple(str(r[k]) for k in base): r for r in T.to_dict("records")}
-             for side, T in (("_l", Lin), ("_r", Rin))}
+    index = {
+        side: {tuple(str(r[k]) for k in base): r for r in T.to_dict("records")}
+        for side, T in (("_l", Lin), ("_r", Rin))
+    }
     side, keys = SIDE[c.get("op", ">=")], _varying(P, on)
     each, pairs, lost = [], [], []
     for r in P.to_dict("records"):
@@ -242,8 +280,10 @@ def check_shift_drop(claim: Claim, c: dict):
             continue
         rows = [(r, "_l"), (li, ""), (r, "_r"), (ri, "")]
         drop_l, drop_r = r["mean_l"] - li["mean"], r["mean_r"] - ri["mean"]
-        text = (f"{r['variant_l']} {li['mean']:.1f} → {r['mean_l']:.1f} ({drop_l:+.1f}) vs {r['variant_r']} "
-                f"{ri['mean']:.1f} → {r['mean_r']:.1f} ({drop_r:+.1f})")
+        text = (
+            f"{r['variant_l']} {li['mean']:.1f} → {r['mean_l']:.1f} ({drop_l:+.1f}) vs {r['variant_r']} "
+            f"{ri['mean']:.1f} → {r['mean_r']:.1f} ({drop_r:+.1f})"
+        )
         each.append(claim.comparison(_setting(r, keys), rows, [1, -1, -1, 1], _margin(c, r["metric"]), side, text))
         pairs.append(r)
     if not each:
@@ -260,7 +300,7 @@ def check_gap_shrinks(claim: Claim, c: dict):
     comparisons, notes, by = [], [], [k for k in on if k != "model"] + ["variant_l", "variant_r"]
     family = {m: i for i, ladder in enumerate(c.get("ladders") or []) for m in ladder}
     mixed = []  # the grid's ladders that mix families
-    for _, g in (P.groupby(by, sort=False) if not gone else []):
+    for _, g in P.groupby(by, sort=False) if not gone else []:
         label = " ".join(str(g[k].iloc[0]) for k in _varying(P, by)) or "all"
         sizes = g.sort_values("model_params_l").groupby("model", sort=False)
         rows = {model: m.to_dict("records") for model, m in sizes}
@@ -279,15 +319,27 @@ def check_gap_shrinks(claim: Claim, c: dict):
         for models in ladders:
             steps = list(zip(models, models[1:])) if c.get("strict") else [(models[0], models[-1])]
             for small, large in steps:
-                parts = [(r, s, w / len(rows[m])) for m, sign in ((small, 1), (large, -1)) for r in rows[m]
-                         for s, w in (("_l", sign), ("_r", -sign))]
-                comparisons.append(claim.comparison(f"{label}: gap {small} − gap {large}",
-                                                    [(r, s) for r, s, _ in parts], [w for *_, w in parts],
-                                                    _margin(c), SIDE[c.get("op", ">")],
-                                                    f"{gaps[small]:+.1f} − {gaps[large]:+.1f}"))
+                parts = [
+                    (r, s, w / len(rows[m]))
+                    for m, sign in ((small, 1), (large, -1))
+                    for r in rows[m]
+                    for s, w in (("_l", sign), ("_r", -sign))
+                ]
+                comparisons.append(
+                    claim.comparison(
+                        f"{label}: gap {small} − gap {large}",
+                        [(r, s) for r, s, _ in parts],
+                        [w for *_, w in parts],
+                        _margin(c),
+                        SIDE[c.get("op", ">")],
+                        f"{gaps[small]:+.1f} − {gaps[large]:+.1f}",
+                    )
+                )
     if mixed and not comparisons:
-        gone.append(f"{NOT_DECIDED}no one-family ladder of ≥ 2 sizes in the grid (claims.yaml `ladders`); its "
-                    f"ladders mix families: {'; '.join(dict.fromkeys(mixed))}")
+        gone.append(
+            f"{NOT_DECIDED}no one-family ladder of ≥ 2 sizes in the grid (claims.yaml `ladders`); its "
+            f"ladders mix families: {'; '.join(dict.fromkeys(mixed))}"
+        )
     return comparisons, notes, gone, ""
 
 
@@ -301,17 +353,27 @@ def _groups(claim: Claim, c: dict):
         T = T.assign(**{by: _values(T, by).astype(str)})
     on = [k for k in ALIGN + ["method"] + hp_cols if k != by and (k not in hp_cols or (T[k] != "").all())]
     keys = _varying(T, on)
-    return [(" ".join(f"{k}={g[k].iloc[0]}" if k in hp_cols else str(g[k].iloc[0]) for k in keys) or "all",
-             {str(v): rows.to_dict("records") for v, rows in g.groupby(by)}) for _, g in T.groupby(on, sort=False)], []
+    return [
+        (
+            " ".join(f"{k}={g[k].iloc[0]}" if k in hp_cols else str(g[k].iloc[0]) for k in keys) or "all",
+            {str(v): rows.to_dict("records") for v, rows in g.groupby(by)},
+        )
+        for _, g in T.groupby(on, sort=False)
+    ], []
 
 
 def _step(claim, label, by, a, b, rows, margin, side) -> Comparison:
     """score(by=a) − score(by=b) beyond margin on side; several rows per value: their mean."""
     ra, rb = rows[a], rows[b]
     mean = lambda rs: sum(r["mean"] for r in rs) / len(rs)  # noqa: E731
-    return claim.comparison(f"{label}: {by}={a} − {by}={b}", [(r, "") for r in ra + rb],
-                            [1 / len(ra)] * len(ra) + [-1 / len(rb)] * len(rb), margin, side,
-                            f"{by}={a} {mean(ra):.1f} vs {by}={b} {mean(rb):.1f}")
+    return claim.comparison(
+        f"{label}: {by}={a} − {by}={b}",
+        [(r, "") for r in ra + rb],
+        [1 / len(ra)] * len(ra) + [-1 / len(rb)] * len(rb),
+        margin,
+        side,
+        f"{by}={a} {mean(ra):.1f} vs {by}={b} {mean(rb):.1f}",
+    )
 
 
 @claim_kind("ordering")
@@ -340,19 +402,27 @@ def check_plateau(claim: Claim, c: dict):
         if after not in xs or not any(x > after for x in xs):
             gone.append(f"{label}: needs {c['by']}={after:g} and a larger value, has {sorted(xs)}")
             continue
-        comparisons += [_step(claim, label, c["by"], xs[x], xs[after], rows, _margin(c), -1)
-                        for x in sorted(xs) if x > after]
+        comparisons += [
+            _step(claim, label, c["by"], xs[x], xs[after], rows, _margin(c), -1) for x in sorted(xs) if x > after
+        ]
     return comparisons, [], gone, ""
 
 
 @claim_kind("spread")
 def check_spread(claim: Claim, c: dict):
     """The spread of `left`'s scores across templates minus `right`'s (bench/report/templates.py) beyond the margin."""
+
     def comparison(label, rows, weights, text):
         from bench.report.templates import spread_interval
 
-        return Comparison(label, rows, _margin(c), SIDE[c.get("op", ">=")], text,
-                          lambda: spread_interval([claim.make_system(r, s) for r, s in rows], weights))
+        return Comparison(
+            label,
+            rows,
+            _margin(c),
+            SIDE[c.get("op", ">=")],
+            text,
+            lambda: spread_interval([claim.make_system(r, s) for r, s in rows], weights),
+        )
 
     comparisons, notes, gone, failed = spread_comparisons(claim.S, claim.cells, claim.hp_cols, c, comparison)
     return comparisons, notes, gone, ""
@@ -360,8 +430,10 @@ def check_spread(claim: Claim, c: dict):
 
 def _on_records(check: Callable) -> Callable:
     """A check of the records' curves or retention (bench/report/curves.py) as a claim kind's check."""
+
     def on_records(claim: Claim, c: dict):
         return (*check(claim.cells, c, _margin(c)), "")
+
     return on_records
 
 
@@ -373,18 +445,25 @@ def _checked(claim: dict) -> dict:
     """The claim's check, refused in one line where it does not state its test."""
     check, cid = claim["check"], claim.get("id")
     if check.get("kind") not in CLAIM_KINDS:
-        raise BenchError(f"claim {cid} in {CLAIMS}: unknown check kind {check.get('kind')!r}: use one of "
-                         f"{', '.join(CLAIM_KINDS)}")
+        raise BenchError(
+            f"claim {cid} in {CLAIMS}: unknown check kind {check.get('kind')!r}: use one of {', '.join(CLAIM_KINDS)}"
+        )
     if check.get("hypothesis") not in HYPOTHESES:
-        raise BenchError(f"claim {cid} in {CLAIMS} declares no hypothesis: add `hypothesis:` "
-                         f"({' | '.join(HYPOTHESES)}) to its check (docs/statistics.md)")
+        raise BenchError(
+            f"claim {cid} in {CLAIMS} declares no hypothesis: add `hypothesis:` "
+            f"({' | '.join(HYPOTHESES)}) to its check (docs/statistics.md)"
+        )
     if "margin" not in check:
-        raise BenchError(f"claim {cid} in {CLAIMS} declares no margin: add `margin: <units>` (>= 0) to its check "
-                         "(the practical difference that decides it; see the file's header)")
+        raise BenchError(
+            f"claim {cid} in {CLAIMS} declares no margin: add `margin: <units>` (>= 0) to its check "
+            "(the practical difference that decides it; see the file's header)"
+        )
     margins = check["margin"].values() if isinstance(check["margin"], dict) else [check["margin"]]
     if any(not isinstance(m, (int, float)) or m < 0 for m in margins):
-        raise BenchError(f"claim {cid} in {CLAIMS}: margin {check['margin']} must be >= 0 (the side is the op's and "
-                         "the hypothesis's): write e.g. `hypothesis: non_inferiority, margin: 1.0`")
+        raise BenchError(
+            f"claim {cid} in {CLAIMS}: margin {check['margin']} must be >= 0 (the side is the op's and "
+            "the hypothesis's): write e.g. `hypothesis: non_inferiority, margin: 1.0`"
+        )
     return check
 
 
@@ -421,20 +500,36 @@ def evaluate_claims(S, cells, hp_cols, claims: list[dict]) -> list[dict]:
         comparisons, notes, gone, failed = kind.check(Claim(T, cells, hp_cols, make), check)
         found = decide(comparisons, hypothesis, alpha, gate)
         verdict, why = verdict_of(found, failed)
-        if verdict == "not run" and regime_note and kind.reads_summary and \
-                kind.check(Claim(S, cells, hp_cols, make), check)[0]:  # its cells ran, outside its regime
+        if (
+            verdict == "not run"
+            and regime_note
+            and kind.reads_summary
+            and kind.check(Claim(S, cells, hp_cols, make), check)[0]
+        ):  # its cells ran, outside its regime
             verdict, why = "not decided", regime_note
         elif verdict == "not run" and any(g.startswith(NOT_DECIDED) for g in gone):
-            verdict, why = "not decided", next(g for g in gone if g.startswith(NOT_DECIDED))[len(NOT_DECIDED):]
+            verdict, why = "not decided", next(g for g in gone if g.startswith(NOT_DECIDED))[len(NOT_DECIDED) :]
         notes = ([regime_note] if regime_note else []) + notes
         lines = [_line(f, hypothesis, alpha, len(found)) for f in found]
         if claim.get("not_decided") and verdict != "not run":  # what the cells measure is not the paper's quantity
-            verdict, why, lines = "not decided", claim["not_decided"], [f"secondary view, not evidence — {x}"
-                                                                       for x in lines]
+            verdict, why, lines = (
+                "not decided",
+                claim["not_decided"],
+                [f"secondary view, not evidence — {x}" for x in lines],
+            )
             found = []
-        out.append({**claim, "verdict": verdict, "why": why, "found": found, "test": test_line(
-            hypothesis, _margin(check), SIDE.get(check.get("op", ">="), 1), alpha),
-            "ours": lines + notes, "short": _short(found), "missing": gone})
+        out.append(
+            {
+                **claim,
+                "verdict": verdict,
+                "why": why,
+                "found": found,
+                "test": test_line(hypothesis, _margin(check), SIDE.get(check.get("op", ">="), 1), alpha),
+                "ours": lines + notes,
+                "short": _short(found),
+                "missing": gone,
+            }
+        )
     return out
 
 
@@ -446,9 +541,11 @@ def _line(f, hypothesis: str, alpha: float, k: int) -> str:
     iv = f.interval
     level = 100 * (1 - 2 * alpha)
     bonferroni = f"; contradiction at α/{k} each" if k > 1 else ""
-    return (f"{head}: Δ {iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] ({level:.0f}%; {iv.method}); "
-            f"{test_line(hypothesis, c.margin, c.side, alpha)}{bonferroni} → **{f.verdict}**"
-            + (f" ({f.reason})" if f.reason else ""))
+    return (
+        f"{head}: Δ {iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] ({level:.0f}%; {iv.method}); "
+        f"{test_line(hypothesis, c.margin, c.side, alpha)}{bonferroni} → **{f.verdict}**"
+        + (f" ({f.reason})" if f.reason else "")
+    )
 
 
 def _short(found) -> str:
@@ -464,8 +561,10 @@ def _short(found) -> str:
     return f"Δ {iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]{where}: {f.comparison.label}{size}"
 
 
-HEADLINE_START, HEADLINE_END = "<!-- study claims: start (python -m bench report study) -->", \
-    "<!-- study claims: end -->"
+HEADLINE_START, HEADLINE_END = (
+    "<!-- study claims: start (python -m bench report study) -->",
+    "<!-- study claims: end -->",
+)
 
 
 def _cell(text: str) -> str:
@@ -475,17 +574,22 @@ def _cell(text: str) -> str:
 def headline_md(results: list[dict], claims_link: str = "claims.md", before: dict | None = None) -> str:
     """One row per claim: the paper's number (version, table), the test, ours (the deciding comparison's Δ
     [95% interval]) and the verdict with its reason; `before`: claim id -> its verdict under the previous statistics."""
+
     def absent(r: dict) -> str:  # a claim without comparisons: why this machine cannot run it, or what is missing
         parts = sorted(set(re.findall(r"results/([^/]+)/", " ".join(r["missing"]))))
-        return r.get("not_here") or (f"not run yet: {', '.join(parts)} lack(s) its cells" if parts
-                                     else "; ".join(r["missing"])[:200] or "–")
+        return r.get("not_here") or (
+            f"not run yet: {', '.join(parts)} lack(s) its cells" if parts else "; ".join(r["missing"])[:200] or "–"
+        )
+
     rows = []
     for r in results:
         why = r.get("why") or ""
         why = f": {_cell(why if len(why) <= 140 else why[:139] + '…')}" if why else ""  # in full in claims.md
         was = f" | {before.get(r['id'], before.get(r.get('was', ''), '–'))}" if before else ""
-        rows.append(f"| [{r['id']}]({claims_link}#{r['id']}) | {_cell(r.get('headline', '–'))} | {_cell(r['test'])} | "
-                    f"{_cell(r.get('short') or absent(r))}{was} | **{r['verdict']}**{why} |")
+        rows.append(
+            f"| [{r['id']}]({claims_link}#{r['id']}) | {_cell(r.get('headline', '–'))} | {_cell(r['test'])} | "
+            f"{_cell(r.get('short') or absent(r))}{was} | **{r['verdict']}**{why} |"
+        )
     head = "| claim | paper | test | ours: Δ [95% interval] |" + (" before |" if before else "") + " verdict |"
     return "\n".join([head, "|---" * (5 + bool(before)) + "|", *rows]) + "\n"
 
@@ -495,7 +599,7 @@ CELL_CHARS = 80  # the README's claims table: no cell longer (details one link a
 
 def _clip(text: str, limit: int = CELL_CHARS) -> str:
     text = _cell(text)
-    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def slim_headline_md(results: list[dict], claims_link: str = "claims.md") -> str:
@@ -514,19 +618,29 @@ def slim_headline_md(results: list[dict], claims_link: str = "claims.md") -> str
             ours = f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]{unit}{size}"
         else:
             ours = "–"
-        why = r.get("why") or ("" if r["verdict"] != "not run" else (r.get("not_here") or "its cells are not in the grid"))
-        rows.append(f"| [{r['id']}][c{i}] | {_clip(r.get('headline', '–'))} | {_clip(ours)} | **{r['verdict']}** | "
-                    f"{_clip(why) or '–'} |")
+        why = r.get("why") or (
+            "" if r["verdict"] != "not run" else (r.get("not_here") or "its cells are not in the grid")
+        )
+        rows.append(
+            f"| [{r['id']}][c{i}] | {_clip(r.get('headline', '–'))} | {_clip(ours)} | **{r['verdict']}** | "
+            f"{_clip(why) or '–'} |"
+        )
         links.append(f"[c{i}]: {claims_link}#{r['id']}")
-    return "\n".join(["| claim | paper | ours: Δ [95% interval] | verdict | why |", "|---|---|---|---|---|", *rows, "",
-                      *links]) + "\n"
+    return (
+        "\n".join(
+            ["| claim | paper | ours: Δ [95% interval] | verdict | why |", "|---|---|---|---|---|", *rows, "", *links]
+        )
+        + "\n"
+    )
 
 
 def readme_with_headline(readme: str, table: str) -> str:
     """README.md with the block between the study-claims markers replaced by `table`."""
     if HEADLINE_START not in readme or HEADLINE_END not in readme:
-        raise BenchError(f"README.md has no study-claims block: add the lines {HEADLINE_START} and {HEADLINE_END} "
-                         "where the table goes")
+        raise BenchError(
+            f"README.md has no study-claims block: add the lines {HEADLINE_START} and {HEADLINE_END} "
+            "where the table goes"
+        )
     head, rest = readme.split(HEADLINE_START, 1)
     return head + HEADLINE_START + "\n" + table + HEADLINE_END + rest.split(HEADLINE_END, 1)[1]
 
@@ -534,24 +648,31 @@ def readme_with_headline(readme: str, table: str) -> str:
 def claims_md(grid: str, results: list[dict], before: dict | None = None) -> str:
     """The claims page; `before`: claim id -> its verdict under the previous statistics (reports/<grid>/
     verdicts-before.json), shown as before → after."""
+
     def paper(p):
         return "<br>".join(f"{k}: {v}" for k, v in p.items()) if isinstance(p, dict) else str(p).strip()
+
     counts = pd.Series([r["verdict"] for r in results]).value_counts()
-    lines = [f"# Claims: grid `{grid}`", "",
-             ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(results)} claims.", "",
-             "Checks are declared in `config/claims.yaml`; kinds: " + ", ".join(CLAIM_KINDS) + ". Each "
-             "claim states its test (superiority, non-inferiority or equivalence, with a margin in the metric's units "
-             "and a one-sided α per comparison, 0.025 unless it says otherwise) on a difference paired on the same "
-             "eval examples and pooled over seeds. Intervals: seeds (Student's t, seeds − 1 df) and eval examples "
-             "as two levels, pooled settings by random effects (docs/statistics.md). **reproduced**: every "
-             "comparison's one-sided bound clears the margin (intersection–union: no correction); "
-             "**contradicted**: some comparison lies significantly on the other side (at α/k each, Bonferroni over "
-             "k); **not decided**: a system did not learn (its in-domain score does not clear the majority class), "
-             "the cells lie outside the claim's regime, or no one-family ladder exists; **inconclusive**: otherwise. "
-             "`python -m bench power` plans what would decide each. Our numbers: mean [95% interval] (n = seeds); "
-             "† = stale (README.md: Stale cells).", "",
-             "| claim | source | verdict |" + (" before → after |" if before else ""),
-             "|---|---|---|" + ("---|" if before else "")]
+    lines = [
+        f"# Claims: grid `{grid}`",
+        "",
+        ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(results)} claims.",
+        "",
+        "Checks are declared in `config/claims.yaml`; kinds: " + ", ".join(CLAIM_KINDS) + ". Each "
+        "claim states its test (superiority, non-inferiority or equivalence, with a margin in the metric's units "
+        "and a one-sided α per comparison, 0.025 unless it says otherwise) on a difference paired on the same "
+        "eval examples and pooled over seeds. Intervals: seeds (Student's t, seeds − 1 df) and eval examples "
+        "as two levels, pooled settings by random effects (docs/statistics.md). **reproduced**: every "
+        "comparison's one-sided bound clears the margin (intersection–union: no correction); "
+        "**contradicted**: some comparison lies significantly on the other side (at α/k each, Bonferroni over "
+        "k); **not decided**: a system did not learn (its in-domain score does not clear the majority class), "
+        "the cells lie outside the claim's regime, or no one-family ladder exists; **inconclusive**: otherwise. "
+        "`python -m bench power` plans what would decide each. Our numbers: mean [95% interval] (n = seeds); "
+        "† = stale (README.md: Stale cells).",
+        "",
+        "| claim | source | verdict |" + (" before → after |" if before else ""),
+        "|---|---|---|" + ("---|" if before else ""),
+    ]
     for r in results:
         change = ""
         if before:
@@ -560,19 +681,42 @@ def claims_md(grid: str, results: list[dict], before: dict | None = None) -> str
         lines.append(f"| [{r['id']}](#{r['id']}) | {r['source']} | **{r['verdict']}** |{change}")
     for r in results:
         quantity = r.get("quantity") or {}
-        lines += ["", f"## {r['id']}", "", f"{r['statement'].strip()} — *{r['source']}*", "",
-                  f"**Verdict: {r['verdict']}**" + (f" — {r['why']}" if r.get("why") else ""), "",
-                  f"Test: {r['test']}. Check: `{json.dumps(r['check'])}`", ""]
+        lines += [
+            "",
+            f"## {r['id']}",
+            "",
+            f"{r['statement'].strip()} — *{r['source']}*",
+            "",
+            f"**Verdict: {r['verdict']}**" + (f" — {r['why']}" if r.get("why") else ""),
+            "",
+            f"Test: {r['test']}. Check: `{json.dumps(r['check'])}`",
+            "",
+        ]
         if quantity:
-            lines += ["| | quantity |", "|---|---|", f"| paper | {_cell(quantity.get('paper', '–'))} |",
-                      f"| ours | {_cell(quantity.get('ours', '–'))} |", ""]
-        lines += ["| paper | ours |", "|---|---|",
-                  f"| {paper(r.get('paper', '–'))} | {'<br>'.join(r['ours']) or '–'} |"]
+            lines += [
+                "| | quantity |",
+                "|---|---|",
+                f"| paper | {_cell(quantity.get('paper', '–'))} |",
+                f"| ours | {_cell(quantity.get('ours', '–'))} |",
+                "",
+            ]
+        lines += [
+            "| paper | ours |",
+            "|---|---|",
+            f"| {paper(r.get('paper', '–'))} | {'<br>'.join(r['ours']) or '–'} |",
+        ]
         if r["missing"]:
-            lines += ["", ("Missing: " if r["verdict"] in ("not run", "not decided") else "Not compared: ")
-                      + "; ".join(r["missing"])]
+            lines += [
+                "",
+                ("Missing: " if r["verdict"] in ("not run", "not decided") else "Not compared: ")
+                + "; ".join(r["missing"]),
+            ]
         plans = claim_plans(r)
         if plans:
-            lines += ["", "What would decide it (`python -m bench power`, 80% power):", "",
-                      *(f"- {label}: " + "; ".join(texts) for label, texts in plans)]
+            lines += [
+                "",
+                "What would decide it (`python -m bench power`, 80% power):",
+                "",
+                *(f"- {label}: " + "; ".join(texts) for label, texts in plans),
+            ]
     return "\n".join(lines) + "\n"

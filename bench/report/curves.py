@@ -14,6 +14,7 @@ examples, from example-only bootstrap replicates drawn once per task for every m
 recomputed from the drawn examples (each point's score from its per-example `correct` string, a loss from
 per-passage sums).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,10 +69,15 @@ def curve_groups(found) -> dict[tuple, Seeds]:
     for key, curves in groups.items():
         steps = [p["step"] for p in curves[0]["points"]]
         curves = [c for c in curves if [p["step"] for p in c["points"]] == steps]  # same schedule only
-        out[key] = Seeds({"correct": np.stack([np.stack([_bits(p["correct"]) for p in c["points"]]) for c in curves]),
-                          "seconds": np.array([[p["train_s"] for p in c["points"]] for c in curves]),
-                          "steps": np.array(steps), "eval_s": np.array([c["eval_s"] for c in curves])},
-                         len(curves[0]["ids"]))
+        out[key] = Seeds(
+            {
+                "correct": np.stack([np.stack([_bits(p["correct"]) for p in c["points"]]) for c in curves]),
+                "seconds": np.array([[p["train_s"] for p in c["points"]] for c in curves]),
+                "steps": np.array(steps),
+                "eval_s": np.array([c["eval_s"] for c in curves]),
+            },
+            len(curves[0]["ids"]),
+        )
     return out
 
 
@@ -82,9 +88,11 @@ def retention_groups(found) -> dict[tuple, Seeds]:
             groups.setdefault(tuple(cell[k] for k in GROUP), []).append(record["retention"])
     out = {}
     for key, kept in groups.items():
-        arrays = {"base_nll": np.array([r["lm"]["base_nll"] for r in kept]),
-                  "adapted_nll": np.array([r["lm"]["adapted_nll"] for r in kept]),
-                  "tokens": np.array([r["lm"]["tokens"] for r in kept], dtype=float)}
+        arrays = {
+            "base_nll": np.array([r["lm"]["base_nll"] for r in kept]),
+            "adapted_nll": np.array([r["lm"]["adapted_nll"] for r in kept]),
+            "tokens": np.array([r["lm"]["tokens"] for r in kept], dtype=float),
+        }
         if all("zero_shot" in r for r in kept):
             arrays["base_correct"] = np.stack([_bits(r["zero_shot"]["base_correct"]) for r in kept])
             arrays["adapted_correct"] = np.stack([_bits(r["zero_shot"]["adapted_correct"]) for r in kept])
@@ -112,8 +120,11 @@ def to_fraction(g: Seeds, w_seeds: np.ndarray, w_items: np.ndarray, fraction: fl
     ok = at >= 0
     if not (w_seeds * ok).sum():
         return np.nan
-    values = g.arrays["steps"][np.maximum(at, 0)] if what == "steps" else \
-        g.arrays["seconds"][np.arange(len(at)), np.maximum(at, 0)]
+    values = (
+        g.arrays["steps"][np.maximum(at, 0)]
+        if what == "steps"
+        else g.arrays["seconds"][np.arange(len(at)), np.maximum(at, 0)]
+    )
     return float((w_seeds * ok * values).sum() / (w_seeds * ok).sum())
 
 
@@ -132,12 +143,14 @@ def lm_loss(side: str):
     def stat(g, w_seeds, w_items):
         a = g.arrays
         return float(w_seeds @ ((a[f"{side}_nll"] @ w_items) / (a["tokens"] @ w_items)) / w_seeds.sum())
+
     return stat
 
 
 def zero_shot(side: str):
     def stat(g, w_seeds, w_items):
         return float(w_seeds @ (100.0 * (g.arrays[f"{side}_correct"] @ w_items) / w_items.sum()) / w_seeds.sum())
+
     return stat
 
 
@@ -145,8 +158,14 @@ def zero_shot_change(g, w_seeds, w_items) -> float:
     return zero_shot("adapted")(g, w_seeds, w_items) - zero_shot("base")(g, w_seeds, w_items)
 
 
-def curve_interval(groups: list[Seeds], weights: list[float], stat, level: float = LEVEL,
-                   seed: int = BOOTSTRAP_SEED, item_key: str | None = None) -> Interval:
+def curve_interval(
+    groups: list[Seeds],
+    weights: list[float],
+    stat,
+    level: float = LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+    item_key: str | None = None,
+) -> Interval:
     """Σ weights · stat(group) with its t interval, two levels as bench/report/stats.py: per-seed values (groups
     with as many seeds paired by seed index: seed i of each trained on the same sample) and example-only
     replicates (the items drawn once for all groups, seeds fixed). A seed whose statistic has no value (no gain,
@@ -155,8 +174,7 @@ def curve_interval(groups: list[Seeds], weights: list[float], stat, level: float
     rng = np.random.default_rng(seed)
     n_items = groups[0].arrays[item_key].shape[-1] if item_key else groups[0].items
     ones = np.ones(n_items)
-    drawn = [np.bincount(rng.integers(0, n_items, n_items), minlength=n_items).astype(float)
-             for _ in range(REPLICATES)]
+    drawn = [np.bincount(rng.integers(0, n_items, n_items), minlength=n_items).astype(float) for _ in range(REPLICATES)]
     per_seed, replicates = {}, {}
     for g, w in zip(groups, weights):
         n = _n_seeds(g)
@@ -171,8 +189,9 @@ def curve_interval(groups: list[Seeds], weights: list[float], stat, level: float
         per_seed[key] = per_seed.get(key, 0.0) + w * values[kept]
         replicates[key] = replicates.get(key, 0.0) + w * reps
     estimate = float(sum(v.mean() for v in per_seed.values()))
-    return from_replicates(estimate, per_seed, replicates, n_items, level,
-                           f"seeds (t) + examples ({REPLICATES} bootstrap replicates)")
+    return from_replicates(
+        estimate, per_seed, replicates, n_items, level, f"seeds (t) + examples ({REPLICATES} bootstrap replicates)"
+    )
 
 
 def _n_seeds(g: Seeds) -> int:
@@ -198,17 +217,36 @@ def curve_tables(found) -> list[Table]:
         n = _n_seeds(g)
         cells = [_cell(curve_interval([g], [1], final_score), n)]
         for f in FRACTIONS:
-            cells += [_cell(curve_interval([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f)), n, 0),
-                      _cell(curve_interval([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f, "seconds")), n)]
-        rows.append([*key[:len(KEYS)], f"{g.arrays['steps'][-1]} (every {g.arrays['steps'][1] - g.arrays['steps'][0]})",
-                     *cells, f"{g.arrays['eval_s'].mean():.1f}"])
-    header = [*KEYS, "steps (eval every)", "final score",
-              *(x for f in FRACTIONS for x in (f"steps to {f:.0%}", f"train s to {f:.0%}")), "curve eval s"]
-    return [Table("Time to quality (learning curves)", header, rows,
-                  "Steps and training seconds (evaluations excluded) until a cell's curve first reaches its step-0 "
-                  "score plus 90% / 95% of the gain to its final score, mean over seeds [95% bootstrap interval over "
-                  "seeds and the curve's eval examples]; final score: the curve's last point (%). Curve eval s: "
-                  "seconds spent in the periodic evaluations, per cell (not in train s). bench/report/curves.py.")]
+            cells += [
+                _cell(curve_interval([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f)), n, 0),
+                _cell(curve_interval([g], [1], lambda g, s, i, f=f: to_fraction(g, s, i, f, "seconds")), n),
+            ]
+        rows.append(
+            [
+                *key[: len(KEYS)],
+                f"{g.arrays['steps'][-1]} (every {g.arrays['steps'][1] - g.arrays['steps'][0]})",
+                *cells,
+                f"{g.arrays['eval_s'].mean():.1f}",
+            ]
+        )
+    header = [
+        *KEYS,
+        "steps (eval every)",
+        "final score",
+        *(x for f in FRACTIONS for x in (f"steps to {f:.0%}", f"train s to {f:.0%}")),
+        "curve eval s",
+    ]
+    return [
+        Table(
+            "Time to quality (learning curves)",
+            header,
+            rows,
+            "Steps and training seconds (evaluations excluded) until a cell's curve first reaches its step-0 "
+            "score plus 90% / 95% of the gain to its final score, mean over seeds [95% bootstrap interval over "
+            "seeds and the curve's eval examples]; final score: the curve's last point (%). Curve eval s: "
+            "seconds spent in the periodic evaluations, per cell (not in train s). bench/report/curves.py.",
+        )
+    ]
 
 
 def retention_tables(found) -> list[Table]:
@@ -219,26 +257,47 @@ def retention_tables(found) -> list[Table]:
     for key, g in groups.items():
         n = _n_seeds(g)
         base, adapted = curve_interval([g], [1], lm_loss("base")), curve_interval([g], [1], lm_loss("adapted"))
-        row = [*key[:len(KEYS)], _cell(base, n, 3), _cell(adapted, n, 3), _cell(curve_interval([g], [1], loss_increase),
-                                                                                n, 3),
-               f"{np.exp(base.estimate):.2f} → {np.exp(adapted.estimate):.2f}"]
+        row = [
+            *key[: len(KEYS)],
+            _cell(base, n, 3),
+            _cell(adapted, n, 3),
+            _cell(curve_interval([g], [1], loss_increase), n, 3),
+            f"{np.exp(base.estimate):.2f} → {np.exp(adapted.estimate):.2f}",
+        ]
         if "base_correct" in g.arrays:
-            row += [g.arrays["zero_shot_task"],
-                    _cell(curve_interval([g], [1], zero_shot("base"), item_key="base_correct"), n),
-                    _cell(curve_interval([g], [1], zero_shot("adapted"), item_key="base_correct"), n),
-                    _cell(curve_interval([g], [1], zero_shot_change, item_key="base_correct"), n)]
+            row += [
+                g.arrays["zero_shot_task"],
+                _cell(curve_interval([g], [1], zero_shot("base"), item_key="base_correct"), n),
+                _cell(curve_interval([g], [1], zero_shot("adapted"), item_key="base_correct"), n),
+                _cell(curve_interval([g], [1], zero_shot_change, item_key="base_correct"), n),
+            ]
         else:
             row += ["–"] * 4
         rows.append(row)
     first = next(iter(groups.values()))
-    return [Table("Retention (forgetting)", [*KEYS, "LM loss base", "LM loss adapted", "Δ loss", "perplexity",
-                                             "zero-shot task", "base acc", "adapted acc", "Δ acc"], rows,
-                  f"Language-modelling loss per token (nats; pooled over tokens) on {first.items} held-out XSum "
-                  "articles (first 128 tokens each; text no task here trains on), of the base model (before the "
-                  "method is applied) and of the adapted model (as evaluated: a soft prompt prepended), and the "
-                  "zero-shot accuracy (%) on another task's eval examples, rank-scored with that task's template. "
-                  "Mean over seeds [95% bootstrap interval over seeds and passages / examples]. Δ > 0 in loss, "
-                  "or < 0 in accuracy: general ability lost. bench/harness/retention.py.")]
+    return [
+        Table(
+            "Retention (forgetting)",
+            [
+                *KEYS,
+                "LM loss base",
+                "LM loss adapted",
+                "Δ loss",
+                "perplexity",
+                "zero-shot task",
+                "base acc",
+                "adapted acc",
+                "Δ acc",
+            ],
+            rows,
+            f"Language-modelling loss per token (nats; pooled over tokens) on {first.items} held-out XSum "
+            "articles (first 128 tokens each; text no task here trains on), of the base model (before the "
+            "method is applied) and of the adapted model (as evaluated: a soft prompt prepended), and the "
+            "zero-shot accuracy (%) on another task's eval examples, rank-scored with that task's template. "
+            "Mean over seeds [95% bootstrap interval over seeds and passages / examples]. Δ > 0 in loss, "
+            "or < 0 in accuracy: general ability lost. bench/harness/retention.py.",
+        )
+    ]
 
 
 def curve_points(found) -> pd.DataFrame:
@@ -247,8 +306,16 @@ def curve_points(found) -> pd.DataFrame:
     for key, g in curve_groups(found).items():
         for p, step in enumerate(g.arrays["steps"]):
             interval = curve_interval([g], [1], lambda g, s, i, p=p: float(s @ scores(g, i)[:, p] / s.sum()))
-            rows.append({**dict(zip(KEYS, key)), "step": int(step), "train_s": float(g.arrays["seconds"][:, p].mean()),
-                         "mean": interval.estimate, "ci_low": interval.low, "ci_high": interval.high})
+            rows.append(
+                {
+                    **dict(zip(KEYS, key)),
+                    "step": int(step),
+                    "train_s": float(g.arrays["seconds"][:, p].mean()),
+                    "mean": interval.estimate,
+                    "ci_low": interval.low,
+                    "ci_high": interval.high,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -256,8 +323,8 @@ def curve_points(found) -> pd.DataFrame:
 def _select(groups: dict, sel: dict) -> dict:
     def match(key, value):
         return str(value) in {str(v) for v in (sel[key] if isinstance(sel[key], list) else [sel[key]])}
-    return {k: g for k, g in groups.items()
-            if all(match(name, value) for name, value in zip(GROUP, k) if name in sel)}
+
+    return {k: g for k, g in groups.items() if all(match(name, value) for name, value in zip(GROUP, k) if name in sel)}
 
 
 def _pairs(groups: dict, check: dict):
@@ -270,8 +337,14 @@ def _pairs(groups: dict, check: dict):
         for rk, rg in right.items():
             if (lk[0], lk[1], lk[3], lk[5]) == (rk[0], rk[1], rk[3], rk[5]):  # task, model, train size, grid
                 out.append((f"{lk[0]} {lk[2]} − {rk[2]}", lk, lg, rk, rg))
-    gone = [] if out else [f"the grid has no records with a curve / retention for {check['left']} and "
-                           f"{check['right']} on one task (where {where})"]
+    gone = (
+        []
+        if out
+        else [
+            f"the grid has no records with a curve / retention for {check['left']} and "
+            f"{check['right']} on one task (where {where})"
+        ]
+    )
     return out, gone
 
 
@@ -283,17 +356,32 @@ def _row(key: tuple) -> dict:
 def check_time_to_fraction(cells, check, margin: float):
     """left needs more (op '>') or fewer (op '<') steps than right to reach `fraction` of its own gain."""
     pairs, gone = _pairs(curve_groups(records(cells)), check)
-    side, fraction, what = (1 if check.get("op", ">") in (">", ">=") else -1), check.get("fraction", 0.9), \
-        check.get("unit", "steps")
+    side, fraction, what = (
+        (1 if check.get("op", ">") in (">", ">=") else -1),
+        check.get("fraction", 0.9),
+        check.get("unit", "steps"),
+    )
     comparisons = []
     for label, lk, lg, rk, rg in pairs:
+
         def stat(g, s, i):
             return to_fraction(g, s, i, fraction, what)
-        text = (f"{what} to {fraction:.0%} of the gain {stat(lg, np.ones(_n_seeds(lg)), np.ones(lg.items)):.1f} vs "
-                f"{stat(rg, np.ones(_n_seeds(rg)), np.ones(rg.items)):.1f}")
-        comparisons.append(Comparison(label, [(_row(lk), ""), (_row(rk), "")], margin, side, text,
-                                      lambda lg=lg, rg=rg, stat=stat: curve_interval([lg, rg], [1, -1], stat),
-                                      unit=what))
+
+        text = (
+            f"{what} to {fraction:.0%} of the gain {stat(lg, np.ones(_n_seeds(lg)), np.ones(lg.items)):.1f} vs "
+            f"{stat(rg, np.ones(_n_seeds(rg)), np.ones(rg.items)):.1f}"
+        )
+        comparisons.append(
+            Comparison(
+                label,
+                [(_row(lk), ""), (_row(rk), "")],
+                margin,
+                side,
+                text,
+                lambda lg=lg, rg=rg, stat=stat: curve_interval([lg, rg], [1, -1], stat),
+                unit=what,
+            )
+        )
     return comparisons, [], gone
 
 
@@ -303,20 +391,39 @@ def check_retention(cells, check, margin: float):
     nothing: such pairs are left out, and said so."""
     pairs, gone = _pairs(retention_groups(records(cells)), check)
     measure = check.get("measure", "lm_loss_increase")
-    stat, key = {"lm_loss_increase": (loss_increase, None),
-                 "zero_shot_change": (zero_shot_change, "base_correct")}[measure]
+    stat, key = {"lm_loss_increase": (loss_increase, None), "zero_shot_change": (zero_shot_change, "base_correct")}[
+        measure
+    ]
     pairs = [p for p in pairs if key is None or all(key in g.arrays for g in (p[2], p[4]))]
     side = 1 if check.get("op", "<") in (">", ">=") else -1
     comparisons, notes = [], []
     for label, lk, lg, rk, rg in pairs:
         if key and not any((g.arrays["base_correct"] != g.arrays["adapted_correct"]).any() for g in (lg, rg)):
-            comparisons.append(Comparison(label, [], margin, side, "", undecided=(
-                f"the zero-shot probe ({lg.arrays['zero_shot_task']}) gave the same answers before and after "
-                "adapting, in every seed of both methods: it measures nothing here")))
+            comparisons.append(
+                Comparison(
+                    label,
+                    [],
+                    margin,
+                    side,
+                    "",
+                    undecided=(
+                        f"the zero-shot probe ({lg.arrays['zero_shot_task']}) gave the same answers before and after "
+                        "adapting, in every seed of both methods: it measures nothing here"
+                    ),
+                )
+            )
             continue
         ones = lambda g: (np.ones(_n_seeds(g)), np.ones(g.arrays[key].shape[-1] if key else g.items))  # noqa: E731
         text = f"{measure} {stat(lg, *ones(lg)):+.3f} vs {stat(rg, *ones(rg)):+.3f}"
-        comparisons.append(Comparison(label, [(_row(lk), ""), (_row(rk), "")], margin, side, text,
-                                      lambda lg=lg, rg=rg: curve_interval([lg, rg], [1, -1], stat, item_key=key),
-                                      unit="nats" if key is None else "points"))
+        comparisons.append(
+            Comparison(
+                label,
+                [(_row(lk), ""), (_row(rk), "")],
+                margin,
+                side,
+                text,
+                lambda lg=lg, rg=rg: curve_interval([lg, rg], [1, -1], stat, item_key=key),
+                unit="nats" if key is None else "points",
+            )
+        )
     return comparisons, notes, gone

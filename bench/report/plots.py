@@ -10,6 +10,7 @@ Every point or bar has its 95% interval as error bars (none where the summary ha
 has its own colour and marker (bars: colour and hatch) in every figure. Files are named `<kind>-<task>.png`
 (`claim-<id>.png`; the Snakefile's report() patterns rely on it).
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -27,21 +28,41 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 from bench.report.summary import _num  # noqa: E402
 from bench.report.tables import human  # noqa: E402
 
-UNITS = {"accuracy": "accuracy (%)", "f1": "F1 (×100)", "bleu": "BLEU (0–100)", "rouge_l": "ROUGE-L F (×100)",
-         "rouge_1": "ROUGE-1 F (×100)"}
+UNITS = {
+    "accuracy": "accuracy (%)",
+    "f1": "F1 (×100)",
+    "bleu": "BLEU (0–100)",
+    "rouge_l": "ROUGE-L F (×100)",
+    "rouge_1": "ROUGE-1 F (×100)",
+}
 
 
 COLORS = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10 less its grey (the model legend's)
 MARKERS = "osD^vP*Xph<>"
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo", "++", "--", "**", "||", "OO", "//.."]  # bars: the marker's counterpart
 MAX_SERIES = 6  # series per axes: more are split into panels of their own (one message per axes)
-METHOD_NAMES = {"full_ft": "full fine-tuning", "ft_top_k": "fine-tuning, top layers", "lora": "LoRA", "ia3": "IA³",
-                "adapter": "adapter", "bitfit": "BitFit", "prefix_tuning": "prefix tuning", "p_tuning": "P-tuning",
-                "prompt_tuning": "prompt tuning", "prompt_ensemble": "prompt ensemble",
-                "prompt_design": "prompt design (no training)", "pet": "PET", "pet_final": "PET, final model",
-                "distill": "distillation"}
-INITS = {"class_label": "class-label init", "vocab": "sampled-vocabulary init", "random": "random init",
-         "text": "text init"}
+METHOD_NAMES = {
+    "full_ft": "full fine-tuning",
+    "ft_top_k": "fine-tuning, top layers",
+    "lora": "LoRA",
+    "ia3": "IA³",
+    "adapter": "adapter",
+    "bitfit": "BitFit",
+    "prefix_tuning": "prefix tuning",
+    "p_tuning": "P-tuning",
+    "prompt_tuning": "prompt tuning",
+    "prompt_ensemble": "prompt ensemble",
+    "prompt_design": "prompt design (no training)",
+    "pet": "PET",
+    "pet_final": "PET, final model",
+    "distill": "distillation",
+}
+INITS = {
+    "class_label": "class-label init",
+    "vocab": "sampled-vocabulary init",
+    "random": "random init",
+    "text": "text init",
+}
 PROMPTS = ("prompt_tuning", "p_tuning", "prompt_ensemble")
 LEGEND = dict(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
 
@@ -61,6 +82,7 @@ def variant_label(row) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)) or v == "":
             v = stated.get(key)
         return v
+
     if method in PROMPTS:
         tokens = value("num_virtual_tokens")
         if tokens is not None:
@@ -79,8 +101,10 @@ def variant_label(row) -> str:
 
 def _labels(T) -> dict:
     """Variant -> its label, wrapped to fit the legend's column beside the axes."""
-    return {v: textwrap.fill(variant_label(r), 44, subsequent_indent="  ") for v, r in T.drop_duplicates("variant").set_index("variant", drop=False)
-            .to_dict("index").items()}
+    return {
+        v: textwrap.fill(variant_label(r), 44, subsequent_indent="  ")
+        for v, r in T.drop_duplicates("variant").set_index("variant", drop=False).to_dict("index").items()
+    }
 
 
 def _styles(order) -> dict:
@@ -135,7 +159,7 @@ def _chunks(variants: list) -> list[list]:
     """Variants split into panels of at most MAX_SERIES, as evenly as they go."""
     k = max(1, -(-len(variants) // MAX_SERIES))
     size = -(-len(variants) // k) if variants else 1
-    return [variants[i:i + size] for i in range(0, len(variants), size)] or [[]]
+    return [variants[i : i + size] for i in range(0, len(variants), size)] or [[]]
 
 
 def _panels(count: int, width: float = 6.4, height: float = 3.2, columns: int = 1):
@@ -157,8 +181,14 @@ def _save(fig, axes, path: Path, title: str, ylabel: str, D=None) -> Path:
     height = fig.get_figheight()
     fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
     rows = np.atleast_2d(axes).shape[0]
-    fig.subplots_adjust(left=0.09, right=1 - 3.7 / fig.get_figwidth(), bottom=0.75 / height, top=1 - 0.75 / height,
-                        hspace=0.55 if rows > 1 else 0.2, wspace=0.12)  # fixed: tight_layout is slow
+    fig.subplots_adjust(
+        left=0.09,
+        right=1 - 3.7 / fig.get_figwidth(),
+        bottom=0.75 / height,
+        top=1 - 0.75 / height,
+        hspace=0.55 if rows > 1 else 0.2,
+        wspace=0.12,
+    )  # fixed: tight_layout is slow
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -199,8 +229,11 @@ def plot_size(T, task, out: Path):
 def plot_data(T, task, out: Path):
     D = T[T["in_domain"] & T["train_size"].str.isdigit()]
     D = D[D.groupby(["model", "variant"])["train_size"].transform("nunique") >= 2]  # a line needs two sizes
-    models = [m for m in dict.fromkeys(D.sort_values("model_params")["model"])
-              if D.loc[D["model"] == m, "train_size"].nunique() >= 2]
+    models = [
+        m
+        for m in dict.fromkeys(D.sort_values("model_params")["model"])
+        if D.loc[D["model"] == m, "train_size"].nunique() >= 2
+    ]
     if not models:
         return None
     labels = _labels(T)
@@ -213,8 +246,9 @@ def plot_data(T, task, out: Path):
         ax.set_title(model, fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("training examples (log scale)")
     D = D[D["model"].isin(models)]
-    return _save(fig, axes, out / f"trainsize-{task}.png",
-                 f"{task}: score vs training examples ({sampling(D)})", _unit(D), D)
+    return _save(
+        fig, axes, out / f"trainsize-{task}.png", f"{task}: score vs training examples ({sampling(D)})", _unit(D), D
+    )
 
 
 def plot_shift(T, task, out: Path):
@@ -241,16 +275,34 @@ def plot_shift(T, task, out: Path):
             by = D[D["variant"] == variant].set_index("eval_set")
             xs = [j for j, s in enumerate(sets) if s in by.index]
             color, marker = styles[variant]
-            ax.bar([x + (i - (len(variants) - 1) / 2) * width for x in xs], [by.loc[sets[x], "mean"] for x in xs],
-                   width, yerr=_yerr(by.loc[[sets[x] for x in xs]]), capsize=3, label=labels[variant], color=color,
-                   hatch=HATCHES[MARKERS.index(marker) % len(HATCHES)], edgecolor="white")
-        ax.set_xticks(range(len(sets)), [s + (" (in-domain)" if s == task else "") for s in sets], fontsize=8,
-                      rotation=20 if len(sets) > 4 else 0)
+            ax.bar(
+                [x + (i - (len(variants) - 1) / 2) * width for x in xs],
+                [by.loc[sets[x], "mean"] for x in xs],
+                width,
+                yerr=_yerr(by.loc[[sets[x] for x in xs]]),
+                capsize=3,
+                label=labels[variant],
+                color=color,
+                hatch=HATCHES[MARKERS.index(marker) % len(HATCHES)],
+                edgecolor="white",
+            )
+        ax.set_xticks(
+            range(len(sets)),
+            [s + (" (in-domain)" if s == task else "") for s in sets],
+            fontsize=8,
+            rotation=20 if len(sets) > 4 else 0,
+        )
         ax.set_title(f"{model}, train size {size}", fontsize=9, loc="left")
         ax.legend(**LEGEND)
     D = pd.concat([D for *_, D in panels])
-    return _save(fig, axes, out / f"shift-{task}.png", f"{task}: in-domain vs shifted eval sets, per model "
-                 f"({sampling(D, sizes=False)})", _unit(D), D)
+    return _save(
+        fig,
+        axes,
+        out / f"shift-{task}.png",
+        f"{task}: in-domain vs shifted eval sets, per model ({sampling(D, sizes=False)})",
+        _unit(D),
+        D,
+    )
 
 
 def _front(x, y):
@@ -268,8 +320,11 @@ def plot_pareto(T, task, out: Path):
     the summary has), and per group of at most MAX_SERIES − 1 variants (the front is the sixth series); the
     Pareto front over all of that row's variants."""
     D = T[T["in_domain"]]
-    settings = [(m, n) for m in dict.fromkeys(D.sort_values("model_params")["model"])
-                for n in sorted(set(D.loc[D["model"] == m, "train_size"]), key=_num)]
+    settings = [
+        (m, n)
+        for m in dict.fromkeys(D.sort_values("model_params")["model"])
+        for n in sorted(set(D.loc[D["model"] == m, "train_size"]), key=_num)
+    ]
     rows = []
     for model, size in settings:
         S = D[(D["model"] == model) & (D["train_size"] == size)]
@@ -278,21 +333,32 @@ def plot_pareto(T, task, out: Path):
         variants = list(dict.fromkeys(S["variant"]))
         k = max(1, -(-len(variants) // (MAX_SERIES - 1)))
         step = -(-len(variants) // k)
-        rows += [(model, size, S, variants[i:i + step]) for i in range(0, len(variants), step)]
+        rows += [(model, size, S, variants[i : i + step]) for i in range(0, len(variants), step)]
     if not rows:
         return None
     styles, labels = _styles([group for *_, group in rows]), _labels(T)
     fig, axes = _panels(len(rows), width=9.0, height=3.0, columns=2)
     for (model, size, S, group), pair in zip(rows, axes):
-        for ax, col, scale, label in ((pair[0], "peak_mem_bytes", 2**30, "peak memory (GB)"),
-                                      (pair[1], "trainable_params", 1, "trainable parameters (log scale)")):
+        for ax, col, scale, label in (
+            (pair[0], "peak_mem_bytes", 2**30, "peak memory (GB)"),
+            (pair[1], "trainable_params", 1, "trainable parameters (log scale)"),
+        ):
             P = S[S[col] > 0]
             for variant in group:
                 V = P[P["variant"] == variant]
                 if len(V):
                     color, marker = styles[variant]
-                    ax.errorbar(V[col] / scale, V["mean"], yerr=_yerr(V), color=color, marker=marker, capsize=3,
-                                linestyle="", zorder=3, label=labels[variant])
+                    ax.errorbar(
+                        V[col] / scale,
+                        V["mean"],
+                        yerr=_yerr(V),
+                        color=color,
+                        marker=marker,
+                        capsize=3,
+                        linestyle="",
+                        zorder=3,
+                        label=labels[variant],
+                    )
             if len(P) >= 2:
                 fx, fy = _front(P[col].to_numpy() / scale, P["mean"].to_numpy())
                 ax.step(fx, fy, where="post", color="k", linestyle="--", linewidth=1, label="Pareto front (all)")
@@ -305,8 +371,14 @@ def plot_pareto(T, task, out: Path):
             handles, names = pair[0].get_legend_handles_labels()
         pair[1].legend(handles, names, **LEGEND)
     used = pd.concat([S for _, _, S, _ in rows])
-    return _save(fig, axes, out / f"pareto-{task}.png", f"{task}: score vs cost, per model and train size "
-                 f"({sampling(used, sizes=False)}; upper left is better)", _unit(used), used)
+    return _save(
+        fig,
+        axes,
+        out / f"pareto-{task}.png",
+        f"{task}: score vs cost, per model and train size ({sampling(used, sizes=False)}; upper left is better)",
+        _unit(used),
+        used,
+    )
 
 
 def make_plots(S, out: Path) -> list[Path]:
@@ -323,10 +395,12 @@ def plot_curves(P: pd.DataFrame, out: Path) -> list[Path]:
     """Learning curves (bench/report/curves.py: curve_points): score vs training step and vs training seconds, one
     line per method variant (mean over seeds), its 95% interval as a band; one figure per task, model, train size."""
     paths = []
-    for (task, model, size), D in (P.groupby(["task", "model", "train_size"], sort=False) if len(P) else []):
+    for (task, model, size), D in P.groupby(["task", "model", "train_size"], sort=False) if len(P) else []:
         styles = _styles(D)
-        labels = {v: textwrap.fill(variant_label({"variant": v}), 44, subsequent_indent="  ")
-                  for v in dict.fromkeys(D["variant"])}
+        labels = {
+            v: textwrap.fill(variant_label({"variant": v}), 44, subsequent_indent="  ")
+            for v in dict.fromkeys(D["variant"])
+        }
         groups = _chunks(list(dict.fromkeys(D["variant"])))
         fig, axes = _panels(len(groups), width=9.0, height=3.4, columns=2)
         for pair, group in zip(axes, groups):
@@ -340,10 +414,19 @@ def plot_curves(P: pd.DataFrame, out: Path) -> list[Path]:
         axes[-1, 0].set_xlabel("training step")
         axes[-1, 1].set_xlabel("training seconds (evaluations excluded; mean over seeds)")
         seeds = _span(D["seeds"], "seed", "seeds") if "seeds" in D else ""
-        paths.append(_save(fig, axes, out / f"curve-{task}.png" if P[["model", "train_size"]].drop_duplicates().shape[0]
-                           == 1 else out / f"curve-{task}-{model}-n{size}.png",
-                           f"{task}: learning curves ({model}, train size {size}" + (f", {seeds}" if seeds else "")
-                           + "; band: 95% interval)", "accuracy on the curve's eval set (%)"))
+        paths.append(
+            _save(
+                fig,
+                axes,
+                out / f"curve-{task}.png"
+                if P[["model", "train_size"]].drop_duplicates().shape[0] == 1
+                else out / f"curve-{task}-{model}-n{size}.png",
+                f"{task}: learning curves ({model}, train size {size}"
+                + (f", {seeds}" if seeds else "")
+                + "; band: 95% interval)",
+                "accuracy on the curve's eval set (%)",
+            )
+        )
     return paths
 
 
@@ -363,27 +446,44 @@ def plot_claims(claims: list[dict], out: Path) -> list[Path]:
         est = np.array([f.interval.estimate for f in drawn])
         low, high = np.array([f.interval.low for f in drawn]), np.array([f.interval.high for f in drawn])
         color = VERDICT_COLORS.get(r["verdict"], "#9e9e9e")
-        ax.errorbar(est, ys, xerr=[est - low, high - est], marker="o", linestyle="", capsize=3, color=color,
-                    label=f"Δ [95% interval]: {r['verdict']}")
+        ax.errorbar(
+            est,
+            ys,
+            xerr=[est - low, high - est],
+            marker="o",
+            linestyle="",
+            capsize=3,
+            color=color,
+            label=f"Δ [95% interval]: {r['verdict']}",
+        )
         c = drawn[0].comparison
         if hypothesis == "equivalence":
             ax.axvspan(-c.margin, c.margin, color="#777777", alpha=0.15, label=f"equivalence: |Δ| < {c.margin:g}")
         else:
             threshold = c.side * (c.margin if hypothesis == "superiority" else -c.margin)
-            ax.axvline(threshold, color="#777777", linestyle="--", linewidth=1.2,
-                       label=f"threshold {threshold:+g} ({hypothesis.replace('_', '-')}; paper's side: "
-                             f"{'right' if c.side > 0 else 'left'})")
+            ax.axvline(
+                threshold,
+                color="#777777",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"threshold {threshold:+g} ({hypothesis.replace('_', '-')}; paper's side: "
+                f"{'right' if c.side > 0 else 'left'})",
+            )
         ax.axvline(0, color="k", linewidth=0.8, label="no difference")
-        ax.set_yticks(ys, [(f.comparison.label if len(f.comparison.label) <= 60 else f.comparison.label[:59] + "…")
-                           for f in drawn], fontsize=7)
+        ax.set_yticks(
+            ys,
+            [(f.comparison.label if len(f.comparison.label) <= 60 else f.comparison.label[:59] + "…") for f in drawn],
+            fontsize=7,
+        )
         ax.set_ylim(len(drawn) - 0.5, -0.5)
         ax.set_xlabel(f"Δ = left − right, {c.unit} (left and right: the compared cells named on each row)", fontsize=8)
         ax.grid(True, axis="x", alpha=0.3)
         ax.legend(**LEGEND)
         seeds = sorted({f.seeds for f in drawn if f.seeds})
         examples = sorted({f.examples for f in drawn if f.examples})
-        size = ", ".join(x for x in (_span(seeds, "seed", "seeds"), _span(examples, "eval example", "eval examples"))
-                         if x)
+        size = ", ".join(
+            x for x in (_span(seeds, "seed", "seeds"), _span(examples, "eval example", "eval examples")) if x
+        )
         fig.suptitle(f"{r['id']}: {r['verdict']} ({r['test']}" + (f"; {size}" if size else "") + ")", fontsize=9)
         fig.subplots_adjust(left=0.3, right=0.68, bottom=0.8 / height, top=1 - 0.55 / height)
         path = out / f"claim-{r['id']}.png"
@@ -393,8 +493,13 @@ def plot_claims(claims: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-VERDICT_COLORS = {"reproduced": "#1a9850", "contradicted": "#d73027", "inconclusive": "#4575b4",
-                  "not decided": "#f28e2b", "not run": "#9e9e9e"}
+VERDICT_COLORS = {
+    "reproduced": "#1a9850",
+    "contradicted": "#d73027",
+    "inconclusive": "#4575b4",
+    "not decided": "#f28e2b",
+    "not run": "#9e9e9e",
+}
 
 
 def plot_forest(claims: list[dict], out: Path, name: str = "forest-claims.png") -> Path | None:
@@ -423,8 +528,11 @@ def plot_forest(claims: list[dict], out: Path, name: str = "forest-claims.png") 
             continue
         c, hypothesis = f.comparison, r["check"]["hypothesis"]
         if hypothesis == "equivalence":
-            x = (c.margin - abs(iv.estimate), c.margin - max(abs(iv.low), abs(iv.high)),
-                 c.margin - (0 if iv.low < 0 < iv.high else min(abs(iv.low), abs(iv.high))))
+            x = (
+                c.margin - abs(iv.estimate),
+                c.margin - max(abs(iv.low), abs(iv.high)),
+                c.margin - (0 if iv.low < 0 < iv.high else min(abs(iv.low), abs(iv.high))),
+            )
         else:
             threshold = c.margin if hypothesis == "superiority" else -c.margin
             ends = sorted((c.side * iv.low - threshold, c.side * iv.high - threshold))
@@ -440,20 +548,34 @@ def plot_forest(claims: list[dict], out: Path, name: str = "forest-claims.png") 
         else:
             ax.errorbar([x[0]], [y], xerr=[[x[0] - x[1]], [x[2] - x[0]]], marker="o", color=color, capsize=3)
         if reason:
-            ax.text(1.02, y, reason if len(reason) <= 70 else reason[:69] + "…", transform=side_text, fontsize=7,
-                    va="center", color=color)
+            ax.text(
+                1.02,
+                y,
+                reason if len(reason) <= 70 else reason[:69] + "…",
+                transform=side_text,
+                fontsize=7,
+                va="center",
+                color=color,
+            )
     reach = max([abs(v) for _, x, _, _ in rows if x is not None for v in x] + [2.0]) * 1.3
     ax.set_xlim(-reach, reach)
     ax.axvline(0, color="k", linewidth=1)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_yticks(range(len(rows)), [label for label, *_ in rows], fontsize=7)
     ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlabel("estimate beyond the claim's threshold, in the claim's units (right of 0: the paper's side; "
-                  "bars: 95% interval)", fontsize=8)
-    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=v) for v, c in VERDICT_COLORS.items()
-               if any(verdict == v for _, _, verdict, _ in rows)]
-    fig.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.43, 0.0), ncol=len(handles),
-               frameon=False)
+    ax.set_xlabel(
+        "estimate beyond the claim's threshold, in the claim's units (right of 0: the paper's side; "
+        "bars: 95% interval)",
+        fontsize=8,
+    )
+    handles = [
+        Line2D([], [], color=c, marker="o", linestyle="", label=v)
+        for v, c in VERDICT_COLORS.items()
+        if any(verdict == v for _, _, verdict, _ in rows)
+    ]
+    fig.legend(
+        handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.43, 0.0), ncol=len(handles), frameon=False
+    )
     ax.grid(True, axis="x", alpha=0.3)
     counts = pd.Series([r["verdict"] for r in claims]).value_counts()
     ax.set_title("Claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()), fontsize=10)

@@ -11,6 +11,7 @@ scaled by m / m0), and GPU-hours as config/resources.yaml requests them per cell
 Approximate by design: the components are estimates from the records in hand (3 seeds give a rough seed part), and
 the power uses the shifted central t, not the noncentral one.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ def _se_df(variance, n: int, m: int) -> tuple[float, float]:
     terms = [(own + inter, n - 1), (example, max(1, m - 1))]
     total = own + inter + example
     denominator = sum(v * v / df for v, df in terms if v > 0)
-    return math.sqrt(total), (total ** 2 / denominator if denominator > 0 else math.inf)
+    return math.sqrt(total), (total**2 / denominator if denominator > 0 else math.inf)
 
 
 def _power(distance: float, se: float, df: float, alpha: float) -> float:
@@ -82,6 +83,7 @@ def row_cost(get) -> tuple[float, float, float]:
     def number(key):
         value = get(key)
         return float(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) else 0.0
+
     try:
         minutes = _resources(get("model"), get("method"), json.dumps(json.loads(get("hp")), sort_keys=True))["runtime"]
     except Exception:  # a row without its model, method or hp (curves' groups): no GPU estimate
@@ -89,8 +91,7 @@ def row_cost(get) -> tuple[float, float, float]:
     return number("train_s"), number("eval_s"), float(minutes)
 
 
-def plan(f: Finding, hypothesis: str, alpha: float, k: int, effect: float, cap: int | None,
-         rows_cost=row_cost) -> dict:
+def plan(f: Finding, hypothesis: str, alpha: float, k: int, effect: float, cap: int | None, rows_cost=row_cost) -> dict:
     """The cheapest (seeds, examples) with 80% power to decide the comparison at a true difference `effect`."""
     c, iv = f.comparison, f.interval
     repro, contra = _distances(effect, hypothesis, c.margin, c.side)
@@ -99,14 +100,20 @@ def plan(f: Finding, hypothesis: str, alpha: float, k: int, effect: float, cap: 
     elif contra > 0:
         distance, level, goal = contra, alpha / k, "contradict"
     else:
-        return {"effect": effect, "goal": None, "why": "at this effect neither side of the margin is reachable: "
-                "no number of seeds or examples decides it"}
+        return {
+            "effect": effect,
+            "goal": None,
+            "why": "at this effect neither side of the margin is reachable: no number of seeds or examples decides it",
+        }
     parts = [p for p in (f.parts or [iv]) if p is not None and p.variance is not None]
     if not parts:
         return {"effect": effect, "goal": goal, "why": "no variance components (records without per-example outputs)"}
     if min(p.variance.seeds for p in parts) < 2:
-        return {"effect": effect, "goal": goal, "why": "one seed: the records hold no seed variance to plan from "
-                "(run at least 3 seeds first)"}
+        return {
+            "effect": effect,
+            "goal": goal,
+            "why": "one seed: the records hold no seed variance to plan from (run at least 3 seeds first)",
+        }
     m0 = min(p.variance.examples for p in parts) or 1
     sizes = sorted({m0, *(x for x in (cap,) if x and x > m0)} | ({min(cap, 2 * m0)} if cap and cap > m0 else set()))
     train, evaluate, gpu = _cost(f, rows_cost)
@@ -114,16 +121,16 @@ def plan(f: Finding, hypothesis: str, alpha: float, k: int, effect: float, cap: 
     if len(parts) > 1:  # random effects: the settings' spread beyond their own noise stays
         import numpy as np
 
-        spread = max(0.0, float(np.var([p.estimate for p in parts], ddof=1))
-                     - float(np.mean([p.se ** 2 for p in parts])))
+        spread = max(0.0, float(np.var([p.estimate for p in parts], ddof=1)) - float(np.mean([p.se**2 for p in parts])))
     best = None
     for m in sizes:
         for n in range(2, MAX_SEEDS + 1):
             pieces = [_se_df(p.variance, n, m) for p in parts]
             if len(parts) > 1:
                 J = len(parts)
-                se = math.sqrt(max(spread / J + sum(s * s for s, _ in pieces) / J ** 2, sum(s * s for s, _ in pieces)
-                                   / J ** 2))
+                se = math.sqrt(
+                    max(spread / J + sum(s * s for s, _ in pieces) / J**2, sum(s * s for s, _ in pieces) / J**2)
+                )
                 df = J - 1
             else:
                 se, df = pieces[0]
@@ -133,16 +140,22 @@ def plan(f: Finding, hypothesis: str, alpha: float, k: int, effect: float, cap: 
                     best = {"seeds": n, "examples": m, "cell_hours": hours, "gpu_hours": n * gpu / 60}
                 break
     if best is None:
-        return {"effect": effect, "goal": goal, "why": f"even {MAX_SEEDS} seeds × {sizes[-1]} examples fall short "
-                "of 80% power" + (" (the settings' spread stays)" if len(parts) > 1 else "")}
+        return {
+            "effect": effect,
+            "goal": goal,
+            "why": f"even {MAX_SEEDS} seeds × {sizes[-1]} examples fall short "
+            "of 80% power" + (" (the settings' spread stays)" if len(parts) > 1 else ""),
+        }
     return {"effect": effect, "goal": goal, **best}
 
 
 def plan_line(p: dict) -> str:
     if p.get("goal") is None or "seeds" not in p:
         return f"at Δ {p['effect']:+.2f}: {p['why']}"
-    return (f"at Δ {p['effect']:+.2f}: {p['seeds']} seeds × {p['examples']} examples to {p['goal']} with 80% power "
-            f"({p['cell_hours']:.1f} cell-hours here, ≤ {p['gpu_hours']:.1f} GPU-hours requested)")
+    return (
+        f"at Δ {p['effect']:+.2f}: {p['seeds']} seeds × {p['examples']} examples to {p['goal']} with 80% power "
+        f"({p['cell_hours']:.1f} cell-hours here, ≤ {p['gpu_hours']:.1f} GPU-hours requested)"
+    )
 
 
 def claim_plans(result: dict) -> list[tuple[str, list[str]]]:
@@ -156,15 +169,19 @@ def claim_plans(result: dict) -> list[tuple[str, list[str]]]:
             continue
         metric = next((row.get("metric" + s, row.get("metric")) for row, s in f.comparison.rows), None)
         paper = effect.get(metric) if isinstance(effect, dict) else effect  # per metric, or the claim's one number
-        caps = [eval_set_size(row.get("task" + s, row.get("task")), row.get("eval_set" + s, row.get("eval_set")))
-                for row, s in f.comparison.rows if row.get("task" + s, row.get("task"))]
+        caps = [
+            eval_set_size(row.get("task" + s, row.get("task")), row.get("eval_set" + s, row.get("eval_set")))
+            for row, s in f.comparison.rows
+            if row.get("task" + s, row.get("task"))
+        ]
         cap = min((c for c in caps if c), default=None)
         lines = []
         if paper is not None:
-            lines.append("paper's effect " + plan_line(plan(f, hypothesis, alpha, len(result["found"]), float(paper),
-                                                            cap)))
-        lines.append("observed " + plan_line(plan(f, hypothesis, alpha, len(result["found"]), f.interval.estimate,
-                                                  cap)))
+            lines.append(
+                "paper's effect " + plan_line(plan(f, hypothesis, alpha, len(result["found"]), float(paper), cap))
+            )
+        lines.append(
+            "observed " + plan_line(plan(f, hypothesis, alpha, len(result["found"]), f.interval.estimate, cap))
+        )
         out.append((f.comparison.label, lines))
     return out
-

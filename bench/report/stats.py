@@ -25,6 +25,7 @@ outputs, get the seed part only (t over seeds); with one seed the seed variance 
 is over examples only, and says so); with one seed and no outputs there is no interval. Replicates start from a
 fixed generator seed: the same records give the same intervals.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -111,8 +112,14 @@ def _weights(rng, n: int, count: int) -> np.ndarray:
     return np.bincount(drawn.ravel(), minlength=count * n).reshape(count, n) / n
 
 
-def interval(systems: list[System], weights: list[float], level: float = LEVEL, seed: int = BOOTSTRAP_SEED,
-             resamples: int = RESAMPLES, corpus_resamples: int = CORPUS_RESAMPLES) -> Interval | None:
+def interval(
+    systems: list[System],
+    weights: list[float],
+    level: float = LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+    resamples: int = RESAMPLES,
+    corpus_resamples: int = CORPUS_RESAMPLES,
+) -> Interval | None:
     """The interval of sum_i weights[i] * score(systems[i]) at `level` (two-sided); None when it cannot be computed
     (one seed and no per-example outputs, or no shared examples). Two levels, as the module docstring says: per-seed
     values give the seed term (t, seeds - 1 df), the eval examples' sampling variance (analytic for means over
@@ -129,8 +136,9 @@ def interval(systems: list[System], weights: list[float], level: float = LEVEL, 
         aligned = []  # per system, per seed: the output rows of the space's shared examples, in one order
         for system in systems:
             order = {i: k for k, i in enumerate(ids[system.space])}
-            aligned.append([sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
-                            for rows in system.outputs])
+            aligned.append(
+                [sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]]) for rows in system.outputs]
+            )
         parts = [_decomposed(s, by_seed) for s, by_seed in zip(systems, aligned)]
     if not with_outputs or any(p is None and s.metric in SEEDS_ONLY for s, p in zip(systems, parts)):
         if any(len(d) < 2 for d in groups.values()):
@@ -138,16 +146,26 @@ def interval(systems: list[System], weights: list[float], level: float = LEVEL, 
         return two_level(estimate, groups, 0.0, {}, 0, level, "t over seeds (no per-example outputs)")
     examples = min(len(i) for i in ids.values())
     if all(p is not None and all(part[0] == "mean" for part in p) for p in parts):
-        return interval_of_means([(s.seeds, s.space, np.stack([x[1] for x in p])) for s, p in zip(systems, parts)],
-                                 weights, level, estimate)  # the records' values: the parts were checked to give them
-    matrices, count = _replicate_example_variances(systems, weights, aligned, parts, ids, seed, resamples,
-                                                   corpus_resamples)
-    return from_replicates(estimate, groups, matrices, examples, level,
-                           f"seeds (t) + examples ({count:,} bootstrap replicates)")
+        return interval_of_means(
+            [(s.seeds, s.space, np.stack([x[1] for x in p])) for s, p in zip(systems, parts)], weights, level, estimate
+        )  # the records' values: the parts were checked to give them
+    matrices, count = _replicate_example_variances(
+        systems, weights, aligned, parts, ids, seed, resamples, corpus_resamples
+    )
+    return from_replicates(
+        estimate, groups, matrices, examples, level, f"seeds (t) + examples ({count:,} bootstrap replicates)"
+    )
 
 
-def two_level(estimate: float, groups: dict[tuple, np.ndarray], example_total: float, by_group: dict,
-              examples: int, level: float, how: str) -> Interval:
+def two_level(
+    estimate: float,
+    groups: dict[tuple, np.ndarray],
+    example_total: float,
+    by_group: dict,
+    examples: int,
+    level: float,
+    how: str,
+) -> Interval:
     """The t interval from the two levels: `groups`, per seed group its per-seed values; `example_total`, the
     estimate's variance over example draws (seeds fixed); `by_group`, per group (mean over its seeds of each seed's
     example variance, the example variance of its seed mean), from which the seed-by-example part is removed."""
@@ -160,18 +178,27 @@ def two_level(estimate: float, groups: dict[tuple, np.ndarray], example_total: f
     if len(seed_terms) < len(groups):  # a one-seed group: its seed variance cannot be estimated
         how += "; one seed: seed variance not estimated"
     interaction = sum(interactions.values())
-    variance = Variance(seed_terms, max(0.0, example_total - interaction), interaction,
-                        min(map(len, groups.values())), examples)
+    variance = Variance(
+        seed_terms, max(0.0, example_total - interaction), interaction, min(map(len, groups.values())), examples
+    )
     return _t_interval(estimate, variance, level, how)
 
 
-def from_replicates(estimate: float, per_seed: dict[tuple, np.ndarray], replicates: dict[tuple, np.ndarray],
-                    examples: int, level: float, how: str) -> Interval:
+def from_replicates(
+    estimate: float,
+    per_seed: dict[tuple, np.ndarray],
+    replicates: dict[tuple, np.ndarray],
+    examples: int,
+    level: float,
+    how: str,
+) -> Interval:
     """two_level from example-only replicates: per group its per-seed values and a (replicates, seeds) matrix of
     the same statistic on drawn examples (seeds fixed), weights already applied."""
     total = float(np.var(sum(x.mean(axis=1) for x in replicates.values()), ddof=1))
-    by_group = {g: (float(np.var(x, axis=0, ddof=1).mean()), float(np.var(x.mean(axis=1), ddof=1)))
-                for g, x in replicates.items()}
+    by_group = {
+        g: (float(np.var(x, axis=0, ddof=1).mean()), float(np.var(x.mean(axis=1), ddof=1)))
+        for g, x in replicates.items()
+    }
     return two_level(estimate, per_seed, total, by_group, examples, level, how)
 
 
@@ -227,8 +254,12 @@ def _seed_groups(systems, weights) -> dict[tuple, np.ndarray]:
     return groups
 
 
-def interval_of_means(arrays: list[tuple[tuple, str, np.ndarray]], weights: list[float], level: float = LEVEL,
-                      estimate: float | None = None) -> Interval:
+def interval_of_means(
+    arrays: list[tuple[tuple, str, np.ndarray]],
+    weights: list[float],
+    level: float = LEVEL,
+    estimate: float | None = None,
+) -> Interval:
     """`interval` for metrics that are means over examples, from arrays: per system (its seeds, its space, a
     (seeds, examples) matrix of per-example values, examples aligned by id within a space). The example parts are
     analytic: per space, the sample variance over examples of the weighted sum's per-example values, over m."""
@@ -246,8 +277,10 @@ def interval_of_means(arrays: list[tuple[tuple, str, np.ndarray]], weights: list
         total += float(np.var(sum(x.mean(axis=0) for x in parts.values()), ddof=1)) / m
         for g, x in parts.items():
             mean_var, var_mean = by_group.get(g, (0.0, 0.0))
-            by_group[g] = (mean_var + float(np.var(x, axis=1, ddof=1).mean()) / m,
-                           var_mean + float(np.var(x.mean(axis=0), ddof=1)) / m)
+            by_group[g] = (
+                mean_var + float(np.var(x, axis=1, ddof=1).mean()) / m,
+                var_mean + float(np.var(x.mean(axis=0), ddof=1)) / m,
+            )
     estimate = float(sum(g.mean() for g in groups.values())) if estimate is None else estimate
     examples = min(next(iter(p.values())).shape[1] for p in spaces.values())
     return two_level(estimate, groups, total, by_group, examples, level, "seeds (t) + examples (analytic)")
@@ -282,8 +315,15 @@ def _t_interval(estimate: float, variance: Variance, level: float, how: str) -> 
 
     se, df = math.sqrt(variance.total), variance.df
     q = stats.t.ppf(0.5 + level / 2, df) if math.isfinite(df) else stats.norm.ppf(0.5 + level / 2)
-    return Interval(estimate, estimate - q * se, estimate + q * se, f"{how}, df {df:.1f}" if math.isfinite(df)
-                    else how, se=se, df=df, variance=variance)
+    return Interval(
+        estimate,
+        estimate - q * se,
+        estimate + q * se,
+        f"{how}, df {df:.1f}" if math.isfinite(df) else how,
+        se=se,
+        df=df,
+        variance=variance,
+    )
 
 
 def _decomposed(system: System, by_seed: list[list[dict]]) -> list | None:
@@ -302,10 +342,15 @@ def _decomposed(system: System, by_seed: list[list[dict]]) -> list | None:
         elif system.metric == "bleu" and rows and "hyp" in rows[0]:
             stats, score = _bleu_statistics(rows, system.scorer_name)
             part, whole = ("stats", stats, score), score(stats.sum(axis=0))
-        elif system.metric in CORPUS_STATISTICS and rows and "hyp" in rows[0] and \
-                (system.metric not in NEEDS_JAVA or shutil.which("java")):
-            score = _corpus_statistics(system.metric, system.scorer_name, tuple(r["hyp"] for r in rows),
-                                       tuple(tuple(r["gold"]) for r in rows))
+        elif (
+            system.metric in CORPUS_STATISTICS
+            and rows
+            and "hyp" in rows[0]
+            and (system.metric not in NEEDS_JAVA or shutil.which("java"))
+        ):
+            score = _corpus_statistics(
+                system.metric, system.scorer_name, tuple(r["hyp"] for r in rows), tuple(tuple(r["gold"]) for r in rows)
+            )
             part, whole = ("corpus", score), score(np.ones((1, len(rows))))[0]
         else:
             return None
@@ -339,8 +384,11 @@ def _bleu_statistics(rows, scorer_name: str = "e2e-metrics"):
     if scorer_name in ("webnlg-2017", "dart"):
         webnlg = scorer_name == "webnlg-2017"
         slots = scorers.WEBNLG_REFERENCES if webnlg else scorers.DART_REFERENCES
-        hypothesis, reference = ((scorers._webnlg_hypothesis, scorers._webnlg_reference) if webnlg
-                                 else (scorers._dart_text, scorers._dart_text))
+        hypothesis, reference = (
+            (scorers._webnlg_hypothesis, scorers._webnlg_reference)
+            if webnlg
+            else (scorers._dart_text, scorers._dart_text)
+        )
         hypotheses = [hypothesis(h) for h in hypotheses]
         golds = [[reference(g) for g in gold[:slots]] + [""] * (slots - len(gold[:slots])) for gold in golds]
         bleu = BLEU(lowercase=webnlg, tokenize="none", smooth_method="none", force=True)
@@ -353,7 +401,7 @@ def _bleu_statistics(rows, scorer_name: str = "e2e-metrics"):
 
 
 def _ngrams(words, n):
-    return (tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 def _sparse(cells: dict, shape):
@@ -367,9 +415,11 @@ def _sparse(cells: dict, shape):
 
 def _blocks(score, per_replicate: int):
     """`score` applied to blocks of replicates small enough that each block's arrays stay under CORPUS_BLOCK."""
+
     def blocked(counts: np.ndarray) -> np.ndarray:
         size = max(1, CORPUS_BLOCK // max(per_replicate, 1))
-        return np.concatenate([score(counts[b:b + size]) for b in range(0, len(counts), size)])
+        return np.concatenate([score(counts[b : b + size]) for b in range(0, len(counts), size)])
+
     return blocked
 
 
@@ -405,9 +455,11 @@ def _nist_statistics(hypotheses, references, scorer_name):
                     clipped[i, column.setdefault(g, len(column))] = min(c, most[g])
         ref_counts.append(counts)
     shape = (len(hyps), len(column))
-    references = _sparse({(i, column[g]): c for i, counts in enumerate(ref_counts) for g, c in counts.items()
-                          if g in column} | {(i, 0): sum(map(len, rs)) for i, rs in enumerate(refs) if any(rs)},
-                         shape)
+    references = _sparse(
+        {(i, column[g]): c for i, counts in enumerate(ref_counts) for g, c in counts.items() if g in column}
+        | {(i, 0): sum(map(len, rs)) for i, rs in enumerate(refs) if any(rs)},
+        shape,
+    )
     matches = _sparse(clipped, shape)
     prefix = np.array([column[g[:-1]] if len(g) > 1 else 0 for g in column])
     order = np.array([len(g) for g in column])
@@ -427,6 +479,7 @@ def _nist_statistics(hypotheses, references, scorer_name):
             ratio = counts @ hyp_words / (ref_words / per_segment)
             penalty = np.where(ratio < 1, np.exp(-NIST_BETA * np.log(ratio) ** 2), 1.0)
         return np.where((per_segment > 0) & (ref_words > 0) & (ratio > 0), nist * penalty, 0.0)
+
     return _blocks(score, 3 * len(column))
 
 
@@ -464,7 +517,7 @@ def _cider_statistics(hypotheses, references, scorer_name):
         for ref in cooked:
             pair = len(penalty)
             delta = float(hyp_length - sum(tf for g, tf in ref.items() if len(g) == 2))
-            penalty.append(np.e ** (-(delta ** 2) / (2 * sigma ** 2)))
+            penalty.append(np.e ** (-(delta**2) / (2 * sigma**2)))
             owner.append(i)
             for g, tf in ref.items():
                 ref_sq[pair * order + len(g) - 1, col(g)] = float(tf) ** 2
@@ -490,6 +543,7 @@ def _cider_statistics(hypotheses, references, scorer_name):
         per_example = (owned @ value.reshape(pairs, -1)).reshape(examples, order, -1)
         cider = per_example.mean(axis=1) / references_per_example[:, None] * 10.0  # examples × replicates
         return (counts * cider.T).sum(axis=1) / drawn
+
     return _blocks(score, 2 * len(column) + 3 * (examples + pairs) * order)
 
 
@@ -505,27 +559,33 @@ def _meteor_statistics(hypotheses, references, scorer_name):
 
     if scorer_name == "webnlg-2017":
         hyps = [scorers._webnlg_hypothesis(h) for h in hypotheses]
-        refs = [[scorers._webnlg_reference(r) for r in rs[:scorers.WEBNLG_REFERENCES]] for rs in references]
+        refs = [[scorers._webnlg_reference(r) for r in rs[: scorers.WEBNLG_REFERENCES]] for rs in references]
     elif scorer_name == "dart":
         hyps = [scorers._dart_text(h) for h in hypotheses]
-        refs = [[scorers._dart_text(r) for r in rs[:scorers.DART_REFERENCES]] for rs in references]
+        refs = [[scorers._dart_text(r) for r in rs[: scorers.DART_REFERENCES]] for rs in references]
     else:
         gts, res = _coco_tokens(hypotheses, references)
         hyps, refs = [res[i][0] for i in range(len(hypotheses))], [gts[i] for i in range(len(hypotheses))]
-    lines = [" ||| ".join(("SCORE", " ||| ".join(rs), h.replace("|||", "").replace("  ", " ")))  # as Meteor._stat
-             for h, rs in zip(hyps, refs)]
+    lines = [
+        " ||| ".join(("SCORE", " ||| ".join(rs), h.replace("|||", "").replace("  ", " ")))  # as Meteor._stat
+        for h, rs in zip(hyps, refs)
+    ]
     stats = np.array([[float(x) for x in line.split()] for line in _meteor_answers(lines, 1)])
     # fields: test/reference length and function words, then per stage test/reference matches of content and of
     # function words, then chunks and test/reference word matches; the jar adds no chunk for a segment whose
     # words all match (total matches = length on both sides) in one chunk
     stages = stats[:, 4:-3]
-    whole = ((stages[:, 0::4] + stages[:, 2::4]).sum(axis=1) == stats[:, 0]) & \
-        ((stages[:, 1::4] + stages[:, 3::4]).sum(axis=1) == stats[:, 1]) & (stats[:, -3] == 1)
+    whole = (
+        ((stages[:, 0::4] + stages[:, 2::4]).sum(axis=1) == stats[:, 0])
+        & ((stages[:, 1::4] + stages[:, 3::4]).sum(axis=1) == stats[:, 1])
+        & (stats[:, -3] == 1)
+    )
     stats[whole, -3] = 0
 
     def score(counts: np.ndarray) -> np.ndarray:
         evals = ["EVAL ||| " + " ".join(repr(float(x)) for x in total) for total in counts @ stats]
         return 100.0 * np.array([float(answer) for answer in _meteor_answers(evals, 2)])
+
     return score
 
 
@@ -553,6 +613,7 @@ def _meteor_answers(lines: list[str], answers: int) -> list[str]:
             process.stdin.flush()
         except OSError:  # the process ended: the reading side reports it
             pass
+
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
     found = []

@@ -9,6 +9,7 @@ dependency lock; cells.csv says what differs, field by field, in `stale_because`
 hyperparameter whose value differs between cells of one method, and `hp` (all resolved hyperparameters, JSON).
 cells.csv has every cell of the grid with its status: ok, diverged, failed (no record, a log), not run (neither).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,18 @@ from bench.harness.lock import other_lock
 from bench.report.stats import System, interval
 
 KEYS = ["task", "model", "method", "train_size"]
-COST = ["trainable_params", "delta_params", "total_params", "delta_bytes", "peak_mem_bytes",
-        "train_tokens_per_s", "eval_tokens_per_s", "train_s", "eval_s", "flops_per_step"]
+COST = [
+    "trainable_params",
+    "delta_params",
+    "total_params",
+    "delta_bytes",
+    "peak_mem_bytes",
+    "train_tokens_per_s",
+    "eval_tokens_per_s",
+    "train_s",
+    "eval_s",
+    "flops_per_step",
+]
 PER_SEED = ("seed_list", "dirs", "values")  # summary columns the intervals read, not written to summary.csv
 PRIMARY_ORDER = ("accuracy", "bleu", "rouge_l", "rouge_1", "f1")
 
@@ -58,31 +69,62 @@ def load(grid: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     by_dir = {cell.dir: cell for cell in found}
     variants = part_variants(found)
     for cell in found:
-        base = {"grid": cell.grid, "task": cell.task, "model": cell.model, "method": cell.method,
-                "variant": variants[cell.dir], "train_size": str(cell.train_size),
-                "seed": cell.replicate, "dir": cell.dir}  # init seed, and data seed where the grid has them
+        base = {
+            "grid": cell.grid,
+            "task": cell.task,
+            "model": cell.model,
+            "method": cell.method,
+            "variant": variants[cell.dir],
+            "train_size": str(cell.train_size),
+            "seed": cell.replicate,
+            "dir": cell.dir,
+        }  # init seed, and data seed where the grid has them
         record, status, detail = _read(cell)
         harness = (record or {}).get("env", {}).get("harness_sha256") or ""
         made_under = None if record is None else other_lock(record.get("env", {}))
-        made_from = [] if record is None else [
-            *_stale_fields(record, cell, by_dir),  # what differs from the cell as planned today
-            *([made_under] if made_under else [])]  # the lock, and the packages whose versions differ
+        made_from = (
+            []
+            if record is None
+            else [
+                *_stale_fields(record, cell, by_dir),  # what differs from the cell as planned today
+                *([made_under] if made_under else []),
+            ]
+        )  # the lock, and the packages whose versions differ
         stale = bool(made_from)
-        cells.append({**base, "status": status, "stale": stale, "harness": harness[:12],
-                      "stale_because": "; ".join(made_from), "detail": detail,
-                      "analysis": record.get("analysis") if status == "ok" else None,
-                      "outputs": read_outputs(cell.dir, record) if status == "ok" else None})
+        cells.append(
+            {
+                **base,
+                "status": status,
+                "stale": stale,
+                "harness": harness[:12],
+                "stale_because": "; ".join(made_from),
+                "detail": detail,
+                "analysis": record.get("analysis") if status == "ok" else None,
+                "outputs": read_outputs(cell.dir, record) if status == "ok" else None,
+            }
+        )
         if status != "ok":
             continue
-        hp = {key: str(value) for key, value in record["config"].get("hp", {}).items()
-              if key not in CELL_REFS}  # another cell's dir (distill's teacher): it names the seed, so not an hp
+        hp = {
+            key: str(value) for key, value in record["config"].get("hp", {}).items() if key not in CELL_REFS
+        }  # another cell's dir (distill's teacher): it names the seed, so not an hp
         cost = {key: record["cost"].get(key) for key in COST}
         for eval_set, metrics in record["metrics"].items():
             for metric, value in metrics.items():
                 if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    rows.append({**base, "hp": hp, "hp_json": json.dumps(hp, sort_keys=True),
-                                 "eval_set": eval_set, "metric": metric, "value": float(value), "stale": stale,
-                                 "examples": metrics.get("n"), **cost})
+                    rows.append(
+                        {
+                            **base,
+                            "hp": hp,
+                            "hp_json": json.dumps(hp, sort_keys=True),
+                            "eval_set": eval_set,
+                            "metric": metric,
+                            "value": float(value),
+                            "stale": stale,
+                            "examples": metrics.get("n"),
+                            **cost,
+                        }
+                    )
     frame = pd.DataFrame(rows)
     hp_cols = []
     if len(frame):  # hp keys whose values differ between cells that share task, model, method and train size
@@ -126,22 +168,45 @@ def summarize(frame: pd.DataFrame, hp_cols: list[str]) -> pd.DataFrame:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     cost = {col: (col, "mean") for col in COST if frame[col].notna().any()}
     frame = frame.sort_values("seed", kind="stable")
-    S = frame.groupby(group, sort=False).agg(mean=("value", "mean"), std=("value", "std"),
-                                             seeds=("seed", "nunique"), stale=("stale", "any"), **cost,
-                                             examples=("examples", "min"), hp=("hp_json", "first"),
-                                             seed_list=("seed", tuple), dirs=("dir", tuple),
-                                             values=("value", tuple)).reset_index()
+    S = (
+        frame.groupby(group, sort=False)
+        .agg(
+            mean=("value", "mean"),
+            std=("value", "std"),
+            seeds=("seed", "nunique"),
+            stale=("stale", "any"),
+            **cost,
+            examples=("examples", "min"),
+            hp=("hp_json", "first"),
+            seed_list=("seed", tuple),
+            dirs=("dir", tuple),
+            values=("value", tuple),
+        )
+        .reset_index()
+    )
     S["model_params"] = S["model"].map(frame.groupby("model")["total_params"].min())  # base size: least total
     S["trainable_pct"] = 100 * S["trainable_params"] / S["model_params"]
     S["in_domain"] = S["eval_set"] == S["task"]
-    primary = {t: next((m for m in PRIMARY_ORDER if m in set(g["metric"])), g["metric"].iloc[0])
-               for t, g in S.groupby("task")}
+    primary = {
+        t: next((m for m in PRIMARY_ORDER if m in set(g["metric"])), g["metric"].iloc[0]) for t, g in S.groupby("task")
+    }
     S["primary"] = S["metric"] == S["task"].map(primary)
-    first = {c: {v: i for i, v in enumerate(dict.fromkeys(S[c]))}
-             for c in ("task", "method", "variant", "eval_set", "metric")}
-    rank = lambda r: (first["task"][r["task"]], r["model_params"], r["model"], first["method"][r["method"]],  # noqa
-                      *[_num(r[k]) for k in hp_cols], first["variant"][r["variant"]], _num(r["train_size"]),
-                      not r["in_domain"], first["eval_set"][r["eval_set"]], first["metric"][r["metric"]])
+    first = {
+        c: {v: i for i, v in enumerate(dict.fromkeys(S[c]))}
+        for c in ("task", "method", "variant", "eval_set", "metric")
+    }
+    rank = lambda r: (  # noqa: E731
+        first["task"][r["task"]],
+        r["model_params"],
+        r["model"],
+        first["method"][r["method"]],
+        *[_num(r[k]) for k in hp_cols],
+        first["variant"][r["variant"]],
+        _num(r["train_size"]),
+        not r["in_domain"],
+        first["eval_set"][r["eval_set"]],
+        first["metric"][r["metric"]],
+    )
     return pd.DataFrame(sorted(S.to_dict("records"), key=rank), columns=S.columns).round(4)
 
 
@@ -157,10 +222,15 @@ def system(row: dict, outputs: dict, metrics: dict, suffix: str = "") -> System:
     base = min((m for m in metrics[get("task")] if metric == m or metric.startswith(m + "_")), key=len, default=metric)
     score = get_method(get("method")).score_outputs
     scorer = eval_scorer(get_task(get("task")), eval_set)  # the eval set's official scorer (generation)
-    return System(space=f"{get('task')}/{eval_set}", metric=metric, seeds=tuple(get("seed_list")),
-                  values=np.array(get("values"), dtype=float),
-                  outputs=None if any(rows is None for rows in per_seed) else per_seed,
-                  scorer=lambda rows: score(rows, [base], scorer)[metric], scorer_name=scorer or "")
+    return System(
+        space=f"{get('task')}/{eval_set}",
+        metric=metric,
+        seeds=tuple(get("seed_list")),
+        values=np.array(get("values"), dtype=float),
+        outputs=None if any(rows is None for rows in per_seed) else per_seed,
+        scorer=lambda rows: score(rows, [base], scorer)[metric],
+        scorer_name=scorer or "",
+    )
 
 
 def add_intervals(S: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
@@ -168,11 +238,11 @@ def add_intervals(S: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     outputs = dict(zip(cells["dir"], cells["outputs"]))
     metrics = S.groupby("task")["metric"].agg(set).to_dict()
     found = [interval([system(r, outputs, metrics)], [1.0]) for r in S.to_dict("records")]
-    return S.assign(ci_low=[round(i.low, 4) if i else math.nan for i in found],
-                    ci_high=[round(i.high, 4) if i else math.nan for i in found],
-                    interval=[i.method if i else "n/a (one seed, no per-example outputs)" for i in found])
-
-
+    return S.assign(
+        ci_low=[round(i.low, 4) if i else math.nan for i in found],
+        ci_high=[round(i.high, 4) if i else math.nan for i in found],
+        interval=[i.method if i else "n/a (one seed, no per-example outputs)" for i in found],
+    )
 
 
 def paired_difference(cells: pd.DataFrame, S: pd.DataFrame):

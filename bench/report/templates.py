@@ -1,6 +1,7 @@
 """Template sensitivity: per task x model x method, the score under every template (hp `template`), their spread, and
 the interval of a spread difference (the claim kind `spread`: one method family's spread across templates minus
 another's)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,24 +44,40 @@ def template_tables(S: pd.DataFrame, hp_cols: list[str]) -> list[Table]:
     body = []
     for key, rows in groups:
         means = np.array([r["mean"] for r in rows.values()])
-        body.append([*key[:4], *key[len(GROUP):], *(fmt(rows.get(n)) for n in names),
-                     f"{means.max() - means.min():.1f}", f"{means.std(ddof=1):.1f}"])
-    return [Table("Template sensitivity (in-domain, primary metric)", ["task", "model", "method", "train size",
-                                                                       *others, *names, "max − min", "std"], body,
-                  "Each template is a prompt + verbalizer of config/tasks.yaml (hp `template`); spread over the "
-                  "templates' means (std: sample std over templates). The claim `template_sensitivity` tests the "
-                  "difference of spreads, per seed.")]
+        body.append(
+            [
+                *key[:4],
+                *key[len(GROUP) :],
+                *(fmt(rows.get(n)) for n in names),
+                f"{means.max() - means.min():.1f}",
+                f"{means.std(ddof=1):.1f}",
+            ]
+        )
+    return [
+        Table(
+            "Template sensitivity (in-domain, primary metric)",
+            ["task", "model", "method", "train size", *others, *names, "max − min", "std"],
+            body,
+            "Each template is a prompt + verbalizer of config/tasks.yaml (hp `template`); spread over the "
+            "templates' means (std: sample std over templates). The claim `template_sensitivity` tests the "
+            "difference of spreads, per seed.",
+        )
+    ]
 
 
-def spread_interval(systems, weights, level: float = LEVEL, seed: int = BOOTSTRAP_SEED,
-                    resamples: int = 2_000) -> Interval | None:
+def spread_interval(
+    systems, weights, level: float = LEVEL, seed: int = BOOTSTRAP_SEED, resamples: int = 2_000
+) -> Interval | None:
     """Interval of the mean over seeds of each seed's (max − min over the systems weighted +1) − (max − min over
     those weighted −1), two levels as bench/report/stats.py: t over the per-seed spreads, plus the eval examples'
     variance from example-only bootstrap replicates (seeds fixed; the same draw for every system). Per seed, not of
     the seed means: the spread is not linear, and a per-seed value is what t needs. Metrics that are means over
     examples only; None otherwise (or without shared examples, or with systems of other seeds)."""
-    if any(s.outputs is None or per_example(s.metric) is None for s in systems) or len(
-            {s.seeds for s in systems}) != 1 or len({s.space for s in systems}) != 1:
+    if (
+        any(s.outputs is None or per_example(s.metric) is None for s in systems)
+        or len({s.seeds for s in systems}) != 1
+        or len({s.space for s in systems}) != 1
+    ):
         return None
     ids = _aligned(systems)
     if ids is None:
@@ -87,9 +104,14 @@ def spread_interval(systems, weights, level: float = LEVEL, seed: int = BOOTSTRA
     per_seed = statistic(X.mean(axis=2)[..., None])[:, 0]
     drawn = _weights(rng, X.shape[2], resamples)  # replicates x examples
     replicates = statistic(np.einsum("kse,be->ksb", X, drawn)).T  # replicates x seeds
-    return from_replicates(float(per_seed.mean()), {systems[0].seeds: per_seed}, {systems[0].seeds: replicates},
-                           X.shape[2], level, f"seeds (t) + examples ({resamples:,} bootstrap replicates), per-seed "
-                           "spreads")
+    return from_replicates(
+        float(per_seed.mean()),
+        {systems[0].seeds: per_seed},
+        {systems[0].seeds: replicates},
+        X.shape[2],
+        level,
+        f"seeds (t) + examples ({resamples:,} bootstrap replicates), per-seed spreads",
+    )
 
 
 def spread_comparisons(S, cells, hp_cols, c, comparison):
@@ -110,8 +132,9 @@ def spread_comparisons(S, cells, hp_cols, c, comparison):
         first = next(iter(rows.values()))
         for side, sel in (("left", left), ("right", right)):
             if matches(first, {**c.get("where", {}), **sel}):
-                aligned.setdefault((first["task"], first["model"], first["train_size"], first["eval_set"],
-                                    first["metric"]), {}).setdefault(side, []).append(rows)
+                aligned.setdefault(
+                    (first["task"], first["model"], first["train_size"], first["eval_set"], first["metric"]), {}
+                ).setdefault(side, []).append(rows)
     for key, sides in aligned.items():
         if set(sides) != {"left", "right"}:
             gone.append(f"{'/'.join(map(str, key))}: needs both sides, has {sorted(sides)}")
@@ -127,7 +150,12 @@ def spread_comparisons(S, cells, hp_cols, c, comparison):
                 lsel, rsel = [lrows[n] for n in lt], [rrows[n] for n in rt]
                 spread = lambda rs: max(r["mean"] for r in rs) - min(r["mean"] for r in rs)  # noqa: E731
                 label = f"{key[0]} {key[1]} n{key[2]}: {lsel[0]['method']} vs {rsel[0]['method']} over {', '.join(lt)}"
-                comparisons.append(comparison(label, [(r, "") for r in lsel + rsel],
-                                              [1.0] * len(lsel) + [-1.0] * len(rsel),
-                                              f"spread {spread(lsel):.1f} vs {spread(rsel):.1f}"))
+                comparisons.append(
+                    comparison(
+                        label,
+                        [(r, "") for r in lsel + rsel],
+                        [1.0] * len(lsel) + [-1.0] * len(rsel),
+                        f"spread {spread(lsel):.1f} vs {spread(rsel):.1f}",
+                    )
+                )
     return comparisons, notes, gone, False

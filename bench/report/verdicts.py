@@ -18,6 +18,7 @@ the mean of the J estimates, its variance the larger of their spread (sample var
 (sum / J²), with t on J - 1 df (Hartung-Knapp with its ad hoc floor), so that a grid holding more settings does
 not narrow the interval by itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -104,13 +105,19 @@ def pooled(intervals: list[Interval], level: float = LEVEL) -> Interval:
         return intervals[0]
     J = len(intervals)
     estimates = np.array([i.estimate for i in intervals])
-    own = sum(i.se ** 2 for i in intervals) / J ** 2
+    own = sum(i.se**2 for i in intervals) / J**2
     spread = float(np.var(estimates, ddof=1)) / J
     se = math.sqrt(max(spread, own))
     q = stats.t.ppf(0.5 + level / 2, J - 1)
     estimate = float(estimates.mean())
-    return Interval(estimate, estimate - q * se, estimate + q * se,
-                    f"random effects over {J} settings (t, {J - 1} df)", se=se, df=J - 1)
+    return Interval(
+        estimate,
+        estimate - q * se,
+        estimate + q * se,
+        f"random effects over {J} settings (t, {J - 1} df)",
+        se=se,
+        df=J - 1,
+    )
 
 
 class Gate:
@@ -141,10 +148,11 @@ class Gate:
         floor = self.floors.get(r["task"])
         if floor is None or not math.isfinite(r.get("ci_low", math.nan)) or r["ci_low"] > floor:
             return None
-        return (f"{r['variant']} did not learn {r['task']} on {r['model']} at this budget: in-domain accuracy "
-                f"{r['mean']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] does not clear the majority class "
-                f"{floor:.1f}")
-
+        return (
+            f"{r['variant']} did not learn {r['task']} on {r['model']} at this budget: in-domain accuracy "
+            f"{r['mean']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] does not clear the majority class "
+            f"{floor:.1f}"
+        )
 
     def failures(self) -> list[list[str]]:
         """The in-domain rows that did not clear their floor, each with what would fix it: more seeds where the
@@ -156,14 +164,25 @@ class Gate:
                 continue
             hp = json.loads(r["hp"])
             floor = self.floors[r["task"]]
-            fix = (f"its seeds disagree (std {r['std']:.1f}): more seeds (`python -m bench power`)"
-                   if r["mean"] > floor + 2 else
-                   f"not above the majority class: a larger lr (now {hp.get('lr')}) or more steps (now "
-                   f"{hp.get('steps')}), "
-                   "chosen on a dev split (`dev_limit`, a list of `lr` values in the grid file)")
-            out.append([str(r["grid"]), r["variant"], r["task"], r["model"], str(r["train_size"]),
-                        f"{r['mean']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] (n={r['seeds']})", f"{floor:.1f}",
-                        fix])
+            fix = (
+                f"its seeds disagree (std {r['std']:.1f}): more seeds (`python -m bench power`)"
+                if r["mean"] > floor + 2
+                else f"not above the majority class: a larger lr (now {hp.get('lr')}) or more steps (now "
+                f"{hp.get('steps')}), "
+                "chosen on a dev split (`dev_limit`, a list of `lr` values in the grid file)"
+            )
+            out.append(
+                [
+                    str(r["grid"]),
+                    r["variant"],
+                    r["task"],
+                    r["model"],
+                    str(r["train_size"]),
+                    f"{r['mean']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] (n={r['seeds']})",
+                    f"{floor:.1f}",
+                    fix,
+                ]
+            )
         return out
 
 
@@ -180,21 +199,22 @@ def _majority(outputs: dict, row: dict) -> float | None:
     return None
 
 
-def decide(comparisons: list[Comparison], hypothesis: str, alpha: float = ALPHA,
-           gate: Callable | None = None) -> list[Finding]:
+def decide(
+    comparisons: list[Comparison], hypothesis: str, alpha: float = ALPHA, gate: Callable | None = None
+) -> list[Finding]:
     """Each comparison's finding: not decided where the gate stops a system it reads (or where its interval cannot
     be computed), else judged on its interval."""
     k = max(1, len(comparisons))
     found = []
     for c in comparisons:
         parts = c.settings or [c]
-        stopped = sorted({why for p in parts for row, suffix in p.rows for why in [gate(row, suffix) if gate else None]
-                          if why})
+        stopped = sorted(
+            {why for p in parts for row, suffix in p.rows for why in [gate(row, suffix) if gate else None] if why}
+        )
         if stopped and c.settings:  # a pooled comparison keeps the settings whose systems learned
             kept = [p for p in parts if not any(gate(row, suffix) for row, suffix in p.rows)]
             if kept:
-                c = Comparison(c.label, [r for p in kept for r in p.rows], c.margin, c.side, c.text, None, kept,
-                               c.unit)
+                c = Comparison(c.label, [r for p in kept for r in p.rows], c.margin, c.side, c.text, None, kept, c.unit)
                 parts, stopped = kept, [f"left out: {'; '.join(stopped)}"]
         if c.undecided:
             stopped = [c.undecided]
@@ -203,15 +223,29 @@ def decide(comparisons: list[Comparison], hypothesis: str, alpha: float = ALPHA,
             continue
         intervals = [p.compute() for p in parts]
         if any(i is None for i in intervals):
-            found.append(Finding(c, "inconclusive", None, "no interval: the sides share no eval examples, or one "
-                                 "seed and no per-example outputs"))
+            found.append(
+                Finding(
+                    c,
+                    "inconclusive",
+                    None,
+                    "no interval: the sides share no eval examples, or one seed and no per-example outputs",
+                )
+            )
             continue
         iv = pooled(intervals)
         verdict, reason = judge(iv, hypothesis, c.margin, c.side, alpha, k)
         variances = [i.variance for i in intervals if i.variance is not None]
-        found.append(Finding(c, verdict, iv, "; ".join(filter(None, [reason, *stopped])),
-                             min((v.seeds for v in variances), default=0),
-                             min((v.examples for v in variances), default=0), intervals if c.settings else []))
+        found.append(
+            Finding(
+                c,
+                verdict,
+                iv,
+                "; ".join(filter(None, [reason, *stopped])),
+                min((v.seeds for v in variances), default=0),
+                min((v.examples for v in variances), default=0),
+                intervals if c.settings else [],
+            )
+        )
     return found
 
 

@@ -19,6 +19,7 @@ config are today's, by the fingerprints it carries) gains the planned `identity`
 every other byte of it stays as it was. A record that differs in more is left stale. The log of what was checked
 and written goes to reports/identity/restamp.{json,md} (--log): checks made under today's harness are reused from it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -37,11 +38,26 @@ from bench.api.errors import BenchError
 PROJECT = Path(__file__).resolve().parents[2]
 LOG = PROJECT / "reports" / "identity" / "restamp.json"
 GOLDEN_GRID = "golden"  # the tiny cells' folder (results/golden/ in a temporary copy; no grid file)
-NOT_COMPARED = {"env", "identity", "config.data_root", "cost.peak_mem_bytes", "cost.peak_mem_kind", "cost.train_s",
-            "cost.train_tokens_per_s", "cost.train_flops_per_s", "cost.mfu", "cost.matmul_peak_flops", "cost.eval_s",
-            "cost.eval_tokens_per_s", "cost.curve_eval_s", "cost.retention_s", "curve.eval_s", "retention.seconds",
-            "cost.delta_bytes",  # the saved delta's config names the model cache's path: its size follows the path
-            "inputs.method_sha256"}  # the method files' bytes: what a rerun of a changed method proves neutral
+NOT_COMPARED = {
+    "env",
+    "identity",
+    "config.data_root",
+    "cost.peak_mem_bytes",
+    "cost.peak_mem_kind",
+    "cost.train_s",
+    "cost.train_tokens_per_s",
+    "cost.train_flops_per_s",
+    "cost.mfu",
+    "cost.matmul_peak_flops",
+    "cost.eval_s",
+    "cost.eval_tokens_per_s",
+    "cost.curve_eval_s",
+    "cost.retention_s",
+    "curve.eval_s",
+    "retention.seconds",
+    "cost.delta_bytes",  # the saved delta's config names the model cache's path: its size follows the path
+    "inputs.method_sha256",
+}  # the method files' bytes: what a rerun of a changed method proves neutral
 # Runs cells one at a time in one process (imports once); only CellConfig and run_cell, which every harness has
 # (in bench/harness/ since the packages by layer, in bench/ before).
 RUNNER = """
@@ -67,8 +83,9 @@ for job in json.loads(Path(sys.argv[1]).read_text()):
 
 def _flat(value, prefix=""):
     if isinstance(value, dict) and value:
-        return {k: v for key, item in value.items()
-                for k, v in _flat(item, f"{prefix}.{key}" if prefix else key).items()}
+        return {
+            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}" if prefix else key).items()
+        }
     if isinstance(value, list):  # curve points carry their own train_s
         return {prefix: [_strip_point(v) for v in value]}
     return {prefix: value}
@@ -86,8 +103,10 @@ def compared(record: dict) -> dict:
 def added_hp(expected: dict, got: dict) -> list[str]:
     """Hyperparameters the harness added since the expected record was made (absent from it, at their defaults in
     the rerun): a record's layout, not its result; the rerun's results decide whether the default is neutral."""
-    return sorted(f"config.hp.{k}" for k in set(got.get("config", {}).get("hp", {}))
-                  - set(expected.get("config", {}).get("hp", {})))
+    return sorted(
+        f"config.hp.{k}"
+        for k in set(got.get("config", {}).get("hp", {})) - set(expected.get("config", {}).get("hp", {}))
+    )
 
 
 def mismatches(expected: dict, got: dict) -> list[str]:
@@ -98,10 +117,20 @@ def mismatches(expected: dict, got: dict) -> list[str]:
 
 def _config(cell) -> dict:
     """The CellConfig fields of a grid cell as `python -m bench run-cell` makes them (hp values as text)."""
-    return {"task": cell.task, "model": cell.model, "method": cell.method, "train_size": cell.train_size,
-            "seed": cell.seed, "hp": {k: str(v) for k, v in cell.hp.items()}, "eval_limit": cell.eval_limit,
-            "shifts": None if cell.shifts is None else list(cell.shifts), "grid": cell.grid,
-            "data_root": None, "dev_limit": cell.dev_limit, "data_seed": cell.data_seed}
+    return {
+        "task": cell.task,
+        "model": cell.model,
+        "method": cell.method,
+        "train_size": cell.train_size,
+        "seed": cell.seed,
+        "hp": {k: str(v) for k, v in cell.hp.items()},
+        "eval_limit": cell.eval_limit,
+        "shifts": None if cell.shifts is None else list(cell.shifts),
+        "grid": cell.grid,
+        "data_root": None,
+        "dev_limit": cell.dev_limit,
+        "data_seed": cell.data_seed,
+    }
 
 
 def copy_tree(rev: str | None, into: Path) -> Path:
@@ -111,8 +140,13 @@ def copy_tree(rev: str | None, into: Path) -> Path:
         archive = subprocess.run(["git", "archive", rev], cwd=PROJECT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
         return into
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=PROJECT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    names = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, names):
         if (PROJECT / name).is_file():
             (into / name).parent.mkdir(parents=True, exist_ok=True)
@@ -128,11 +162,14 @@ def run_cells(tree: Path, jobs: list[dict]) -> float:
     listing.write_text(json.dumps(jobs))
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PEFT_REPRO_DATA": str(data_root())}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", RUNNER, str(listing)], cwd=tree, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(listing)], cwd=tree, env=env, capture_output=True, text=True
+    )
     if done.returncode:
-        raise BenchError(f"golden cells failed in {tree}: {done.stderr.strip().splitlines()[-1:]}: fix the cell "
-                         "and run restamp again")
+        raise BenchError(
+            f"golden cells failed in {tree}: {done.stderr.strip().splitlines()[-1:]}: fix the cell "
+            "and run restamp again"
+        )
     return time.perf_counter() - start
 
 
@@ -170,8 +207,14 @@ def tiny_cells() -> list:
             elif method == "pet":
                 pattern = add("sst2", model, method, dict(hp, template="pet_it_was"))
                 if pattern is not None:
-                    add("sst2", model, method, dict(hp, stage="final", pool_size=8, patterns=pattern.dir), "pet_final",
-                        (pattern.dir,))
+                    add(
+                        "sst2",
+                        model,
+                        method,
+                        dict(hp, stage="final", pool_size=8, patterns=pattern.dir),
+                        "pet_final",
+                        (pattern.dir,),
+                    )
             else:
                 cell = add("sst2", model, method, hp)
                 teacher = cell if method == "full_ft" else teacher
@@ -198,8 +241,11 @@ def method_code_at(commit: str | None, method: str) -> tuple[str | None, str | N
     raw, code = hashlib.sha256(), hashlib.sha256()
     for path in sorted(method_files(method)):
         relative = path.resolve().relative_to(PROJECT_ROOT)
-        shown = subprocess.run(["git", "show", f"{commit}:{relative}"], cwd=PROJECT, capture_output=True) \
-            if commit else None
+        shown = (
+            subprocess.run(["git", "show", f"{commit}:{relative}"], cwd=PROJECT, capture_output=True)
+            if commit
+            else None
+        )
         if shown is None or shown.returncode:
             return None, None
         raw.update(path.name.encode() + b"\0" + shown.stdout)
@@ -229,18 +275,25 @@ def legacy_consistent(record: dict, cell, planned: dict) -> list[str]:
     if inputs.get("model", {}).get("sha256") != spec["model"]["weights"]:
         problems.append("model weights")
     planned_data = {k.removeprefix("user:"): v for k, v in spec["data"].items()}
-    if {Path(k).name: v for k, v in inputs.get("data", {}).items()} != \
-            {Path(k).name: v for k, v in planned_data.items()}:
+    if {Path(k).name: v for k, v in inputs.get("data", {}).items()} != {
+        Path(k).name: v for k, v in planned_data.items()
+    }:
         problems.append("data files")
     hp = config.get("hp") or {}
     if any(json.dumps(v, default=str) != json.dumps(spec["hp"].get(k, "<absent>"), default=str) for k, v in hp.items()):
         problems.append("hp")
     eval_sets = list(spec["eval"])
-    for key, want in (("train_size", spec["train_size"]), ("seed", spec["seed"]),
-                      ("data_seed", spec["data_seed"]), ("dev_limit", spec["dev_limit"]),
-                      ("eval_limit", spec["eval"][eval_sets[0]]["limit"]), ("shifts", eval_sets[1:]),
-                      ("task", next(iter(spec["task"]))), ("model", spec["model"]["name"]),
-                      ("method", spec["method"]["name"])):
+    for key, want in (
+        ("train_size", spec["train_size"]),
+        ("seed", spec["seed"]),
+        ("data_seed", spec["data_seed"]),
+        ("dev_limit", spec["dev_limit"]),
+        ("eval_limit", spec["eval"][eval_sets[0]]["limit"]),
+        ("shifts", eval_sets[1:]),
+        ("task", next(iter(spec["task"]))),
+        ("model", spec["model"]["name"]),
+        ("method", spec["method"]["name"]),
+    ):
         if config.get(key) != want:
             problems.append(key)
     return problems
@@ -282,9 +335,12 @@ def restampable(record: dict, cell, planned: dict, against: str | None = None) -
 
     spec = (record.get("identity") or {}).get("spec")
     if spec:  # changed method code: to be proven by a rerun (PROVE)
-        return [f"{PROVE}{cell.method}" if field == "method.code" else field
-                for field in stale_fields(record, planned) if field != "harness"
-                and not (field == "method.code" and imports_moved_only(against, cell.method, spec["method"]["code"]))]
+        return [
+            f"{PROVE}{cell.method}" if field == "method.code" else field
+            for field in stale_fields(record, planned)
+            if field != "harness"
+            and not (field == "method.code" and imports_moved_only(against, cell.method, spec["method"]["code"]))
+        ]
     return legacy_consistent(record, cell, planned)
 
 
@@ -308,8 +364,9 @@ def restamp_record(path: Path, planned: dict, harness: str) -> bool:
     return True
 
 
-def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_run: bool,
-         logged_only: bool = False) -> int:
+def main(
+    grids: list[str], against: str, check_all: list[str], log: Path, dry_run: bool, logged_only: bool = False
+) -> int:
     from bench.grid.plan import grid_cells, planned_identity, read_record
     from bench.harness.cell import cpu_description
     from bench.harness.identity import harness_fingerprint
@@ -334,8 +391,10 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
     try:
         tiny = [c for c in tiny_cells() if c.dir not in checks]
         if tiny and logged_only:
-            raise BenchError(f"{len(tiny)} tiny golden cells are not in {log} under harness {harness[:12]}: run "
-                             "restamp without --logged-only")
+            raise BenchError(
+                f"{len(tiny)} tiny golden cells are not in {log} under harness {harness[:12]}: run "
+                "restamp without --logged-only"
+            )
         if tiny:
             old_tree, new_tree = copy_tree(against, work / "old"), copy_tree(None, work / "new")
             jobs = [{"config": _config(c), "out": c.dir} for c in tiny]
@@ -346,14 +405,25 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
             for cell in tiny:
                 a = json.loads((old_tree / cell.dir / "record.json").read_text())
                 b = json.loads((new_tree / cell.dir / "record.json").read_text())
-                checks[cell.dir] = {"dir": cell.dir, "kind": f"tiny, {against} vs today's code", "harness": harness,
-                                    "against": against, "differs": mismatches(a, b), "date": now(),
-                                    "seconds": round((old_s + new_s) / len(tiny), 1)}
+                checks[cell.dir] = {
+                    "dir": cell.dir,
+                    "kind": f"tiny, {against} vs today's code",
+                    "harness": harness,
+                    "against": against,
+                    "differs": mismatches(a, b),
+                    "date": now(),
+                    "seconds": round((old_s + new_s) / len(tiny), 1),
+                }
         committed, by_key = [], {}  # (order, -records it can carry over per second, cell): --check-all grids first
         for grid, rows in plan.items():
-            candidates = sorted(((not r["train"]["steps"], cost_s(r), c.dir, c, problems)
-                                 for c, r, _, problems in rows if r.get("status") == "ok"
-                                 and all(p.startswith(PROVE) for p in problems)), key=lambda t: t[:3])
+            candidates = sorted(
+                (
+                    (not r["train"]["steps"], cost_s(r), c.dir, c, problems)
+                    for c, r, _, problems in rows
+                    if r.get("status") == "ok" and all(p.startswith(PROVE) for p in problems)
+                ),
+                key=lambda t: t[:3],
+            )
             if grid in check_all:
                 committed += [(0, t[1], t[3]) for t in candidates]
             if candidates:  # the cheapest that trains, where one does; then one cell per method to prove
@@ -377,13 +447,21 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
                 print(f"golden: rerunning {cell.dir} ...", flush=True)
                 seconds = run_cells(tree, [{"config": _config(cell), "out": str(out)}])
                 got = json.loads((out / "record.json").read_text())
-                checks[cell.dir] = {"dir": cell.dir, "kind": "committed record vs today's code", "harness": harness,
-                                    "differs": mismatches(read_record(cell.dir), got),
-                                    "added": added_hp(read_record(cell.dir), got), "date": now(),
-                                    "seconds": round(seconds, 1)}
+                checks[cell.dir] = {
+                    "dir": cell.dir,
+                    "kind": "committed record vs today's code",
+                    "harness": harness,
+                    "differs": mismatches(read_record(cell.dir), got),
+                    "added": added_hp(read_record(cell.dir), got),
+                    "date": now(),
+                    "seconds": round(seconds, 1),
+                }
                 _write_log(log, harness, cpu_description(), checks, old_log.get("restamped", {}))
-                print(f"  {'identical' if not checks[cell.dir]['differs'] else checks[cell.dir]['differs']}"
-                      f" ({seconds:.0f} s)", flush=True)
+                print(
+                    f"  {'identical' if not checks[cell.dir]['differs'] else checks[cell.dir]['differs']}"
+                    f" ({seconds:.0f} s)",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     tiny_ok = all(not checks[c.dir]["differs"] for c in tiny_cells())
@@ -392,13 +470,18 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
     for grid, rows in plan.items():
         in_grid = [checks[c.dir] for c, *_ in rows if c.dir in checks]
         ok = tiny_ok and bool(in_grid) and not any(c["differs"] for c in in_grid)
-        proven = {f"{PROVE}{c.method}" for rows_ in plan.values() for c, *_ in rows_
-                  if c.dir in checks and not checks[c.dir]["differs"]}
+        proven = {
+            f"{PROVE}{c.method}"
+            for rows_ in plan.values()
+            for c, *_ in rows_
+            if c.dir in checks and not checks[c.dir]["differs"]
+        }
         written, already, left = 0, 0, []
         for cell, record, planned, problems in rows:
             unproven = [p for p in problems if p not in proven]
-            current = (record.get("identity") or {}).get("sha256") == planned["sha256"] \
-                and record["env"].get("harness_sha256") == harness
+            current = (record.get("identity") or {}).get("sha256") == planned["sha256"] and record["env"].get(
+                "harness_sha256"
+            ) == harness
             if current:
                 already += 1
             elif unproven or not ok:
@@ -410,10 +493,19 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
                     written += 1
                 else:
                     left.append({"dir": cell.dir, "differs": ["record text is not the harness's JSON layout"]})
-        restamped[grid] = {"harness": harness, "checked": [c["dir"] for c in in_grid], "restamped_now": written,
-                           "current": written + already, "left_stale": left, "date": now(), "dry_run": dry_run}
-        print(f"{grid}: {'checked' if ok else 'NOT identical or not checked'}; {written} record(s) re-stamped"
-              f"{' (dry run)' if dry_run else ''}, {already} already; {len(left)} left stale")
+        restamped[grid] = {
+            "harness": harness,
+            "checked": [c["dir"] for c in in_grid],
+            "restamped_now": written,
+            "current": written + already,
+            "left_stale": left,
+            "date": now(),
+            "dry_run": dry_run,
+        }
+        print(
+            f"{grid}: {'checked' if ok else 'NOT identical or not checked'}; {written} record(s) re-stamped"
+            f"{' (dry run)' if dry_run else ''}, {already} already; {len(left)} left stale"
+        )
         status |= bool(left)
     _write_log(log, harness, cpu_description(), checks, restamped)
     return status
@@ -421,18 +513,28 @@ def main(grids: list[str], against: str, check_all: list[str], log: Path, dry_ru
 
 def _write_log(log: Path, harness: str, cpu: str, checks: dict, restamped: dict) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"harness": harness, "cpu": cpu, "checks": sorted(checks.values(), key=lambda c: c["dir"]),
-               "restamped": restamped}
+    payload = {
+        "harness": harness,
+        "cpu": cpu,
+        "checks": sorted(checks.values(), key=lambda c: c["dir"]),
+        "restamped": restamped,
+    }
     log.write_text(json.dumps(payload, indent=2) + "\n")
-    lines = ["# Re-stamp log", "", f"Harness `{harness[:12]}`, checked on {cpu} (`python -m bench restamp`; "
-             "bench/tools/restamp.py says what is compared).", "", "| cell | check | result | s | date |",
-             "|---|---|---|---|---|",
-             *(f"| `{c['dir']}` | {c['kind']} | {_result(c)} | {c['seconds']} | {c['date']} |"
-               for c in payload["checks"]),
-             "", "| grid | re-stamped by the last run | records carrying today's identity | left stale |",
-             "|---|---|---|---|",
-             *(f"| {g} | {r['restamped_now']} | {r['current']} | {len(r['left_stale'])} |"
-               for g, r in restamped.items()), ""]
+    lines = [
+        "# Re-stamp log",
+        "",
+        f"Harness `{harness[:12]}`, checked on {cpu} (`python -m bench restamp`; "
+        "bench/tools/restamp.py says what is compared).",
+        "",
+        "| cell | check | result | s | date |",
+        "|---|---|---|---|---|",
+        *(f"| `{c['dir']}` | {c['kind']} | {_result(c)} | {c['seconds']} | {c['date']} |" for c in payload["checks"]),
+        "",
+        "| grid | re-stamped by the last run | records carrying today's identity | left stale |",
+        "|---|---|---|---|",
+        *(f"| {g} | {r['restamped_now']} | {r['current']} | {len(r['left_stale'])} |" for g, r in restamped.items()),
+        "",
+    ]
     log.with_suffix(".md").write_text("\n".join(lines))
 
 

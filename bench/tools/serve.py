@@ -1,5 +1,5 @@
-"""One frozen base, many trained deltas, one forward pass: `python -m bench.tools.serve CELL_DIR ...` (Lester et al. 2021:
-mixed-task batches; a deployed base model serves every task's delta at once).
+"""One frozen base, many trained deltas, one forward pass: `python -m bench serve-mixed CELL_DIR ...` (Lester et
+al. 2021: mixed-task batches; a deployed base model serves every task's delta at once).
 
 Given cells of a grid (each a task's LoRA adapter or soft prompt, saved in DIR/delta/), it loads the base model
 once, attaches every delta, and rank-scores the cells' eval examples in batches that mix the cells, each row under
@@ -18,6 +18,7 @@ batch shapes differ by ~1e-6; the outputs keep 5 decimals).
 
 The deltas of one mix must be of one kind (all LoRA or all soft prompts) on one base model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,6 @@ def cache_arg() -> str:
     return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
-
 @dataclass
 class Cell:
     """One trained cell whose delta joins the mix."""
@@ -72,16 +72,20 @@ def read_cells(dirs: list[str]) -> list[Cell]:
     for d in dirs:
         path = Path(d)
         if not (path / "record.json").is_file() or not (path / "delta").is_dir():
-            raise BenchError(f"{d} has no record.json and delta/: name cell folders of a grid that was run here "
-                             "(deltas are not committed; rerun the grid to make them)")
+            raise BenchError(
+                f"{d} has no record.json and delta/: name cell folders of a grid that was run here "
+                "(deltas are not committed; rerun the grid to make them)"
+            )
         record = json.loads((path / "record.json").read_text())
         config = record["config"]
         cells.append(Cell(path, record, f"{config['task']}-{config['method']}-s{config['seed']}"))
     kinds = {kind(get_method(c.method)) for c in cells}
     models = {c.record["config"]["model"] for c in cells}
     if len(kinds) != 1 or len(models) != 1 or None in kinds:
-        raise BenchError(f"cells mix delta kinds {sorted(map(str, kinds))} or models {sorted(models)}: give LoRA "
-                         "cells or prompt-tuning cells of one model")
+        raise BenchError(
+            f"cells mix delta kinds {sorted(map(str, kinds))} or models {sorted(models)}: give LoRA "
+            "cells or prompt-tuning cells of one model"
+        )
     if len({c.name for c in cells}) != len(cells):
         raise BenchError("two cells share task, method and seed: give each once")
     return cells
@@ -135,8 +139,9 @@ class Mixed:
                 self.model.load_adapter(str(c.dir / "delta"), adapter_name=c.name)
         else:
             self.model = base if adapted is None else adapted.get_base_model()
-        self.prompts = ([] if self.kind == "lora" else
-                        [load_peft_weights(str(c.dir / "delta"))["prompt_embeddings"] for c in cells])
+        self.prompts = (
+            [] if self.kind == "lora" else [load_peft_weights(str(c.dir / "delta"))["prompt_embeddings"] for c in cells]
+        )
         self.model.eval()
         self.states = self._prompt_states()
         self.stacks = self._lora_stacks() if self.kind == "lora" else None
@@ -150,11 +155,15 @@ class Mixed:
         if not self.prompts or len({p.shape[0] for p in self.prompts}) != 1:
             return None
         embed = self.model.get_input_embeddings()
-        outs = [self.model(inputs_embeds=p.to(embed.weight.device, embed.weight.dtype)[None], use_cache=True)
-                for p in self.prompts]
+        outs = [
+            self.model(inputs_embeds=p.to(embed.weight.device, embed.weight.dtype)[None], use_cache=True)
+            for p in self.prompts
+        ]
         per_cell = [getattr(out, cache_arg()) for out in outs]
-        return [(torch.cat([c.layers[n].keys for c in per_cell]), torch.cat([c.layers[n].values for c in per_cell]))
-                for n in range(len(per_cell[0].layers))]
+        return [
+            (torch.cat([c.layers[n].keys for c in per_cell]), torch.cat([c.layers[n].values for c in per_cell]))
+            for n in range(len(per_cell[0].layers))
+        ]
 
     @torch.no_grad()
     def logprobs(self, rows: list[tuple], pad_id: int, wanted: list[tuple[int, int]]) -> torch.Tensor:
@@ -190,11 +199,13 @@ class Mixed:
         from transformers import DynamicCache
 
         owners = torch.tensor([r[0] for r in rows], device=ids.device)
-        cache = DynamicCache([(k.index_select(0, owners), v.index_select(0, owners)) for k, v in self.states],
-                             config=self.model.config)
+        cache = DynamicCache(
+            [(k.index_select(0, owners), v.index_select(0, owners)) for k, v in self.states], config=self.model.config
+        )
         prompt = torch.ones(len(rows), self.states[0][0].shape[2], dtype=mask.dtype, device=mask.device)
-        return self.model(input_ids=ids, attention_mask=torch.cat([prompt, mask], 1), logits_to_keep=keep,
-                          **{cache_arg(): cache}).logits
+        return self.model(
+            input_ids=ids, attention_mask=torch.cat([prompt, mask], 1), logits_to_keep=keep, **{cache_arg(): cache}
+        ).logits
 
     def _lora_forward(self, rows, inputs, mask, keep):
         """Logits of LoRA rows, each under its cell's adapter: the base layers once for the whole batch (adapters
@@ -205,8 +216,9 @@ class Mixed:
         Adapters of other variants (DoRA, ...) go through peft's own `adapter_names=` forward."""
         stacks = self.stacks
         if stacks is None:
-            return self.model(**inputs, attention_mask=mask, logits_to_keep=keep,
-                              adapter_names=[self.names[r[0]] for r in rows]).logits
+            return self.model(
+                **inputs, attention_mask=mask, logits_to_keep=keep, adapter_names=[self.names[r[0]] for r in rows]
+            ).logits
         owners = [r[0] for r in rows]
         index = torch.tensor(owners, device=inputs["input_ids"].device)
         one = owners[0] if len(set(owners)) == 1 else None
@@ -236,8 +248,9 @@ class Mixed:
 
         stacks = {}
         for layer in (m for m in self.model.modules() if isinstance(m, LoraLayer)):
-            if layer.lora_variant or any(not isinstance(d, torch.nn.Identity) and d.training
-                                         for d in layer.lora_dropout.values()):
+            if layer.lora_variant or any(
+                not isinstance(d, torch.nn.Identity) and d.training for d in layer.lora_dropout.values()
+            ):
                 return None
             present = [n for n in self.names if n in layer.lora_A]
             if not present or any(layer.lora_B[n].bias is not None for n in present):  # embedding or biased LoRA
@@ -262,14 +275,17 @@ class Mixed:
         text = embed(ids)
         if len(set(lengths)) == 1:
             ones = torch.ones(len(rows), lengths[0], dtype=mask.dtype, device=mask.device)
-            return {"inputs_embeds": torch.cat([torch.stack(prompts), text], dim=1)}, torch.cat([ones, mask], 1), \
-                lengths
+            return (
+                {"inputs_embeds": torch.cat([torch.stack(prompts), text], dim=1)},
+                torch.cat([ones, mask], 1),
+                lengths,
+            )
         width = max(n + len(r[1]) for n, r in zip(lengths, rows))
         inputs = torch.zeros(len(rows), width, text.shape[-1], dtype=text.dtype, device=text.device)
         full = torch.zeros(len(rows), width, dtype=mask.dtype, device=mask.device)
         for b, (prompt, row) in enumerate(zip(prompts, rows)):
             end = len(prompt) + len(row[1])
-            inputs[b, :end] = torch.cat([prompt, text[b, :len(row[1])]])
+            inputs[b, :end] = torch.cat([prompt, text[b, : len(row[1])]])
             full[b, :end] = 1
         return {"inputs_embeds": inputs}, full, lengths
 
@@ -279,20 +295,29 @@ def length_batches(rows: list[tuple], batch_size: int) -> list[list[int]]:
     `batch_size`, each batch's rows then ordered by cell: a batch pads little and holds whichever cells' rows are
     of its lengths, each cell's rows side by side (one slice per adapter)."""
     order = sorted(range(len(rows)), key=lambda r: (len(rows[r][1]), r))
-    return [sorted(order[start:start + batch_size], key=lambda r: (rows[r][0], r))
-            for start in range(0, len(order), batch_size)]
+    return [
+        sorted(order[start : start + batch_size], key=lambda r: (rows[r][0], r))
+        for start in range(0, len(order), batch_size)
+    ]
 
 
 def score_batch(mixed: Mixed, pad_id: int, chunk: list[tuple], scores: dict) -> dict:
     """Score one batch of rows (any cells') into `scores` = {(owner, example): {label: score}}; returns it."""
-    wanted = sorted({(b, first + k) for b, (_, _, scored) in enumerate(chunk)
-                     for _, _, first, ids in scored for k in range(len(ids))})
+    wanted = sorted(
+        {
+            (b, first + k)
+            for b, (_, _, scored) in enumerate(chunk)
+            for _, _, first, ids in scored
+            for k in range(len(ids))
+        }
+    )
     column = {key: c for c, key in enumerate(wanted)}
     logprobs = mixed.logprobs(chunk, pad_id, wanted)
     for b, (owner, _, scored) in enumerate(chunk):
         for i, j, first, ids in scored:
-            scores.setdefault((owner, i), {})[j] = sum(logprobs[column[(b, first + k)], t].item()
-                                                       for k, t in enumerate(ids))
+            scores.setdefault((owner, i), {})[j] = sum(
+                logprobs[column[(b, first + k)], t].item() for k, t in enumerate(ids)
+            )
     return scores
 
 
@@ -380,9 +405,17 @@ def serve(dirs: list[str], limit: int | None = None, batch_size: int = BATCH) ->
     scores = score_mixed(s.mixed, s.tokenizer.pad_token_id, s.rows, batch_size)
     seconds = time.perf_counter() - start
     worst, wrong = compare(s, scores)
-    return {"cells": [c.name for c in s.cells], "kind": s.mixed.kind, "examples": len(scores), "rows": len(s.rows),
-            "batch_size": batch_size, "seconds": round(seconds, 3), "max_abs_diff": worst, "pred_differs": wrong,
-            "equal": not wrong and worst <= TOLERANCE}
+    return {
+        "cells": [c.name for c in s.cells],
+        "kind": s.mixed.kind,
+        "examples": len(scores),
+        "rows": len(s.rows),
+        "batch_size": batch_size,
+        "seconds": round(seconds, 3),
+        "max_abs_diff": worst,
+        "pred_differs": wrong,
+        "equal": not wrong and worst <= TOLERANCE,
+    }
 
 
 def held_bytes(*objects) -> int:

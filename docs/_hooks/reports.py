@@ -5,6 +5,7 @@
 - reports/study/plots/*.png and reports/study/claims.md join the site at the same paths (reports/study/...), so
   pages link and embed them as the README does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,10 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- study claims: start (python -m bench report study) -->", "<!-- study claims: end -->"
-SHARED = ["reports/study/claims.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "reports/study/plots")
-                                             .glob("*.png"))]
+SHARED = [
+    "reports/study/claims.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "reports/study/plots").glob("*.png")),
+]
 
 
 def on_files(files, config):

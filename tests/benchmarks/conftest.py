@@ -5,6 +5,7 @@ Run them with `python -m bench benchmarks [--quick]` (writes the report), or dir
 PEFT_REPRO_BENCH_MODE=quick|full, default quick; threads from PEFT_REPRO_BENCH_THREADS, default 1).
 The plain `python -m pytest` run deselects everything in this folder.
 """
+
 import os
 from pathlib import Path
 
@@ -16,13 +17,16 @@ HERE = Path(__file__).resolve().parent
 def pytest_addoption(parser):
     # Registered only when this folder is on the command line (pytest reads non-initial conftests'
     # options never); PEFT_REPRO_BENCHMARKS=1 works from anywhere.
-    parser.addoption("--run-benchmarks", action="store_true", default=False,
-                     help="run tests/benchmarks (deselected by default)")
+    parser.addoption(
+        "--run-benchmarks", action="store_true", default=False, help="run tests/benchmarks (deselected by default)"
+    )
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "benchmark: a benchmark of our own machinery (deselected unless "
-                                       "--run-benchmarks or PEFT_REPRO_BENCHMARKS=1)")
+    config.addinivalue_line(
+        "markers",
+        "benchmark: a benchmark of our own machinery (deselected unless --run-benchmarks or PEFT_REPRO_BENCHMARKS=1)",
+    )
 
 
 def enabled(config) -> bool:
@@ -76,8 +80,11 @@ def matmul_peak(bench_threads):
     from bench.tools.benchmarks import device
 
     size = 8192 if device() == "cuda" else 2048
-    return {"flops": measure_matmul_peak(bench_threads, device(), size=size), "size": size,
-            "dtype": "bf16" if device() == "cuda" else "fp32"}
+    return {
+        "flops": measure_matmul_peak(bench_threads, device(), size=size),
+        "size": size,
+        "dtype": "bf16" if device() == "cuda" else "fp32",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -86,5 +93,10 @@ def memory_probes(settings, bench_threads):
     from bench.tools.benchmarks import run_memory_probes
 
     # quick mode: two probes at a time (tiny models; memory is per process, timings are not judged there)
-    return run_memory_probes(settings.model, settings.memory_methods, settings.memory_steps, bench_threads,
-                             parallel=2 if settings.mode == "quick" else 1)
+    return run_memory_probes(
+        settings.model,
+        settings.memory_methods,
+        settings.memory_steps,
+        bench_threads,
+        parallel=2 if settings.mode == "quick" else 1,
+    )

@@ -1,4 +1,5 @@
 """Item 2: batched KV-cached generation vs one example at a time without a cache (goal: ≥ 10×, equal outputs)."""
+
 import statistics
 
 import torch
@@ -28,10 +29,14 @@ def test_decode_speedup(benchmark, settings, zero_shot):
         generate(model, tokenizer, prompts, new, settings.decode_batch, max_len)  # costs (~5 s on an H100)
         generate(model, tokenizer, prompts[:1], new, 1, max_len)
         generate_one_at_a_time_no_cache(model, tokenizer, prompts[:1], new, max_len)
-    paired = Paired({
-        "no_cache_batch1": lambda: generate_one_at_a_time_no_cache(model, tokenizer, prompts, new, max_len),
-        "cache_batch1": lambda: generate(model, tokenizer, prompts, new, 1, max_len),
-    }, ours, warmup).run(benchmark, settings.decode_rounds)
+    paired = Paired(
+        {
+            "no_cache_batch1": lambda: generate_one_at_a_time_no_cache(model, tokenizer, prompts, new, max_len),
+            "cache_batch1": lambda: generate(model, tokenizer, prompts, new, 1, max_len),
+        },
+        ours,
+        warmup,
+    ).run(benchmark, settings.decode_rounds)
 
     ours_out, baseline_out = paired.ours_outs[-1], paired.base_outs["no_cache_batch1"][-1]
     equal = sum(a == b for a, b in zip(ours_out, baseline_out))
@@ -39,12 +44,24 @@ def test_decode_speedup(benchmark, settings, zero_shot):
     new_tokens = (timers[-1].tokens - sum(prompt_tokens)) / len(prompts)
     ratio = paired.ratio("no_cache_batch1", ours_over_base=False)
     cache_only = [b / c for b, c in zip(paired.timed("no_cache_batch1"), paired.timed("cache_batch1"))]
-    record(benchmark, "decode_speedup", **ratio, model=settings.model, examples=len(prompts),
-           dtype=str(next(model.parameters()).dtype),
-           batch_size=settings.decode_batch, max_new_tokens=new, outputs_equal=equal == len(prompts),
-           equal_count=equal, batch1_cache_s=[round(t, 4) for t in paired.timed("cache_batch1")],
-           cache_only_speedup=statistics.median(cache_only), prompt_tokens_min=min(prompt_tokens),
-           prompt_tokens_max=max(prompt_tokens), new_tokens_mean=new_tokens,
-           batch1_cache_equal=paired.base_outs["cache_batch1"][-1] == ours_out, samples=ours_out[:2])
+    record(
+        benchmark,
+        "decode_speedup",
+        **ratio,
+        model=settings.model,
+        examples=len(prompts),
+        dtype=str(next(model.parameters()).dtype),
+        batch_size=settings.decode_batch,
+        max_new_tokens=new,
+        outputs_equal=equal == len(prompts),
+        equal_count=equal,
+        batch1_cache_s=[round(t, 4) for t in paired.timed("cache_batch1")],
+        cache_only_speedup=statistics.median(cache_only),
+        prompt_tokens_min=min(prompt_tokens),
+        prompt_tokens_max=max(prompt_tokens),
+        new_tokens_mean=new_tokens,
+        batch1_cache_equal=paired.base_outs["cache_batch1"][-1] == ours_out,
+        samples=ours_out[:2],
+    )
     assert ours_out == baseline_out, "batched KV-cached greedy outputs differ from one-at-a-time no-cache outputs"
     assert paired.base_outs["cache_batch1"][-1] == ours_out

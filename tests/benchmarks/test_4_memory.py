@@ -1,4 +1,5 @@
 """Item 4: measured peak memory per method vs an analytic estimate (reported; full FT must show optimizer state)."""
+
 from bench.tools.benchmarks import SST2_HP, met, record
 
 
@@ -6,8 +7,16 @@ def test_memory_truth(benchmark, settings, memory_probes):
     # the probes ran in their own processes (session fixture); the benchmark times reading them back
     probes = benchmark.pedantic(lambda: list(memory_probes.values()), rounds=1, iterations=1)
     ratios = {p["method"]: p["measured_increase"] / p["estimate"] for p in probes}
-    record(benchmark, "memory_truth", ratios=ratios, probes=probes, model=settings.model,
-           batch_size=SST2_HP["batch_size"], max_len=SST2_HP["max_len"], steps=settings.memory_steps)
+    record(
+        benchmark,
+        "memory_truth",
+        ratios=ratios,
+        probes=probes,
+        model=settings.model,
+        batch_size=SST2_HP["batch_size"],
+        max_len=SST2_HP["max_len"],
+        steps=settings.memory_steps,
+    )
     benchmark.extra_info["met"] = all(met("memory_truth", r) for r in ratios.values())
     for probe in probes:  # sanity, not speed: every probe trained and saw a peak
         assert probe["steps"] == settings.memory_steps and probe["peak_bytes"] > 0

@@ -1,5 +1,6 @@
 """Item 6: `snakemake -n` time for grids of 100 / 1,000 / 10,000 cells (growth should be near-linear), and on the
 largest grid against bare Snakemake planning as many jobs from static rules."""
+
 import statistics
 
 from bench.tools.benchmarks import bare_snakefile, planning_grid, record, time_dry_run
@@ -23,12 +24,21 @@ def test_planning_growth(benchmark, settings, tmp_path):
     steps = list(marginal.values())
     growth = steps[-1] / max(steps[-2], 1e-6)  # the last decade's per-cell cost over the previous decade's
     largest = max(sizes)
-    note = (f"Fixed cost (Python, snakemake, bench imports, a 1-cell DAG): {runs[1]['seconds']:.1f} s. Over the last "
-            f"decade each added cell costs {1000 * steps[-1]:.1f} ms (grid expansion and validation, an input "
-            f"function and resource lookup per job, the DAG, the dry-run listing); a grid of {largest:,} cells "
-            f"plans in {runs[largest]['seconds']:.0f} s.")
-    record(benchmark, "planning_growth", ratio=growth, marginal_ms_per_cell={k: 1000 * v for k, v in marginal.items()},
-           seconds=seconds, cell_jobs={str(n): r["cell_jobs"] for n, r in runs.items()}, note=note)
+    note = (
+        f"Fixed cost (Python, snakemake, bench imports, a 1-cell DAG): {runs[1]['seconds']:.1f} s. Over the last "
+        f"decade each added cell costs {1000 * steps[-1]:.1f} ms (grid expansion and validation, an input "
+        f"function and resource lookup per job, the DAG, the dry-run listing); a grid of {largest:,} cells "
+        f"plans in {runs[largest]['seconds']:.0f} s."
+    )
+    record(
+        benchmark,
+        "planning_growth",
+        ratio=growth,
+        marginal_ms_per_cell={k: 1000 * v for k, v in marginal.items()},
+        seconds=seconds,
+        cell_jobs={str(n): r["cell_jobs"] for n, r in runs.items()},
+        note=note,
+    )
     for n, r in runs.items():
         assert r["cell_jobs"] == n, f"grid of {n} cells planned {r['cell_jobs']} cell jobs"
 
@@ -52,10 +62,20 @@ def test_planning_overhead(benchmark, settings, tmp_path):
     dag_only = time_dry_run(tmp_path / "dag", grid=grid, quiet=True)["seconds"]
     ratio = statistics.median(o["seconds"] / b["seconds"] for o, b in zip(runs["ours"], runs["bare"]))
     seconds = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    note = (f"Medians of {rounds} interleaved rounds on {cells:,} cells: ours {seconds['ours']:.1f} s, bare Snakemake "
-            f"{seconds['bare']:.1f} s; ours with `-n -q` (the DAG is built, nothing is listed) {dag_only:.1f} s. "
-            f"The rest of a `-n` run is Snakemake's dry-run scheduling and its listing of every job.")
-    record(benchmark, "planning_overhead", ratio=ratio, cells=cells, seconds=seconds, dag_only_seconds=dag_only,
-           rounds={name: [r["seconds"] for r in rs] for name, rs in runs.items()}, note=note)
+    note = (
+        f"Medians of {rounds} interleaved rounds on {cells:,} cells: ours {seconds['ours']:.1f} s, bare Snakemake "
+        f"{seconds['bare']:.1f} s; ours with `-n -q` (the DAG is built, nothing is listed) {dag_only:.1f} s. "
+        f"The rest of a `-n` run is Snakemake's dry-run scheduling and its listing of every job."
+    )
+    record(
+        benchmark,
+        "planning_overhead",
+        ratio=ratio,
+        cells=cells,
+        seconds=seconds,
+        dag_only_seconds=dag_only,
+        rounds={name: [r["seconds"] for r in rs] for name, rs in runs.items()},
+        note=note,
+    )
     for name, rs in runs.items():
         assert all(r["cell_jobs"] == cells for r in rs), f"{name} planned {[r['cell_jobs'] for r in rs]} cell jobs"

@@ -10,8 +10,9 @@ equal its own cell's outputs and both separate models' scores.
 
 Where the cells come from: the folders named by PEFT_REPRO_SERVE_LORA / PEFT_REPRO_SERVE_PROMPT (comma lists, in
 order), else in full mode PEFT_REPRO_SERVE_CELLS (default `.benchmarks/serve-cells`, git-ignored): a folder of
-`<method>/<task>/` cells, each missing one trained there once by the cell command (`bench.harness.cell.run_cell`) and kept
-for later runs; in quick mode, cells trained for a few steps in a temporary folder."""
+`<method>/<task>/` cells, each missing one trained there once by the cell command (`bench.harness.cell.run_cell`)
+and kept for later runs; in quick mode, cells trained for a few steps in a temporary folder."""
+
 import os
 import statistics
 import time
@@ -22,8 +23,10 @@ import pytest
 from bench.tools.benchmarks import bench_threads, record
 
 TASKS = ("sst2", "qqp", "mrpc", "rte", "cb", "copa", "wic", "wsc")  # cells trained here: the first max(serve_ks)
-CELL_HP = {"lora": {"lr": 1e-3, "r": 8, "alpha": 16},
-           "prompt_tuning": {"num_virtual_tokens": 20, "optimizer": "adamw", "lr": 3e-2}}
+CELL_HP = {
+    "lora": {"lr": 1e-3, "r": 8, "alpha": 16},
+    "prompt_tuning": {"num_virtual_tokens": 20, "optimizer": "adamw", "lr": 3e-2},
+}
 KS = (2, 4, 8)  # every k a mode may measure (Settings.serve_ks); the others are skipped
 SIDES = ("mixed", "separate", "separate_serving_path")
 
@@ -38,10 +41,21 @@ def cell_config(settings, method: str, task: str):
     from bench.harness.cell import CellConfig
 
     full = settings.mode == "full"
-    return CellConfig(task=task, model=settings.model, method=method, train_size=200 if full else 16, seed=0,
-                      hp={"steps": settings.serve_steps, "batch_size": 8 if full else 4,
-                          "max_len": 64 if full else 80, **CELL_HP[method]},
-                      eval_limit=settings.serve_examples, shifts=())
+    return CellConfig(
+        task=task,
+        model=settings.model,
+        method=method,
+        train_size=200 if full else 16,
+        seed=0,
+        hp={
+            "steps": settings.serve_steps,
+            "batch_size": 8 if full else 4,
+            "max_len": 64 if full else 80,
+            **CELL_HP[method],
+        },
+        eval_limit=settings.serve_examples,
+        shifts=(),
+    )
 
 
 def cells_root(settings, tmp_path_factory) -> Path:
@@ -52,8 +66,10 @@ def cells_root(settings, tmp_path_factory) -> Path:
     if os.environ.get(CELLS_ENV):
         root = Path(os.environ[CELLS_ENV])
         if not root.is_dir():
-            raise BenchError(f"{CELLS_ENV}={root} is not a folder: name a folder of <method>/<task> cells (e.g. "
-                             f"/work/serve-cells), or unset it to train them in {CELLS_DEFAULT}")
+            raise BenchError(
+                f"{CELLS_ENV}={root} is not a folder: name a folder of <method>/<task> cells (e.g. "
+                f"/work/serve-cells), or unset it to train them in {CELLS_DEFAULT}"
+            )
         return root
     return CELLS_DEFAULT
 
@@ -68,7 +84,7 @@ def cells(settings, tmp_path_factory):
         if os.environ.get(GIVEN[method]):
             out[method] = os.environ[GIVEN[method]].split(",")
             continue
-        for task in TASKS[:max(settings.serve_ks)]:
+        for task in TASKS[: max(settings.serve_ks)]:
             folder = root / method / task
             if not (folder / "record.json").is_file():
                 run_cell(cell_config(settings, method, task), folder, threads=bench_threads())
@@ -82,7 +98,7 @@ def interleaved(sides: dict[str, list[tuple[float, object]]], first: int = 0) ->
     together and a load change on the machine meets each of them at the same share of its work. Returns per side
     (wall seconds, process CPU seconds) summed over its units."""
     names = list(sides)
-    names = names[first % len(names):] + names[:first % len(names)]
+    names = names[first % len(names) :] + names[: first % len(names)]
     total = {n: sum(w for w, _ in sides[n]) or 1.0 for n in names}
     done, index = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
     wall, cpu = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
@@ -117,12 +133,16 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
     )
 
     if k not in settings.serve_ks or k > len(cells[method]):
-        pytest.skip(f"k = {k}: {settings.mode} mode measures k in {settings.serve_ks}, {len(cells[method])} "
-                    f"{method} cells given")
+        pytest.skip(
+            f"k = {k}: {settings.mode} mode measures k in {settings.serve_ks}, {len(cells[method])} "
+            f"{method} cells given"
+        )
     s = setup(cells[method][:k], settings.serve_examples)
     pad_id, adapter = s.tokenizer.pad_token_id, get_method(method)
-    separate = [adapter.load_delta(load_model(c.record["config"]["model"])[0], c.hp, None, c.dir / "delta").eval()
-                for c in s.cells]
+    separate = [
+        adapter.load_delta(load_model(c.record["config"]["model"])[0], c.hp, None, c.dir / "delta").eval()
+        for c in s.cells
+    ]
     alone = [Mixed(None, [c], adapted=m) for c, m in zip(s.cells, separate)]  # the same models, serving path
     extra = [adapter.extra_positions(c.hp) for c in s.cells]
     prompt = [p.shape[0] for p in s.mixed.prompts] or [0] * k
@@ -134,9 +154,13 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
     outs = {name: {} for name in SIDES}
 
     def mixed_units():
-        return [(cost([s.rows[r] for r in b]), lambda b=b: score_batch(s.mixed, pad_id, [s.rows[r] for r in b],
-                                                                       outs["mixed"]))
-                for b in length_batches(s.rows, BATCH)]
+        return [
+            (
+                cost([s.rows[r] for r in b]),
+                lambda b=b: score_batch(s.mixed, pad_id, [s.rows[r] for r in b], outs["mixed"]),
+            )
+            for b in length_batches(s.rows, BATCH)
+        ]
 
     def separate_units():
         """rank_scores on each task's examples in the batches it forms itself (sorted by length, BATCH a batch)."""
@@ -148,12 +172,20 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
                     length[i] = min(length.get(i, len(seq)), len(seq))
             order = sorted(range(len(examples)), key=lambda i: (length[i], i))
             for start in range(0, len(order), BATCH):
-                chunk = order[start:start + BATCH]
+                chunk = order[start : start + BATCH]
 
                 def unit(o=o, chunk=chunk, task=task, examples=examples):
-                    got = rank_scores(separate[o], s.tokenizer, task, [examples[i] for i in chunk], BATCH,
-                                      s.cells[o].hp["max_len"], extra[o])
+                    got = rank_scores(
+                        separate[o],
+                        s.tokenizer,
+                        task,
+                        [examples[i] for i in chunk],
+                        BATCH,
+                        s.cells[o].hp["max_len"],
+                        extra[o],
+                    )
                     outs["separate"].update({(o, i): dict(enumerate(got[n].tolist())) for n, i in enumerate(chunk)})
+
                 units.append((len(chunk) * (max(length[i] for i in chunk) + prompt[o]), unit))
         return units
 
@@ -166,6 +198,7 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
                 def unit(o=o, chunk=chunk):
                     for (_, i), labels in score_batch(alone[o], pad_id, chunk, {}).items():
                         outs["separate_serving_path"].setdefault((o, i), {}).update(labels)
+
                 units.append((cost(chunk), unit))
         return units
 
@@ -184,8 +217,10 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
     scores = {name: label_scores(outs[name]) for name in SIDES}
     mixed_scores = scores["mixed"]
     worst_own, wrong = compare(s, mixed_scores)
-    worst = {name: max(abs(a - b) for key, values in mixed_scores.items() for a, b in zip(values, scores[name][key]))
-             for name in SIDES[1:]}
+    worst = {
+        name: max(abs(a - b) for key, values in mixed_scores.items() for a, b in zip(values, scores[name][key]))
+        for name in SIDES[1:]
+    }
     examples = len(mixed_scores)
 
     def ratios(name: str, clock: int) -> list[float]:  # separate / mixed seconds per round = mixed ex/s ratio
@@ -197,29 +232,50 @@ def test_serve_mixed(benchmark, settings, cells, method, k):
     batches = length_batches(s.rows, BATCH)
     wall, cpu = ratios("separate", 0), ratios("separate", 1)
     path_wall, path_cpu = ratios("separate_serving_path", 0), ratios("separate_serving_path", 1)
-    record(benchmark, f"serve_mixed_{'lora' if method == 'lora' else 'prompt'}_k{k}",
-           ratio=statistics.median(wall), per_round=[round(r, 4) for r in wall],
-           cpu_ratio=statistics.median(cpu), cpu_per_round=[round(r, 4) for r in cpu],
-           serving_path_ratio=statistics.median(path_wall), serving_path_per_round=[round(r, 4) for r in path_wall],
-           serving_path_cpu_ratio=statistics.median(path_cpu),
-           serving_path_cpu_per_round=[round(r, 4) for r in path_cpu],
-           seconds={name: [[round(r[name][0], 3), round(r[name][1], 3)] for r in rounds] for name in SIDES},
-           k=k, model=settings.model, cells=[c.name for c in s.cells], examples=examples, rows=len(s.rows),
-           batch_size=BATCH, batches=len(batches),
-           batches_mixing_cells=sum(len({s.rows[r][0] for r in b}) > 1 for b in batches),
-           padded_positions={"mixed": sum(w for w, _ in mixed_units()),
-                             "separate": sum(w for w, _ in serving_path_units())},
-           mixed_examples_per_s=examples / min(r["mixed"][0] for r in rounds),
-           separate_examples_per_s=examples / min(r["separate"][0] for r in rounds),
-           separate_serving_path_examples_per_s=examples / min(r["separate_serving_path"][0] for r in rounds),
-           mixed_bytes=mixed_bytes, separate_bytes=separate_bytes, full_ft_copies_bytes=len(s.cells) * base_bytes,
-           separate_over_mixed_bytes=separate_bytes / mixed_bytes,
-           full_ft_over_mixed_bytes=len(s.cells) * base_bytes / mixed_bytes,
-           max_diff_vs_own_cells=worst_own, max_diff_vs_separate=worst["separate"],
-           max_diff_vs_serving_path=worst["separate_serving_path"], tolerance=TOLERANCE,
-           scores_equal=not wrong and max(worst_own, *worst.values()) <= TOLERANCE)
-    assert len(mixed_scores) == len(scores["separate"]) == len(scores["separate_serving_path"]) == \
-        sum(len(examples) for _, examples in s.tasks)
+    record(
+        benchmark,
+        f"serve_mixed_{'lora' if method == 'lora' else 'prompt'}_k{k}",
+        ratio=statistics.median(wall),
+        per_round=[round(r, 4) for r in wall],
+        cpu_ratio=statistics.median(cpu),
+        cpu_per_round=[round(r, 4) for r in cpu],
+        serving_path_ratio=statistics.median(path_wall),
+        serving_path_per_round=[round(r, 4) for r in path_wall],
+        serving_path_cpu_ratio=statistics.median(path_cpu),
+        serving_path_cpu_per_round=[round(r, 4) for r in path_cpu],
+        seconds={name: [[round(r[name][0], 3), round(r[name][1], 3)] for r in rounds] for name in SIDES},
+        k=k,
+        model=settings.model,
+        cells=[c.name for c in s.cells],
+        examples=examples,
+        rows=len(s.rows),
+        batch_size=BATCH,
+        batches=len(batches),
+        batches_mixing_cells=sum(len({s.rows[r][0] for r in b}) > 1 for b in batches),
+        padded_positions={
+            "mixed": sum(w for w, _ in mixed_units()),
+            "separate": sum(w for w, _ in serving_path_units()),
+        },
+        mixed_examples_per_s=examples / min(r["mixed"][0] for r in rounds),
+        separate_examples_per_s=examples / min(r["separate"][0] for r in rounds),
+        separate_serving_path_examples_per_s=examples / min(r["separate_serving_path"][0] for r in rounds),
+        mixed_bytes=mixed_bytes,
+        separate_bytes=separate_bytes,
+        full_ft_copies_bytes=len(s.cells) * base_bytes,
+        separate_over_mixed_bytes=separate_bytes / mixed_bytes,
+        full_ft_over_mixed_bytes=len(s.cells) * base_bytes / mixed_bytes,
+        max_diff_vs_own_cells=worst_own,
+        max_diff_vs_separate=worst["separate"],
+        max_diff_vs_serving_path=worst["separate_serving_path"],
+        tolerance=TOLERANCE,
+        scores_equal=not wrong and max(worst_own, *worst.values()) <= TOLERANCE,
+    )
+    assert (
+        len(mixed_scores)
+        == len(scores["separate"])
+        == len(scores["separate_serving_path"])
+        == sum(len(examples) for _, examples in s.tasks)
+    )
     assert not wrong, f"predictions differ from the cells' own: {wrong[:3]}"
     assert worst_own <= TOLERANCE and max(worst.values()) <= TOLERANCE, (worst_own, worst)
 
@@ -232,9 +288,11 @@ def test_interleaved_advances_all_sides_together():
     def unit(name, seconds=0.0):
         return lambda: (ran.append(name), time.sleep(seconds))
 
-    sides = {"a": [(1, unit("a1")), (1, unit("a2")), (2, unit("a3"))],  # 4 in all: a3 is half of a
-             "b": [(3, unit("b1", 0.02)), (3, unit("b2", 0.02))],
-             "c": [(1, unit("c1"))]}
+    sides = {
+        "a": [(1, unit("a1")), (1, unit("a2")), (2, unit("a3"))],  # 4 in all: a3 is half of a
+        "b": [(3, unit("b1", 0.02)), (3, unit("b2", 0.02))],
+        "c": [(1, unit("c1"))],
+    }
     seconds = interleaved(sides)
     assert ran == ["a1", "b1", "c1", "a2", "a3", "b2"]
     assert seconds["b"][0] >= 0.04 and seconds["a"][0] < 0.02 and seconds["c"][0] < 0.02
@@ -246,8 +304,8 @@ def test_interleaved_advances_all_sides_together():
 def test_full_mode_cells_folder(monkeypatch, tmp_path):
     """Full mode reads cells from PEFT_REPRO_SERVE_CELLS, refuses one that is not a folder, else uses the clone's
     git-ignored .benchmarks/serve-cells."""
-    from bench.tools.benchmarks import MODES
     from bench.api.errors import BenchError
+    from bench.tools.benchmarks import MODES
 
     monkeypatch.setenv(CELLS_ENV, str(tmp_path))
     assert cells_root(MODES["full"], None) == tmp_path

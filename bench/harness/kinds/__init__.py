@@ -1,5 +1,6 @@
 """The model kinds, one module each (causal_lm, encoder, seq2seq), registered by name behind bench/api/kinds.py's
 interface. `get_kind(name)` is how the harness reaches one; `register_kind` adds another."""
+
 from __future__ import annotations
 
 from bench.api.errors import BenchError

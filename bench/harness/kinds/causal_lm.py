@@ -4,6 +4,7 @@ Label masks are built from lengths, never from the pad id: SmolLM2's pad and end
 and masking by pad id would hide the end token the model must learn to emit. The LM head runs only where the loss
 reads it (a boolean `logits_to_keep`, shifted by the method's virtual tokens). Rank scoring and generation are in
 bench/harness/evaluation.py (rank_scores, generate)."""
+
 from __future__ import annotations
 
 from bench.api.kinds import ModelKind
@@ -15,16 +16,23 @@ def prompt_target_pairs(tokenizer, prompts: list[str], targets: list[str], max_l
     """Token ids (prompt, target) of each prompt and target, tokenised in one batched call; a prompt is cut
     from the left so that prompt + target fit `max_len`."""
     pairs = []
-    for prompt, target in zip(tokenizer(prompts, add_special_tokens=True)["input_ids"],
-                              tokenizer(targets, add_special_tokens=False)["input_ids"]):
+    for prompt, target in zip(
+        tokenizer(prompts, add_special_tokens=True)["input_ids"],
+        tokenizer(targets, add_special_tokens=False)["input_ids"],
+    ):
         target = (target + [tokenizer.eos_token_id] if add_eos else target)[: max_len - 1]
-        pairs.append((prompt[-(max_len - len(target)):], target))
+        pairs.append((prompt[-(max_len - len(target)) :], target))
     return pairs
 
 
 def causal_lm_pairs(tokenizer, task, examples, max_len: int):
-    return prompt_target_pairs(tokenizer, [task.prompt(ex) for ex in examples], [task.target(ex) for ex in examples],
-                               max_len, add_eos=task.kind == "generation")
+    return prompt_target_pairs(
+        tokenizer,
+        [task.prompt(ex) for ex in examples],
+        [task.target(ex) for ex in examples],
+        max_len,
+        add_eos=task.kind == "generation",
+    )
 
 
 def collate_causal_lm(pairs, pad_id: int) -> dict:
@@ -34,7 +42,7 @@ def collate_causal_lm(pairs, pad_id: int) -> dict:
     input_ids, attention_mask = pad([p + t for p, t in pairs], pad_id)
     labels = torch.full_like(input_ids, -100)
     for row, (p, t) in enumerate(pairs):
-        labels[row, len(p): len(p) + len(t)] = torch.tensor(t)
+        labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -76,10 +84,21 @@ class CausalLM(ModelKind):
         return loss, logits.shape[0]
 
     def label_scores(self, model, tokenizer, task, examples, hp: dict, extra_positions: int, timer):
-        return evaluation.rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"],
-                                      extra_positions, timer)
+        return evaluation.rank_scores(
+            model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], extra_positions, timer
+        )
 
-    def generate(self, model, tokenizer, prompts: list[str], max_new_tokens: int, hp: dict, extra_positions: int,
-                 timer) -> list[str]:
-        return evaluation.generate(model, tokenizer, prompts, max_new_tokens, hp["eval_batch_size"], hp["max_len"],
-                                   hp["num_beams"], timer, extra_positions)
+    def generate(
+        self, model, tokenizer, prompts: list[str], max_new_tokens: int, hp: dict, extra_positions: int, timer
+    ) -> list[str]:
+        return evaluation.generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            hp["eval_batch_size"],
+            hp["max_len"],
+            hp["num_beams"],
+            timer,
+            extra_positions,
+        )

@@ -16,6 +16,7 @@ Generation: batched, KV-cached `bench.harness.generation.decode` (greedy: finish
 absolute, so left padding would move the text; a soft prompt goes before the text in the encoder and does not
 move the decoder's positions, so no method needs batches of equal length here.
 """
+
 from __future__ import annotations
 
 import time
@@ -43,15 +44,19 @@ def cut_left(tokenizer, ids: list[int], max_len: int) -> list[int]:
     if len(ids) <= max_len:
         return ids
     keep = 1 if tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else 0
-    return ids[:keep] + ids[len(ids) - (max_len - keep):]
+    return ids[:keep] + ids[len(ids) - (max_len - keep) :]
 
 
 def collate_seq2seq(pairs, pad_id: int) -> dict:
     """A batch: right-padded encoder ids, labels (-100 on padding) and the decoder's attention mask."""
     input_ids, attention_mask = pad([p for p, _ in pairs], pad_id)
     labels, decoder_attention_mask = pad([t for _, t in pairs], -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "decoder_attention_mask": decoder_attention_mask}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "decoder_attention_mask": decoder_attention_mask,
+    }
 
 
 def decoder_input_ids(model, labels):
@@ -76,12 +81,13 @@ def step_loss(model, method, batch: dict):
 
 def _chunks(items, size):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 @torch.no_grad()
-def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int, timer=None,
-                copies: int = 1) -> torch.Tensor:
+def rank_scores(
+    model, tokenizer, task, examples, batch_size: int, max_len: int, timer=None, copies: int = 1
+) -> torch.Tensor:
     """Summed log-prob of each label's decoder sequence (label ids + end token), shape (examples, labels); with
     `copies` > 1 (a model answering each row `copies` times, copy-major) (copies, examples, labels)."""
     labels = [continuation_ids(tokenizer, word) + [tokenizer.eos_token_id] for word in task.verbalizer]
@@ -94,9 +100,12 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
         target, decoder_mask = pad([labels[j] for _, j in chunk], -100)
         target = target.to(model.device)
         start = time.perf_counter()
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                       decoder_input_ids=decoder_input_ids(model, target),
-                       decoder_attention_mask=decoder_mask.to(model.device)).logits
+        logits = model(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            decoder_input_ids=decoder_input_ids(model, target),
+            decoder_attention_mask=decoder_mask.to(model.device),
+        ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         target = target.repeat(copies, 1)
         picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill(target == -100, 0)
@@ -110,13 +119,22 @@ def rank_scores(model, tokenizer, task, examples, batch_size: int, max_len: int,
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, max_len: int,
-             num_beams: int = 1, timer=None, drop_finished: bool = True) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    max_len: int,
+    num_beams: int = 1,
+    timer=None,
+    drop_finished: bool = True,
+) -> list[str]:
     """Batched, right-padded, KV-cached decoding (greedy unless num_beams > 1); the decoded continuations. Through
     `bench.harness.generation.decode`: greedy rows leave the batch when they end or their first line is done;
     `drop_finished=False` runs `model.generate` (the same texts)."""
-    from bench.harness.tokens import clean_generation
     from bench.harness.generation import FirstLineDone, decode
+    from bench.harness.tokens import clean_generation
 
     encoded = [cut_left(tokenizer, prompt_ids(tokenizer, p), max_len) for p in prompts]
     outputs: list[str] = [""] * len(prompts)
@@ -124,9 +142,17 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     for chunk in tqdm(list(_chunks(order, batch_size)), desc="generate", leave=False, mininterval=2):
         input_ids, attention_mask = pad([encoded[i] for i in chunk], tokenizer.pad_token_id)
         start = time.perf_counter()
-        generated = decode(model, input_ids.to(model.device), attention_mask.to(model.device), max_new_tokens,
-                           tokenizer.pad_token_id, tokenizer.eos_token_id, num_beams, drop_finished,
-                           FirstLineDone(tokenizer))
+        generated = decode(
+            model,
+            input_ids.to(model.device),
+            attention_mask.to(model.device),
+            max_new_tokens,
+            tokenizer.pad_token_id,
+            tokenizer.eos_token_id,
+            num_beams,
+            drop_finished,
+            FirstLineDone(tokenizer),
+        )
         if timer:
             timer.seconds += time.perf_counter() - start
             timer.tokens += int(attention_mask.sum()) + int((generated[:, 1:] != tokenizer.pad_token_id).sum())
@@ -143,9 +169,13 @@ class Seq2Seq(ModelKind):
 
     def special_ids(self, tokenizer) -> dict:
         """The decoder starts from T5's pad or BART's end token, as the real models do."""
-        return {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
-                "decoder_start_token_id": tokenizer.pad_token_id if tokenizer.bos_token_id is None
-                else tokenizer.eos_token_id}
+        return {
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "decoder_start_token_id": tokenizer.pad_token_id
+            if tokenizer.bos_token_id is None
+            else tokenizer.eos_token_id,
+        }
 
     def encode(self, tokenizer, task, examples, max_len: int) -> list:
         return seq2seq_pairs(tokenizer, task, examples, max_len)
@@ -163,7 +193,9 @@ class Seq2Seq(ModelKind):
     def label_scores(self, model, tokenizer, task, examples, hp: dict, extra_positions: int, timer):
         return rank_scores(model, tokenizer, task, examples, hp["eval_batch_size"], hp["max_len"], timer)
 
-    def generate(self, model, tokenizer, prompts: list[str], max_new_tokens: int, hp: dict, extra_positions: int,
-                 timer) -> list[str]:
-        return generate(model, tokenizer, prompts, max_new_tokens, hp["eval_batch_size"], hp["max_len"],
-                        hp["num_beams"], timer)
+    def generate(
+        self, model, tokenizer, prompts: list[str], max_new_tokens: int, hp: dict, extra_positions: int, timer
+    ) -> list[str]:
+        return generate(
+            model, tokenizer, prompts, max_new_tokens, hp["eval_batch_size"], hp["max_len"], hp["num_beams"], timer
+        )

@@ -13,6 +13,7 @@ bench/api/, not this package.
 The server is one thread (fork from a threaded process can inherit held locks) that never runs a torch op (a
 forked child of a process whose OpenMP pool has started can hang); its children start from that pristine state.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,24 @@ import sys
 import time
 
 SOCKET_ENV = "PEFT_REPRO_FORKSERVER"  # the server's socket path, for the clients
-PRELOAD = ("torch", "transformers", "peft", "bench.harness.cell", "bench.harness.models", "bench.harness.train",
-           "bench.harness.batches",
-           "bench.harness.evaluation", "bench.harness.scorers", "bench.harness.kinds.seq2seq",
-           "bench.harness.retention", "bench.harness.curves",
-           *(f"transformers.models.{arch}.modeling_{arch}"
-             for arch in ("gpt2", "t5", "bart", "llama", "bert", "roberta", "mpnet", "qwen2", "gemma3")))
+PRELOAD = (
+    "torch",
+    "transformers",
+    "peft",
+    "bench.harness.cell",
+    "bench.harness.models",
+    "bench.harness.train",
+    "bench.harness.batches",
+    "bench.harness.evaluation",
+    "bench.harness.scorers",
+    "bench.harness.kinds.seq2seq",
+    "bench.harness.retention",
+    "bench.harness.curves",
+    *(
+        f"transformers.models.{arch}.modeling_{arch}"
+        for arch in ("gpt2", "t5", "bart", "llama", "bert", "roberta", "mpnet", "qwen2", "gemma3")
+    ),
+)
 MAX_MESSAGE = 1 << 20
 
 
@@ -199,8 +212,10 @@ def start(path: str, timeout: float = 120.0):
     while not os.path.exists(path):
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
-            print(f"warning: the fork server did not start (exit {server.wait()}): jobs run as plain processes",
-                  file=sys.stderr)
+            print(
+                f"warning: the fork server did not start (exit {server.wait()}): jobs run as plain processes",
+                file=sys.stderr,
+            )
             return None
         time.sleep(0.1)
     return server

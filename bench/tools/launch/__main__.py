@@ -1,5 +1,6 @@
 """`python -m bench.tools.launch run -m bench ARGS...` (a job, through the server when there is one);
 `python -m bench.tools.launch serve SOCKET` (the server; Snakefile starts it with --config forkserver=true)."""
+
 import sys
 
 from bench.tools.launch import client, serve
