@@ -798,6 +798,7 @@ def decoding_model(model_name: str, task_name: str, steps: int):
         method,
         hp,
         training_batches(tokenizer, task, "causal_lm", examples, 4, hp["max_len"], 0),
+        "causal_lm",
         progress="bench",
     )
     return model.eval(), tokenizer
