@@ -329,16 +329,25 @@ def imports_moved_only(commit: str | None, method: str, recorded_code: str) -> b
 
 
 def restampable(record: dict, cell, planned: dict, against: str | None = None) -> list[str]:
-    """[] when the record may take the planned identity (it differs in the harness at most, or in method code whose
-    imports name moved modules and nothing else: imports_moved_only), else what differs."""
+    """[] when the record may take the planned identity (it differs in the harness at most, in method code whose
+    imports name moved modules and nothing else: imports_moved_only, or in the identity of a record it reads that
+    was itself re-stamped onto today's harness), else what differs."""
     from bench.grid.plan import stale_fields
 
     spec = (record.get("identity") or {}).get("spec")
     if spec:  # changed method code: to be proven by a rerun (PROVE)
+        from bench.grid.plan import read_record
+        from bench.harness.identity import harness_fingerprint
+
+        def carried_over(field: str) -> bool:  # a record it reads, itself re-stamped onto today's harness (proven)
+            needed = read_record(field.removeprefix("needs.")) if field.startswith("needs.") else None
+            return bool(needed) and needed["env"].get("harness_sha256") == harness_fingerprint()
+
         return [
             f"{PROVE}{cell.method}" if field == "method.code" else field
             for field in stale_fields(record, planned)
             if field != "harness"
+            and not carried_over(field)
             and not (field == "method.code" and imports_moved_only(against, cell.method, spec["method"]["code"]))
         ]
     return legacy_consistent(record, cell, planned)
@@ -435,7 +444,10 @@ def main(
                     by_key[key] = t
         # one cell per method to prove, the cheapest of any grid: a method's code is the same in every grid (the
         # tiny golden cells run every method on every architecture under both commits)
-        committed += [(1, 0.0, t[3]) for t in by_key.values()]
+        proven_by = {c.method for *_, c in committed} | {
+            c.method for rows in plan.values() for c, *_ in rows if c.dir in checks and not checks[c.dir]["differs"]
+        }  # a method some other check (passed, or to run) already reruns
+        committed += [(1, 0.0, t[3]) for key, t in by_key.items() if key.removeprefix(PROVE) not in proven_by]
         # past the --check-all grids, the checks that carry the most records per second first (a shared machine)
         committed = list({c.dir: c for *_, c in sorted(committed, key=lambda t: t[:2]) if c.dir not in checks}.values())
         if committed and logged_only:
